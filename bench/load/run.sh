@@ -1,0 +1,435 @@
+#!/usr/bin/env bash
+# Load benchmark for dotproxy: dnsperf -> target (plain DNS, core 1) -> DoT -> Unbound (core 0).
+# Loopback only. Every loop is bounded; the script stops by itself and cleans up on exit.
+# See bench/load/README.md.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+PY=/usr/bin/python3
+HELPER="$HERE/bench_helper.py"
+
+usage() {
+    cat <<EOF
+usage: bench/load/run.sh [--tcp | --tcp-only] [--help]
+
+  --tcp        also run every rate with TCP clients (dnsperf -m tcp)
+  --tcp-only   only TCP clients
+
+Environment (defaults in brackets):
+  DOTPROXY       path to the dotproxy binary [build/dotproxy, relative to the repo]
+  DOTPROXY_ARGS  extra arguments for dotproxy [none]
+  TARGETS        targets to measure, space separated [dotproxy]
+                 available: dotproxy unbound_fwd
+  RATES          offered rates in qps; "max" = no -Q [5000 20000 50000 max]
+  DURATION       seconds per run [10]
+  CLIENTS        dnsperf -c: UDP sockets / TCP connections [10]
+  OUTSTANDING    dnsperf -q: max queries in flight [500]
+  TIMEOUT        dnsperf -t: seconds before a query counts as lost [2]
+  NAMES          unique names per run's data file [2000000]
+  PERCENTILES    1 = dnsperf -v and compute p50/p90/p99/p99.9 [1]
+  LOAD_CPU       core for dnsperf and the upstream Unbound [0]
+  TARGET_CPU     core for the target [1]
+  READY_TIMEOUT  seconds to wait for a process to answer [10]
+  RESULTS_DIR    where raw outputs go [bench/load/results/<timestamp>]
+EOF
+}
+
+MODES="udp"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tcp) MODES="udp tcp" ;;
+        --tcp-only) MODES="tcp" ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+DOTPROXY="${DOTPROXY:-build/dotproxy}"
+case "$DOTPROXY" in /*) ;; *) DOTPROXY="$REPO/$DOTPROXY" ;; esac
+DOTPROXY_ARGS="${DOTPROXY_ARGS:-}"
+TARGETS="${TARGETS:-dotproxy}"
+RATES="${RATES:-5000 20000 50000 max}"
+DURATION="${DURATION:-10}"
+CLIENTS="${CLIENTS:-10}"
+OUTSTANDING="${OUTSTANDING:-500}"
+TIMEOUT="${TIMEOUT:-2}"
+NAMES="${NAMES:-2000000}"
+PERCENTILES="${PERCENTILES:-1}"
+LOAD_CPU="${LOAD_CPU:-0}"
+TARGET_CPU="${TARGET_CPU:-1}"
+READY_TIMEOUT="${READY_TIMEOUT:-10}"
+TS="$(date +%Y%m%d-%H%M%S)"
+RESULTS_DIR="${RESULTS_DIR:-$HERE/results/$TS}"
+
+for v in DURATION CLIENTS OUTSTANDING TIMEOUT NAMES LOAD_CPU TARGET_CPU READY_TIMEOUT; do
+    case "${!v}" in ''|*[!0-9]*) echo "$v must be a non-negative integer (got '${!v}')" >&2; exit 2 ;; esac
+done
+[ "$DURATION" -ge 1 ] && [ "$DURATION" -le 600 ] || { echo "DURATION must be 1..600" >&2; exit 2; }
+for r in $RATES; do
+    case "$r" in max) ;; ''|*[!0-9]*) echo "bad rate '$r' (number or 'max')" >&2; exit 2 ;; esac
+done
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- tools
+check_tools() {
+    local missing=() t pkg
+    for t in unbound:unbound unbound-checkconf:unbound dnsperf:dnsperf openssl:openssl \
+             taskset:util-linux dig:bind9-dnsutils getconf:libc-bin awk:mawk \
+             gzip:gzip timeout:coreutils; do
+        command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
+    done
+    [ -x "$PY" ] || missing+=(python3)
+    if [ ${#missing[@]} -gt 0 ]; then
+        die "missing tools; install with: apt-get install -y $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
+    fi
+    local ncpu; ncpu="$(nproc)"
+    if [ "$LOAD_CPU" -ge "$ncpu" ] || [ "$TARGET_CPU" -ge "$ncpu" ]; then
+        die "need cores $LOAD_CPU and $TARGET_CPU, this machine has $ncpu (set LOAD_CPU/TARGET_CPU)"
+    fi
+    [ "$LOAD_CPU" != "$TARGET_CPU" ] || log "WARNING: LOAD_CPU == TARGET_CPU; target shares its core with the load generator"
+}
+
+# ---------------------------------------------------------------- cleanup
+STARTED_PIDS=()
+WORK=""
+cleanup() {
+    local rc=$? pid i
+    trap - EXIT INT TERM
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    [ -n "$WORK" ] && [ -d "$WORK" ] && rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Stop one process we started (by PID), bounded.
+stop_pid() {
+    local pid="$1" i
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local keep=() p
+    for p in "${STARTED_PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+    STARTED_PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# ---------------------------------------------------------------- measurement helpers
+CLK_TCK="$(getconf CLK_TCK)"
+
+# utime+stime of a process (all its threads), in clock ticks.
+proc_ticks() {
+    local s
+    s="$(cat "/proc/$1/stat" 2>/dev/null)" || { echo 0; return; }
+    s="${s##*) }"
+    # shellcheck disable=SC2086
+    set -- $s
+    echo $(( ${12} + ${13} ))
+}
+
+# "busy total" jiffies of one core from /proc/stat.
+core_jiffies() {
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; idle = $5 + $6; print t - idle, t }' /proc/stat
+}
+
+# dig through a plain-DNS port until it answers bench.test with 192.0.2.1, bounded.
+# args: port pid-to-watch [+tcp]
+wait_dns_ready() {
+    local port="$1" pid="$2" extra="${3:-}" deadline ans
+    deadline=$(( $(date +%s) + READY_TIMEOUT ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        kill -0 "$pid" 2>/dev/null || return 1
+        # shellcheck disable=SC2086
+        ans="$(dig +time=1 +tries=1 +short $extra -p "$port" @127.0.0.1 ready.bench.test A 2>/dev/null || true)"
+        [ "$ans" = "192.0.2.1" ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# Print each thread's allowed CPU list; warn when a thread escaped the core we pinned it to.
+check_affinity() {
+    local pid="$1" want="$2" name="$3" t allowed bad=0
+    for t in /proc/"$pid"/task/*; do
+        allowed="$(awk '/^Cpus_allowed_list/ {print $2}' "$t/status" 2>/dev/null || true)"
+        if [ -n "$allowed" ] && [ "$allowed" != "$want" ]; then
+            log "WARNING: $name thread ${t##*/} ($(cat "$t/comm" 2>/dev/null)) may run on CPUs $allowed, not $want"
+            bad=1
+        fi
+    done
+    return $bad
+}
+
+# ---------------------------------------------------------------- upstream: Unbound DoT on LOAD_CPU
+make_certs() {
+    local d="$1"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$d/ca.key" -out "$d/ca.pem" -days 2 -subj "/CN=dotproxy bench CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        >/dev/null 2>&1
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$d/server.key" -out "$d/server.csr" -subj "/CN=upstream.test" >/dev/null 2>&1
+    printf '%s\n' 'subjectAltName=DNS:upstream.test,IP:127.0.0.1' \
+        'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature' \
+        'extendedKeyUsage=serverAuth' > "$d/server.ext"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+        -out "$d/server.pem" -days 2 -extfile "$d/server.ext" >/dev/null 2>&1
+    openssl verify -CAfile "$d/ca.pem" "$d/server.pem" >/dev/null || die "generated certificate does not verify"
+}
+
+UPSTREAM_PID="" UPSTREAM_PLAIN_PORT="" UPSTREAM_DOT_PORT="" CA=""
+start_upstream() {
+    local d="$WORK/upstream"
+    mkdir -p "$d"
+    make_certs "$d"
+    CA="$d/ca.pem"
+    local ports; ports="$("$PY" "$HELPER" freeports 2)"
+    UPSTREAM_PLAIN_PORT="$(sed -n 1p <<<"$ports")"
+    UPSTREAM_DOT_PORT="$(sed -n 2p <<<"$ports")"
+    cat > "$d/unbound.conf" <<EOF
+server:
+  verbosity: 1
+  interface: 127.0.0.1@$UPSTREAM_PLAIN_PORT
+  interface: 127.0.0.1@$UPSTREAM_DOT_PORT
+  tls-port: $UPSTREAM_DOT_PORT
+  tls-service-key: "$d/server.key"
+  tls-service-pem: "$d/server.pem"
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "$d"
+  pidfile: "$d/unbound.pid"
+  use-syslog: no
+  logfile: ""
+  num-threads: 1
+  module-config: "iterator"
+  do-ip6: no
+  access-control: 127.0.0.0/8 allow
+  incoming-num-tcp: 1024
+  tcp-idle-timeout: 120000
+  minimal-responses: yes
+  # cannot recurse: everything outside bench.test is NXDOMAIN
+  local-zone: "." static
+  # every name under bench.test answers A 192.0.2.1
+  local-zone: "bench.test." redirect
+  local-data: "bench.test. 300 IN A 192.0.2.1"
+remote-control:
+  control-enable: no
+EOF
+    unbound-checkconf "$d/unbound.conf" >/dev/null || die "unbound config invalid: $d/unbound.conf"
+    taskset -c "$LOAD_CPU" unbound -d -c "$d/unbound.conf" >"$RESULTS_DIR/upstream-unbound.log" 2>&1 &
+    UPSTREAM_PID=$!
+    STARTED_PIDS+=("$UPSTREAM_PID")
+    wait_dns_ready "$UPSTREAM_PLAIN_PORT" "$UPSTREAM_PID" \
+        || { cat "$RESULTS_DIR/upstream-unbound.log" >&2; die "upstream Unbound did not come up"; }
+    # Check the DoT port verifies with our CA and name.
+    local ans
+    ans="$(dig +tls +tls-ca="$CA" +tls-hostname=upstream.test +time=2 +tries=1 +short \
+           -p "$UPSTREAM_DOT_PORT" @127.0.0.1 tlscheck.bench.test A 2>&1 || true)"
+    [ "$ans" = "192.0.2.1" ] || die "upstream DoT check failed: $ans"
+    log "upstream Unbound pid $UPSTREAM_PID on core $LOAD_CPU: plain 127.0.0.1:$UPSTREAM_PLAIN_PORT, DoT 127.0.0.1:$UPSTREAM_DOT_PORT (name upstream.test)"
+}
+
+# ---------------------------------------------------------------- targets
+# Each start_target_<name> starts the target pinned to TARGET_CPU, answering plain DNS on
+# 127.0.0.1 (UDP+TCP), forwarding over DoT to the upstream; it sets TARGET_PID and
+# TARGET_PORT and returns non-zero if the target failed to start. Stderr goes to
+# $RESULTS_DIR/<name>.log. stop_target stops it.
+TARGET_PID="" TARGET_PORT=""
+
+start_target_dotproxy() {
+    [ -x "$DOTPROXY" ] || { log "dotproxy binary not found at $DOTPROXY (set DOTPROXY=)"; return 1; }
+    TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
+    local cmd=("$DOTPROXY" --listen "127.0.0.1:$TARGET_PORT"
+               --upstream "127.0.0.1:$UPSTREAM_DOT_PORT#upstream.test"
+               --ca-file "$CA" --threads 1)
+    # shellcheck disable=SC2206
+    [ -n "$DOTPROXY_ARGS" ] && cmd+=($DOTPROXY_ARGS)
+    echo "${cmd[*]}" > "$RESULTS_DIR/dotproxy.cmdline"
+    taskset -c "$TARGET_CPU" "${cmd[@]}" >"$RESULTS_DIR/dotproxy.log" 2>&1 &
+    TARGET_PID=$!
+    STARTED_PIDS+=("$TARGET_PID")
+}
+
+# Peer: Unbound as a DoT forwarder (forward-tls-upstream), 1 thread. Its cache cannot
+# help: every benchmark name is unique.
+start_target_unbound_fwd() {
+    local d="$WORK/unbound_fwd"
+    mkdir -p "$d"
+    TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
+    cat > "$d/unbound.conf" <<EOF
+server:
+  verbosity: 1
+  interface: 127.0.0.1@$TARGET_PORT
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "$d"
+  pidfile: "$d/unbound.pid"
+  use-syslog: no
+  logfile: ""
+  num-threads: 1
+  module-config: "iterator"
+  do-ip6: no
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  local-zone: "test." nodefault
+  tls-cert-bundle: "$CA"
+  incoming-num-tcp: 1024
+  num-queries-per-thread: 4096
+  outgoing-range: 8192
+  minimal-responses: yes
+  qname-minimisation: no
+  max-reuse-tcp-queries: 1000000
+  tcp-reuse-timeout: 120000
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@$UPSTREAM_DOT_PORT#upstream.test
+  forward-tls-upstream: yes
+remote-control:
+  control-enable: no
+EOF
+    unbound-checkconf "$d/unbound.conf" >/dev/null || { log "unbound_fwd config invalid"; return 1; }
+    cp "$d/unbound.conf" "$RESULTS_DIR/unbound_fwd.conf"
+    taskset -c "$TARGET_CPU" unbound -d -c "$d/unbound.conf" >"$RESULTS_DIR/unbound_fwd.log" 2>&1 &
+    TARGET_PID=$!
+    STARTED_PIDS+=("$TARGET_PID")
+}
+# Further peers (dnsdist, kresd) go here as start_target_<name>, same contract.
+
+stop_target() {
+    [ -n "$TARGET_PID" ] && stop_pid "$TARGET_PID"
+    TARGET_PID=""
+}
+
+# ---------------------------------------------------------------- one dnsperf run
+RUN_IDX=0
+# args: target proto rate
+run_one() {
+    local target="$1" proto="$2" rate="$3"
+    RUN_IDX=$((RUN_IDX + 1))
+    local tag; tag="$(printf '%02d-%s-%s-%s' "$RUN_IDX" "$target" "$proto" "$rate")"
+    local raw="$RESULTS_DIR/$tag.dnsperf.txt"
+    local data="$WORK/names.txt"
+    # Fresh, unique names for every run (r<run>-q<n>) so no run repeats another's names.
+    awk -v n="$NAMES" -v r="$RUN_IDX" 'BEGIN { for (i = 1; i <= n; i++) printf "r%d-q%d.bench.test A\n", r, i }' > "$data"
+
+    local args=(-s 127.0.0.1 -p "$TARGET_PORT" -m "$proto" -d "$data" -l "$DURATION"
+                -c "$CLIENTS" -q "$OUTSTANDING" -t "$TIMEOUT")
+    [ "$rate" != max ] && args+=(-Q "$rate")
+    [ "$PERCENTILES" = 1 ] && args+=(-v)
+
+    local t0 t1 u0 u1 c0a c0b c1a c1b w0 w1
+    t0="$(proc_ticks "$TARGET_PID")"; u0="$(proc_ticks "$UPSTREAM_PID")"
+    read -r c0a c0b < <(core_jiffies "$LOAD_CPU"); read -r c1a c1b < <(core_jiffies "$TARGET_CPU")
+    w0="$(date +%s.%N)"
+    log "run $tag: taskset -c $LOAD_CPU dnsperf ${args[*]}"
+    # Hard bound: dnsperf stops itself after DURATION (+TIMEOUT); timeout(1) is a backstop.
+    timeout -k 5 $((DURATION + TIMEOUT + 30)) taskset -c "$LOAD_CPU" dnsperf "${args[@]}" >"$raw" 2>&1 || true
+    w1="$(date +%s.%N)"
+    t1="$(proc_ticks "$TARGET_PID")"; u1="$(proc_ticks "$UPSTREAM_PID")"
+    local c0c c0d c1c c1d
+    read -r c0c c0d < <(core_jiffies "$LOAD_CPU"); read -r c1c c1d < <(core_jiffies "$TARGET_CPU")
+    rm -f "$data"
+
+    local alive=1 note=""
+    kill -0 "$TARGET_PID" 2>/dev/null || { alive=0; note="target exited during run"; }
+    local wall; wall="$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.3f", b - a }')"
+    local c0 c1
+    c0="$(awk -v b="$((c0c - c0a))" -v t="$((c0d - c0b))" 'BEGIN { printf "%.1f", t ? 100 * b / t : 0 }')"
+    c1="$(awk -v b="$((c1c - c1a))" -v t="$((c1d - c1b))" 'BEGIN { printf "%.1f", t ? 100 * b / t : 0 }')"
+    "$PY" "$HELPER" parse "$raw" target="$target" proto="$proto" offered="$rate" \
+        duration="$DURATION" wall_s="$wall" clk_tck="$CLK_TCK" \
+        target_ticks="$((t1 - t0))" upstream_ticks="$((u1 - u0))" \
+        core0_busy_pct="$c0" core1_busy_pct="$c1" target_alive="$alive" \
+        clients="$CLIENTS" outstanding="$OUTSTANDING" raw="$tag.dnsperf.txt$([ "$PERCENTILES" = 1 ] && echo .gz)" \
+        ${note:+note="$note"} >> "$RESULTS_DIR/runs.jsonl"
+    # One-line summary of this run.
+    tail -n 1 "$RESULTS_DIR/runs.jsonl" | "$PY" -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+f = lambda k, s=1e6: "-" if r.get(k) is None else "%.0f" % (r[k] * s)
+print("    qps %s  lost %.2f%%  avg %s us  p99 %s us  cpu %s us/q" % (
+    f("qps", 1), r.get("lost_pct", float("nan")), f("avg_s"), f("p99_s"),
+    "-" if r.get("target_cpu_us_per_q") is None else "%.1f" % r["target_cpu_us_per_q"]))' >&2 || true
+    local completed
+    completed="$(grep -oE 'Queries completed: +[0-9]+' "$raw" | grep -oE '[0-9]+$' || echo 0)"
+    [ "${completed:-0}" -le "$NAMES" ] || log "WARNING: $completed queries > NAMES=$NAMES; names repeated in this run"
+    # -v output is one line per response: keep it, compressed.
+    [ "$PERCENTILES" = 1 ] && gzip -f "$raw"
+    [ "$alive" = 1 ]
+}
+
+# ---------------------------------------------------------------- main
+check_tools
+mkdir -p "$RESULTS_DIR"
+WORK="$(mktemp -d /tmp/dotproxy-bench.XXXXXX)"
+log "results in $RESULTS_DIR"
+{
+    echo "date: $(date -Is)"
+    echo "host: $(uname -srm), $(nproc) cores: $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo)"
+    echo "dnsperf: $(dnsperf -h 2>&1 | awk '/Version/ {print $2; exit}'), unbound: $(unbound -V | awk '/Version/ {print $2; exit}')"
+    echo "targets: $TARGETS; modes: $MODES; rates: $RATES; duration: ${DURATION}s; clients: $CLIENTS; outstanding: $OUTSTANDING; timeout: ${TIMEOUT}s"
+    echo "pinning: dnsperf + upstream Unbound on core $LOAD_CPU, target on core $TARGET_CPU"
+} > "$RESULTS_DIR/env.txt"
+cat "$RESULTS_DIR/env.txt" >&2
+
+start_upstream
+
+FAILED=0
+for target in $TARGETS; do
+    declare -F "start_target_$target" >/dev/null || die "unknown target '$target'"
+    log "starting target $target on core $TARGET_CPU"
+    if ! "start_target_$target"; then
+        echo "{\"target\": \"$target\", \"proto\": \"-\", \"offered\": \"-\", \"dnsperf_ok\": false, \"note\": \"failed to start\"}" >> "$RESULTS_DIR/runs.jsonl"
+        FAILED=1
+        continue
+    fi
+    ok=1
+    for proto in $MODES; do
+        extra=""; [ "$proto" = tcp ] && extra="+tcp"
+        if ! wait_dns_ready "$TARGET_PORT" "$TARGET_PID" "$extra"; then
+            log "target $target not answering over $proto on 127.0.0.1:$TARGET_PORT within ${READY_TIMEOUT}s; its log:"
+            tail -n 50 "$RESULTS_DIR/$target.log" >&2 || true
+            echo "{\"target\": \"$target\", \"proto\": \"$proto\", \"offered\": \"-\", \"dnsperf_ok\": false, \"note\": \"not ready (see $target.log)\"}" >> "$RESULTS_DIR/runs.jsonl"
+            ok=0; break
+        fi
+        check_affinity "$TARGET_PID" "$TARGET_CPU" "$target" || true
+        log "target $target pid $TARGET_PID ready on 127.0.0.1:$TARGET_PORT ($proto)"
+        for rate in $RATES; do
+            if ! run_one "$target" "$proto" "$rate"; then
+                log "target $target died during $proto/$rate; its log:"
+                tail -n 50 "$RESULTS_DIR/$target.log" >&2 || true
+                ok=0; break 2
+            fi
+            sleep 1
+        done
+    done
+    stop_target
+    [ "$ok" = 1 ] || { FAILED=1; log "target $target: incomplete (see $RESULTS_DIR/$target.log)"; }
+done
+
+stop_pid "$UPSTREAM_PID"
+
+"$PY" "$HELPER" table "$RESULTS_DIR/runs.jsonl" > "$RESULTS_DIR/table.md"
+echo
+echo "## dotproxy load benchmark ($TS)"
+echo
+sed 's/^/    /' "$RESULTS_DIR/env.txt" | sed 's/^    /- /'
+echo
+cat "$RESULTS_DIR/table.md"
+echo
+echo "Raw dnsperf outputs: $RESULTS_DIR"
+exit "$FAILED"
