@@ -1,0 +1,77 @@
+#pragma once
+// Splits a byte stream into DNS messages framed by a 2-byte big-endian length
+// (RFC 1035 §4.2.2, used by DNS over TCP and over TLS, RFC 7858 §3.3).
+//
+// Bytes arrive in arbitrary pieces (TCP segments, TLS records); the framer
+// owns one fixed buffer allocated at construction, so framing allocates
+// nothing per message. One owner thread.
+//
+//   auto space = framer.WritableSpace();
+//   size_t n = read_into(space);
+//   framer.Commit(n);
+//   std::span<uint8_t> msg;
+//   while (framer.NextMessage(max, msg) == StreamFramer::Next::kMessage) use(msg);
+//   framer.Compact();
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+
+namespace dotproxy::dns {
+
+class StreamFramer {
+ public:
+  enum class Next : uint8_t {
+    kMessage,   // `message` holds one complete message (without the prefix)
+    kNeedMore,  // the buffered bytes end inside a prefix or a message
+    kTooLarge,  // the next message declares more than `max_length` bytes
+  };
+
+  // REQUIRES: capacity >= max message length + 2, so a whole message always
+  // fits after Compact().
+  explicit StreamFramer(size_t capacity)
+      : buffer_(new uint8_t[capacity]), capacity_(capacity) {}
+
+  // Free space after the buffered bytes. Empty only when the buffer is full.
+  std::span<uint8_t> WritableSpace() {
+    return {buffer_.get() + end_, capacity_ - end_};
+  }
+  void Commit(size_t n) { end_ += n; }
+
+  // Returns the next complete message. `message` borrows the framer's buffer
+  // (the caller may patch it in place) and stays valid until the next
+  // Compact() or Commit().
+  Next NextMessage(size_t max_length, std::span<uint8_t>& message) {
+    if (end_ - begin_ < 2) return Next::kNeedMore;
+    uint8_t* p = buffer_.get() + begin_;
+    const size_t length = size_t{p[0]} << 8 | p[1];
+    if (length > max_length) return Next::kTooLarge;
+    if (end_ - begin_ < 2 + length) return Next::kNeedMore;
+    message = {p + 2, length};
+    begin_ += 2 + length;
+    return Next::kMessage;
+  }
+
+  // Moves a partial message to the front of the buffer.
+  void Compact() {
+    if (begin_ == 0) return;
+    const size_t remaining = end_ - begin_;
+    if (remaining > 0) std::memmove(buffer_.get(), buffer_.get() + begin_, remaining);
+    begin_ = 0;
+    end_ = remaining;
+  }
+
+  size_t buffered() const { return end_ - begin_; }
+  bool empty() const { return end_ == begin_; }
+  void Clear() { begin_ = end_ = 0; }
+
+ private:
+  std::unique_ptr<uint8_t[]> buffer_;
+  size_t capacity_;
+  size_t begin_ = 0;  // first unconsumed byte
+  size_t end_ = 0;    // one past the last buffered byte
+};
+
+}  // namespace dotproxy::dns

@@ -1,0 +1,78 @@
+#pragma once
+// Socket addresses and the sockets a shard opens: SO_REUSEPORT listeners for
+// clients and non-blocking TCP sockets for upstreams. Control-plane code: may
+// allocate, returns absl::Status with a message naming the address.
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace dotproxy::io {
+
+// An IPv4 or IPv6 address and port, stored as a sockaddr ready for syscalls.
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+
+  int family() const { return storage.ss_family; }
+  const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
+  uint16_t port() const;
+  // "127.0.0.1:53" or "[::1]:53".
+  std::string ToString() const;
+  // The address alone, without brackets or port: "::1".
+  std::string HostString() const;
+};
+
+// Parses an IP literal (no names: a proxy must not need DNS to start).
+// `text` is "IP", "IP:PORT", "[IPv6]" or "[IPv6]:PORT"; a bare IPv6 literal
+// without brackets takes no port. `default_port` applies when none is given;
+// pass -1 to require one.
+absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text, int default_port);
+
+// Owns a file descriptor.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    reset(other.release());
+    return *this;
+  }
+  ~UniqueFd() { reset(); }
+  int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+  explicit operator bool() const { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+};
+
+// A UDP socket bound to `address` with SO_REUSEPORT, so every shard binds its
+// own and the kernel spreads clients across them. `buffer_bytes` sizes
+// SO_RCVBUF/SO_SNDBUF (forced past rmem_max when privileged) so bursts are
+// queued rather than dropped.
+absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffer_bytes);
+
+// A listening TCP socket with SO_REUSEPORT.
+absl::StatusOr<UniqueFd> OpenTcpListener(const SocketAddress& address, int backlog);
+
+// A non-blocking TCP socket for an upstream connection: TCP_NODELAY, and
+// TCP_USER_TIMEOUT so a half-open connection fails instead of hanging.
+absl::StatusOr<UniqueFd> OpenTcpClient(int family, int user_timeout_ms);
+
+}  // namespace dotproxy::io

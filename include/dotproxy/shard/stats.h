@@ -1,0 +1,55 @@
+#pragma once
+// Per-shard counters. Written only by the owning shard (relaxed load+store,
+// no read-modify-write on the hot path); read by the control thread when it
+// reports. Every failure a client or upstream can cause has a counter here.
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+namespace dotproxy::shard {
+
+#define DOTPROXY_SHARD_COUNTERS(X)                                                   \
+  X(udp_queries, "UDP datagrams received")                                          \
+  X(tcp_queries, "queries received over client TCP connections")                    \
+  X(forwarded, "queries sent to an upstream")                                        \
+  X(answered, "upstream answers delivered to clients")                               \
+  X(truncated, "UDP answers truncated to the client's size (TC=1)")                  \
+  X(dropped_response_bit, "client packets with QR=1 dropped")                        \
+  X(dropped_short, "client packets too short for a header, dropped")                 \
+  X(dropped_oversized, "UDP datagrams larger than the receive buffer, dropped")      \
+  X(formerr, "malformed queries answered FORMERR")                                   \
+  X(notimp, "non-QUERY opcodes answered NOTIMP")                                     \
+  X(refused_oversized, "queries over the size limit answered REFUSED")               \
+  X(servfail_timeout, "queries that hit their deadline (SERVFAIL)")                  \
+  X(servfail_no_upstream, "queries with no usable upstream (SERVFAIL)")              \
+  X(servfail_connection_lost, "queries lost with an upstream connection (SERVFAIL)") \
+  X(servfail_overload, "queries refused for lack of a free slot (SERVFAIL)")          \
+  X(servfail_shutdown, "queries still in flight at shutdown (SERVFAIL)")             \
+  X(upstream_unknown_id, "upstream answers with no matching query ID, discarded")    \
+  X(upstream_question_mismatch, "upstream answers for another question, discarded") \
+  X(upstream_malformed, "malformed upstream answers, discarded")                     \
+  X(upstream_connects, "upstream TLS connections established")                       \
+  X(upstream_connect_failures, "upstream connect or TLS handshake failures")         \
+  X(upstream_verify_failures, "upstream certificates that failed verification")      \
+  X(upstream_closed, "upstream connections closed by the peer")                      \
+  X(udp_send_errors, "UDP replies the kernel refused")                               \
+  X(udp_send_no_buffer, "UDP replies dropped: all send buffers busy")                \
+  X(tcp_accepted, "client TCP connections accepted")                                 \
+  X(tcp_rejected, "client TCP connections refused at the per-shard cap")             \
+  X(tcp_idle_closed, "client TCP connections closed for idleness")                   \
+  X(tcp_bad_frame, "client TCP connections closed for an oversized frame")           \
+  X(tcp_slow_closed, "client TCP connections closed for not reading answers")
+
+struct ShardStats {
+#define DOTPROXY_DECLARE_COUNTER(name, help) std::atomic<uint64_t> name{0};
+  DOTPROXY_SHARD_COUNTERS(DOTPROXY_DECLARE_COUNTER)
+#undef DOTPROXY_DECLARE_COUNTER
+};
+
+// Single-writer increment: no locked instruction on the hot path.
+inline void Bump(std::atomic<uint64_t>& counter, uint64_t n = 1) {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+}  // namespace dotproxy::shard

@@ -1,0 +1,99 @@
+#pragma once
+// DNS-over-TLS client side on wolfSSL, driven by an external event loop.
+//
+// wolfSSL never touches a socket: the shard's io_uring receives ciphertext
+// into Session::InboundSpace() and sends Session::outbound(); wolfSSL reads
+// and writes those buffers through custom I/O callbacks. A ClientContext is
+// configured once (control plane) and then only used by its owner shard to
+// create sessions; a Session belongs to one upstream connection.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+struct WOLFSSL_CTX;
+struct WOLFSSL;
+
+namespace dotproxy::tls {
+
+// Call once before any thread creates a context.
+void GlobalInit();
+
+class ClientContext {
+ public:
+  // Trust anchors from `ca_file` (PEM), or the system store when empty. TLS
+  // 1.2 is the minimum; 1.3 is negotiated when the server offers it. Peer
+  // verification is always on.
+  static absl::StatusOr<std::unique_ptr<ClientContext>> Create(const std::string& ca_file);
+  ~ClientContext();
+
+  WOLFSSL_CTX* get() const { return ctx_; }
+
+ private:
+  explicit ClientContext(WOLFSSL_CTX* ctx) : ctx_(ctx) {}
+  WOLFSSL_CTX* ctx_;
+};
+
+class Session {
+ public:
+  enum class Step : uint8_t { kDone, kWantRead, kError };
+
+  Session();
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Prepares a fresh handshake. `auth_name` is checked against the peer
+  // certificate; a DNS name is also sent as SNI, an IP literal is matched
+  // against IP SANs (RFC 6066 forbids IPs in SNI).
+  absl::Status Start(const ClientContext& context, const std::string& auth_name);
+  // Drops the wolfSSL object and all buffered bytes.
+  void Reset();
+
+  // Ciphertext intake: receive into InboundSpace(), then CommitInbound(n).
+  std::span<uint8_t> InboundSpace();
+  void CommitInbound(size_t n) { in_end_ += n; }
+
+  // Advances the handshake. kWantRead: send outbound() and wait for bytes.
+  Step Handshake();
+
+  // Decrypts into `plain`. Returns the byte count (> 0), 0 when more
+  // ciphertext is needed, -1 when the peer closed or the stream failed.
+  int Read(std::span<uint8_t> plain);
+
+  // Encrypts `plain` as TLS record(s) appended to outbound(). One call per
+  // batch keeps many DNS messages in one record. False on failure.
+  bool Write(std::span<const uint8_t> plain);
+
+  // Ciphertext waiting to be sent. The caller moves it out (see
+  // TakeOutbound) and keeps it alive until the send completes.
+  std::vector<uint8_t>& outbound() { return outbound_; }
+
+  // The last failure in words (certificate verification, alert, ...).
+  const std::string& error() const { return error_; }
+  bool verified() const { return handshake_done_; }
+
+  // wolfSSL I/O callbacks (installed on the context): copy ciphertext from
+  // the inbound buffer / append it to the outbound buffer.
+  static int RecvCallback(WOLFSSL* ssl, char* buf, int size, void* ctx);
+  static int SendCallback(WOLFSSL* ssl, char* buf, int size, void* ctx);
+
+ private:
+  void RecordError(int ret);
+
+  WOLFSSL* ssl_ = nullptr;
+  std::unique_ptr<uint8_t[]> inbound_;
+  size_t in_begin_ = 0;
+  size_t in_end_ = 0;
+  std::vector<uint8_t> outbound_;
+  std::string error_;
+  bool handshake_done_ = false;
+  bool peer_closed_ = false;
+};
+
+}  // namespace dotproxy::tls

@@ -1,0 +1,164 @@
+#include "dotproxy/io/socket.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+
+#include <cerrno>
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace dotproxy::io {
+namespace {
+
+absl::string_view Sv(std::string_view text) { return {text.data(), text.size()}; }
+
+absl::Status ErrnoStatus(absl::string_view what, int err) {
+  return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(err)));
+}
+
+bool ParsePort(std::string_view text, uint16_t& port) {
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || value == 0 || value > 65535) {
+    return false;
+  }
+  port = static_cast<uint16_t>(value);
+  return true;
+}
+
+void SetBufferSizes(int fd, int bytes) {
+  if (bytes <= 0) return;
+  // SO_*BUFFORCE needs CAP_NET_ADMIN; fall back to the capped variant.
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) != 0) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+  }
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes)) != 0) {
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+  }
+}
+
+}  // namespace
+
+uint16_t SocketAddress::port() const {
+  if (family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&storage)->sin_port);
+  return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_port);
+}
+
+std::string SocketAddress::HostString() const {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (family() == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, text, sizeof(text));
+  } else {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, text,
+              sizeof(text));
+  }
+  return text;
+}
+
+std::string SocketAddress::ToString() const {
+  if (family() == AF_INET6) return absl::StrCat("[", HostString(), "]:", port());
+  return absl::StrCat(HostString(), ":", port());
+}
+
+absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text, int default_port) {
+  std::string_view host = text;
+  std::string_view port_text;
+  if (!text.empty() && text.front() == '[') {
+    const size_t close = text.find(']');
+    if (close == std::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("'", Sv(text), "': missing ']'"));
+    }
+    host = text.substr(1, close - 1);
+    std::string_view rest = text.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') {
+        return absl::InvalidArgumentError(absl::StrCat("'", Sv(text), "': expected ':PORT' after ']'"));
+      }
+      port_text = rest.substr(1);
+    }
+  } else if (std::count(text.begin(), text.end(), ':') == 1) {
+    const size_t colon = text.find(':');
+    host = text.substr(0, colon);
+    port_text = text.substr(colon + 1);
+  }
+
+  uint16_t port = 0;
+  if (!port_text.empty() || text.ends_with(':')) {
+    if (!ParsePort(port_text, port)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", Sv(text), "': port must be a number from 1 to 65535"));
+    }
+  } else if (default_port < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("'", Sv(text), "': a port is required"));
+  } else {
+    port = static_cast<uint16_t>(default_port);
+  }
+
+  SocketAddress address;
+  const std::string host_string(host);
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&address.storage);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address.storage);
+  if (inet_pton(AF_INET, host_string.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    address.length = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, host_string.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    address.length = sizeof(sockaddr_in6);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", Sv(text), "': not an IPv4 or IPv6 address (IPv6 goes in brackets: [::1]:53)"));
+  }
+  return address;
+}
+
+absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffer_bytes) {
+  UniqueFd fd(socket(address.family(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return ErrnoStatus("socket(UDP)", errno);
+  const int one = 1;
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (address.family() == AF_INET6) {
+    setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  }
+  SetBufferSizes(fd.get(), buffer_bytes);
+  if (bind(fd.get(), address.get(), address.length) != 0) {
+    return ErrnoStatus(absl::StrCat("bind UDP ", address.ToString()), errno);
+  }
+  return fd;
+}
+
+absl::StatusOr<UniqueFd> OpenTcpListener(const SocketAddress& address, int backlog) {
+  UniqueFd fd(socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return ErrnoStatus("socket(TCP)", errno);
+  const int one = 1;
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (address.family() == AF_INET6) {
+    setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  }
+  if (bind(fd.get(), address.get(), address.length) != 0) {
+    return ErrnoStatus(absl::StrCat("bind TCP ", address.ToString()), errno);
+  }
+  if (listen(fd.get(), backlog) != 0) {
+    return ErrnoStatus(absl::StrCat("listen TCP ", address.ToString()), errno);
+  }
+  return fd;
+}
+
+absl::StatusOr<UniqueFd> OpenTcpClient(int family, int user_timeout_ms) {
+  UniqueFd fd(socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return ErrnoStatus("socket(TCP upstream)", errno);
+  const int one = 1;
+  setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (user_timeout_ms > 0) {
+    setsockopt(fd.get(), IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
+  }
+  return fd;
+}
+
+}  // namespace dotproxy::io

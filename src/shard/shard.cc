@@ -1,0 +1,1207 @@
+#include "dotproxy/shard/shard.h"
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "dotproxy/control/log.h"
+#include "dotproxy/dns/message.h"
+#include "dotproxy/frontend/client.h"
+#include "dotproxy/io/ring.h"
+#include "dotproxy/io/socket.h"
+#include "dotproxy/tls/client.h"
+#include "dotproxy/upstream/connection.h"
+#include "dotproxy/upstream/id_table.h"
+
+namespace dotproxy::shard {
+namespace {
+
+using control::Log;
+using control::Severity;
+using frontend::kMaxQuerySize;
+using frontend::kMaxUdpReply;
+using frontend::TcpClient;
+using frontend::TcpClientState;
+using frontend::UdpReply;
+using upstream::Clock;
+using upstream::Connection;
+using upstream::ConnectionState;
+
+constexpr uint32_t kNone = UINT32_MAX;
+
+// Sizing of per-shard pools, fixed at start so the query path never allocates.
+constexpr unsigned kRingEntries = 4096;
+constexpr unsigned kCqEntries = 16384;
+constexpr unsigned kUdpBufferCount = 2048;  // provided buffers for datagrams
+constexpr unsigned kUdpBufferSize = 2048;   // header + name + payload per buffer
+constexpr unsigned kUdpReplySlots = 2048;
+constexpr uint16_t kUdpBufferGroup = 0;
+// RFC 7766 §6.2.1.1 lets a client pipeline; past this many unanswered
+// queries we stop reading its socket until answers drain.
+constexpr uint32_t kMaxQueriesPerTcpClient = 128;
+// A client that does not read its answers may not make us buffer without end.
+constexpr size_t kMaxTcpClientBacklog = 1 << 20;
+constexpr auto kDrainBudget = std::chrono::milliseconds(1500);
+constexpr auto kMaxWait = std::chrono::milliseconds(100);
+constexpr auto kFailureLogInterval = std::chrono::seconds(10);
+
+// What a completion belongs to, packed in user_data: op (8 bits), object
+// index (24 bits), object generation (32 bits). The generation guards
+// against a completion for an object that was recycled.
+enum class Op : uint8_t {
+  kUdpRecv = 1,
+  kUdpSend,
+  kAccept,
+  kClientRecv,
+  kClientSend,
+  kUpstreamConnect,
+  kUpstreamRecv,
+  kUpstreamSend,
+  kCancel,
+};
+
+inline uint64_t PackUserData(Op op, uint32_t index, uint32_t generation) {
+  return uint64_t{static_cast<uint8_t>(op)} << 56 | uint64_t{index & 0xffffff} << 32 | generation;
+}
+inline Op UserDataOp(uint64_t data) { return static_cast<Op>(data >> 56); }
+inline uint32_t UserDataIndex(uint64_t data) { return (data >> 32) & 0xffffff; }
+inline uint32_t UserDataGeneration(uint64_t data) { return static_cast<uint32_t>(data); }
+
+enum class Transport : uint8_t { kUdp, kTcp };
+
+// Where an answer goes back to.
+struct ClientRef {
+  Transport transport = Transport::kUdp;
+  uint16_t udp_socket = 0;
+  uint16_t udp_limit = dns::kClassicUdpLimit;
+  const sockaddr* udp_address = nullptr;
+  socklen_t udp_address_length = 0;
+  uint32_t tcp_client = 0;
+  uint32_t tcp_generation = 0;
+};
+
+// A forwarded query awaiting its answer.
+struct QuerySlot {
+  bool in_use = false;
+  Transport transport = Transport::kUdp;
+  bool has_edns = false;
+  bool dnssec_ok = false;
+  uint16_t client_id = 0;
+  uint16_t udp_socket = 0;
+  uint16_t udp_limit = 0;
+  socklen_t client_address_length = 0;
+  sockaddr_in6 client_address{};
+  uint32_t tcp_client = 0;
+  uint32_t tcp_generation = 0;
+  uint32_t connection = kNone;
+  uint16_t upstream_id = 0;
+  uint16_t query_length = 0;
+  uint16_t question_length = 0;
+  Clock::time_point deadline{};
+  // Deadline list, in insertion order (all queries share one timeout, so
+  // that order is deadline order).
+  uint32_t prev = kNone;
+  uint32_t next = kNone;
+  // The query as sent upstream: the upstream ID in place of the client's,
+  // the client's question bytes (and their letter case) untouched.
+  uint8_t query[kMaxQuerySize];
+};
+
+struct UdpSocket {
+  io::UniqueFd fd;
+  msghdr recv_template{};
+  bool recv_armed = false;
+};
+
+struct TcpListener {
+  io::UniqueFd fd;
+  bool accept_armed = false;
+};
+
+}  // namespace
+
+// The loop and all state of one shard. Private to this file.
+class ShardLoop {
+ public:
+  ShardLoop(int index, const config::Config& config, ShardStats& stats,
+            std::atomic<bool>& stop_requested)
+      : index_(index), config_(config), stats_(stats), stop_requested_(stop_requested) {}
+  // The ring goes first: closing it cancels every operation still pointing
+  // into the buffers below, before they are freed.
+  ~ShardLoop() {
+    udp_buffers_.reset();
+    ring_.reset();
+  }
+
+  absl::Status Setup();
+  void Run();
+
+ private:
+  // --- intake ---
+  void ArmUdpRecv(uint32_t socket_index);
+  void OnUdpRecv(uint32_t socket_index, const io_uring_cqe& cqe);
+  void HandleQuery(std::span<uint8_t> wire, const ClientRef& client);
+  void ReplyError(std::span<const uint8_t> query, const dns::QueryInfo& info, dns::Rcode rcode,
+                  const ClientRef& client);
+  void SendToClient(const ClientRef& client, std::span<const uint8_t> wire);
+  void OnUdpSendDone(uint32_t reply_index, const io_uring_cqe& cqe);
+
+  // --- TCP clients ---
+  void ArmAccept(uint32_t listener_index);
+  void OnAccept(uint32_t listener_index, const io_uring_cqe& cqe);
+  void ArmClientRecv(uint32_t client_index);
+  void OnClientRecv(uint32_t client_index, const io_uring_cqe& cqe);
+  void FlushClient(uint32_t client_index);
+  void OnClientSendDone(uint32_t client_index, const io_uring_cqe& cqe);
+  void CloseClient(uint32_t client_index);
+  void MaybeFinishClient(uint32_t client_index);
+  void TouchClient(uint32_t client_index);
+  void UnlinkIdle(uint32_t client_index);
+
+  // --- upstreams ---
+  Connection* PickConnection();
+  void StartConnect(uint32_t conn_index);
+  void OnUpstreamConnect(uint32_t conn_index, const io_uring_cqe& cqe);
+  void DriveHandshake(uint32_t conn_index);
+  void ArmUpstreamRecv(uint32_t conn_index);
+  void OnUpstreamRecv(uint32_t conn_index, const io_uring_cqe& cqe);
+  void ReadUpstreamPlaintext(uint32_t conn_index);
+  void OnUpstreamAnswer(Connection& conn, std::span<uint8_t> answer);
+  void FlushUpstream(uint32_t conn_index);
+  void StartUpstreamSend(uint32_t conn_index);
+  void OnUpstreamSendDone(uint32_t conn_index, const io_uring_cqe& cqe);
+  void CloseConnection(uint32_t conn_index, bool failure, const std::string& reason);
+  void FinishClose(uint32_t conn_index);
+
+  // --- slots and timers ---
+  uint32_t AllocateSlot();
+  void ReleaseSlot(uint32_t slot_index);
+  void FailSlot(uint32_t slot_index, std::atomic<uint64_t>& counter);
+  void RunTimers();
+  void BeginDrain();
+  void CancelFd(int fd);
+  void ProcessCompletions();
+
+  int index_;
+  const config::Config& config_;
+  ShardStats& stats_;
+  std::atomic<bool>& stop_requested_;
+
+  std::unique_ptr<io::Ring> ring_;
+  std::unique_ptr<io::BufferRing> udp_buffers_;
+  std::unique_ptr<tls::ClientContext> tls_context_;
+  upstream::FastRng rng_;
+  Clock::time_point now_ = Clock::now();
+
+  std::vector<UdpSocket> udp_sockets_;
+  std::vector<TcpListener> tcp_listeners_;
+
+  std::vector<UdpReply> udp_replies_;
+  std::vector<uint32_t> free_udp_replies_;
+
+  std::vector<TcpClient> tcp_clients_;
+  std::vector<uint32_t> free_tcp_clients_;
+  uint32_t idle_head_ = kNone;
+  uint32_t idle_tail_ = kNone;
+  std::vector<uint32_t> dirty_clients_;
+
+  std::vector<std::unique_ptr<Connection>> connections_;  // one per upstream
+
+  std::vector<QuerySlot> slots_;
+  std::vector<uint32_t> free_slots_;
+  uint32_t deadline_head_ = kNone;
+  uint32_t deadline_tail_ = kNone;
+  size_t slots_in_use_ = 0;
+
+  bool draining_ = false;
+  Clock::time_point drain_deadline_{};
+};
+
+// ---------------------------------------------------------------------------
+// Setup
+
+absl::Status ShardLoop::Setup() {
+  ring_ = std::make_unique<io::Ring>();
+  if (auto status = ring_->Init(kRingEntries, kCqEntries); !status.ok()) return status;
+  udp_buffers_ = std::make_unique<io::BufferRing>();
+  if (auto status = udp_buffers_->Init(*ring_, kUdpBufferGroup, kUdpBufferCount, kUdpBufferSize);
+      !status.ok()) {
+    return status;
+  }
+  auto context = tls::ClientContext::Create(config_.ca_file);
+  if (!context.ok()) return context.status();
+  tls_context_ = *std::move(context);
+
+  for (const io::SocketAddress& address : config_.listen) {
+    auto udp = io::OpenUdpListener(address, config_.udp_socket_buffer);
+    if (!udp.ok()) return udp.status();
+    UdpSocket& socket = udp_sockets_.emplace_back();
+    socket.fd = *std::move(udp);
+    auto tcp = io::OpenTcpListener(address, 1024);
+    if (!tcp.ok()) return tcp.status();
+    tcp_listeners_.emplace_back().fd = *std::move(tcp);
+  }
+
+  udp_replies_ = std::vector<UdpReply>(kUdpReplySlots);
+  for (uint32_t i = kUdpReplySlots; i-- > 0;) free_udp_replies_.push_back(i);
+
+  tcp_clients_ = std::vector<TcpClient>(config_.max_tcp_clients);
+  for (uint32_t i = config_.max_tcp_clients; i-- > 0;) free_tcp_clients_.push_back(i);
+  dirty_clients_.reserve(config_.max_tcp_clients);
+
+  slots_ = std::vector<QuerySlot>(config_.max_inflight);
+  free_slots_.reserve(config_.max_inflight);
+  for (uint32_t i = config_.max_inflight; i-- > 0;) free_slots_.push_back(i);
+
+  for (size_t i = 0; i < config_.upstreams.size(); ++i) {
+    auto conn = std::make_unique<Connection>();
+    conn->upstream_index = static_cast<int>(i);
+    connections_.push_back(std::move(conn));
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// The loop
+
+void ShardLoop::Run() {
+  for (uint32_t i = 0; i < udp_sockets_.size(); ++i) ArmUdpRecv(i);
+  for (uint32_t i = 0; i < tcp_listeners_.size(); ++i) ArmAccept(i);
+  // Open upstream connections at start so the first queries find them ready.
+  for (uint32_t i = 0; i < connections_.size(); ++i) StartConnect(i);
+
+  while (true) {
+    now_ = Clock::now();
+    if (!draining_ && stop_requested_.load(std::memory_order_relaxed)) BeginDrain();
+    RunTimers();
+    if (draining_ && (slots_in_use_ == 0 || now_ >= drain_deadline_)) break;
+
+    // End of batch: one TLS write per upstream with queued queries, answers
+    // to TCP clients, then one submit for everything (UDP replies included).
+    for (uint32_t i = 0; i < connections_.size(); ++i) FlushUpstream(i);
+    for (uint32_t client : dirty_clients_) FlushClient(client);
+    dirty_clients_.clear();
+    udp_buffers_->Publish();
+
+    auto wait = kMaxWait;
+    if (deadline_head_ != kNone) {
+      const auto until = std::chrono::duration_cast<std::chrono::milliseconds>(
+          slots_[deadline_head_].deadline - now_);
+      wait = std::clamp(until + std::chrono::milliseconds(1), std::chrono::milliseconds(1), kMaxWait);
+    }
+    __kernel_timespec timeout{};
+    timeout.tv_sec = wait.count() / 1000;
+    timeout.tv_nsec = (wait.count() % 1000) * 1000000;
+    io_uring_cqe* cqe = nullptr;
+    io_uring_submit_and_wait_timeout(ring_->get(), &cqe, 1, &timeout, nullptr);
+    now_ = Clock::now();
+    ProcessCompletions();
+  }
+
+  // Whatever is still in flight gets SERVFAIL, then a last flush.
+  while (deadline_head_ != kNone) FailSlot(deadline_head_, stats_.servfail_shutdown);
+  for (uint32_t client : dirty_clients_) FlushClient(client);
+  dirty_clients_.clear();
+  io_uring_submit(ring_->get());
+  // Give the final replies a moment to leave (UDP sends complete inline).
+  const auto flush_deadline = Clock::now() + std::chrono::milliseconds(200);
+  while (free_udp_replies_.size() < kUdpReplySlots && Clock::now() < flush_deadline) {
+    __kernel_timespec timeout{.tv_sec = 0, .tv_nsec = 20 * 1000000};
+    io_uring_cqe* cqe = nullptr;
+    io_uring_submit_and_wait_timeout(ring_->get(), &cqe, 1, &timeout, nullptr);
+    ProcessCompletions();
+  }
+  for (auto& conn : connections_) {
+    if (conn->fd) ::shutdown(conn->fd.get(), SHUT_RDWR);
+  }
+}
+
+void ShardLoop::ProcessCompletions() {
+  unsigned head;
+  unsigned seen = 0;
+  io_uring_cqe* cqe;
+  io_uring_for_each_cqe(ring_->get(), head, cqe) {
+    ++seen;
+    const uint64_t data = cqe->user_data;
+    const uint32_t index = UserDataIndex(data);
+    switch (UserDataOp(data)) {
+      case Op::kUdpRecv: OnUdpRecv(index, *cqe); break;
+      case Op::kUdpSend: OnUdpSendDone(index, *cqe); break;
+      case Op::kAccept: OnAccept(index, *cqe); break;
+      case Op::kClientRecv:
+      case Op::kClientSend: {
+        TcpClient& client = tcp_clients_[index];
+        if (client.generation != UserDataGeneration(data)) break;  // cannot happen: see FinishClient
+        if (UserDataOp(data) == Op::kClientRecv) {
+          OnClientRecv(index, *cqe);
+        } else {
+          OnClientSendDone(index, *cqe);
+        }
+        break;
+      }
+      case Op::kUpstreamConnect:
+      case Op::kUpstreamRecv:
+      case Op::kUpstreamSend: {
+        Connection& conn = *connections_[index];
+        if (conn.generation != UserDataGeneration(data)) break;
+        if (UserDataOp(data) == Op::kUpstreamConnect) {
+          OnUpstreamConnect(index, *cqe);
+        } else if (UserDataOp(data) == Op::kUpstreamRecv) {
+          OnUpstreamRecv(index, *cqe);
+        } else {
+          OnUpstreamSendDone(index, *cqe);
+        }
+        break;
+      }
+      case Op::kCancel: break;
+    }
+  }
+  io_uring_cq_advance(ring_->get(), seen);
+  if (io_uring_cq_has_overflow(ring_->get())) io_uring_get_events(ring_->get());
+}
+
+void ShardLoop::CancelFd(int fd) {
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+  io_uring_sqe_set_data64(sqe, PackUserData(Op::kCancel, 0, 0));
+}
+
+void ShardLoop::BeginDrain() {
+  draining_ = true;
+  drain_deadline_ = now_ + kDrainBudget;
+  Log(Severity::kInfo, "shard %d: stopping; %d queries in flight", index_,
+      static_cast<int>(slots_in_use_));
+  // Stop intake: cancel the multishot receives and accepts. UDP sockets stay
+  // open to carry the remaining answers.
+  for (auto& socket : udp_sockets_) CancelFd(socket.fd.get());
+  for (auto& listener : tcp_listeners_) {
+    CancelFd(listener.fd.get());
+    ::shutdown(listener.fd.get(), SHUT_RDWR);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// UDP intake
+
+void ShardLoop::ArmUdpRecv(uint32_t socket_index) {
+  UdpSocket& socket = udp_sockets_[socket_index];
+  socket.recv_template = {};
+  // Every buffer reserves room for a full IPv6 source address.
+  socket.recv_template.msg_namelen = sizeof(sockaddr_in6);
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_recvmsg_multishot(sqe, socket.fd.get(), &socket.recv_template, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = udp_buffers_->group_id();
+  io_uring_sqe_set_data64(sqe, PackUserData(Op::kUdpRecv, socket_index, 0));
+  socket.recv_armed = true;
+}
+
+void ShardLoop::OnUdpRecv(uint32_t socket_index, const io_uring_cqe& cqe) {
+  UdpSocket& socket = udp_sockets_[socket_index];
+  // Data first: the last CQE of a multishot may still carry a datagram.
+  if (cqe.res > 0 && (cqe.flags & IORING_CQE_F_BUFFER)) {
+    const uint16_t buffer_id = static_cast<uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
+    uint8_t* buffer = udp_buffers_->Buffer(buffer_id);
+    io_uring_recvmsg_out* out =
+        io_uring_recvmsg_validate(buffer, cqe.res, &socket.recv_template);
+    if (out != nullptr && !draining_) {
+      if (out->flags & MSG_TRUNC) {
+        Bump(stats_.dropped_oversized);
+      } else {
+        Bump(stats_.udp_queries);
+        auto* payload = static_cast<uint8_t*>(io_uring_recvmsg_payload(out, &socket.recv_template));
+        const size_t length =
+            io_uring_recvmsg_payload_length(out, cqe.res, &socket.recv_template);
+        ClientRef client;
+        client.transport = Transport::kUdp;
+        client.udp_socket = static_cast<uint16_t>(socket_index);
+        client.udp_address = static_cast<const sockaddr*>(io_uring_recvmsg_name(out));
+        client.udp_address_length = std::min<socklen_t>(out->namelen, sizeof(sockaddr_in6));
+        HandleQuery({payload, length}, client);
+      }
+    }
+    udp_buffers_->Recycle(buffer_id);
+  } else if (cqe.res < 0 && cqe.res != -ENOBUFS && cqe.res != -ECANCELED) {
+    Log(Severity::kWarning, "shard %d: UDP receive failed: %s", index_, std::strerror(-cqe.res));
+  }
+  if (!(cqe.flags & IORING_CQE_F_MORE)) {
+    socket.recv_armed = false;
+    if (!draining_) {
+      udp_buffers_->Publish();  // an empty buffer ring ends the multishot
+      ArmUdpRecv(socket_index);
+    }
+  }
+}
+
+void ShardLoop::HandleQuery(std::span<uint8_t> wire, const ClientRef& client) {
+  dns::QueryInfo info;
+  switch (dns::ParseQuery(wire, info)) {
+    case dns::QueryParse::kDrop:
+      if (wire.size() < dns::kHeaderSize) {
+        Bump(stats_.dropped_short);
+      } else {
+        Bump(stats_.dropped_response_bit);
+      }
+      return;
+    case dns::QueryParse::kFormErr:
+      Bump(stats_.formerr);
+      ReplyError(wire, info, dns::Rcode::kFormErr, client);
+      return;
+    case dns::QueryParse::kNotImp:
+      Bump(stats_.notimp);
+      ReplyError(wire, info, dns::Rcode::kNotImp, client);
+      return;
+    case dns::QueryParse::kOk:
+      break;
+  }
+  if (wire.size() > kMaxQuerySize) {
+    Bump(stats_.refused_oversized);
+    ReplyError(wire, info, dns::Rcode::kRefused, client);
+    return;
+  }
+  Connection* conn = PickConnection();
+  if (conn == nullptr) {
+    Bump(stats_.servfail_no_upstream);
+    ReplyError(wire, info, dns::Rcode::kServFail, client);
+    return;
+  }
+  const uint32_t slot_index = AllocateSlot();
+  if (slot_index == kNone) {
+    Bump(stats_.servfail_overload);
+    ReplyError(wire, info, dns::Rcode::kServFail, client);
+    return;
+  }
+  QuerySlot& slot = slots_[slot_index];
+  const uint32_t conn_index = static_cast<uint32_t>(conn->upstream_index);
+  if (!conn->ids.Insert(slot_index, rng_, slot.upstream_id)) {
+    ReleaseSlot(slot_index);
+    Bump(stats_.servfail_overload);
+    ReplyError(wire, info, dns::Rcode::kServFail, client);
+    return;
+  }
+  slot.connection = conn_index;
+  slot.transport = client.transport;
+  slot.has_edns = info.has_edns;
+  slot.dnssec_ok = info.dnssec_ok;
+  slot.client_id = info.id;
+  slot.question_length = info.question_length;
+  slot.query_length = static_cast<uint16_t>(wire.size());
+  if (client.transport == Transport::kUdp) {
+    slot.udp_socket = client.udp_socket;
+    slot.udp_limit = static_cast<uint16_t>(std::min<size_t>(info.udp_response_limit, kMaxUdpReply));
+    slot.client_address_length = client.udp_address_length;
+    std::memcpy(&slot.client_address, client.udp_address, client.udp_address_length);
+  } else {
+    slot.tcp_client = client.tcp_client;
+    slot.tcp_generation = client.tcp_generation;
+    ++tcp_clients_[client.tcp_client].queries_in_flight;
+  }
+  std::memcpy(slot.query, wire.data(), wire.size());
+  dns::header::SetId(slot.query, slot.upstream_id);
+
+  // Queue on the connection; the batch goes out in one TLS write at the end
+  // of this loop iteration (or when the handshake completes).
+  const uint8_t prefix[2] = {static_cast<uint8_t>(wire.size() >> 8),
+                             static_cast<uint8_t>(wire.size())};
+  conn->pending_plain.insert(conn->pending_plain.end(), prefix, prefix + 2);
+  conn->pending_plain.insert(conn->pending_plain.end(), slot.query, slot.query + wire.size());
+  Bump(stats_.forwarded);
+}
+
+void ShardLoop::ReplyError(std::span<const uint8_t> query, const dns::QueryInfo& info,
+                           dns::Rcode rcode, const ClientRef& client) {
+  uint8_t reply[dns::kHeaderSize + dns::kMaxQuestionLength + 16];
+  const size_t length = dns::BuildErrorReply(query, info, rcode, config_.edns_udp_size, reply);
+  if (length > 0) SendToClient(client, {reply, length});
+}
+
+void ShardLoop::SendToClient(const ClientRef& client, std::span<const uint8_t> wire) {
+  if (client.transport == Transport::kTcp) {
+    TcpClient& tcp = tcp_clients_[client.tcp_client];
+    if (tcp.state != TcpClientState::kOpen || tcp.generation != client.tcp_generation) return;
+    if (tcp.pending_out.size() > kMaxTcpClientBacklog) {
+      Bump(stats_.tcp_slow_closed);
+      CloseClient(client.tcp_client);
+      return;
+    }
+    const uint8_t prefix[2] = {static_cast<uint8_t>(wire.size() >> 8),
+                               static_cast<uint8_t>(wire.size())};
+    if (tcp.pending_out.empty() && !tcp.send_in_flight) dirty_clients_.push_back(client.tcp_client);
+    tcp.pending_out.insert(tcp.pending_out.end(), prefix, prefix + 2);
+    tcp.pending_out.insert(tcp.pending_out.end(), wire.begin(), wire.end());
+    return;
+  }
+  if (free_udp_replies_.empty()) {
+    Bump(stats_.udp_send_no_buffer);
+    return;
+  }
+  const uint32_t reply_index = free_udp_replies_.back();
+  free_udp_replies_.pop_back();
+  UdpReply& reply = udp_replies_[reply_index];
+  const size_t length = std::min(wire.size(), kMaxUdpReply);
+  std::memcpy(reply.data, wire.data(), length);
+  std::memcpy(&reply.destination, client.udp_address, client.udp_address_length);
+  reply.iov = {reply.data, length};
+  reply.message = {};
+  reply.message.msg_name = &reply.destination;
+  reply.message.msg_namelen = client.udp_address_length;
+  reply.message.msg_iov = &reply.iov;
+  reply.message.msg_iovlen = 1;
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_sendmsg(sqe, udp_sockets_[client.udp_socket].fd.get(), &reply.message, 0);
+  io_uring_sqe_set_data64(sqe, PackUserData(Op::kUdpSend, reply_index, 0));
+}
+
+void ShardLoop::OnUdpSendDone(uint32_t reply_index, const io_uring_cqe& cqe) {
+  if (cqe.res < 0) Bump(stats_.udp_send_errors);
+  free_udp_replies_.push_back(reply_index);
+}
+
+// ---------------------------------------------------------------------------
+// TCP clients (RFC 7766)
+
+void ShardLoop::ArmAccept(uint32_t listener_index) {
+  TcpListener& listener = tcp_listeners_[listener_index];
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_multishot_accept(sqe, listener.fd.get(), nullptr, nullptr,
+                                 SOCK_NONBLOCK | SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(sqe, PackUserData(Op::kAccept, listener_index, 0));
+  listener.accept_armed = true;
+}
+
+void ShardLoop::OnAccept(uint32_t listener_index, const io_uring_cqe& cqe) {
+  if (cqe.res >= 0) {
+    io::UniqueFd fd(cqe.res);
+    if (draining_ || free_tcp_clients_.empty()) {
+      if (!draining_) Bump(stats_.tcp_rejected);
+    } else {
+      const uint32_t client_index = free_tcp_clients_.back();
+      free_tcp_clients_.pop_back();
+      TcpClient& client = tcp_clients_[client_index];
+      client.state = TcpClientState::kOpen;
+      client.fd = std::move(fd);
+      client.framer.Clear();
+      client.pending_out.clear();
+      client.sending.clear();
+      client.send_offset = 0;
+      client.send_in_flight = client.recv_in_flight = false;
+      client.read_closed = client.reading_paused = false;
+      client.queries_in_flight = 0;
+      client.ops_in_flight = 0;
+      Bump(stats_.tcp_accepted);
+      TouchClient(client_index);
+      ArmClientRecv(client_index);
+    }
+  } else if (cqe.res != -ECANCELED && cqe.res != -EINVAL) {
+    Log(Severity::kWarning, "shard %d: accept failed: %s", index_, std::strerror(-cqe.res));
+  }
+  if (!(cqe.flags & IORING_CQE_F_MORE)) {
+    tcp_listeners_[listener_index].accept_armed = false;
+    if (!draining_) ArmAccept(listener_index);
+  }
+}
+
+void ShardLoop::ArmClientRecv(uint32_t client_index) {
+  TcpClient& client = tcp_clients_[client_index];
+  auto space = client.framer.WritableSpace();
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_recv(sqe, client.fd.get(), space.data(), space.size(), 0);
+  io_uring_sqe_set_data64(sqe, PackUserData(Op::kClientRecv, client_index, client.generation));
+  client.recv_in_flight = true;
+  ++client.ops_in_flight;
+}
+
+void ShardLoop::OnClientRecv(uint32_t client_index, const io_uring_cqe& cqe) {
+  TcpClient& client = tcp_clients_[client_index];
+  client.recv_in_flight = false;
+  --client.ops_in_flight;
+  if (client.state != TcpClientState::kOpen) {
+    MaybeFinishClient(client_index);
+    return;
+  }
+  if (cqe.res <= 0) {
+    // EOF: the client is done sending; answer what it asked, then close.
+    client.read_closed = true;
+    if (cqe.res < 0 || (client.queries_in_flight == 0 && client.pending_out.empty() &&
+                        !client.send_in_flight)) {
+      CloseClient(client_index);
+    }
+    return;
+  }
+  client.framer.Commit(static_cast<size_t>(cqe.res));
+  TouchClient(client_index);
+  if (draining_) return;  // no new queries while stopping
+  std::span<uint8_t> message;
+  while (true) {
+    const auto next = client.framer.NextMessage(kMaxQuerySize, message);
+    if (next == dns::StreamFramer::Next::kNeedMore) break;
+    if (next == dns::StreamFramer::Next::kTooLarge) {
+      Bump(stats_.tcp_bad_frame);
+      CloseClient(client_index);
+      return;
+    }
+    Bump(stats_.tcp_queries);
+    ClientRef ref;
+    ref.transport = Transport::kTcp;
+    ref.tcp_client = client_index;
+    ref.tcp_generation = client.generation;
+    HandleQuery(message, ref);
+    if (client.state != TcpClientState::kOpen) return;
+  }
+  client.framer.Compact();
+  if (client.queries_in_flight >= kMaxQueriesPerTcpClient) {
+    client.reading_paused = true;
+  } else {
+    ArmClientRecv(client_index);
+  }
+}
+
+void ShardLoop::FlushClient(uint32_t client_index) {
+  TcpClient& client = tcp_clients_[client_index];
+  if (client.state != TcpClientState::kOpen || client.send_in_flight ||
+      client.pending_out.empty()) {
+    return;
+  }
+  std::swap(client.sending, client.pending_out);
+  client.pending_out.clear();
+  client.send_offset = 0;
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_send(sqe, client.fd.get(), client.sending.data(), client.sending.size(),
+                     MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, PackUserData(Op::kClientSend, client_index, client.generation));
+  client.send_in_flight = true;
+  ++client.ops_in_flight;
+}
+
+void ShardLoop::OnClientSendDone(uint32_t client_index, const io_uring_cqe& cqe) {
+  TcpClient& client = tcp_clients_[client_index];
+  client.send_in_flight = false;
+  --client.ops_in_flight;
+  if (client.state != TcpClientState::kOpen) {
+    MaybeFinishClient(client_index);
+    return;
+  }
+  if (cqe.res < 0) {
+    CloseClient(client_index);
+    return;
+  }
+  client.send_offset += static_cast<size_t>(cqe.res);
+  TouchClient(client_index);
+  if (client.send_offset < client.sending.size()) {
+    // Short write: send the rest before anything queued after it.
+    io_uring_sqe* sqe = ring_->GetSqe();
+    io_uring_prep_send(sqe, client.fd.get(), client.sending.data() + client.send_offset,
+                       client.sending.size() - client.send_offset, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, PackUserData(Op::kClientSend, client_index, client.generation));
+    client.send_in_flight = true;
+    ++client.ops_in_flight;
+    return;
+  }
+  client.sending.clear();
+  if (!client.pending_out.empty()) {
+    FlushClient(client_index);
+  } else if (client.read_closed && client.queries_in_flight == 0) {
+    CloseClient(client_index);
+  }
+}
+
+void ShardLoop::CloseClient(uint32_t client_index) {
+  TcpClient& client = tcp_clients_[client_index];
+  if (client.state != TcpClientState::kOpen) return;
+  client.state = TcpClientState::kClosing;
+  UnlinkIdle(client_index);
+  if (client.ops_in_flight > 0) {
+    ::shutdown(client.fd.get(), SHUT_RDWR);
+    CancelFd(client.fd.get());
+  }
+  MaybeFinishClient(client_index);
+}
+
+void ShardLoop::MaybeFinishClient(uint32_t client_index) {
+  TcpClient& client = tcp_clients_[client_index];
+  if (client.state != TcpClientState::kClosing || client.ops_in_flight > 0) return;
+  // No operation references this client any more: recycle it. Queries it
+  // still has in flight find a new generation and drop their answers.
+  client.fd.reset();
+  client.state = TcpClientState::kFree;
+  ++client.generation;
+  free_tcp_clients_.push_back(client_index);
+}
+
+void ShardLoop::TouchClient(uint32_t client_index) {
+  TcpClient& client = tcp_clients_[client_index];
+  client.last_activity = now_;
+  UnlinkIdle(client_index);
+  client.idle_prev = idle_tail_;
+  client.idle_next = kNone;
+  if (idle_tail_ != kNone) {
+    tcp_clients_[idle_tail_].idle_next = client_index;
+  } else {
+    idle_head_ = client_index;
+  }
+  idle_tail_ = client_index;
+}
+
+void ShardLoop::UnlinkIdle(uint32_t client_index) {
+  TcpClient& client = tcp_clients_[client_index];
+  const bool linked = client.idle_prev != kNone || client.idle_next != kNone ||
+                      idle_head_ == client_index;
+  if (!linked) return;
+  if (client.idle_prev != kNone) {
+    tcp_clients_[client.idle_prev].idle_next = client.idle_next;
+  } else {
+    idle_head_ = client.idle_next;
+  }
+  if (client.idle_next != kNone) {
+    tcp_clients_[client.idle_next].idle_prev = client.idle_prev;
+  } else {
+    idle_tail_ = client.idle_prev;
+  }
+  client.idle_prev = client.idle_next = kNone;
+}
+
+// ---------------------------------------------------------------------------
+// Upstream connections
+
+Connection* ShardLoop::PickConnection() {
+  // First choice: a verified connection, in the operator's order. Then one
+  // that is being set up (the query waits for its handshake), then an idle
+  // one we can open now.
+  for (auto& conn : connections_) {
+    if (conn->state == ConnectionState::kReady) return conn.get();
+  }
+  for (auto& conn : connections_) {
+    if (conn->state == ConnectionState::kConnecting ||
+        conn->state == ConnectionState::kHandshaking) {
+      return conn.get();
+    }
+  }
+  for (uint32_t i = 0; i < connections_.size(); ++i) {
+    if (connections_[i]->state == ConnectionState::kIdle) {
+      StartConnect(i);
+      if (connections_[i]->state == ConnectionState::kConnecting) return connections_[i].get();
+    }
+  }
+  return nullptr;
+}
+
+void ShardLoop::StartConnect(uint32_t conn_index) {
+  Connection& conn = *connections_[conn_index];
+  const config::UpstreamConfig& upstream = config_.upstreams[conn.upstream_index];
+  auto fd = io::OpenTcpClient(upstream.address.family(),
+                              static_cast<int>(config_.connect_timeout.count()));
+  if (!fd.ok()) {
+    conn.state = ConnectionState::kBackoff;
+    conn.retry_at = now_ + upstream::BackoffDelay(++conn.consecutive_failures, rng_.Next());
+    Log(Severity::kError, "shard %d: upstream %s: %s", index_, upstream.spec,
+        fd.status().message());
+    return;
+  }
+  conn.fd = *std::move(fd);
+  conn.state = ConnectionState::kConnecting;
+  conn.connect_deadline = now_ + config_.connect_timeout;
+  conn.close_was_failure = false;
+  conn.framer.Clear();
+  conn.sending.clear();
+  conn.send_offset = 0;
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_connect(sqe, conn.fd.get(), upstream.address.get(), upstream.address.length);
+  io_uring_sqe_set_data64(sqe, PackUserData(Op::kUpstreamConnect, conn_index, conn.generation));
+  ++conn.ops_in_flight;
+}
+
+void ShardLoop::OnUpstreamConnect(uint32_t conn_index, const io_uring_cqe& cqe) {
+  Connection& conn = *connections_[conn_index];
+  --conn.ops_in_flight;
+  if (conn.state != ConnectionState::kConnecting) {
+    FinishClose(conn_index);
+    return;
+  }
+  if (cqe.res < 0) {
+    CloseConnection(conn_index, true, absl::StrCat("connect: ", std::strerror(-cqe.res)));
+    return;
+  }
+  const config::UpstreamConfig& upstream = config_.upstreams[conn.upstream_index];
+  if (auto status = conn.session.Start(*tls_context_, upstream.auth_name); !status.ok()) {
+    CloseConnection(conn_index, true, std::string(status.message()));
+    return;
+  }
+  conn.state = ConnectionState::kHandshaking;
+  ArmUpstreamRecv(conn_index);
+  DriveHandshake(conn_index);
+}
+
+void ShardLoop::DriveHandshake(uint32_t conn_index) {
+  Connection& conn = *connections_[conn_index];
+  const auto step = conn.session.Handshake();
+  StartUpstreamSend(conn_index);
+  if (step == tls::Session::Step::kWantRead) return;
+  if (step == tls::Session::Step::kError) {
+    Bump(stats_.upstream_verify_failures);
+    CloseConnection(conn_index, true, absl::StrCat("TLS handshake: ", conn.session.error()));
+    return;
+  }
+  conn.state = ConnectionState::kReady;
+  Bump(stats_.upstream_connects);
+  if (conn.consecutive_failures > 0) {
+    Log(Severity::kInfo, "shard %d: upstream %s: connected again", index_,
+        config_.upstreams[conn.upstream_index].spec);
+  }
+  conn.consecutive_failures = 0;
+  // Queries that waited for the handshake go out with this iteration's batch;
+  // data that arrived with the last handshake flight is read now.
+  ReadUpstreamPlaintext(conn_index);
+}
+
+void ShardLoop::ArmUpstreamRecv(uint32_t conn_index) {
+  Connection& conn = *connections_[conn_index];
+  auto space = conn.session.InboundSpace();
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_recv(sqe, conn.fd.get(), space.data(), space.size(), 0);
+  io_uring_sqe_set_data64(sqe, PackUserData(Op::kUpstreamRecv, conn_index, conn.generation));
+  conn.recv_in_flight = true;
+  ++conn.ops_in_flight;
+}
+
+void ShardLoop::OnUpstreamRecv(uint32_t conn_index, const io_uring_cqe& cqe) {
+  Connection& conn = *connections_[conn_index];
+  conn.recv_in_flight = false;
+  --conn.ops_in_flight;
+  if (conn.state == ConnectionState::kClosing) {
+    FinishClose(conn_index);
+    return;
+  }
+  if (cqe.res <= 0) {
+    const bool during_handshake = conn.state != ConnectionState::kReady;
+    if (!during_handshake) Bump(stats_.upstream_closed);
+    // An upstream closing an established, idle connection is routine
+    // (public resolvers do it after ~10 s); only a failed setup counts.
+    CloseConnection(conn_index, during_handshake,
+                    cqe.res == 0 ? std::string("closed by upstream")
+                                 : absl::StrCat("receive: ", std::strerror(-cqe.res)));
+    return;
+  }
+  conn.session.CommitInbound(static_cast<size_t>(cqe.res));
+  if (conn.state == ConnectionState::kHandshaking) {
+    DriveHandshake(conn_index);
+  } else {
+    ReadUpstreamPlaintext(conn_index);
+  }
+  Connection& after = *connections_[conn_index];
+  if ((after.state == ConnectionState::kHandshaking || after.state == ConnectionState::kReady) &&
+      !after.recv_in_flight) {
+    ArmUpstreamRecv(conn_index);
+  }
+}
+
+void ShardLoop::ReadUpstreamPlaintext(uint32_t conn_index) {
+  Connection& conn = *connections_[conn_index];
+  while (conn.state == ConnectionState::kReady) {
+    auto space = conn.framer.WritableSpace();
+    const int n = conn.session.Read(space);
+    if (n == 0) break;
+    if (n < 0) {
+      const bool failure = !conn.session.error().empty();
+      if (!failure) Bump(stats_.upstream_closed);
+      CloseConnection(conn_index, failure,
+                      failure ? absl::StrCat("TLS: ", conn.session.error())
+                              : std::string("TLS close_notify from upstream"));
+      return;
+    }
+    conn.framer.Commit(static_cast<size_t>(n));
+    std::span<uint8_t> answer;
+    while (true) {
+      const auto next = conn.framer.NextMessage(upstream::kMaxStreamMessage, answer);
+      if (next != dns::StreamFramer::Next::kMessage) break;
+      OnUpstreamAnswer(conn, answer);
+    }
+    conn.framer.Compact();
+  }
+  // Reading may have produced TLS output (key updates, alerts).
+  StartUpstreamSend(conn_index);
+}
+
+void ShardLoop::OnUpstreamAnswer(Connection& conn, std::span<uint8_t> answer) {
+  dns::ResponseInfo info;
+  if (!dns::ParseResponse(answer, info)) {
+    Bump(stats_.upstream_malformed);
+    return;
+  }
+  const uint32_t slot_index = conn.ids.Lookup(info.id);
+  if (slot_index == upstream::IdTable::kFree) {
+    Bump(stats_.upstream_unknown_id);
+    return;
+  }
+  QuerySlot& slot = slots_[slot_index];
+  const std::span<const uint8_t> asked(slot.query + dns::kHeaderSize, slot.question_length);
+  const std::span<const uint8_t> answered(answer.data() + dns::kHeaderSize, info.question_length);
+  if (!dns::QuestionsMatch(asked, answered)) {
+    // Keep waiting: the right answer may still come, or the deadline fails it.
+    Bump(stats_.upstream_question_mismatch);
+    return;
+  }
+  // Give the answer back its client: client ID, client's question bytes
+  // (0x20 letter case) and, for UDP, the client's size limit.
+  dns::header::SetId(answer.data(), slot.client_id);
+  std::memcpy(answer.data() + dns::kHeaderSize, asked.data(), asked.size());
+  size_t length = answer.size();
+  ClientRef client;
+  client.transport = slot.transport;
+  if (slot.transport == Transport::kUdp) {
+    if (length > slot.udp_limit) {
+      length = dns::TruncateResponse(answer, length, slot.udp_limit);
+      Bump(stats_.truncated);
+    }
+    client.udp_socket = slot.udp_socket;
+    client.udp_address = reinterpret_cast<const sockaddr*>(&slot.client_address);
+    client.udp_address_length = slot.client_address_length;
+  } else {
+    client.tcp_client = slot.tcp_client;
+    client.tcp_generation = slot.tcp_generation;
+  }
+  SendToClient(client, {answer.data(), length});
+  Bump(stats_.answered);
+  ReleaseSlot(slot_index);
+}
+
+void ShardLoop::FlushUpstream(uint32_t conn_index) {
+  Connection& conn = *connections_[conn_index];
+  if (conn.state != ConnectionState::kReady || conn.pending_plain.empty()) return;
+  // One wolfSSL_write for the whole batch: many DNS messages per TLS record.
+  if (!conn.session.Write(conn.pending_plain)) {
+    conn.pending_plain.clear();
+    CloseConnection(conn_index, true, absl::StrCat("TLS write: ", conn.session.error()));
+    return;
+  }
+  conn.pending_plain.clear();
+  StartUpstreamSend(conn_index);
+}
+
+void ShardLoop::StartUpstreamSend(uint32_t conn_index) {
+  Connection& conn = *connections_[conn_index];
+  if (conn.send_in_flight || conn.session.outbound().empty() || !conn.fd) return;
+  std::swap(conn.sending, conn.session.outbound());
+  conn.session.outbound().clear();
+  conn.send_offset = 0;
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_send(sqe, conn.fd.get(), conn.sending.data(), conn.sending.size(), MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, PackUserData(Op::kUpstreamSend, conn_index, conn.generation));
+  conn.send_in_flight = true;
+  ++conn.ops_in_flight;
+}
+
+void ShardLoop::OnUpstreamSendDone(uint32_t conn_index, const io_uring_cqe& cqe) {
+  Connection& conn = *connections_[conn_index];
+  conn.send_in_flight = false;
+  --conn.ops_in_flight;
+  if (conn.state == ConnectionState::kClosing) {
+    FinishClose(conn_index);
+    return;
+  }
+  if (cqe.res < 0) {
+    CloseConnection(conn_index, true, absl::StrCat("send: ", std::strerror(-cqe.res)));
+    return;
+  }
+  conn.send_offset += static_cast<size_t>(cqe.res);
+  if (conn.send_offset < conn.sending.size()) {
+    io_uring_sqe* sqe = ring_->GetSqe();
+    io_uring_prep_send(sqe, conn.fd.get(), conn.sending.data() + conn.send_offset,
+                       conn.sending.size() - conn.send_offset, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, PackUserData(Op::kUpstreamSend, conn_index, conn.generation));
+    conn.send_in_flight = true;
+    ++conn.ops_in_flight;
+    return;
+  }
+  conn.sending.clear();
+  StartUpstreamSend(conn_index);
+}
+
+void ShardLoop::CloseConnection(uint32_t conn_index, bool failure, const std::string& reason) {
+  Connection& conn = *connections_[conn_index];
+  if (conn.state == ConnectionState::kClosing || conn.state == ConnectionState::kIdle ||
+      conn.state == ConnectionState::kBackoff) {
+    return;
+  }
+  const config::UpstreamConfig& upstream = config_.upstreams[conn.upstream_index];
+  if (failure) {
+    Bump(stats_.upstream_connect_failures);
+    ++conn.consecutive_failures;
+    // Rate-limited: a dead upstream must not flood the log.
+    if (conn.consecutive_failures == 1 || now_ - conn.last_failure_log >= kFailureLogInterval) {
+      Log(Severity::kWarning, "shard %d: upstream %s: %s (failure %d)", index_, upstream.spec,
+          reason, conn.consecutive_failures);
+      conn.last_failure_log = now_;
+    }
+  }
+  conn.close_was_failure = failure;
+  conn.state = ConnectionState::kClosing;
+
+  // Every query bound to this connection fails now rather than at its
+  // deadline: the client learns promptly.
+  for (uint32_t id = 0; id < upstream::IdTable::kIds && conn.ids.size() > 0; ++id) {
+    const uint32_t slot_index = conn.ids.Lookup(static_cast<uint16_t>(id));
+    if (slot_index != upstream::IdTable::kFree) {
+      FailSlot(slot_index, failure ? stats_.servfail_no_upstream : stats_.servfail_connection_lost);
+    }
+  }
+  conn.ids.Clear();
+  conn.pending_plain.clear();
+  if (conn.ops_in_flight > 0) {
+    ::shutdown(conn.fd.get(), SHUT_RDWR);
+    CancelFd(conn.fd.get());
+  }
+  FinishClose(conn_index);
+}
+
+void ShardLoop::FinishClose(uint32_t conn_index) {
+  Connection& conn = *connections_[conn_index];
+  if (conn.state != ConnectionState::kClosing || conn.ops_in_flight > 0) return;
+  conn.fd.reset();
+  conn.session.Reset();
+  conn.framer.Clear();
+  conn.sending.clear();
+  conn.send_in_flight = conn.recv_in_flight = false;
+  ++conn.generation;
+  if (conn.close_was_failure) {
+    conn.state = ConnectionState::kBackoff;
+    conn.retry_at = now_ + upstream::BackoffDelay(conn.consecutive_failures, rng_.Next());
+  } else {
+    conn.state = ConnectionState::kIdle;  // reopened when the next query needs it
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Slots and timers
+
+uint32_t ShardLoop::AllocateSlot() {
+  if (free_slots_.empty()) return kNone;
+  const uint32_t slot_index = free_slots_.back();
+  free_slots_.pop_back();
+  QuerySlot& slot = slots_[slot_index];
+  slot.in_use = true;
+  slot.deadline = now_ + config_.query_timeout;
+  slot.prev = deadline_tail_;
+  slot.next = kNone;
+  if (deadline_tail_ != kNone) {
+    slots_[deadline_tail_].next = slot_index;
+  } else {
+    deadline_head_ = slot_index;
+  }
+  deadline_tail_ = slot_index;
+  ++slots_in_use_;
+  return slot_index;
+}
+
+void ShardLoop::ReleaseSlot(uint32_t slot_index) {
+  QuerySlot& slot = slots_[slot_index];
+  if (!slot.in_use) return;
+  if (slot.connection != kNone) {
+    Connection& conn = *connections_[slot.connection];
+    if (conn.ids.Lookup(slot.upstream_id) == slot_index) conn.ids.Erase(slot.upstream_id);
+    slot.connection = kNone;
+  }
+  if (slot.transport == Transport::kTcp) {
+    TcpClient& client = tcp_clients_[slot.tcp_client];
+    if (client.generation == slot.tcp_generation && client.state == TcpClientState::kOpen) {
+      --client.queries_in_flight;
+      if (client.reading_paused && client.queries_in_flight < kMaxQueriesPerTcpClient / 2) {
+        client.reading_paused = false;
+        if (!client.recv_in_flight && !client.read_closed) ArmClientRecv(slot.tcp_client);
+      }
+      if (client.read_closed && client.queries_in_flight == 0 && client.pending_out.empty() &&
+          !client.send_in_flight) {
+        CloseClient(slot.tcp_client);
+      }
+    }
+  }
+  if (slot.prev != kNone) {
+    slots_[slot.prev].next = slot.next;
+  } else {
+    deadline_head_ = slot.next;
+  }
+  if (slot.next != kNone) {
+    slots_[slot.next].prev = slot.prev;
+  } else {
+    deadline_tail_ = slot.prev;
+  }
+  slot.prev = slot.next = kNone;
+  slot.in_use = false;
+  free_slots_.push_back(slot_index);
+  --slots_in_use_;
+}
+
+void ShardLoop::FailSlot(uint32_t slot_index, std::atomic<uint64_t>& counter) {
+  QuerySlot& slot = slots_[slot_index];
+  Bump(counter);
+  dns::QueryInfo info;
+  info.id = slot.client_id;
+  info.question_length = slot.question_length;
+  info.has_edns = slot.has_edns;
+  info.dnssec_ok = slot.dnssec_ok;
+  uint8_t reply[dns::kHeaderSize + dns::kMaxQuestionLength + 16];
+  const size_t length = dns::BuildErrorReply({slot.query, slot.query_length}, info,
+                                             dns::Rcode::kServFail, config_.edns_udp_size, reply);
+  if (length > 0) {
+    dns::header::SetId(reply, slot.client_id);
+    ClientRef client;
+    client.transport = slot.transport;
+    client.udp_socket = slot.udp_socket;
+    client.udp_address = reinterpret_cast<const sockaddr*>(&slot.client_address);
+    client.udp_address_length = slot.client_address_length;
+    client.tcp_client = slot.tcp_client;
+    client.tcp_generation = slot.tcp_generation;
+    SendToClient(client, {reply, length});
+  }
+  ReleaseSlot(slot_index);
+}
+
+void ShardLoop::RunTimers() {
+  // Query deadlines: the list is in deadline order, so stop at the first
+  // live one. New queries never extend an old query's deadline.
+  while (deadline_head_ != kNone && slots_[deadline_head_].deadline <= now_) {
+    FailSlot(deadline_head_, stats_.servfail_timeout);
+  }
+  // Idle TCP clients (RFC 7766 §6.2.3), oldest activity first.
+  while (idle_head_ != kNone &&
+         now_ - tcp_clients_[idle_head_].last_activity >= config_.tcp_idle_timeout) {
+    Bump(stats_.tcp_idle_closed);
+    CloseClient(idle_head_);
+  }
+  for (uint32_t i = 0; i < connections_.size(); ++i) {
+    Connection& conn = *connections_[i];
+    if ((conn.state == ConnectionState::kConnecting ||
+         conn.state == ConnectionState::kHandshaking) &&
+        now_ >= conn.connect_deadline) {
+      CloseConnection(i, true, "connect/handshake timed out");
+    } else if (conn.state == ConnectionState::kBackoff && now_ >= conn.retry_at && !draining_) {
+      // After a failure, keep trying in the background (with backoff) so the
+      // upstream is ready again as soon as it comes back.
+      conn.state = ConnectionState::kIdle;
+      StartConnect(i);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Shard
+
+Shard::Shard(int index, std::shared_ptr<const config::Config> config)
+    : index_(index), config_(std::move(config)) {}
+
+Shard::~Shard() = default;
+
+void Shard::Run(const std::function<void(absl::Status)>& ready) {
+  ShardLoop loop(index_, *config_, stats_, stop_requested_);
+  absl::Status status = loop.Setup();
+  ready(status);
+  if (!status.ok()) return;
+  loop.Run();
+}
+
+}  // namespace dotproxy::shard

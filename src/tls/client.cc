@@ -1,0 +1,155 @@
+#include "dotproxy/tls/client.h"
+
+#include <arpa/inet.h>
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+#include <wolfssl/wolfio.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace dotproxy::tls {
+namespace {
+
+// Room for a few full TLS records (16 KiB + overhead each).
+constexpr size_t kInboundCapacity = 64 * 1024;
+constexpr size_t kOutboundReserve = 64 * 1024;
+
+bool IsIpLiteral(const std::string& name) {
+  in6_addr v6;
+  in_addr v4;
+  return inet_pton(AF_INET, name.c_str(), &v4) == 1 || inet_pton(AF_INET6, name.c_str(), &v6) == 1;
+}
+
+}  // namespace
+
+void GlobalInit() { wolfSSL_Init(); }
+
+absl::StatusOr<std::unique_ptr<ClientContext>> ClientContext::Create(const std::string& ca_file) {
+  WOLFSSL_CTX* ctx = wolfSSL_CTX_new(wolfSSLv23_client_method());
+  if (ctx == nullptr) return absl::InternalError("wolfSSL_CTX_new failed");
+  std::unique_ptr<ClientContext> context(new ClientContext(ctx));
+  if (wolfSSL_CTX_SetMinVersion(ctx, WOLFSSL_TLSV1_2) != WOLFSSL_SUCCESS) {
+    return absl::InternalError("cannot require TLS 1.2 as the minimum");
+  }
+  if (ca_file.empty()) {
+    if (wolfSSL_CTX_load_system_CA_certs(ctx) != WOLFSSL_SUCCESS) {
+      return absl::InvalidArgumentError(
+          "cannot load the system CA store (install ca-certificates or pass --ca-file)");
+    }
+  } else if (wolfSSL_CTX_load_verify_locations(ctx, ca_file.c_str(), nullptr) != WOLFSSL_SUCCESS) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--ca-file ", ca_file, ": cannot load PEM trust anchors"));
+  }
+  wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, nullptr);
+  wolfSSL_SetIORecv(ctx, &Session::RecvCallback);
+  wolfSSL_SetIOSend(ctx, &Session::SendCallback);
+  return context;
+}
+
+ClientContext::~ClientContext() { wolfSSL_CTX_free(ctx_); }
+
+Session::Session() : inbound_(new uint8_t[kInboundCapacity]) { outbound_.reserve(kOutboundReserve); }
+
+Session::~Session() { Reset(); }
+
+void Session::Reset() {
+  if (ssl_ != nullptr) wolfSSL_free(ssl_);
+  ssl_ = nullptr;
+  in_begin_ = in_end_ = 0;
+  outbound_.clear();
+  handshake_done_ = false;
+  peer_closed_ = false;
+}
+
+absl::Status Session::Start(const ClientContext& context, const std::string& auth_name) {
+  Reset();
+  error_.clear();
+  ssl_ = wolfSSL_new(context.get());
+  if (ssl_ == nullptr) return absl::InternalError("wolfSSL_new failed");
+  wolfSSL_SetIOReadCtx(ssl_, this);
+  wolfSSL_SetIOWriteCtx(ssl_, this);
+  // X25519 first: the cheapest full handshake in this wolfSSL build.
+  wolfSSL_UseKeyShare(ssl_, WOLFSSL_ECC_X25519);
+  if (!IsIpLiteral(auth_name) &&
+      wolfSSL_UseSNI(ssl_, WOLFSSL_SNI_HOST_NAME, auth_name.data(),
+                     static_cast<unsigned short>(auth_name.size())) != WOLFSSL_SUCCESS) {
+    return absl::InternalError("wolfSSL_UseSNI failed");
+  }
+  if (wolfSSL_check_domain_name(ssl_, auth_name.c_str()) != WOLFSSL_SUCCESS) {
+    return absl::InternalError("wolfSSL_check_domain_name failed");
+  }
+  return absl::OkStatus();
+}
+
+std::span<uint8_t> Session::InboundSpace() {
+  if (in_begin_ == in_end_) {
+    in_begin_ = in_end_ = 0;
+  } else if (in_begin_ > 0 && kInboundCapacity - in_end_ < kInboundCapacity / 4) {
+    std::memmove(inbound_.get(), inbound_.get() + in_begin_, in_end_ - in_begin_);
+    in_end_ -= in_begin_;
+    in_begin_ = 0;
+  }
+  return {inbound_.get() + in_end_, kInboundCapacity - in_end_};
+}
+
+int Session::RecvCallback(WOLFSSL*, char* buf, int size, void* ctx) {
+  auto* self = static_cast<Session*>(ctx);
+  const size_t available = self->in_end_ - self->in_begin_;
+  if (available == 0) {
+    return self->peer_closed_ ? WOLFSSL_CBIO_ERR_CONN_CLOSE : WOLFSSL_CBIO_ERR_WANT_READ;
+  }
+  const size_t n = std::min(available, static_cast<size_t>(size));
+  std::memcpy(buf, self->inbound_.get() + self->in_begin_, n);
+  self->in_begin_ += n;
+  return static_cast<int>(n);
+}
+
+int Session::SendCallback(WOLFSSL*, char* buf, int size, void* ctx) {
+  auto* self = static_cast<Session*>(ctx);
+  self->outbound_.insert(self->outbound_.end(), buf, buf + size);
+  return size;
+}
+
+void Session::RecordError(int ret) {
+  const int code = wolfSSL_get_error(ssl_, ret);
+  char text[WOLFSSL_MAX_ERROR_SZ] = {};
+  wolfSSL_ERR_error_string_n(code, text, sizeof(text));
+  error_ = absl::StrCat(text, " (", code, ")");
+  if (code == DOMAIN_NAME_MISMATCH || code == IPADDR_MISMATCH) {
+    error_ = absl::StrCat("certificate does not match the authentication name: ", error_);
+  } else if (code == ASN_NO_SIGNER_E || code == ASN_SELF_SIGNED_E) {
+    error_ = absl::StrCat("certificate not signed by a trusted CA: ", error_);
+  }
+}
+
+Session::Step Session::Handshake() {
+  const int ret = wolfSSL_connect(ssl_);
+  if (ret == WOLFSSL_SUCCESS) {
+    handshake_done_ = true;
+    return Step::kDone;
+  }
+  const int code = wolfSSL_get_error(ssl_, ret);
+  if (code == WOLFSSL_ERROR_WANT_READ || code == WOLFSSL_ERROR_WANT_WRITE) return Step::kWantRead;
+  RecordError(ret);
+  return Step::kError;
+}
+
+int Session::Read(std::span<uint8_t> plain) {
+  const int ret = wolfSSL_read(ssl_, plain.data(), static_cast<int>(plain.size()));
+  if (ret > 0) return ret;
+  const int code = wolfSSL_get_error(ssl_, ret);
+  if (code == WOLFSSL_ERROR_WANT_READ || code == WOLFSSL_ERROR_WANT_WRITE) return 0;
+  if (code != WOLFSSL_ERROR_ZERO_RETURN) RecordError(ret);
+  return -1;
+}
+
+bool Session::Write(std::span<const uint8_t> plain) {
+  const int ret = wolfSSL_write(ssl_, plain.data(), static_cast<int>(plain.size()));
+  if (ret == static_cast<int>(plain.size())) return true;
+  RecordError(ret);
+  return false;
+}
+
+}  // namespace dotproxy::tls
