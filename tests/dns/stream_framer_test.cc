@@ -1,0 +1,88 @@
+#include "dotproxy/dns/stream_framer.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace dotproxy::dns {
+namespace {
+
+std::vector<uint8_t> Frame(const std::vector<std::vector<uint8_t>>& messages) {
+  std::vector<uint8_t> stream;
+  for (const auto& m : messages) {
+    stream.push_back(static_cast<uint8_t>(m.size() >> 8));
+    stream.push_back(static_cast<uint8_t>(m.size()));
+    stream.insert(stream.end(), m.begin(), m.end());
+  }
+  return stream;
+}
+
+TEST(StreamFramerTest, SplitsBackToBackMessages) {
+  const std::vector<std::vector<uint8_t>> messages = {{1, 2, 3}, {4}, std::vector<uint8_t>(300, 9)};
+  const auto stream = Frame(messages);
+  StreamFramer framer(1024);
+  auto space = framer.WritableSpace();
+  std::memcpy(space.data(), stream.data(), stream.size());
+  framer.Commit(stream.size());
+  std::span<uint8_t> message;
+  for (const auto& expected : messages) {
+    ASSERT_EQ(framer.NextMessage(512, message), StreamFramer::Next::kMessage);
+    EXPECT_EQ(std::vector<uint8_t>(message.begin(), message.end()), expected);
+  }
+  EXPECT_EQ(framer.NextMessage(512, message), StreamFramer::Next::kNeedMore);
+  EXPECT_TRUE(framer.empty());
+}
+
+TEST(StreamFramerTest, ReassemblesAcrossEverySplitPoint) {
+  const std::vector<std::vector<uint8_t>> messages = {{10, 11, 12, 13}, {20, 21}};
+  const auto stream = Frame(messages);
+  for (size_t split = 0; split <= stream.size(); ++split) {
+    StreamFramer framer(64);
+    std::vector<std::vector<uint8_t>> seen;
+    auto feed = [&](size_t from, size_t to) {
+      auto space = framer.WritableSpace();
+      std::memcpy(space.data(), stream.data() + from, to - from);
+      framer.Commit(to - from);
+      std::span<uint8_t> message;
+      while (framer.NextMessage(64, message) == StreamFramer::Next::kMessage) {
+        seen.emplace_back(message.begin(), message.end());
+      }
+      framer.Compact();
+    };
+    feed(0, split);
+    feed(split, stream.size());
+    EXPECT_EQ(seen, messages) << "split at " << split;
+  }
+}
+
+TEST(StreamFramerTest, ReportsOversizedMessage) {
+  StreamFramer framer(64);
+  auto space = framer.WritableSpace();
+  space[0] = 0x10;
+  space[1] = 0x00;
+  framer.Commit(2);
+  std::span<uint8_t> message;
+  EXPECT_EQ(framer.NextMessage(1024, message), StreamFramer::Next::kTooLarge);
+}
+
+TEST(StreamFramerTest, CompactKeepsPartialMessage) {
+  const auto stream = Frame({{1, 2}, {3, 4, 5, 6}});
+  StreamFramer framer(16);
+  auto space = framer.WritableSpace();
+  std::memcpy(space.data(), stream.data(), 7);  // first message + 3 bytes of the second
+  framer.Commit(7);
+  std::span<uint8_t> message;
+  ASSERT_EQ(framer.NextMessage(16, message), StreamFramer::Next::kMessage);
+  ASSERT_EQ(framer.NextMessage(16, message), StreamFramer::Next::kNeedMore);
+  framer.Compact();
+  EXPECT_EQ(framer.buffered(), 3u);
+  EXPECT_EQ(framer.WritableSpace().size(), 13u);
+  space = framer.WritableSpace();
+  std::memcpy(space.data(), stream.data() + 7, stream.size() - 7);
+  framer.Commit(stream.size() - 7);
+  ASSERT_EQ(framer.NextMessage(16, message), StreamFramer::Next::kMessage);
+  EXPECT_EQ(std::vector<uint8_t>(message.begin(), message.end()), (std::vector<uint8_t>{3, 4, 5, 6}));
+}
+
+}  // namespace
+}  // namespace dotproxy::dns
