@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs everything dotproxy needs to build, test and benchmark on Debian 12.
+# Run as root (or with sudo available). Idempotent.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  g++ meson ninja-build pkg-config
+  liburing-dev libwolfssl-dev libabsl-dev libsystemd-dev libtomlplusplus-dev
+  libgtest-dev libbenchmark-dev
+  ca-certificates
+  # tests: a real DoT upstream, real clients, a test CA
+  unbound bind9-dnsutils dnsperf openssl python3 python3-dnspython
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update
+$SUDO apt-get install -y --no-install-recommends "${PACKAGES[@]}"
