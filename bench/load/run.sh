@@ -32,6 +32,15 @@ Environment (defaults in brackets):
   TARGET_CPU     core for the target [1]
   READY_TIMEOUT  seconds to wait for a process to answer [10]
   RESULTS_DIR    where raw outputs go [bench/load/results/<timestamp>]
+  UPSTREAM       DoT upstream: unbound | dnsdist [unbound]. Unbound 1.17 handles at most
+                 ~19-39k qps on ONE stream connection (hard-coded cap of 32 concurrent
+                 requests per stream, ~50 ms stalls): above that the upstream, not the
+                 target, is the bottleneck. dnsdist (apt-get install dnsdist) does ~70k.
+  CALIBRATE      1 = first measure the upstream alone: dnsperf -m dot -c 1 at max straight
+                 to its DoT port (row "upstream:NAME", proto dot-1conn) [1]
+  PERF           1 = after the measured runs, one more run at max while perf profiles
+                 the target; flame graph in RESULTS_DIR/flame/ (row "max+perf") [0]
+                 (bench/flamegraph/profile.sh; PERF_CALLGRAPH=fp|dwarf, PERF_FREQ)
 EOF
 }
 
@@ -60,6 +69,10 @@ PERCENTILES="${PERCENTILES:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
 TARGET_CPU="${TARGET_CPU:-1}"
 READY_TIMEOUT="${READY_TIMEOUT:-10}"
+PERF="${PERF:-0}"
+UPSTREAM="${UPSTREAM:-unbound}"
+CALIBRATE="${CALIBRATE:-1}"
+case "$UPSTREAM" in unbound|dnsdist) ;; *) echo "UPSTREAM must be unbound or dnsdist" >&2; exit 2 ;; esac
 TS="$(date +%Y%m%d-%H%M%S)"
 RESULTS_DIR="${RESULTS_DIR:-$HERE/results/$TS}"
 
@@ -83,6 +96,8 @@ check_tools() {
         command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
     done
     [ -x "$PY" ] || missing+=(python3)
+    [ "$UPSTREAM" = dnsdist ] && ! command -v dnsdist >/dev/null 2>&1 && missing+=(dnsdist)
+    [ "$PERF" = 1 ] && ! command -v perf >/dev/null 2>&1 && missing+=(linux-perf)
     if [ ${#missing[@]} -gt 0 ]; then
         die "missing tools; install with: apt-get install -y $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
     fi
@@ -172,7 +187,7 @@ check_affinity() {
     return $bad
 }
 
-# ---------------------------------------------------------------- upstream: Unbound DoT on LOAD_CPU
+# ---------------------------------------------------------------- upstream: DoT server on LOAD_CPU
 make_certs() {
     local d="$1"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
@@ -190,6 +205,8 @@ make_certs() {
 }
 
 UPSTREAM_PID="" UPSTREAM_PLAIN_PORT="" UPSTREAM_DOT_PORT="" CA=""
+# Both upstreams: plain + DoT port on 127.0.0.1, cannot recurse (everything outside
+# bench.test is NXDOMAIN), every name under bench.test answers A 192.0.2.1.
 start_upstream() {
     local d="$WORK/upstream"
     mkdir -p "$d"
@@ -198,6 +215,38 @@ start_upstream() {
     local ports; ports="$("$PY" "$HELPER" freeports 2)"
     UPSTREAM_PLAIN_PORT="$(sed -n 1p <<<"$ports")"
     UPSTREAM_DOT_PORT="$(sed -n 2p <<<"$ports")"
+    "start_upstream_$UPSTREAM" "$d"
+    wait_dns_ready "$UPSTREAM_PLAIN_PORT" "$UPSTREAM_PID" \
+        || { cat "$RESULTS_DIR/upstream-$UPSTREAM.log" >&2; die "upstream $UPSTREAM did not come up"; }
+    # Check the DoT port verifies with our CA and name.
+    local ans
+    ans="$(dig +tls +tls-ca="$CA" +tls-hostname=upstream.test +time=2 +tries=1 +short \
+           -p "$UPSTREAM_DOT_PORT" @127.0.0.1 tlscheck.bench.test A 2>&1 || true)"
+    [ "$ans" = "192.0.2.1" ] || die "upstream DoT check failed: $ans"
+    ans="$(dig +time=2 +tries=1 -p "$UPSTREAM_PLAIN_PORT" @127.0.0.1 example.com A 2>&1 | grep -o 'status: [A-Z]*' || true)"
+    [ "$ans" = "status: NXDOMAIN" ] || die "upstream answers outside bench.test ($ans); refusing to run"
+    log "upstream $UPSTREAM pid $UPSTREAM_PID on core $LOAD_CPU: plain 127.0.0.1:$UPSTREAM_PLAIN_PORT, DoT 127.0.0.1:$UPSTREAM_DOT_PORT (name upstream.test)"
+}
+
+start_upstream_dnsdist() {
+    local d="$1"
+    cat > "$d/dnsdist.conf" <<EOF
+setLocal("127.0.0.1:$UPSTREAM_PLAIN_PORT")
+addTLSLocal("127.0.0.1:$UPSTREAM_DOT_PORT", "$d/server.pem", "$d/server.key", {provider="openssl", maxInFlight=1000})
+setACL({"127.0.0.0/8"})
+setMaxTCPClientThreads(1)
+setMaxTCPQueriesPerConnection(0)
+addAction("bench.test.", SpoofAction("192.0.2.1"))
+addAction(AllRule(), RCodeAction(DNSRCode.NXDOMAIN))
+EOF
+    taskset -c "$LOAD_CPU" dnsdist --supervised --disable-syslog -C "$d/dnsdist.conf" \
+        >"$RESULTS_DIR/upstream-dnsdist.log" 2>&1 &
+    UPSTREAM_PID=$!
+    STARTED_PIDS+=("$UPSTREAM_PID")
+}
+
+start_upstream_unbound() {
+    local d="$1"
     cat > "$d/unbound.conf" <<EOF
 server:
   verbosity: 1
@@ -232,14 +281,6 @@ EOF
     taskset -c "$LOAD_CPU" unbound -d -c "$d/unbound.conf" >"$RESULTS_DIR/upstream-unbound.log" 2>&1 &
     UPSTREAM_PID=$!
     STARTED_PIDS+=("$UPSTREAM_PID")
-    wait_dns_ready "$UPSTREAM_PLAIN_PORT" "$UPSTREAM_PID" \
-        || { cat "$RESULTS_DIR/upstream-unbound.log" >&2; die "upstream Unbound did not come up"; }
-    # Check the DoT port verifies with our CA and name.
-    local ans
-    ans="$(dig +tls +tls-ca="$CA" +tls-hostname=upstream.test +time=2 +tries=1 +short \
-           -p "$UPSTREAM_DOT_PORT" @127.0.0.1 tlscheck.bench.test A 2>&1 || true)"
-    [ "$ans" = "192.0.2.1" ] || die "upstream DoT check failed: $ans"
-    log "upstream Unbound pid $UPSTREAM_PID on core $LOAD_CPU: plain 127.0.0.1:$UPSTREAM_PLAIN_PORT, DoT 127.0.0.1:$UPSTREAM_DOT_PORT (name upstream.test)"
 }
 
 # ---------------------------------------------------------------- targets
@@ -316,18 +357,19 @@ stop_target() {
 
 # ---------------------------------------------------------------- one dnsperf run
 RUN_IDX=0
-# args: target proto rate
+# args: target proto rate [profile [clients]]
 run_one() {
-    local target="$1" proto="$2" rate="$3"
+    local target="$1" proto="$2" rate="$3" profile="${4:-0}" clients="${5:-$CLIENTS}"
     RUN_IDX=$((RUN_IDX + 1))
-    local tag; tag="$(printf '%02d-%s-%s-%s' "$RUN_IDX" "$target" "$proto" "$rate")"
+    local label="$rate"; [ "$profile" = 1 ] && label="$rate+perf"
+    local tag; tag="$(printf '%02d-%s-%s-%s' "$RUN_IDX" "$target" "$proto" "$label")"
     local raw="$RESULTS_DIR/$tag.dnsperf.txt"
     local data="$WORK/names.txt"
     # Fresh, unique names for every run (r<run>-q<n>) so no run repeats another's names.
     awk -v n="$NAMES" -v r="$RUN_IDX" 'BEGIN { for (i = 1; i <= n; i++) printf "r%d-q%d.bench.test A\n", r, i }' > "$data"
 
-    local args=(-s 127.0.0.1 -p "$TARGET_PORT" -m "$proto" -d "$data" -l "$DURATION"
-                -c "$CLIENTS" -q "$OUTSTANDING" -t "$TIMEOUT")
+    local args=(-s 127.0.0.1 -p "$TARGET_PORT" -m "${proto%%-*}" -d "$data" -l "$DURATION"
+                -c "$clients" -q "$OUTSTANDING" -t "$TIMEOUT")
     [ "$rate" != max ] && args+=(-Q "$rate")
     [ "$PERCENTILES" = 1 ] && args+=(-v)
 
@@ -336,12 +378,27 @@ run_one() {
     read -r c0a c0b < <(core_jiffies "$LOAD_CPU"); read -r c1a c1b < <(core_jiffies "$TARGET_CPU")
     w0="$(date +%s.%N)"
     log "run $tag: taskset -c $LOAD_CPU dnsperf ${args[*]}"
+    local perf_pid=""
+    if [ "$profile" = 1 ]; then
+        PERF_CPU="$LOAD_CPU" "$REPO/bench/flamegraph/profile.sh" "$TARGET_PID" "$DURATION" \
+            "$RESULTS_DIR/flame" "$target-$proto" >"$RESULTS_DIR/flame-$target-$proto.log" 2>&1 &
+        perf_pid=$!
+        STARTED_PIDS+=("$perf_pid")
+    fi
     # Hard bound: dnsperf stops itself after DURATION (+TIMEOUT); timeout(1) is a backstop.
     timeout -k 5 $((DURATION + TIMEOUT + 30)) taskset -c "$LOAD_CPU" dnsperf "${args[@]}" >"$raw" 2>&1 || true
     w1="$(date +%s.%N)"
     t1="$(proc_ticks "$TARGET_PID")"; u1="$(proc_ticks "$UPSTREAM_PID")"
     local c0c c0d c1c c1d
     read -r c0c c0d < <(core_jiffies "$LOAD_CPU"); read -r c1c c1d < <(core_jiffies "$TARGET_CPU")
+    if [ -n "$perf_pid" ]; then
+        # profile.sh bounds itself (perf for DURATION s, then folding); wait for it.
+        if wait "$perf_pid"; then log "flame graph: $(tail -n 1 "$RESULTS_DIR/flame-$target-$proto.log")"
+        else log "profiling failed: $(tail -n 3 "$RESULTS_DIR/flame-$target-$proto.log")"; fi
+        local keep=() p
+        for p in "${STARTED_PIDS[@]}"; do [ "$p" = "$perf_pid" ] || keep+=("$p"); done
+        STARTED_PIDS=("${keep[@]}")
+    fi
     rm -f "$data"
 
     local alive=1 note=""
@@ -350,11 +407,11 @@ run_one() {
     local c0 c1
     c0="$(awk -v b="$((c0c - c0a))" -v t="$((c0d - c0b))" 'BEGIN { printf "%.1f", t ? 100 * b / t : 0 }')"
     c1="$(awk -v b="$((c1c - c1a))" -v t="$((c1d - c1b))" 'BEGIN { printf "%.1f", t ? 100 * b / t : 0 }')"
-    "$PY" "$HELPER" parse "$raw" target="$target" proto="$proto" offered="$rate" \
+    "$PY" "$HELPER" parse "$raw" target="$target" proto="$proto" offered="$label" \
         duration="$DURATION" wall_s="$wall" clk_tck="$CLK_TCK" \
         target_ticks="$((t1 - t0))" upstream_ticks="$((u1 - u0))" \
         core0_busy_pct="$c0" core1_busy_pct="$c1" target_alive="$alive" \
-        clients="$CLIENTS" outstanding="$OUTSTANDING" raw="$tag.dnsperf.txt$([ "$PERCENTILES" = 1 ] && echo .gz)" \
+        clients="$clients" outstanding="$OUTSTANDING" raw="$tag.dnsperf.txt$([ "$PERCENTILES" = 1 ] && echo .gz)" \
         ${note:+note="$note"} >> "$RESULTS_DIR/runs.jsonl"
     # One-line summary of this run.
     tail -n 1 "$RESULTS_DIR/runs.jsonl" | "$PY" -c '
@@ -382,13 +439,22 @@ log "results in $RESULTS_DIR"
     echo "host: $(uname -srm), $(nproc) cores: $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "dnsperf: $(dnsperf -h 2>&1 | awk '/Version/ {print $2; exit}'), unbound: $(unbound -V | awk '/Version/ {print $2; exit}')"
     echo "targets: $TARGETS; modes: $MODES; rates: $RATES; duration: ${DURATION}s; clients: $CLIENTS; outstanding: $OUTSTANDING; timeout: ${TIMEOUT}s"
-    echo "pinning: dnsperf + upstream Unbound on core $LOAD_CPU, target on core $TARGET_CPU"
+    echo "upstream: $UPSTREAM $( [ "$UPSTREAM" = unbound ] && unbound -V | awk '/Version/ {print $2; exit}' || dnsdist --version 2>&1 | awk '{print $2; exit}')"
+    echo "pinning: dnsperf + upstream on core $LOAD_CPU, target on core $TARGET_CPU"
 } > "$RESULTS_DIR/env.txt"
 cat "$RESULTS_DIR/env.txt" >&2
 
 start_upstream
 
 FAILED=0
+if [ "$CALIBRATE" = 1 ]; then
+    # The upstream alone, one DoT connection (what a 1-thread proxy gets), at max.
+    TARGET_PID="$UPSTREAM_PID" TARGET_PORT="$UPSTREAM_DOT_PORT"
+    log "calibration: upstream $UPSTREAM alone over one DoT connection"
+    run_one "upstream:$UPSTREAM" dot-1conn max 0 1 || die "upstream died during calibration"
+    TARGET_PID="" TARGET_PORT=""
+    sleep 1
+fi
 for target in $TARGETS; do
     declare -F "start_target_$target" >/dev/null || die "unknown target '$target'"
     log "starting target $target on core $TARGET_CPU"
@@ -416,6 +482,9 @@ for target in $TARGETS; do
             fi
             sleep 1
         done
+        if [ "$PERF" = 1 ] && ! run_one "$target" "$proto" max 1; then
+            log "target $target died during the profiled run"; ok=0; break
+        fi
     done
     stop_target
     [ "$ok" = 1 ] || { FAILED=1; log "target $target: incomplete (see $RESULTS_DIR/$target.log)"; }
