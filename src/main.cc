@@ -5,7 +5,9 @@
 #include <sched.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <condition_variable>
+#include <string_view>
 #include <cstdio>
 #include <memory>
 #include <mutex>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "dotproxy/config/config.h"
 #include "dotproxy/control/log.h"
 #include "dotproxy/shard/shard.h"
@@ -62,6 +65,32 @@ void PrintStats(const std::vector<std::unique_ptr<dotproxy::shard::Shard>>& shar
   Log(Severity::kInfo, "%s", line);
 }
 
+// One line per upstream: counters summed over shards; gauges as min/max
+// over shards where they differ per shard (health, latency).
+void PrintUpstreamStats(const dotproxy::config::Config& config,
+                        const std::vector<std::unique_ptr<dotproxy::shard::Shard>>& shards) {
+  for (size_t u = 0; u < config.upstreams.size(); ++u) {
+    std::string line = absl::StrCat("upstream ", config.upstreams[u].spec, ":");
+    uint64_t healthy_shards = 0;
+    uint64_t latency_max = 0;
+#define DOTPROXY_SUM_UPSTREAM(name, help)                                       \
+    {                                                                           \
+      uint64_t total = 0;                                                       \
+      for (const auto& shard : shards) total += shard->upstream_stats(u).name.load(std::memory_order_relaxed); \
+      if (std::string_view(#name) == "healthy") healthy_shards = total;         \
+      else if (std::string_view(#name) == "latency_us") {                       \
+        for (const auto& shard : shards)                                        \
+          latency_max = std::max<uint64_t>(latency_max, shard->upstream_stats(u).latency_us.load(std::memory_order_relaxed)); \
+      } else absl::StrAppend(&line, " ", #name, "=", total);                    \
+    }
+    DOTPROXY_UPSTREAM_COUNTERS(DOTPROXY_SUM_UPSTREAM)
+#undef DOTPROXY_SUM_UPSTREAM
+    absl::StrAppend(&line, " healthy_shards=", healthy_shards, "/", shards.size(),
+                    " latency_ms=", absl::StrFormat("%.2f", latency_max / 1000.0));
+    Log(Severity::kInfo, "%s", line);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -81,6 +110,21 @@ int main(int argc, char** argv) {
   auto config = std::make_shared<dotproxy::config::Config>(std::move(command_line->config));
   const std::vector<int> cpus = UsableCpus();
   if (config->threads == 0) config->threads = cpus.empty() ? 1 : static_cast<int>(cpus.size());
+
+  // Connection pools are keyed by (address, port, TLS name): the same key
+  // twice is a mistake, and a different name at the same address gets its
+  // own connections (never one made for another name).
+  for (size_t i = 0; i < config->upstreams.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      const auto& a = config->upstreams[i];
+      const auto& b = config->upstreams[j];
+      if (a.address.ToString() == b.address.ToString() && a.auth_name == b.auth_name) {
+        std::fprintf(stderr, "dotproxy: upstream %s#%s is configured twice\n",
+                     a.address.ToString().c_str(), a.auth_name.c_str());
+        return 2;
+      }
+    }
+  }
 
   dotproxy::tls::GlobalInit();
   {
@@ -165,6 +209,7 @@ int main(int argc, char** argv) {
       if (sigwait(&signals, &signal_number) != 0) continue;
       if (signal_number == SIGUSR1) {
         PrintStats(shards);
+        PrintUpstreamStats(*config, shards);
         continue;
       }
       if (signal_number == SIGHUP) {
@@ -178,6 +223,9 @@ int main(int argc, char** argv) {
   }
   for (auto& shard : shards) shard->Stop();
   for (auto& thread : threads) thread.join();
-  if (exit_code == 0) PrintStats(shards);
+  if (exit_code == 0) {
+    PrintStats(shards);
+    PrintUpstreamStats(*config, shards);
+  }
   return exit_code;
 }

@@ -2,6 +2,7 @@
 
 #include <liburing.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -11,12 +12,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "dotproxy/control/log.h"
+#include "dotproxy/dns/edns.h"
 #include "dotproxy/dns/message.h"
 #include "dotproxy/frontend/client.h"
 #include "dotproxy/io/ring.h"
 #include "dotproxy/io/socket.h"
 #include "dotproxy/tls/client.h"
 #include "dotproxy/upstream/connection.h"
+#include "dotproxy/upstream/health.h"
 #include "dotproxy/upstream/id_table.h"
 
 namespace dotproxy::shard {
@@ -50,6 +53,7 @@ constexpr size_t kMaxTcpClientBacklog = 1 << 20;
 constexpr auto kDrainBudget = std::chrono::milliseconds(1500);
 constexpr auto kMaxWait = std::chrono::milliseconds(100);
 constexpr auto kFailureLogInterval = std::chrono::seconds(10);
+constexpr auto kHealthLogInterval = std::chrono::seconds(5);
 
 // What a completion belongs to, packed in user_data: op (8 bits), object
 // index (24 bits), object generation (32 bits). The generation guards
@@ -86,12 +90,16 @@ struct ClientRef {
   uint32_t tcp_generation = 0;
 };
 
+enum class SlotKind : uint8_t { kClient, kProbe };
+
 // A forwarded query awaiting its answer.
 struct QuerySlot {
   bool in_use = false;
+  SlotKind kind = SlotKind::kClient;
   Transport transport = Transport::kUdp;
   bool has_edns = false;
   bool dnssec_ok = false;
+  uint8_t attempt = 1;  // 2 once retried: a query is retried at most once
   uint16_t client_id = 0;
   uint16_t udp_socket = 0;
   uint16_t udp_limit = 0;
@@ -99,18 +107,75 @@ struct QuerySlot {
   sockaddr_in6 client_address{};
   uint32_t tcp_client = 0;
   uint32_t tcp_generation = 0;
+  int upstream = -1;
   uint32_t connection = kNone;
   uint16_t upstream_id = 0;
   uint16_t query_length = 0;
   uint16_t question_length = 0;
+  Clock::time_point sent_at{};
+  Clock::time_point attempt_deadline{};
   Clock::time_point deadline{};
-  // Deadline list, in insertion order (all queries share one timeout, so
-  // that order is deadline order).
+  // Two lists, each in insertion order, which is deadline order because all
+  // queries share one timeout: every slot is on the final-deadline list; a
+  // first attempt that may still be retried elsewhere is also on the
+  // attempt list.
   uint32_t prev = kNone;
   uint32_t next = kNone;
-  // The query as sent upstream: the upstream ID in place of the client's,
-  // the client's question bytes (and their letter case) untouched.
-  uint8_t query[kMaxQuerySize];
+  uint32_t attempt_prev = kNone;
+  uint32_t attempt_next = kNone;
+  bool on_attempt_list = false;
+  // The query as sent upstream (EDNS rewritten, padded), with the current
+  // upstream ID; the client's question bytes and letter case untouched.
+  uint8_t query[kMaxQuerySize + dns::kUpstreamQueryGrowth];
+};
+
+struct SlotList {
+  uint32_t head = kNone;
+  uint32_t tail = kNone;
+};
+
+template <uint32_t QuerySlot::*Prev, uint32_t QuerySlot::*Next>
+void ListAppend(std::vector<QuerySlot>& slots, SlotList& list, uint32_t index) {
+  QuerySlot& slot = slots[index];
+  slot.*Prev = list.tail;
+  slot.*Next = kNone;
+  if (list.tail != kNone) {
+    slots[list.tail].*Next = index;
+  } else {
+    list.head = index;
+  }
+  list.tail = index;
+}
+
+template <uint32_t QuerySlot::*Prev, uint32_t QuerySlot::*Next>
+void ListRemove(std::vector<QuerySlot>& slots, SlotList& list, uint32_t index) {
+  QuerySlot& slot = slots[index];
+  if (slot.*Prev != kNone) {
+    slots[slot.*Prev].*Next = slot.*Next;
+  } else {
+    list.head = slot.*Next;
+  }
+  if (slot.*Next != kNone) {
+    slots[slot.*Next].*Prev = slot.*Prev;
+  } else {
+    list.tail = slot.*Prev;
+  }
+  slot.*Prev = slot.*Next = kNone;
+}
+
+// What the shard keeps per configured upstream.
+struct UpstreamRuntime {
+  tls::PeerPolicy policy;
+  tls::ResumptionCache resumption;
+  std::vector<uint32_t> connections;  // indices into ShardLoop::connections_
+  UpstreamStats* stats = nullptr;
+  // Connection-level failures back off per upstream, not per connection.
+  int connect_failures = 0;
+  Clock::time_point retry_at{};
+  bool reconnect_pending = false;  // reconnect in the background when backoff ends
+  Clock::time_point last_failure_log{};
+  Clock::time_point last_health_log{};
+  int health_logs_suppressed = 0;
 };
 
 struct UdpSocket {
@@ -130,8 +195,13 @@ struct TcpListener {
 class ShardLoop {
  public:
   ShardLoop(int index, const config::Config& config, ShardStats& stats,
-            std::atomic<bool>& stop_requested)
-      : index_(index), config_(config), stats_(stats), stop_requested_(stop_requested) {}
+            UpstreamStats* upstream_stats, std::atomic<bool>& stop_requested)
+      : index_(index),
+        config_(config),
+        stats_(stats),
+        upstream_stats_(upstream_stats),
+        stop_requested_(stop_requested),
+        health_(Priorities(config), upstream::HealthPolicy{}) {}
   // The ring goes first: closing it cancels every operation still pointing
   // into the buffers below, before they are freed.
   ~ShardLoop() {
@@ -165,7 +235,14 @@ class ShardLoop {
   void UnlinkIdle(uint32_t client_index);
 
   // --- upstreams ---
-  Connection* PickConnection();
+  static std::vector<int> Priorities(const config::Config& config);
+  bool UpstreamUsable(int upstream);
+  Connection* AcquireConnection(int upstream);
+  bool Dispatch(uint32_t slot_index, int exclude, bool allow_excluded);
+  void Unbind(QuerySlot& slot);
+  void SendProbe(int upstream);
+  void UpstreamFailed(int upstream, const std::string& reason);
+  void NoteHealth(int upstream, bool changed);
   void StartConnect(uint32_t conn_index);
   void OnUpstreamConnect(uint32_t conn_index, const io_uring_cqe& cqe);
   void DriveHandshake(uint32_t conn_index);
@@ -178,6 +255,7 @@ class ShardLoop {
   void OnUpstreamSendDone(uint32_t conn_index, const io_uring_cqe& cqe);
   void CloseConnection(uint32_t conn_index, bool failure, const std::string& reason);
   void FinishClose(uint32_t conn_index);
+  std::chrono::milliseconds IdleTimeout(const Connection& conn) const;
 
   // --- slots and timers ---
   uint32_t AllocateSlot();
@@ -191,7 +269,10 @@ class ShardLoop {
   int index_;
   const config::Config& config_;
   ShardStats& stats_;
+  UpstreamStats* upstream_stats_;
   std::atomic<bool>& stop_requested_;
+  upstream::HealthTracker health_;
+  dns::UpstreamQueryOptions query_options_;
 
   std::unique_ptr<io::Ring> ring_;
   std::unique_ptr<io::BufferRing> udp_buffers_;
@@ -211,13 +292,19 @@ class ShardLoop {
   uint32_t idle_tail_ = kNone;
   std::vector<uint32_t> dirty_clients_;
 
-  std::vector<std::unique_ptr<Connection>> connections_;  // one per upstream
+  std::vector<UpstreamRuntime> upstreams_;
+  // max_connections_per_upstream per upstream, grouped by upstream.
+  std::vector<std::unique_ptr<Connection>> connections_;
+  std::vector<uint32_t> orphaned_slots_;  // scratch for CloseConnection
 
   std::vector<QuerySlot> slots_;
   std::vector<uint32_t> free_slots_;
-  uint32_t deadline_head_ = kNone;
-  uint32_t deadline_tail_ = kNone;
+  SlotList deadline_list_;
+  SlotList attempt_list_;
   size_t slots_in_use_ = 0;
+  // Retrying elsewhere needs somewhere else: with one upstream a query keeps
+  // its whole deadline on its first attempt.
+  bool retry_on_timeout_ = false;
 
   bool draining_ = false;
   Clock::time_point drain_deadline_{};
@@ -259,11 +346,27 @@ absl::Status ShardLoop::Setup() {
   free_slots_.reserve(config_.max_inflight);
   for (uint32_t i = config_.max_inflight; i-- > 0;) free_slots_.push_back(i);
 
+  upstreams_ = std::vector<UpstreamRuntime>(config_.upstreams.size());
   for (size_t i = 0; i < config_.upstreams.size(); ++i) {
-    auto conn = std::make_unique<Connection>();
-    conn->upstream_index = static_cast<int>(i);
-    connections_.push_back(std::move(conn));
+    const config::UpstreamConfig& upstream = config_.upstreams[i];
+    UpstreamRuntime& runtime = upstreams_[i];
+    runtime.policy.auth_name = upstream.auth_name;
+    runtime.policy.pins = upstream.pins;
+    runtime.policy.pin_only = upstream.pin_only;
+    runtime.stats = &upstream_stats_[i];
+    Set(runtime.stats->healthy, 1);
+    for (int c = 0; c < config_.max_connections_per_upstream; ++c) {
+      auto conn = std::make_unique<Connection>();
+      conn->upstream_index = static_cast<int>(i);
+      runtime.connections.push_back(static_cast<uint32_t>(connections_.size()));
+      connections_.push_back(std::move(conn));
+    }
   }
+  orphaned_slots_.reserve(65536);
+  retry_on_timeout_ = config_.upstreams.size() > 1;
+  query_options_.pad = config_.pad_queries;
+  query_options_.strip_client_subnet = config_.strip_client_subnet;
+  query_options_.request_keepalive = true;
   return absl::OkStatus();
 }
 
@@ -273,8 +376,9 @@ absl::Status ShardLoop::Setup() {
 void ShardLoop::Run() {
   for (uint32_t i = 0; i < udp_sockets_.size(); ++i) ArmUdpRecv(i);
   for (uint32_t i = 0; i < tcp_listeners_.size(); ++i) ArmAccept(i);
-  // Open upstream connections at start so the first queries find them ready.
-  for (uint32_t i = 0; i < connections_.size(); ++i) StartConnect(i);
+  // Open one connection per upstream at start so the first queries find it
+  // ready; more open on demand when in-flight caps are reached.
+  for (const UpstreamRuntime& upstream : upstreams_) StartConnect(upstream.connections.front());
 
   while (true) {
     now_ = Clock::now();
@@ -290,9 +394,12 @@ void ShardLoop::Run() {
     udp_buffers_->Publish();
 
     auto wait = kMaxWait;
-    if (deadline_head_ != kNone) {
-      const auto until = std::chrono::duration_cast<std::chrono::milliseconds>(
-          slots_[deadline_head_].deadline - now_);
+    if (deadline_list_.head != kNone) {
+      auto next_deadline = slots_[deadline_list_.head].deadline;
+      if (attempt_list_.head != kNone) {
+        next_deadline = std::min(next_deadline, slots_[attempt_list_.head].attempt_deadline);
+      }
+      const auto until = std::chrono::duration_cast<std::chrono::milliseconds>(next_deadline - now_);
       wait = std::clamp(until + std::chrono::milliseconds(1), std::chrono::milliseconds(1), kMaxWait);
     }
     __kernel_timespec timeout{};
@@ -305,7 +412,7 @@ void ShardLoop::Run() {
   }
 
   // Whatever is still in flight gets SERVFAIL, then a last flush.
-  while (deadline_head_ != kNone) FailSlot(deadline_head_, stats_.servfail_shutdown);
+  while (deadline_list_.head != kNone) FailSlot(deadline_list_.head, stats_.servfail_shutdown);
   for (uint32_t client : dirty_clients_) FlushClient(client);
   dirty_clients_.clear();
   io_uring_submit(ring_->get());
@@ -465,12 +572,6 @@ void ShardLoop::HandleQuery(std::span<uint8_t> wire, const ClientRef& client) {
     ReplyError(wire, info, dns::Rcode::kRefused, client);
     return;
   }
-  Connection* conn = PickConnection();
-  if (conn == nullptr) {
-    Bump(stats_.servfail_no_upstream);
-    ReplyError(wire, info, dns::Rcode::kServFail, client);
-    return;
-  }
   const uint32_t slot_index = AllocateSlot();
   if (slot_index == kNone) {
     Bump(stats_.servfail_overload);
@@ -478,20 +579,20 @@ void ShardLoop::HandleQuery(std::span<uint8_t> wire, const ClientRef& client) {
     return;
   }
   QuerySlot& slot = slots_[slot_index];
-  const uint32_t conn_index = static_cast<uint32_t>(conn->upstream_index);
-  if (!conn->ids.Insert(slot_index, rng_, slot.upstream_id)) {
+  const size_t upstream_length = dns::BuildUpstreamQuery(wire, info, query_options_, slot.query);
+  if (upstream_length == 0) {  // malformed EDNS options
     ReleaseSlot(slot_index);
-    Bump(stats_.servfail_overload);
-    ReplyError(wire, info, dns::Rcode::kServFail, client);
+    Bump(stats_.formerr);
+    ReplyError(wire, info, dns::Rcode::kFormErr, client);
     return;
   }
-  slot.connection = conn_index;
+  slot.kind = SlotKind::kClient;
   slot.transport = client.transport;
   slot.has_edns = info.has_edns;
   slot.dnssec_ok = info.dnssec_ok;
   slot.client_id = info.id;
   slot.question_length = info.question_length;
-  slot.query_length = static_cast<uint16_t>(wire.size());
+  slot.query_length = static_cast<uint16_t>(upstream_length);
   if (client.transport == Transport::kUdp) {
     slot.udp_socket = client.udp_socket;
     slot.udp_limit = static_cast<uint16_t>(std::min<size_t>(info.udp_response_limit, kMaxUdpReply));
@@ -502,16 +603,9 @@ void ShardLoop::HandleQuery(std::span<uint8_t> wire, const ClientRef& client) {
     slot.tcp_generation = client.tcp_generation;
     ++tcp_clients_[client.tcp_client].queries_in_flight;
   }
-  std::memcpy(slot.query, wire.data(), wire.size());
-  dns::header::SetId(slot.query, slot.upstream_id);
-
-  // Queue on the connection; the batch goes out in one TLS write at the end
-  // of this loop iteration (or when the handshake completes).
-  const uint8_t prefix[2] = {static_cast<uint8_t>(wire.size() >> 8),
-                             static_cast<uint8_t>(wire.size())};
-  conn->pending_plain.insert(conn->pending_plain.end(), prefix, prefix + 2);
-  conn->pending_plain.insert(conn->pending_plain.end(), slot.query, slot.query + wire.size());
-  Bump(stats_.forwarded);
+  if (!Dispatch(slot_index, -1, false)) {
+    FailSlot(slot_index, stats_.servfail_no_upstream);
+  }
 }
 
 void ShardLoop::ReplyError(std::span<const uint8_t> query, const dns::QueryInfo& info,
@@ -769,26 +863,196 @@ void ShardLoop::UnlinkIdle(uint32_t client_index) {
 // ---------------------------------------------------------------------------
 // Upstream connections
 
-Connection* ShardLoop::PickConnection() {
-  // First choice: a verified connection, in the operator's order. Then one
-  // that is being set up (the query waits for its handshake), then an idle
-  // one we can open now.
-  for (auto& conn : connections_) {
-    if (conn->state == ConnectionState::kReady) return conn.get();
-  }
-  for (auto& conn : connections_) {
-    if (conn->state == ConnectionState::kConnecting ||
-        conn->state == ConnectionState::kHandshaking) {
-      return conn.get();
+std::vector<int> ShardLoop::Priorities(const config::Config& config) {
+  std::vector<int> priorities;
+  for (const auto& upstream : config.upstreams) priorities.push_back(upstream.priority);
+  return priorities;
+}
+
+// An upstream can take a query when one of its connections is (being) set
+// up and below its in-flight cap, or when it may open another one.
+bool ShardLoop::UpstreamUsable(int upstream) {
+  const UpstreamRuntime& runtime = upstreams_[upstream];
+  const size_t cap = static_cast<size_t>(config_.max_inflight_per_connection);
+  bool can_open = false;
+  for (uint32_t conn_index : runtime.connections) {
+    const Connection& conn = *connections_[conn_index];
+    switch (conn.state) {
+      case ConnectionState::kReady:
+      case ConnectionState::kConnecting:
+      case ConnectionState::kHandshaking:
+        if (conn.ids.size() < cap) return true;
+        break;
+      case ConnectionState::kIdle:
+        can_open = true;
+        break;
+      case ConnectionState::kClosing:
+        break;
     }
   }
-  for (uint32_t i = 0; i < connections_.size(); ++i) {
-    if (connections_[i]->state == ConnectionState::kIdle) {
-      StartConnect(i);
-      if (connections_[i]->state == ConnectionState::kConnecting) return connections_[i].get();
+  return can_open && now_ >= runtime.retry_at;
+}
+
+Connection* ShardLoop::AcquireConnection(int upstream) {
+  const UpstreamRuntime& runtime = upstreams_[upstream];
+  const size_t cap = static_cast<size_t>(config_.max_inflight_per_connection);
+  // A verified connection first, then one being set up, then a new one.
+  for (uint32_t conn_index : runtime.connections) {
+    Connection& conn = *connections_[conn_index];
+    if (conn.state == ConnectionState::kReady && conn.ids.size() < cap) return &conn;
+  }
+  for (uint32_t conn_index : runtime.connections) {
+    Connection& conn = *connections_[conn_index];
+    if ((conn.state == ConnectionState::kConnecting ||
+         conn.state == ConnectionState::kHandshaking) &&
+        conn.ids.size() < cap) {
+      return &conn;
     }
+  }
+  if (now_ < runtime.retry_at) return nullptr;
+  for (uint32_t conn_index : runtime.connections) {
+    Connection& conn = *connections_[conn_index];
+    if (conn.state != ConnectionState::kIdle) continue;
+    StartConnect(conn_index);
+    if (conn.state == ConnectionState::kConnecting) return &conn;
+    return nullptr;
   }
   return nullptr;
+}
+
+// Sends the slot's query to the best usable upstream other than `exclude`
+// (or to `exclude` itself when `allow_excluded` and nothing else is usable).
+bool ShardLoop::Dispatch(uint32_t slot_index, int exclude, bool allow_excluded) {
+  QuerySlot& slot = slots_[slot_index];
+  int upstream = health_.Select([this](int i) { return UpstreamUsable(i); }, exclude, rng_.Next());
+  if (upstream < 0 && allow_excluded && exclude >= 0 && UpstreamUsable(exclude)) {
+    upstream = exclude;
+  }
+  if (upstream < 0) return false;
+  Connection* conn = AcquireConnection(upstream);
+  if (conn == nullptr || !conn->ids.Insert(slot_index, rng_, slot.upstream_id)) return false;
+
+  const UpstreamRuntime& runtime = upstreams_[upstream];
+  slot.upstream = upstream;
+  slot.connection = static_cast<uint32_t>(
+      std::find_if(runtime.connections.begin(), runtime.connections.end(),
+                   [&](uint32_t i) { return connections_[i].get() == conn; }) -
+      runtime.connections.begin() + runtime.connections.front());
+  slot.sent_at = now_;
+  if (slot.on_attempt_list) {
+    ListRemove<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, attempt_list_, slot_index);
+    slot.on_attempt_list = false;
+  }
+  if (retry_on_timeout_ && slot.attempt == 1 && slot.kind == SlotKind::kClient) {
+    // The first attempt gets half the budget so a retry elsewhere still fits.
+    slot.attempt_deadline = now_ + config_.query_timeout / 2;
+    ListAppend<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, attempt_list_, slot_index);
+    slot.on_attempt_list = true;
+  }
+  dns::header::SetId(slot.query, slot.upstream_id);
+
+  // Queue on the connection; the batch goes out in one TLS write at the end
+  // of this loop iteration (or when the handshake completes).
+  const uint8_t prefix[2] = {static_cast<uint8_t>(slot.query_length >> 8),
+                             static_cast<uint8_t>(slot.query_length)};
+  conn->pending_plain.insert(conn->pending_plain.end(), prefix, prefix + 2);
+  conn->pending_plain.insert(conn->pending_plain.end(), slot.query, slot.query + slot.query_length);
+  conn->last_activity = now_;
+  health_.AddInFlight(upstream);
+  Set(runtime.stats->in_flight, health_.get(upstream).in_flight);
+  Bump(runtime.stats->queries);
+  Bump(stats_.forwarded);
+  return true;
+}
+
+void ShardLoop::Unbind(QuerySlot& slot) {
+  if (slot.connection == kNone) return;
+  Connection& conn = *connections_[slot.connection];
+  if (conn.ids.Lookup(slot.upstream_id) == static_cast<uint32_t>(&slot - slots_.data())) {
+    conn.ids.Erase(slot.upstream_id);
+  }
+  health_.RemoveInFlight(slot.upstream);
+  Set(upstreams_[slot.upstream].stats->in_flight, health_.get(slot.upstream).in_flight);
+  slot.connection = kNone;
+}
+
+// A probe asks an unhealthy upstream for the root NS set; any matching
+// answer proves it serves again.
+void ShardLoop::SendProbe(int upstream) {
+  static constexpr uint8_t kProbeQuery[] = {0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
+                                            0, 0, 2, 0, 1};  // ". IN NS", RD=1
+  const uint32_t slot_index = AllocateSlot();
+  if (slot_index == kNone) return;
+  QuerySlot& slot = slots_[slot_index];
+  dns::QueryInfo info;
+  dns::ParseQuery(kProbeQuery, info);
+  slot.kind = SlotKind::kProbe;
+  slot.has_edns = false;
+  slot.question_length = info.question_length;
+  slot.query_length =
+      static_cast<uint16_t>(dns::BuildUpstreamQuery(kProbeQuery, info, query_options_, slot.query));
+  Bump(stats_.probes);
+  if (!UpstreamUsable(upstream)) {
+    ReleaseSlot(slot_index);
+    return;
+  }
+  // Force this upstream: exclude nothing but only allow it.
+  Connection* conn = AcquireConnection(upstream);
+  if (conn == nullptr || !conn->ids.Insert(slot_index, rng_, slot.upstream_id)) {
+    ReleaseSlot(slot_index);
+    return;
+  }
+  const UpstreamRuntime& runtime = upstreams_[upstream];
+  slot.upstream = upstream;
+  for (uint32_t i : runtime.connections) {
+    if (connections_[i].get() == conn) slot.connection = i;
+  }
+  slot.sent_at = now_;
+  dns::header::SetId(slot.query, slot.upstream_id);
+  const uint8_t prefix[2] = {static_cast<uint8_t>(slot.query_length >> 8),
+                             static_cast<uint8_t>(slot.query_length)};
+  conn->pending_plain.insert(conn->pending_plain.end(), prefix, prefix + 2);
+  conn->pending_plain.insert(conn->pending_plain.end(), slot.query, slot.query + slot.query_length);
+  conn->last_activity = now_;
+  health_.AddInFlight(upstream);
+  Bump(runtime.stats->queries);
+}
+
+void ShardLoop::NoteHealth(int upstream, bool changed) {
+  if (!changed) return;
+  UpstreamRuntime& runtime = upstreams_[upstream];
+  const upstream::UpstreamHealth& health = health_.get(upstream);
+  Set(runtime.stats->healthy, health.state == upstream::HealthState::kHealthy ? 1 : 0);
+  // Rate-limited: a flapping upstream must not flood the log.
+  if (now_ - runtime.last_health_log < kHealthLogInterval) {
+    ++runtime.health_logs_suppressed;
+    return;
+  }
+  Log(Severity::kWarning, "shard %d: upstream %s is now %s (%d consecutive failures, latency %.1f ms%s)",
+      index_, config_.upstreams[upstream].spec, upstream::ToString(health.state),
+      health.consecutive_failures, health.latency_ewma_ms,
+      runtime.health_logs_suppressed > 0
+          ? absl::StrCat(", ", runtime.health_logs_suppressed, " changes not logged")
+          : std::string());
+  runtime.last_health_log = now_;
+  runtime.health_logs_suppressed = 0;
+}
+
+void ShardLoop::UpstreamFailed(int upstream, const std::string& reason) {
+  UpstreamRuntime& runtime = upstreams_[upstream];
+  Bump(stats_.upstream_connect_failures);
+  Bump(runtime.stats->connect_failures);
+  ++runtime.connect_failures;
+  runtime.retry_at = now_ + upstream::BackoffDelay(runtime.connect_failures, rng_.Next());
+  runtime.reconnect_pending = true;
+  if (runtime.connect_failures == 1 || now_ - runtime.last_failure_log >= kFailureLogInterval) {
+    Log(Severity::kWarning, "shard %d: upstream %s: %s (failure %d, retry in %d ms)", index_,
+        config_.upstreams[upstream].spec, reason, runtime.connect_failures,
+        static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                             runtime.retry_at - now_).count()));
+    runtime.last_failure_log = now_;
+  }
+  NoteHealth(upstream, health_.RecordFailure(upstream, now_));
 }
 
 void ShardLoop::StartConnect(uint32_t conn_index) {
@@ -797,15 +1061,15 @@ void ShardLoop::StartConnect(uint32_t conn_index) {
   auto fd = io::OpenTcpClient(upstream.address.family(),
                               static_cast<int>(config_.connect_timeout.count()));
   if (!fd.ok()) {
-    conn.state = ConnectionState::kBackoff;
-    conn.retry_at = now_ + upstream::BackoffDelay(++conn.consecutive_failures, rng_.Next());
-    Log(Severity::kError, "shard %d: upstream %s: %s", index_, upstream.spec,
-        fd.status().message());
+    UpstreamFailed(conn.upstream_index, std::string(fd.status().message()));
     return;
   }
   conn.fd = *std::move(fd);
   conn.state = ConnectionState::kConnecting;
   conn.connect_deadline = now_ + config_.connect_timeout;
+  conn.last_activity = now_;
+  conn.keepalive_timeout = std::chrono::milliseconds(0);
+  conn.quick_acks_left = 8;
   conn.close_was_failure = false;
   conn.framer.Clear();
   conn.sending.clear();
@@ -827,8 +1091,9 @@ void ShardLoop::OnUpstreamConnect(uint32_t conn_index, const io_uring_cqe& cqe) 
     CloseConnection(conn_index, true, absl::StrCat("connect: ", std::strerror(-cqe.res)));
     return;
   }
-  const config::UpstreamConfig& upstream = config_.upstreams[conn.upstream_index];
-  if (auto status = conn.session.Start(*tls_context_, upstream.auth_name); !status.ok()) {
+  UpstreamRuntime& runtime = upstreams_[conn.upstream_index];
+  if (auto status = conn.session.Start(*tls_context_, runtime.policy, &runtime.resumption);
+      !status.ok()) {
     CloseConnection(conn_index, true, std::string(status.message()));
     return;
   }
@@ -839,21 +1104,31 @@ void ShardLoop::OnUpstreamConnect(uint32_t conn_index, const io_uring_cqe& cqe) 
 
 void ShardLoop::DriveHandshake(uint32_t conn_index) {
   Connection& conn = *connections_[conn_index];
+  UpstreamRuntime& runtime = upstreams_[conn.upstream_index];
   const auto step = conn.session.Handshake();
   StartUpstreamSend(conn_index);
   if (step == tls::Session::Step::kWantRead) return;
   if (step == tls::Session::Step::kError) {
+    // A handshake that fails after the server spoke is a verification or
+    // protocol failure: never use this connection.
     Bump(stats_.upstream_verify_failures);
+    Bump(runtime.stats->verify_failures);
+    if (conn.session.pin_mismatch()) Bump(runtime.stats->pin_failures);
     CloseConnection(conn_index, true, absl::StrCat("TLS handshake: ", conn.session.error()));
     return;
   }
   conn.state = ConnectionState::kReady;
+  conn.last_activity = now_;
   Bump(stats_.upstream_connects);
-  if (conn.consecutive_failures > 0) {
-    Log(Severity::kInfo, "shard %d: upstream %s: connected again", index_,
-        config_.upstreams[conn.upstream_index].spec);
+  Bump(runtime.stats->connection_opens);
+  if (conn.session.resumed()) Bump(runtime.stats->resumptions);
+  if (runtime.connect_failures > 0) {
+    Log(Severity::kInfo, "shard %d: upstream %s: connected again%s", index_,
+        config_.upstreams[conn.upstream_index].spec,
+        conn.session.resumed() ? " (TLS session resumed)" : "");
   }
-  conn.consecutive_failures = 0;
+  runtime.connect_failures = 0;
+  runtime.reconnect_pending = false;
   // Queries that waited for the handshake go out with this iteration's batch;
   // data that arrived with the last handshake flight is read now.
   ReadUpstreamPlaintext(conn_index);
@@ -880,22 +1155,30 @@ void ShardLoop::OnUpstreamRecv(uint32_t conn_index, const io_uring_cqe& cqe) {
   if (cqe.res <= 0) {
     const bool during_handshake = conn.state != ConnectionState::kReady;
     if (!during_handshake) Bump(stats_.upstream_closed);
-    // An upstream closing an established, idle connection is routine
-    // (public resolvers do it after ~10 s); only a failed setup counts.
+    // An upstream closing an established connection is routine (public
+    // resolvers do it after ~10 s idle); only a failed setup counts.
     CloseConnection(conn_index, during_handshake,
                     cqe.res == 0 ? std::string("closed by upstream")
                                  : absl::StrCat("receive: ", std::strerror(-cqe.res)));
     return;
   }
   conn.session.CommitInbound(static_cast<size_t>(cqe.res));
+  if (conn.quick_acks_left > 0) {
+    // Right after the handshake the upstream often has two small writes in
+    // a row (session ticket, then our first answer); with Nagle on its side
+    // and delayed ACKs on ours the answer would wait ~40 ms. Once queries
+    // flow, our own segments carry the ACKs.
+    --conn.quick_acks_left;
+    const int one = 1;
+    setsockopt(conn.fd.get(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+  }
   if (conn.state == ConnectionState::kHandshaking) {
     DriveHandshake(conn_index);
   } else {
     ReadUpstreamPlaintext(conn_index);
   }
-  Connection& after = *connections_[conn_index];
-  if ((after.state == ConnectionState::kHandshaking || after.state == ConnectionState::kReady) &&
-      !after.recv_in_flight) {
+  if ((conn.state == ConnectionState::kHandshaking || conn.state == ConnectionState::kReady) &&
+      !conn.recv_in_flight) {
     ArmUpstreamRecv(conn_index);
   }
 }
@@ -946,11 +1229,28 @@ void ShardLoop::OnUpstreamAnswer(Connection& conn, std::span<uint8_t> answer) {
     Bump(stats_.upstream_question_mismatch);
     return;
   }
+  conn.last_activity = now_;
+  const int upstream = slot.upstream;
+  UpstreamRuntime& runtime = upstreams_[upstream];
+  Unbind(slot);
+  const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(now_ - slot.sent_at);
+  NoteHealth(upstream, health_.RecordAnswer(upstream, latency, now_));
+  Bump(runtime.stats->answers);
+  Set(runtime.stats->latency_us, static_cast<uint64_t>(health_.get(upstream).latency_ewma_ms * 1000));
+
+  // Transport options (keepalive, padding) are for this hop only.
+  int keepalive = -1;
+  size_t length = dns::RewriteAnswerOpt(answer, answer.size(), slot.has_edns, &keepalive);
+  if (keepalive >= 0) conn.keepalive_timeout = std::chrono::milliseconds(keepalive * 100);
+  if (slot.kind == SlotKind::kProbe) {
+    ReleaseSlot(slot_index);
+    return;
+  }
+
   // Give the answer back its client: client ID, client's question bytes
   // (0x20 letter case) and, for UDP, the client's size limit.
   dns::header::SetId(answer.data(), slot.client_id);
   std::memcpy(answer.data() + dns::kHeaderSize, asked.data(), asked.size());
-  size_t length = answer.size();
   ClientRef client;
   client.transport = slot.transport;
   if (slot.transport == Transport::kUdp) {
@@ -1024,39 +1324,42 @@ void ShardLoop::OnUpstreamSendDone(uint32_t conn_index, const io_uring_cqe& cqe)
 
 void ShardLoop::CloseConnection(uint32_t conn_index, bool failure, const std::string& reason) {
   Connection& conn = *connections_[conn_index];
-  if (conn.state == ConnectionState::kClosing || conn.state == ConnectionState::kIdle ||
-      conn.state == ConnectionState::kBackoff) {
-    return;
-  }
-  const config::UpstreamConfig& upstream = config_.upstreams[conn.upstream_index];
-  if (failure) {
-    Bump(stats_.upstream_connect_failures);
-    ++conn.consecutive_failures;
-    // Rate-limited: a dead upstream must not flood the log.
-    if (conn.consecutive_failures == 1 || now_ - conn.last_failure_log >= kFailureLogInterval) {
-      Log(Severity::kWarning, "shard %d: upstream %s: %s (failure %d)", index_, upstream.spec,
-          reason, conn.consecutive_failures);
-      conn.last_failure_log = now_;
-    }
-  }
+  if (conn.state == ConnectionState::kClosing || conn.state == ConnectionState::kIdle) return;
+  const int upstream = conn.upstream_index;
+  if (failure) UpstreamFailed(upstream, reason);
   conn.close_was_failure = failure;
   conn.state = ConnectionState::kClosing;
 
-  // Every query bound to this connection fails now rather than at its
-  // deadline: the client learns promptly.
-  for (uint32_t id = 0; id < upstream::IdTable::kIds && conn.ids.size() > 0; ++id) {
+  // Queries bound to this connection are retried once (elsewhere when
+  // possible) or fail now rather than at their deadline.
+  orphaned_slots_.clear();
+  for (uint32_t id = 0; id < upstream::IdTable::kIds && orphaned_slots_.size() < conn.ids.size();
+       ++id) {
     const uint32_t slot_index = conn.ids.Lookup(static_cast<uint16_t>(id));
-    if (slot_index != upstream::IdTable::kFree) {
-      FailSlot(slot_index, failure ? stats_.servfail_no_upstream : stats_.servfail_connection_lost);
-    }
+    if (slot_index != upstream::IdTable::kFree) orphaned_slots_.push_back(slot_index);
   }
-  conn.ids.Clear();
   conn.pending_plain.clear();
   if (conn.ops_in_flight > 0) {
     ::shutdown(conn.fd.get(), SHUT_RDWR);
     CancelFd(conn.fd.get());
   }
   FinishClose(conn_index);
+  for (uint32_t slot_index : orphaned_slots_) {
+    QuerySlot& slot = slots_[slot_index];
+    Unbind(slot);
+    if (slot.kind == SlotKind::kProbe) {
+      ReleaseSlot(slot_index);
+    } else if (slot.attempt == 1 && !draining_) {
+      slot.attempt = 2;
+      Bump(stats_.retried);
+      if (!Dispatch(slot_index, upstream, /*allow_excluded=*/true)) {
+        FailSlot(slot_index, failure ? stats_.servfail_no_upstream : stats_.servfail_connection_lost);
+      }
+    } else {
+      FailSlot(slot_index, failure ? stats_.servfail_no_upstream : stats_.servfail_connection_lost);
+    }
+  }
+  conn.ids.Clear();
 }
 
 void ShardLoop::FinishClose(uint32_t conn_index) {
@@ -1068,12 +1371,16 @@ void ShardLoop::FinishClose(uint32_t conn_index) {
   conn.sending.clear();
   conn.send_in_flight = conn.recv_in_flight = false;
   ++conn.generation;
-  if (conn.close_was_failure) {
-    conn.state = ConnectionState::kBackoff;
-    conn.retry_at = now_ + upstream::BackoffDelay(conn.consecutive_failures, rng_.Next());
-  } else {
-    conn.state = ConnectionState::kIdle;  // reopened when the next query needs it
-  }
+  conn.state = ConnectionState::kIdle;  // reopened when a query needs it
+}
+
+std::chrono::milliseconds ShardLoop::IdleTimeout(const Connection& conn) const {
+  if (conn.keepalive_timeout.count() <= 0) return config_.upstream_idle_timeout;
+  // Close just before the upstream would (RFC 7828 §3.2.2), leaving room
+  // for a query already on its way.
+  const auto margin = std::max(std::chrono::milliseconds(200), conn.keepalive_timeout / 10);
+  return std::clamp(conn.keepalive_timeout - margin, std::chrono::milliseconds(100),
+                    config_.upstream_idle_timeout);
 }
 
 // ---------------------------------------------------------------------------
@@ -1085,15 +1392,12 @@ uint32_t ShardLoop::AllocateSlot() {
   free_slots_.pop_back();
   QuerySlot& slot = slots_[slot_index];
   slot.in_use = true;
+  slot.attempt = 1;
+  slot.upstream = -1;
+  slot.connection = kNone;
+  slot.on_attempt_list = false;
   slot.deadline = now_ + config_.query_timeout;
-  slot.prev = deadline_tail_;
-  slot.next = kNone;
-  if (deadline_tail_ != kNone) {
-    slots_[deadline_tail_].next = slot_index;
-  } else {
-    deadline_head_ = slot_index;
-  }
-  deadline_tail_ = slot_index;
+  ListAppend<&QuerySlot::prev, &QuerySlot::next>(slots_, deadline_list_, slot_index);
   ++slots_in_use_;
   return slot_index;
 }
@@ -1101,12 +1405,8 @@ uint32_t ShardLoop::AllocateSlot() {
 void ShardLoop::ReleaseSlot(uint32_t slot_index) {
   QuerySlot& slot = slots_[slot_index];
   if (!slot.in_use) return;
-  if (slot.connection != kNone) {
-    Connection& conn = *connections_[slot.connection];
-    if (conn.ids.Lookup(slot.upstream_id) == slot_index) conn.ids.Erase(slot.upstream_id);
-    slot.connection = kNone;
-  }
-  if (slot.transport == Transport::kTcp) {
+  Unbind(slot);
+  if (slot.kind == SlotKind::kClient && slot.transport == Transport::kTcp) {
     TcpClient& client = tcp_clients_[slot.tcp_client];
     if (client.generation == slot.tcp_generation && client.state == TcpClientState::kOpen) {
       --client.queries_in_flight;
@@ -1120,17 +1420,11 @@ void ShardLoop::ReleaseSlot(uint32_t slot_index) {
       }
     }
   }
-  if (slot.prev != kNone) {
-    slots_[slot.prev].next = slot.next;
-  } else {
-    deadline_head_ = slot.next;
+  ListRemove<&QuerySlot::prev, &QuerySlot::next>(slots_, deadline_list_, slot_index);
+  if (slot.on_attempt_list) {
+    ListRemove<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, attempt_list_, slot_index);
+    slot.on_attempt_list = false;
   }
-  if (slot.next != kNone) {
-    slots_[slot.next].prev = slot.prev;
-  } else {
-    deadline_tail_ = slot.prev;
-  }
-  slot.prev = slot.next = kNone;
   slot.in_use = false;
   free_slots_.push_back(slot_index);
   --slots_in_use_;
@@ -1138,6 +1432,10 @@ void ShardLoop::ReleaseSlot(uint32_t slot_index) {
 
 void ShardLoop::FailSlot(uint32_t slot_index, std::atomic<uint64_t>& counter) {
   QuerySlot& slot = slots_[slot_index];
+  if (slot.kind == SlotKind::kProbe) {
+    ReleaseSlot(slot_index);
+    return;
+  }
   Bump(counter);
   dns::QueryInfo info;
   info.id = slot.client_id;
@@ -1162,10 +1460,38 @@ void ShardLoop::FailSlot(uint32_t slot_index, std::atomic<uint64_t>& counter) {
 }
 
 void ShardLoop::RunTimers() {
-  // Query deadlines: the list is in deadline order, so stop at the first
+  // First attempts past half the budget: count a timeout against their
+  // upstream and retry once elsewhere if anything else is usable.
+  while (attempt_list_.head != kNone && slots_[attempt_list_.head].attempt_deadline <= now_) {
+    const uint32_t slot_index = attempt_list_.head;
+    QuerySlot& slot = slots_[slot_index];
+    ListRemove<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, attempt_list_, slot_index);
+    slot.on_attempt_list = false;
+    const int upstream = slot.upstream;
+    if (upstream < 0) continue;
+    Bump(upstreams_[upstream].stats->timeouts);
+    NoteHealth(upstream, health_.RecordFailure(upstream, now_));
+    if (draining_) continue;
+    const int other = health_.Select([this](int i) { return UpstreamUsable(i); }, upstream, rng_.Next());
+    if (other < 0) continue;  // nowhere else to go: keep waiting here
+    Unbind(slot);
+    slot.attempt = 2;
+    Bump(stats_.retried);
+    if (!Dispatch(slot_index, upstream, /*allow_excluded=*/false)) {
+      FailSlot(slot_index, stats_.servfail_no_upstream);
+    }
+  }
+  // Final deadlines: the list is in deadline order, so stop at the first
   // live one. New queries never extend an old query's deadline.
-  while (deadline_head_ != kNone && slots_[deadline_head_].deadline <= now_) {
-    FailSlot(deadline_head_, stats_.servfail_timeout);
+  while (deadline_list_.head != kNone && slots_[deadline_list_.head].deadline <= now_) {
+    const uint32_t slot_index = deadline_list_.head;
+    QuerySlot& slot = slots_[slot_index];
+    if (slot.upstream >= 0 && slot.connection != kNone &&
+        (slot.attempt == 2 || !retry_on_timeout_) && slot.kind == SlotKind::kClient) {
+      Bump(upstreams_[slot.upstream].stats->timeouts);
+      NoteHealth(slot.upstream, health_.RecordFailure(slot.upstream, now_));
+    }
+    FailSlot(slot_index, stats_.servfail_timeout);
   }
   // Idle TCP clients (RFC 7766 §6.2.3), oldest activity first.
   while (idle_head_ != kNone &&
@@ -1179,11 +1505,28 @@ void ShardLoop::RunTimers() {
          conn.state == ConnectionState::kHandshaking) &&
         now_ >= conn.connect_deadline) {
       CloseConnection(i, true, "connect/handshake timed out");
-    } else if (conn.state == ConnectionState::kBackoff && now_ >= conn.retry_at && !draining_) {
-      // After a failure, keep trying in the background (with backoff) so the
-      // upstream is ready again as soon as it comes back.
-      conn.state = ConnectionState::kIdle;
-      StartConnect(i);
+    } else if (conn.state == ConnectionState::kReady && conn.ids.size() == 0 &&
+               conn.pending_plain.empty() && now_ - conn.last_activity >= IdleTimeout(conn)) {
+      Bump(stats_.upstream_idle_closed);
+      CloseConnection(i, false, "idle");
+    }
+  }
+  if (draining_) return;
+  for (int u = 0; u < static_cast<int>(upstreams_.size()); ++u) {
+    UpstreamRuntime& runtime = upstreams_[u];
+    // After a failure, keep trying in the background (with backoff) so the
+    // upstream is ready again as soon as it comes back.
+    if (runtime.reconnect_pending && now_ >= runtime.retry_at) {
+      runtime.reconnect_pending = false;
+      bool any_open = false;
+      for (uint32_t conn_index : runtime.connections) {
+        if (connections_[conn_index]->state != ConnectionState::kIdle) any_open = true;
+      }
+      if (!any_open) StartConnect(runtime.connections.front());
+    }
+    if (health_.ProbeDue(u, now_)) {
+      health_.ProbeSent(u, now_);
+      SendProbe(u);
     }
   }
 }
@@ -1192,12 +1535,14 @@ void ShardLoop::RunTimers() {
 // Shard
 
 Shard::Shard(int index, std::shared_ptr<const config::Config> config)
-    : index_(index), config_(std::move(config)) {}
+    : index_(index),
+      config_(std::move(config)),
+      upstream_stats_(new UpstreamStats[config_->upstreams.size()]) {}
 
 Shard::~Shard() = default;
 
 void Shard::Run(const std::function<void(absl::Status)>& ready) {
-  ShardLoop loop(index_, *config_, stats_, stop_requested_);
+  ShardLoop loop(index_, *config_, stats_, upstream_stats_.get(), stop_requested_);
   absl::Status status = loop.Setup();
   ready(status);
   if (!status.ok()) return;

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/sha256.h>
 #include <wolfssl/wolfio.h>
 
 #include <cstring>
@@ -26,6 +27,25 @@ bool IsIpLiteral(const std::string& name) {
 
 void GlobalInit() { wolfSSL_Init(); }
 
+ResumptionCache::~ResumptionCache() {
+  if (session_ != nullptr) wolfSSL_SESSION_free(session_);
+}
+
+void ResumptionCache::Store(WOLFSSL_SESSION* session) {
+  if (session_ != nullptr) wolfSSL_SESSION_free(session_);
+  session_ = session;
+}
+
+int Session::NewSessionCallback(WOLFSSL* ssl, WOLFSSL_SESSION* session) {
+  auto* self = static_cast<Session*>(wolfSSL_GetIOReadCtx(ssl));
+  // Only sessions of verified connections are kept: a resumed connection
+  // skips certificate checks.
+  if (self != nullptr && self->cache_ != nullptr && self->handshake_done_) {
+    if (WOLFSSL_SESSION* copy = wolfSSL_SESSION_dup(session)) self->cache_->Store(copy);
+  }
+  return 0;  // wolfSSL keeps ownership of `session`
+}
+
 absl::StatusOr<std::unique_ptr<ClientContext>> ClientContext::Create(const std::string& ca_file) {
   WOLFSSL_CTX* ctx = wolfSSL_CTX_new(wolfSSLv23_client_method());
   if (ctx == nullptr) return absl::InternalError("wolfSSL_CTX_new failed");
@@ -43,6 +63,10 @@ absl::StatusOr<std::unique_ptr<ClientContext>> ClientContext::Create(const std::
         absl::StrCat("--ca-file ", ca_file, ": cannot load PEM trust anchors"));
   }
   wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, nullptr);
+  // Resumption with tickets, kept per upstream by us (ResumptionCache).
+  wolfSSL_CTX_UseSessionTicket(ctx);
+  wolfSSL_CTX_set_session_cache_mode(ctx, WOLFSSL_SESS_CACHE_CLIENT | WOLFSSL_SESS_CACHE_NO_INTERNAL);
+  wolfSSL_CTX_sess_set_new_cb(ctx, &Session::NewSessionCallback);
   wolfSSL_SetIORecv(ctx, &Session::RecvCallback);
   wolfSSL_SetIOSend(ctx, &Session::SendCallback);
   return context;
@@ -57,19 +81,26 @@ Session::~Session() { Reset(); }
 void Session::Reset() {
   if (ssl_ != nullptr) wolfSSL_free(ssl_);
   ssl_ = nullptr;
+  resumed_ = false;
   in_begin_ = in_end_ = 0;
   outbound_.clear();
   handshake_done_ = false;
   peer_closed_ = false;
 }
 
-absl::Status Session::Start(const ClientContext& context, const std::string& auth_name) {
+absl::Status Session::Start(const ClientContext& context, const PeerPolicy& policy,
+                            ResumptionCache* cache) {
   Reset();
   error_.clear();
+  pin_mismatch_ = false;
+  policy_ = &policy;
+  cache_ = cache;
+  const std::string& auth_name = policy.auth_name;
   ssl_ = wolfSSL_new(context.get());
   if (ssl_ == nullptr) return absl::InternalError("wolfSSL_new failed");
   wolfSSL_SetIOReadCtx(ssl_, this);
   wolfSSL_SetIOWriteCtx(ssl_, this);
+  if (cache != nullptr && cache->get() != nullptr) wolfSSL_set_session(ssl_, cache->get());
   // X25519 first: the cheapest full handshake in this wolfSSL build.
   wolfSSL_UseKeyShare(ssl_, WOLFSSL_ECC_X25519);
   if (!IsIpLiteral(auth_name) &&
@@ -77,7 +108,11 @@ absl::Status Session::Start(const ClientContext& context, const std::string& aut
                      static_cast<unsigned short>(auth_name.size())) != WOLFSSL_SUCCESS) {
     return absl::InternalError("wolfSSL_UseSNI failed");
   }
-  if (wolfSSL_check_domain_name(ssl_, auth_name.c_str()) != WOLFSSL_SUCCESS) {
+  if (policy.pin_only) {
+    // The operator chose pins as the only authentication: no CA or name
+    // check, and PeerMatchesPin() after the handshake is mandatory.
+    wolfSSL_set_verify(ssl_, WOLFSSL_VERIFY_NONE, nullptr);
+  } else if (wolfSSL_check_domain_name(ssl_, auth_name.c_str()) != WOLFSSL_SUCCESS) {
     return absl::InternalError("wolfSSL_check_domain_name failed");
   }
   return absl::OkStatus();
@@ -127,6 +162,12 @@ void Session::RecordError(int ret) {
 Session::Step Session::Handshake() {
   const int ret = wolfSSL_connect(ssl_);
   if (ret == WOLFSSL_SUCCESS) {
+    resumed_ = wolfSSL_session_reused(ssl_) == 1;
+    if (policy_ != nullptr && !policy_->pins.empty() && !resumed_ && !PeerMatchesPin()) {
+      pin_mismatch_ = true;
+      error_ = "no certificate in the upstream's chain matches a configured SPKI pin";
+      return Step::kError;
+    }
     handshake_done_ = true;
     return Step::kDone;
   }
@@ -134,6 +175,29 @@ Session::Step Session::Handshake() {
   if (code == WOLFSSL_ERROR_WANT_READ || code == WOLFSSL_ERROR_WANT_WRITE) return Step::kWantRead;
   RecordError(ret);
   return Step::kError;
+}
+
+bool Session::PeerMatchesPin() {
+  WOLFSSL_X509_CHAIN* chain = wolfSSL_get_peer_chain(ssl_);
+  const int count = chain != nullptr ? wolfSSL_get_chain_count(chain) : 0;
+  for (int i = 0; i < count; ++i) {
+    WOLFSSL_X509* certificate = wolfSSL_get_chain_X509(chain, i);
+    if (certificate == nullptr) continue;
+    // The full DER SubjectPublicKeyInfo (wolfSSL_i2d_PUBKEY would give PKCS#1
+    // for RSA, a different hash).
+    unsigned char spki[4096];
+    int spki_length = sizeof(spki);
+    const bool have_key =
+        wolfSSL_X509_get_pubkey_buffer(certificate, spki, &spki_length) == WOLFSSL_SUCCESS;
+    wolfSSL_X509_free(certificate);
+    if (!have_key) continue;
+    SpkiPin digest;
+    if (wc_Sha256Hash(spki, static_cast<word32>(spki_length), digest.data()) != 0) continue;
+    for (const SpkiPin& pin : policy_->pins) {
+      if (pin == digest) return true;
+    }
+  }
+  return false;
 }
 
 int Session::Read(std::span<uint8_t> plain) {

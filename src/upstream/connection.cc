@@ -11,7 +11,6 @@ const char* ToString(ConnectionState state) {
     case ConnectionState::kHandshaking: return "handshaking";
     case ConnectionState::kReady: return "ready";
     case ConnectionState::kClosing: return "closing";
-    case ConnectionState::kBackoff: return "backoff";
   }
   return "?";
 }

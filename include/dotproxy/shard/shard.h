@@ -34,6 +34,8 @@ class Shard {
   void Stop() { stop_requested_.store(true, std::memory_order_relaxed); }
 
   const ShardStats& stats() const { return stats_; }
+  // One per configured upstream, in configuration order.
+  const UpstreamStats& upstream_stats(size_t upstream) const { return upstream_stats_[upstream]; }
   int index() const { return index_; }
 
  private:
@@ -41,6 +43,7 @@ class Shard {
   std::shared_ptr<const config::Config> config_;
   std::atomic<bool> stop_requested_{false};
   ShardStats stats_;
+  std::unique_ptr<UpstreamStats[]> upstream_stats_;
 };
 
 }  // namespace dotproxy::shard

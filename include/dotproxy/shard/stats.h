@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace dotproxy::shard {
@@ -12,9 +13,10 @@ namespace dotproxy::shard {
 #define DOTPROXY_SHARD_COUNTERS(X)                                                   \
   X(udp_queries, "UDP datagrams received")                                          \
   X(tcp_queries, "queries received over client TCP connections")                    \
-  X(forwarded, "queries sent to an upstream")                                        \
+  X(forwarded, "queries sent to an upstream (retries included)")                     \
   X(answered, "upstream answers delivered to clients")                               \
   X(truncated, "UDP answers truncated to the client's size (TC=1)")                  \
+  X(retried, "queries retried on another upstream or connection")                    \
   X(dropped_response_bit, "client packets with QR=1 dropped")                        \
   X(dropped_short, "client packets too short for a header, dropped")                 \
   X(dropped_oversized, "UDP datagrams larger than the receive buffer, dropped")      \
@@ -33,6 +35,8 @@ namespace dotproxy::shard {
   X(upstream_connect_failures, "upstream connect or TLS handshake failures")         \
   X(upstream_verify_failures, "upstream certificates that failed verification")      \
   X(upstream_closed, "upstream connections closed by the peer")                      \
+  X(upstream_idle_closed, "idle upstream connections we closed")                     \
+  X(probes, "health probes sent to unhealthy upstreams")                             \
   X(udp_send_errors, "UDP replies the kernel refused")                               \
   X(udp_send_no_buffer, "UDP replies dropped: all send buffers busy")                \
   X(tcp_accepted, "client TCP connections accepted")                                 \
@@ -41,15 +45,38 @@ namespace dotproxy::shard {
   X(tcp_bad_frame, "client TCP connections closed for an oversized frame")           \
   X(tcp_slow_closed, "client TCP connections closed for not reading answers")
 
+// Per upstream, per shard. The last three are gauges.
+#define DOTPROXY_UPSTREAM_COUNTERS(X)                                        \
+  X(queries, "queries sent (retries and probes included)")                   \
+  X(answers, "answers received and matched")                                 \
+  X(timeouts, "queries whose attempt on this upstream timed out")            \
+  X(connection_opens, "TLS connections established")                         \
+  X(resumptions, "of which resumed a TLS session")                           \
+  X(connect_failures, "connect or handshake failures")                       \
+  X(verify_failures, "certificate, name or pin verification failures")       \
+  X(pin_failures, "of which SPKI pin mismatches")                            \
+  X(healthy, "1 when healthy, 0 when unhealthy (gauge)")                     \
+  X(latency_us, "latency EWMA in microseconds (gauge)")                      \
+  X(in_flight, "queries in flight (gauge)")
+
 struct ShardStats {
 #define DOTPROXY_DECLARE_COUNTER(name, help) std::atomic<uint64_t> name{0};
   DOTPROXY_SHARD_COUNTERS(DOTPROXY_DECLARE_COUNTER)
 #undef DOTPROXY_DECLARE_COUNTER
 };
 
+struct UpstreamStats {
+#define DOTPROXY_DECLARE_COUNTER(name, help) std::atomic<uint64_t> name{0};
+  DOTPROXY_UPSTREAM_COUNTERS(DOTPROXY_DECLARE_COUNTER)
+#undef DOTPROXY_DECLARE_COUNTER
+};
+
 // Single-writer increment: no locked instruction on the hot path.
 inline void Bump(std::atomic<uint64_t>& counter, uint64_t n = 1) {
   counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+inline void Set(std::atomic<uint64_t>& gauge, uint64_t value) {
+  gauge.store(value, std::memory_order_relaxed);
 }
 
 }  // namespace dotproxy::shard

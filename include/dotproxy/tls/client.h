@@ -7,6 +7,7 @@
 // configured once (control plane) and then only used by its owner shard to
 // create sessions; a Session belongs to one upstream connection.
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -18,8 +19,35 @@
 
 struct WOLFSSL_CTX;
 struct WOLFSSL;
+struct WOLFSSL_SESSION;
 
 namespace dotproxy::tls {
+
+// SHA-256 of a DER SubjectPublicKeyInfo (RFC 7858 §4.2 pin).
+using SpkiPin = std::array<uint8_t, 32>;
+
+// The resumable TLS session of one upstream, kept by the shard that talks to
+// it (never wolfSSL's internal cache: it takes a global lock). Move-only.
+class ResumptionCache {
+ public:
+  ResumptionCache() = default;
+  ResumptionCache(const ResumptionCache&) = delete;
+  ResumptionCache& operator=(const ResumptionCache&) = delete;
+  ~ResumptionCache();
+  // Takes ownership of `session` (a copy), replacing the previous one.
+  void Store(WOLFSSL_SESSION* session);
+  WOLFSSL_SESSION* get() const { return session_; }
+
+ private:
+  WOLFSSL_SESSION* session_ = nullptr;
+};
+
+// How a session authenticates its peer.
+struct PeerPolicy {
+  std::string auth_name;       // SNI (DNS names only) and, unless pin_only, the name check
+  std::vector<SpkiPin> pins;   // when set, some certificate in the chain must match one
+  bool pin_only = false;       // pins replace CA and name validation (operator's choice)
+};
 
 // Call once before any thread creates a context.
 void GlobalInit();
@@ -51,7 +79,11 @@ class Session {
   // Prepares a fresh handshake. `auth_name` is checked against the peer
   // certificate; a DNS name is also sent as SNI, an IP literal is matched
   // against IP SANs (RFC 6066 forbids IPs in SNI).
-  absl::Status Start(const ClientContext& context, const std::string& auth_name);
+  //
+  // `cache` (may be null) offers its session for resumption and receives new
+  // tickets; it must outlive this session's handshake and reads.
+  absl::Status Start(const ClientContext& context, const PeerPolicy& policy,
+                     ResumptionCache* cache);
   // Drops the wolfSSL object and all buffered bytes.
   void Reset();
 
@@ -77,14 +109,21 @@ class Session {
   // The last failure in words (certificate verification, alert, ...).
   const std::string& error() const { return error_; }
   bool verified() const { return handshake_done_; }
+  // True after a handshake that resumed a cached session.
+  bool resumed() const { return resumed_; }
+  // True when the last failure was a pin mismatch.
+  bool pin_mismatch() const { return pin_mismatch_; }
 
   // wolfSSL I/O callbacks (installed on the context): copy ciphertext from
   // the inbound buffer / append it to the outbound buffer.
   static int RecvCallback(WOLFSSL* ssl, char* buf, int size, void* ctx);
   static int SendCallback(WOLFSSL* ssl, char* buf, int size, void* ctx);
 
+  static int NewSessionCallback(WOLFSSL* ssl, WOLFSSL_SESSION* session);
+
  private:
   void RecordError(int ret);
+  bool PeerMatchesPin();
 
   WOLFSSL* ssl_ = nullptr;
   std::unique_ptr<uint8_t[]> inbound_;
@@ -94,6 +133,10 @@ class Session {
   std::string error_;
   bool handshake_done_ = false;
   bool peer_closed_ = false;
+  bool resumed_ = false;
+  bool pin_mismatch_ = false;
+  const PeerPolicy* policy_ = nullptr;
+  ResumptionCache* cache_ = nullptr;
 };
 
 }  // namespace dotproxy::tls

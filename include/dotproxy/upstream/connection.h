@@ -26,7 +26,6 @@ enum class ConnectionState : uint8_t {
   kHandshaking,  // TLS handshake in progress
   kReady,        // verified; queries flow
   kClosing,      // cancelling its operations; recycled when none remain
-  kBackoff,      // failed; no connection attempt before `retry_at`
 };
 
 const char* ToString(ConnectionState state);
@@ -40,7 +39,7 @@ struct Connection {
     sending.reserve(64 * 1024);
   }
 
-  int upstream_index = 0;
+  int upstream_index = 0;  // which configured upstream this connects to
   ConnectionState state = ConnectionState::kIdle;
   uint32_t generation = 1;
   int ops_in_flight = 0;
@@ -62,9 +61,13 @@ struct Connection {
   bool close_was_failure = false;
 
   Clock::time_point connect_deadline{};
-  Clock::time_point retry_at{};
-  int consecutive_failures = 0;
-  Clock::time_point last_failure_log{};
+  // Last query sent or answer received, for closing idle connections before
+  // the upstream does.
+  Clock::time_point last_activity{};
+  // The upstream's edns-tcp-keepalive timeout (RFC 7828), once it sent one.
+  std::chrono::milliseconds keepalive_timeout{0};
+  // Receives after connect that still force an immediate ACK (TCP_QUICKACK).
+  int quick_acks_left = 0;
 };
 
 // Reconnect delay after `failures` consecutive failures: exponential from
