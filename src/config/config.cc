@@ -98,7 +98,8 @@ absl::StatusOr<SpkiPin> ParsePin(std::string_view base64) {
 
 absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
   UpstreamConfig upstream;
-  upstream.spec = std::string(spec);
+  // Logs name the upstream without its pins.
+  upstream.spec = std::string(spec.substr(0, spec.find('^')));
   std::string_view rest = spec;
   // Pins: everything after the first '^', separated by '^'.
   const size_t caret = rest.find('^');
