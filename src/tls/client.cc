@@ -38,10 +38,17 @@ void ResumptionCache::Store(WOLFSSL_SESSION* session) {
 
 int Session::NewSessionCallback(WOLFSSL* ssl, WOLFSSL_SESSION* session) {
   auto* self = static_cast<Session*>(wolfSSL_GetIOReadCtx(ssl));
-  // Only sessions of verified connections are kept: a resumed connection
-  // skips certificate checks.
-  if (self != nullptr && self->cache_ != nullptr && self->handshake_done_) {
-    if (WOLFSSL_SESSION* copy = wolfSSL_SESSION_dup(session)) self->cache_->Store(copy);
+  if (self == nullptr || self->cache_ == nullptr) return 0;
+  WOLFSSL_SESSION* copy = wolfSSL_SESSION_dup(session);
+  if (copy == nullptr) return 0;
+  // Only sessions of fully verified connections (pins included) are kept: a
+  // resumed connection skips certificate checks. TLS 1.2 tickets arrive
+  // before the handshake ends, so they wait until Handshake() says done.
+  if (self->handshake_done_) {
+    self->cache_->Store(copy);
+  } else {
+    if (self->pending_session_ != nullptr) wolfSSL_SESSION_free(self->pending_session_);
+    self->pending_session_ = copy;
   }
   return 0;  // wolfSSL keeps ownership of `session`
 }
@@ -81,6 +88,8 @@ Session::~Session() { Reset(); }
 void Session::Reset() {
   if (ssl_ != nullptr) wolfSSL_free(ssl_);
   ssl_ = nullptr;
+  if (pending_session_ != nullptr) wolfSSL_SESSION_free(pending_session_);
+  pending_session_ = nullptr;
   resumed_ = false;
   in_begin_ = in_end_ = 0;
   outbound_.clear();
@@ -169,6 +178,10 @@ Session::Step Session::Handshake() {
       return Step::kError;
     }
     handshake_done_ = true;
+    if (pending_session_ != nullptr && cache_ != nullptr) {
+      cache_->Store(pending_session_);
+      pending_session_ = nullptr;
+    }
     return Step::kDone;
   }
   const int code = wolfSSL_get_error(ssl_, ret);

@@ -19,7 +19,7 @@ void U16(Bytes& b, uint16_t v) {
 Bytes Query(bool edns, const Bytes& options = {}, bool dnssec_ok = false) {
   Bytes q = {0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, static_cast<uint8_t>(edns ? 1 : 0)};
   const std::string labels = "\x07" "example" "\x03" "com";
-  q.insert(q.end(), labels.begin(), labels.end());
+  for (char c : labels) q.push_back(static_cast<uint8_t>(c));
   q.push_back(0);
   U16(q, 1);
   U16(q, 1);

@@ -137,6 +137,7 @@ class Session {
   bool pin_mismatch_ = false;
   const PeerPolicy* policy_ = nullptr;
   ResumptionCache* cache_ = nullptr;
+  WOLFSSL_SESSION* pending_session_ = nullptr;  // received before verification ended
 };
 
 }  // namespace dotproxy::tls
