@@ -95,8 +95,15 @@ def _on_signal(signum, _frame):
     raise SystemExit(128 + signum)
 
 
+def child_env():
+    # DOTPROXY_LISTEN / DOTPROXY_UPSTREAMS would override the config; our flags
+    # win anyway, but keep the children's view of the world to what we pass.
+    return {k: v for k, v in os.environ.items() if not k.startswith("DOTPROXY_")}
+
+
 def spawn(argv, stdout, stderr):
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                         env=child_env())
     _children.append(p)
     return p
 
@@ -120,7 +127,7 @@ def stop_process(p, sig=signal.SIGTERM, grace=3.0):
 def run_cmd(argv, timeout=10.0):
     """Run a short-lived command; a hang is killed and reported as rc None."""
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+                         stderr=subprocess.PIPE, env=child_env())
     _children.append(p)
     try:
         out, err = p.communicate(timeout=timeout)
@@ -209,6 +216,16 @@ class Pki:
                       "-CAkey", self._p(ca + ".key"), "-CAcreateserial",
                       "-out", self._p(name + ".pem"), "-days", "3", "-extfile", ext)
         return self._p(name + ".key"), self._p(name + ".pem")
+
+    def spki_pin(self, cert_pem):
+        """base64(SHA-256(SubjectPublicKeyInfo DER)), RFC 7469 / RFC 7858 pin."""
+        import base64
+        import hashlib
+        rc, out, err = run_cmd([OPENSSL, "x509", "-in", cert_pem, "-noout", "-pubkey"])
+        if rc != 0:
+            raise RuntimeError("openssl x509 -pubkey: %s" % err)
+        b64 = "".join(l for l in out.splitlines() if not l.startswith("-----"))
+        return base64.b64encode(hashlib.sha256(base64.b64decode(b64)).digest()).decode()
 
     def client_context(self, cafile=None):
         ctx = ssl.create_default_context(cafile=cafile or self.ca_pem)
@@ -359,6 +376,10 @@ class Unbound:
 
 
 class SilentTlsServer:
+    """Accepts DoT connections, completes each TLS handshake in its own thread
+    (so one slow client cannot hold up another shard's handshake), then reads
+    and discards everything. Threads end within 0.2 s of stop()."""
+
     def __init__(self, pki):
         self.port = free_port()
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -368,51 +389,63 @@ class SilentTlsServer:
         self.sock.bind((LOOPBACK4, self.port))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
-        self.conns = []
+        self.lock = threading.Lock()
         self.bytes_received = 0
         self.handshakes = 0
+        self.events = []  # (monotonic time, what) for failure reports
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.threads = []
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
         self.thread.start()
 
-    def _run(self):
-        # Bounded by _stop; each iteration waits at most 0.2 s.
+    def _note(self, what):
+        with self.lock:
+            self.events.append((time.monotonic(), what))
+
+    def _accept_loop(self):
         while not self._stop.is_set():
             try:
-                c, _ = self.sock.accept()
+                c, addr = self.sock.accept()
             except (socket.timeout, OSError):
-                pass
-            else:
-                c.settimeout(2.0)
-                try:
-                    s = self.ctx.wrap_socket(c, server_side=True)
-                    s.setblocking(False)
-                    self.conns.append(s)
-                    self.handshakes += 1
-                except (ssl.SSLError, OSError):
-                    c.close()
-            for s in list(self.conns):
+                continue
+            self._note("accepted %s:%d" % addr)
+            t = threading.Thread(target=self._serve, args=(c, addr), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, c, addr):
+        try:
+            c.settimeout(5.0)
+            s = self.ctx.wrap_socket(c, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            self._note("handshake with %s:%d failed: %r" % (addr + (e,)))
+            c.close()
+            return
+        with self.lock:
+            self.handshakes += 1
+        self._note("handshake done %s:%d" % addr)
+        s.settimeout(0.2)
+        try:
+            while not self._stop.is_set():
                 try:
                     data = s.recv(65536)
-                    if data == b"":
-                        self.conns.remove(s)
-                        s.close()
-                    else:
-                        self.bytes_received += len(data)
-                except (ssl.SSLWantReadError, BlockingIOError):
-                    pass
-                except (ssl.SSLError, OSError):
-                    self.conns.remove(s)
-                    s.close()
+                except (socket.timeout, ssl.SSLWantReadError):
+                    continue
+                if not data:
+                    self._note("closed by %s:%d" % addr)
+                    return
+                with self.lock:
+                    self.bytes_received += len(data)
+        except (ssl.SSLError, OSError) as e:
+            self._note("error from %s:%d: %r" % (addr + (e,)))
+        finally:
+            s.close()
 
     def stop(self):
         self._stop.set()
         self.thread.join(timeout=3)
-        for s in self.conns:
-            try:
-                s.close()
-            except OSError:
-                pass
+        for t in self.threads:
+            t.join(timeout=3)
         self.sock.close()
 
 
@@ -562,6 +595,10 @@ def check_same_answer(what, wire, query_wire, ref):
                 what, r.ttl, ref_ttl[rrset_key(r)], r.name))
     q_rd = bool(struct.unpack("!H", query_wire[2:4])[0] & dns.flags.RD)
     check(bool(msg.flags & dns.flags.RD) == q_rd, "%s: RD not echoed" % what)
+    # RFC 6891 7: OPT in the response iff the query had one.
+    q_edns = dns.message.from_wire(query_wire).edns >= 0
+    check((msg.edns >= 0) == q_edns, "%s: query %s OPT but response %s:\n%s" % (
+        what, "has" if q_edns else "has no", "has" if msg.edns >= 0 else "has none", msg.to_text()))
     return msg
 
 
@@ -1009,6 +1046,25 @@ def tls_ip_san(h):
 
 
 @case
+def tls_spki_pin(h):
+    """SPKI pins (IP:PORT#NAME^PIN): the upstream's own key pin is accepted (also
+    as the second of two pins); a pin of another key yields SERVFAIL even though
+    the chain and name verify."""
+    u = h.start_unbound()
+    good, other = h.pki.spki_pin(h.pki.good_pem), h.pki.spki_pin(h.pki.evil_pem)
+    check(good != other, "harness: pins equal")
+    up = "%s:%d#%s" % (LOOPBACK4, u.dot_port, TLS_NAME)
+    p = h.start_proxy(upstreams=[up + "^" + good])
+    query_and_compare(h, u, p, "udp", "a.example.test.", "A")
+    p.stop()
+    p = h.start_proxy(upstreams=[up + "^" + other + "^" + good])
+    query_and_compare(h, u, p, "tcp", "a.example.test.", "AAAA")
+    p.stop()
+    p = h.start_proxy(upstreams=[up + "^" + other], ready="any")
+    expect_servfail_only(h, p, what="wrong SPKI pin")
+
+
+@case
 def upstream_restart(h):
     """Killing the upstream yields SERVFAIL within the deadline (--query-timeout
     1000: under 2 s), the proxy stays up, and answers resume after the upstream
@@ -1058,18 +1114,30 @@ def upstream_silent(h):
     """An upstream that completes TLS but never answers: with --query-timeout
     1000 the client gets SERVFAIL after the deadline (not before ~1 s, within 2 s)."""
     s = h.start_silent_upstream()
+    t_start = time.monotonic()
     p = h.start_proxy(upstreams=["%s:%d#%s" % (LOOPBACK4, s.port, TLS_NAME)],
                       extra=["--query-timeout", "1000"], ready="any")
-    for transport, fn in (("udp", udp_exchange), ("tcp", tcp_exchange), ("udp", udp_exchange)):
+    # Each query comes from a new socket, so the kernel spreads them over both
+    # shards (SO_REUSEPORT); the deadline must hold on each.
+    results = []
+    for transport, fn in (("udp", udp_exchange), ("tcp", tcp_exchange)) * 4:
         wire = make_query("a.example.test.", "A").to_wire()
+        t_sent = time.monotonic() - t_start
         try:
             resp, secs = fn(p.port, wire, timeout=4.0)
         except (socket.timeout, EOFError, OSError) as e:
-            raise CaseFailure("silent upstream, %s: no response within 4 s (%r)" % (transport, e))
-        msg = parse_or_fail("silent upstream %s" % transport, resp)
-        check(msg.rcode() == dns.rcode.SERVFAIL, "silent upstream %s: expected SERVFAIL, got %s" % (
-            transport, dns.rcode.to_text(msg.rcode())))
-        check(0.8 <= secs < 2.0, "silent upstream %s: SERVFAIL after %.2f s, want ~1 s" % (transport, secs))
+            resp, secs = None, None
+            results.append((transport, t_sent, None, "no response within 4 s (%r)" % e))
+            continue
+        rcode = None if resp is None else dns.rcode.to_text(rcode_of(resp))
+        results.append((transport, t_sent, secs, rcode))
+    bad = [r for r in results if r[3] != "SERVFAIL" or r[2] is None or not 0.8 <= r[2] < 2.0]
+    events = ["  %+.3f s %s" % (t - t_start, what) for t, what in s.events]
+    check(not bad, "silent upstream with --query-timeout 1000: want SERVFAIL after 0.8-2.0 s each;\n"
+          "  %s\n silent upstream events:\n%s" % (
+              "\n  ".join("%s sent at %+.3f s -> %s after %s s" % (
+                  t, sent, rc, "-" if secs is None else "%.2f" % secs)
+                  for t, sent, secs, rc in results), "\n".join(events)))
     check(s.handshakes > 0, "dotproxy never completed a TLS handshake with the silent upstream")
     check(s.bytes_received > 0, "dotproxy never sent a query to the silent upstream")
 
@@ -1391,6 +1459,99 @@ def two_upstreams_one_down(h):
         q = make_query(qname, qtype).to_wire()
         resp, secs = udp_exchange(p.port, q, timeout=4.0)
         check_same_answer("query %d with one upstream down" % i, resp, q, u.reference(qname, qtype))
+
+
+DNSPERF = "/usr/bin/dnsperf"
+
+
+def run_dnsperf(h, port, mode, seconds, qps):
+    data = os.path.join(h.dir, "dnsperf.txt")
+    with open(data, "w") as f:
+        for qname, qtype in GOOD_QUESTIONS:
+            f.write("%s %s\n" % (qname.rstrip("."), qtype))
+    rc, out, err = run_cmd([DNSPERF, "-s", LOOPBACK4, "-p", str(port), "-m", mode, "-d", data,
+                            "-l", str(seconds), "-Q", str(qps), "-c", "4", "-q", "200",
+                            "-t", "3"], timeout=seconds + 30)
+    check(rc == 0, "dnsperf -m %s: exit %s\n%s%s" % (mode, rc, out, err))
+    stats = {}
+    for line in out.splitlines():
+        line = line.strip()
+        for key in ("Queries sent:", "Queries completed:", "Queries lost:"):
+            if line.startswith(key):
+                stats[key.rstrip(":")] = int(line.split()[2])
+        if line.startswith("Response codes:"):
+            stats["rcodes"] = line
+    check(len(stats) == 4, "dnsperf output not understood:\n%s" % out)
+    return stats, out
+
+
+@case
+def load_dnsperf(h):
+    """Sustained load with dnsperf (5 s at 3000 qps over UDP, 3 s at 1000 qps
+    over TCP, 4 clients, 200 outstanding): no query lost, only NOERROR and
+    NXDOMAIN, and the proxy answers correctly afterwards."""
+    if not os.access(DNSPERF, os.X_OK):
+        raise CaseSkip("dnsperf not installed")
+    u = h.start_unbound()
+    p = h.start_proxy(u)
+    for mode, secs, qps in (("udp", 5, 3000), ("tcp", 3, 1000)):
+        st, out = run_dnsperf(h, p.port, mode, secs, qps)
+        check(st["Queries sent"] >= secs * qps * 0.5, "dnsperf %s sent only %d queries:\n%s" % (
+            mode, st["Queries sent"], out))
+        check(st["Queries lost"] == 0, "dnsperf %s: %d of %d queries lost:\n%s" % (
+            mode, st["Queries lost"], st["Queries sent"], out))
+        rc_words = st["rcodes"].replace(",", " ").split()
+        bad = [w for w in rc_words if w.isupper() and w not in ("NOERROR", "NXDOMAIN")]
+        check(not bad, "dnsperf %s: unexpected rcodes %s: %s" % (mode, bad, st["rcodes"]))
+        check(p.alive(), "dotproxy died under dnsperf %s load" % mode)
+    for qname, qtype in GOOD_QUESTIONS:
+        query_and_compare(h, u, p, "udp", qname, qtype)
+
+
+@case
+def tcp_client_cap(h):
+    """--max-tcp-clients 4 with one shard: of 8 simultaneous client connections
+    at most 4 are served; UDP is unaffected; once they close, new TCP clients
+    are served again."""
+    u = h.start_unbound()
+    p = h.start_proxy(u, extra=["--max-tcp-clients", "4", "--threads", "1"])
+    ref = u.reference("a.example.test.", "A")
+    conns, served = [], 0
+    try:
+        for i in range(8):
+            try:
+                conns.append(tcp_connect(p.port, timeout=1.0))
+            except OSError:
+                pass
+        time.sleep(0.3)
+        for s in conns:
+            wire = make_query("a.example.test.", "A").to_wire()
+            try:
+                s.sendall(struct.pack("!H", len(wire)) + wire)
+                resp = tcp_read_msg(s, time.monotonic() + 1.0)
+            except (socket.timeout, EOFError, OSError):
+                continue
+            check_same_answer("TCP client under cap", resp, wire, ref)
+            served += 1
+        check(1 <= served <= 4, "--max-tcp-clients 4 --threads 1: %d of %d connections served" % (
+            served, len(conns)))
+        query_and_compare(h, u, p, "udp", "a.example.test.", "A")
+    finally:
+        for s in conns:
+            s.close()
+    deadline = time.monotonic() + 5.0
+    last = None
+    for _ in range(50):
+        try:
+            query_and_compare(h, u, p, "tcp", "a.example.test.", "A")
+            break
+        except (CaseFailure, socket.timeout, EOFError, OSError) as e:
+            last = e
+            if time.monotonic() > deadline:
+                raise CaseFailure("TCP not served again 5 s after the capped clients closed: %r" % last)
+            time.sleep(0.1)
+    for _ in range(6):  # and it keeps being served: the slots were freed
+        query_and_compare(h, u, p, "tcp", "txt.example.test.", "TXT")
 
 
 # ---- CLI contract
