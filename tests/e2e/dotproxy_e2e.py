@@ -1358,19 +1358,27 @@ def tcp_idle_timeout(h):
     u = h.start_unbound()
     p = h.start_proxy(u, extra=["--tcp-idle-timeout", "1000"])
     silent = tcp_connect(p.port)
+    t_silent_open = time.monotonic()
     used = tcp_connect(p.port)
     try:
         wire = make_query("a.example.test.", "A").to_wire()
         used.sendall(struct.pack("!H", len(wire)) + wire)
         check_same_answer("TCP before idling", tcp_read_msg(used, time.monotonic() + 2), wire,
                           u.reference("a.example.test.", "A"))
-        t_silent = wait_closed(silent, 4.0)
-        t_used = wait_closed(used, 4.0)
+        t_used_last = time.monotonic()
+        closed_silent = wait_closed(silent, 4.0)
+        t_silent = None if closed_silent is None else time.monotonic() - t_silent_open
+        closed_used = wait_closed(used, 4.0)
+        t_used = None if closed_used is None else time.monotonic() - t_used_last
     finally:
         silent.close()
         used.close()
     check(t_silent is not None, "never-used connection still open after ~4 s (idle timeout 1 s)")
     check(t_used is not None, "used connection still open after ~4 s idle (idle timeout 1 s)")
+    # Closing long before the timeout is as wrong as never closing. (Upper
+    # bounds: wait_closed gave up after 4 s.)
+    check(t_silent >= 0.8, "never-used connection closed after only %.2f s (idle timeout 1 s)" % t_silent)
+    check(t_used >= 0.8, "used connection closed %.2f s after its answer (idle timeout 1 s)" % t_used)
     # A connection that keeps sending is not closed: 6 queries 0.5 s apart.
     s = tcp_connect(p.port)
     try:
@@ -1552,6 +1560,71 @@ def tcp_client_cap(h):
             time.sleep(0.1)
     for _ in range(6):  # and it keeps being served: the slots were freed
         query_and_compare(h, u, p, "tcp", "txt.example.test.", "TXT")
+
+
+@case
+def config_file(h):
+    """--config TOML: listen, ca_file, threads and timeouts come from the file
+    (the CA only from the file, so an answer proves it was read); a --listen
+    flag overrides the file's; broken files exit non-zero naming file:line.
+    --upstream is always also given as a flag, so a misread file can never fall
+    back to the binary's public default upstreams."""
+    u = h.start_unbound()
+    port_file, port_flag = free_port(), free_port()
+    conf = os.path.join(h.dir, "dotproxy.toml")
+    with open(conf, "w") as f:
+        f.write("# e2e test config\n"
+                'listen = ["127.0.0.1:%d"]\n'
+                'ca_file = "%s"\n'
+                "threads = 2\n"
+                "query_timeout_ms = 1500\n"
+                "tcp_idle_timeout_ms = 5000\n"
+                "[[upstream]]\n"
+                'address = "127.0.0.1:%d"\n'
+                'name = "%s"\n' % (port_file, h.pki.ca_pem, u.dot_port, TLS_NAME))
+    up = ["--upstream", "%s:%d#%s" % (LOOPBACK4, u.dot_port, TLS_NAME)]
+    exe = h.need_exe()
+    rc, out, err = run_cmd([exe, "--config", conf, "--check-config"] + up, timeout=5)
+    check(rc == 0, "--config (valid) --check-config: exit %s\n%s" % (rc, err))
+
+    p = Proxy(exe, h.dir, ["--config", conf] + up, "dotproxy%d" % len(h.proxies))
+    p.port = port_file
+    h.proxies.append(p)
+    h.wait_ready(p, "answer", 10.0)
+    query_and_compare(h, u, p, "udp", "txt.example.test.", "TXT")
+    query_and_compare(h, u, p, "tcp", "a.example.test.", "AAAA")
+    p.stop()
+
+    p = Proxy(exe, h.dir, ["--config", conf, "--listen", "%s:%d" % (LOOPBACK4, port_flag)] + up,
+              "dotproxy%d" % len(h.proxies))
+    p.port = port_flag
+    h.proxies.append(p)
+    h.wait_ready(p, "answer", 10.0)
+    query_and_compare(h, u, p, "udp", "a.example.test.", "A")
+    p.stop()
+
+    bad = [
+        ("syntax.toml", 'threads = 2\nquery_timeout_ms = = 5\n', 2),
+        ("unknown-key.toml", 'threads = 2\n\nno_such_key = 5\n', 3),
+        ("wrong-type.toml", '# comment\nthreads = "two"\n', 2),
+    ]
+    problems = []
+    for name, text, line in bad:
+        path = os.path.join(h.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        rc, out, err = run_cmd([exe, "--config", path, "--check-config"] + up, timeout=5)
+        if rc in (0, None):
+            problems.append("%s: exit %s" % (name, rc))
+        elif "%s:%d" % (name, line) not in err:
+            problems.append("%s: stderr does not say %s:%d: %r" % (name, name, line, err))
+    missing = os.path.join(h.dir, "missing.toml")
+    rc, out, err = run_cmd([exe, "--config", missing] + up, timeout=5)
+    if rc in (0, None):
+        problems.append("missing config file: exit %s" % rc)
+    elif "missing.toml" not in err:
+        problems.append("missing config file: stderr does not name it: %r" % err)
+    check(not problems, "bad config files:\n  " + "\n  ".join(problems))
 
 
 # ---- CLI contract
