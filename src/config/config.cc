@@ -39,6 +39,11 @@ enum Flag : int {
   kUpstreamIdleTimeout,
   kNoPadding,
   kKeepClientSubnet,
+  kCacheMinTtl,
+  kCacheMaxTtl,
+  kCacheNegativeTtl,
+  kCacheServfailTtl,
+  kCacheStaleWindow,
 };
 
 const option kOptions[] = {
@@ -62,6 +67,11 @@ const option kOptions[] = {
     {"upstream-idle-timeout", required_argument, nullptr, kUpstreamIdleTimeout},
     {"no-padding", no_argument, nullptr, kNoPadding},
     {"keep-client-subnet", no_argument, nullptr, kKeepClientSubnet},
+    {"cache-min-ttl", required_argument, nullptr, kCacheMinTtl},
+    {"cache-max-ttl", required_argument, nullptr, kCacheMaxTtl},
+    {"cache-negative-ttl", required_argument, nullptr, kCacheNegativeTtl},
+    {"cache-servfail-ttl", required_argument, nullptr, kCacheServfailTtl},
+    {"cache-stale-window", required_argument, nullptr, kCacheStaleWindow},
     {nullptr, 0, nullptr, 0},
 };
 
@@ -153,7 +163,14 @@ syntax) override the configuration file; flags override both.
                            1.0.0.1#cloudflare-dns.com)
   --ca-file PEM            trust anchors (default: the system CA store)
   --threads N              shards, one thread each (default: usable CPUs)
-  --cache-size N           cache entries (0 = off; accepted, cache not built yet)
+  --cache-size N           cache entries for the whole proxy, split across shards
+                           (default 0 = off)
+  --cache-min-ttl S        cached answers live at least S seconds (0)
+  --cache-max-ttl S        and at most S seconds (86400)
+  --cache-negative-ttl S   cap for NXDOMAIN/NODATA (SOA minimum, RFC 2308) (3600)
+  --cache-servfail-ttl S   upstream SERVFAIL answers are cached this long (5)
+  --cache-stale-window S   expired answers may be served this long after expiry
+                           when upstreams fail, with TTL 30 (RFC 8767) (86400)
   --query-timeout MS       deadline of a forwarded query before SERVFAIL (2000)
   --tcp-idle-timeout MS    idle client TCP connections are closed after (10000)
   --connect-timeout MS     upstream connect+handshake budget; TCP_USER_TIMEOUT (3000)
@@ -352,6 +369,26 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
       case kNoPadding:
         config.pad_queries = false;
         break;
+      case kCacheMinTtl:
+      case kCacheMaxTtl:
+      case kCacheNegativeTtl:
+      case kCacheServfailTtl:
+      case kCacheStaleWindow: {
+        const char* name = flag == kCacheMinTtl        ? "cache-min-ttl"
+                           : flag == kCacheMaxTtl      ? "cache-max-ttl"
+                           : flag == kCacheNegativeTtl ? "cache-negative-ttl"
+                           : flag == kCacheServfailTtl ? "cache-servfail-ttl"
+                                                       : "cache-stale-window";
+        auto n = ParseInteger(name, value, 0, 7 * 86400);
+        if (!n.ok()) return n.status();
+        const uint32_t seconds = static_cast<uint32_t>(*n);
+        if (flag == kCacheMinTtl) config.cache_min_ttl = seconds;
+        if (flag == kCacheMaxTtl) config.cache_max_ttl = seconds;
+        if (flag == kCacheNegativeTtl) config.cache_negative_max_ttl = seconds;
+        if (flag == kCacheServfailTtl) config.cache_servfail_ttl = seconds;
+        if (flag == kCacheStaleWindow) config.cache_stale_window = seconds;
+        break;
+      }
       case kKeepClientSubnet:
         config.strip_client_subnet = false;
         break;

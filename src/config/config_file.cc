@@ -190,6 +190,15 @@ absl::Status LoadConfigFile(const std::string& path, Config& config) {
     } else if (key == "max_connections_per_upstream") {
       status = ReadInteger(errors, node, key, 1, 64, v);
       config.max_connections_per_upstream = static_cast<int>(v);
+    } else if (key == "cache_min_ttl" || key == "cache_max_ttl" || key == "cache_negative_ttl" ||
+               key == "cache_servfail_ttl" || key == "cache_stale_window") {
+      status = ReadInteger(errors, node, key, 0, 7 * 86400, v);
+      const uint32_t seconds = static_cast<uint32_t>(v);
+      if (key == "cache_min_ttl") config.cache_min_ttl = seconds;
+      if (key == "cache_max_ttl") config.cache_max_ttl = seconds;
+      if (key == "cache_negative_ttl") config.cache_negative_max_ttl = seconds;
+      if (key == "cache_servfail_ttl") config.cache_servfail_ttl = seconds;
+      if (key == "cache_stale_window") config.cache_stale_window = seconds;
     } else if (key == "padding") {
       status = ReadBool(errors, node, key, config.pad_queries);
     } else if (key == "strip_client_subnet") {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "dotproxy/cache/packet_cache.h"
 #include "dotproxy/control/log.h"
 #include "dotproxy/dns/edns.h"
 #include "dotproxy/dns/message.h"
@@ -90,7 +91,9 @@ struct ClientRef {
   uint32_t tcp_generation = 0;
 };
 
-enum class SlotKind : uint8_t { kClient, kProbe };
+// kClient: a client waits for the answer. kProbe: a health probe of an
+// unhealthy upstream. kPrefetch: a background cache refresh.
+enum class SlotKind : uint8_t { kClient, kProbe, kPrefetch };
 
 // A forwarded query awaiting its answer.
 struct QuerySlot {
@@ -100,6 +103,7 @@ struct QuerySlot {
   bool has_edns = false;
   bool dnssec_ok = false;
   uint8_t attempt = 1;  // 2 once retried: a query is retried at most once
+  bool stale_candidate = false;  // the cache holds an expired answer (RFC 8767)
   uint16_t client_id = 0;
   uint16_t udp_socket = 0;
   uint16_t udp_limit = 0;
@@ -220,6 +224,14 @@ class ShardLoop {
   void ReplyError(std::span<const uint8_t> query, const dns::QueryInfo& info, dns::Rcode rcode,
                   const ClientRef& client);
   void SendToClient(const ClientRef& client, std::span<const uint8_t> wire);
+  // A free UDP reply buffer addressed to `client`, or null (counted).
+  UdpReply* AcquireUdpReply(const ClientRef& client, uint32_t& reply_index);
+  void SubmitUdpReply(const ClientRef& client, uint32_t reply_index, size_t length);
+  // Answers from cache entry `entry`; false if nothing could be written.
+  bool ServeFromCache(uint32_t entry, const ClientRef& client, uint16_t id,
+                      std::span<const uint8_t> question, size_t udp_limit, bool stale);
+  void StartPrefetch(std::span<const uint8_t> query, const dns::QueryInfo& info);
+  bool TryServeStale(QuerySlot& slot);
   void OnUdpSendDone(uint32_t reply_index, const io_uring_cqe& cqe);
 
   // --- TCP clients ---
@@ -273,6 +285,8 @@ class ShardLoop {
   std::atomic<bool>& stop_requested_;
   upstream::HealthTracker health_;
   dns::UpstreamQueryOptions query_options_;
+  std::unique_ptr<cache::PacketCache> cache_;  // null when --cache-size 0
+  uint32_t now_seconds_ = 0;  // monotonic seconds, for cache TTLs
 
   std::unique_ptr<io::Ring> ring_;
   std::unique_ptr<io::BufferRing> udp_buffers_;
@@ -363,6 +377,16 @@ absl::Status ShardLoop::Setup() {
     }
   }
   orphaned_slots_.reserve(65536);
+  if (config_.cache_size > 0) {
+    cache::CacheConfig cache_config;
+    cache_config.entries = std::max<size_t>(1, config_.cache_size / static_cast<size_t>(config_.threads));
+    cache_config.min_ttl = config_.cache_min_ttl;
+    cache_config.max_ttl = config_.cache_max_ttl;
+    cache_config.negative_max_ttl = config_.cache_negative_max_ttl;
+    cache_config.servfail_ttl = config_.cache_servfail_ttl;
+    cache_config.stale_window = config_.cache_stale_window;
+    cache_ = std::make_unique<cache::PacketCache>(cache_config);
+  }
   retry_on_timeout_ = config_.upstreams.size() > 1;
   query_options_.pad = config_.pad_queries;
   query_options_.strip_client_subnet = config_.strip_client_subnet;
@@ -382,6 +406,8 @@ void ShardLoop::Run() {
 
   while (true) {
     now_ = Clock::now();
+    now_seconds_ = static_cast<uint32_t>(
+        std::chrono::duration_cast<std::chrono::seconds>(now_.time_since_epoch()).count());
     if (!draining_ && stop_requested_.load(std::memory_order_relaxed)) BeginDrain();
     RunTimers();
     if (draining_ && (slots_in_use_ == 0 || now_ >= drain_deadline_)) break;
@@ -572,6 +598,25 @@ void ShardLoop::HandleQuery(std::span<uint8_t> wire, const ClientRef& client) {
     ReplyError(wire, info, dns::Rcode::kRefused, client);
     return;
   }
+  bool stale_candidate = false;
+  if (cache_ != nullptr) {
+    cache::CacheKey key;
+    cache::MakeKey(wire.data(), info.question_length, info.has_edns, info.dnssec_ok, key);
+    const cache::Found found = cache_->Find(key, now_seconds_);
+    if (found.freshness == cache::Freshness::kFresh) {
+      if (ServeFromCache(found.entry, client, info.id, key.question, info.udp_response_limit,
+                         /*stale=*/false)) {
+        Bump(stats_.cache_hits);
+        if (found.prefetch_due) {
+          cache_->MarkPrefetching(found.entry);
+          StartPrefetch(wire, info);
+        }
+        return;
+      }
+    }
+    Bump(stats_.cache_misses);
+    stale_candidate = found.freshness == cache::Freshness::kStale;
+  }
   const uint32_t slot_index = AllocateSlot();
   if (slot_index == kNone) {
     Bump(stats_.servfail_overload);
@@ -587,6 +632,7 @@ void ShardLoop::HandleQuery(std::span<uint8_t> wire, const ClientRef& client) {
     return;
   }
   slot.kind = SlotKind::kClient;
+  slot.stale_candidate = stale_candidate;
   slot.transport = client.transport;
   slot.has_edns = info.has_edns;
   slot.dnssec_ok = info.dnssec_ok;
@@ -631,16 +677,28 @@ void ShardLoop::SendToClient(const ClientRef& client, std::span<const uint8_t> w
     tcp.pending_out.insert(tcp.pending_out.end(), wire.begin(), wire.end());
     return;
   }
+  uint32_t reply_index;
+  UdpReply* reply = AcquireUdpReply(client, reply_index);
+  if (reply == nullptr) return;
+  const size_t length = std::min(wire.size(), kMaxUdpReply);
+  std::memcpy(reply->data, wire.data(), length);
+  SubmitUdpReply(client, reply_index, length);
+}
+
+UdpReply* ShardLoop::AcquireUdpReply(const ClientRef& client, uint32_t& reply_index) {
   if (free_udp_replies_.empty()) {
     Bump(stats_.udp_send_no_buffer);
-    return;
+    return nullptr;
   }
-  const uint32_t reply_index = free_udp_replies_.back();
+  reply_index = free_udp_replies_.back();
   free_udp_replies_.pop_back();
   UdpReply& reply = udp_replies_[reply_index];
-  const size_t length = std::min(wire.size(), kMaxUdpReply);
-  std::memcpy(reply.data, wire.data(), length);
   std::memcpy(&reply.destination, client.udp_address, client.udp_address_length);
+  return &reply;
+}
+
+void ShardLoop::SubmitUdpReply(const ClientRef& client, uint32_t reply_index, size_t length) {
+  UdpReply& reply = udp_replies_[reply_index];
   reply.iov = {reply.data, length};
   reply.message = {};
   reply.message.msg_name = &reply.destination;
@@ -650,6 +708,67 @@ void ShardLoop::SendToClient(const ClientRef& client, std::span<const uint8_t> w
   io_uring_sqe* sqe = ring_->GetSqe();
   io_uring_prep_sendmsg(sqe, udp_sockets_[client.udp_socket].fd.get(), &reply.message, 0);
   io_uring_sqe_set_data64(sqe, PackUserData(Op::kUdpSend, reply_index, 0));
+}
+
+bool ShardLoop::ServeFromCache(uint32_t entry, const ClientRef& client, uint16_t id,
+                               std::span<const uint8_t> question, size_t udp_limit, bool stale) {
+  if (client.transport == Transport::kUdp) {
+    // Straight into the reply buffer: one copy from cache to socket.
+    uint32_t reply_index;
+    UdpReply* reply = AcquireUdpReply(client, reply_index);
+    if (reply == nullptr) return true;  // counted as a send drop
+    const size_t limit = std::min(udp_limit, kMaxUdpReply);
+    const size_t length = cache_->Serve(entry, reply->data, id, question, limit, now_seconds_, stale);
+    if (length == 0) {
+      free_udp_replies_.push_back(reply_index);
+      return false;
+    }
+    SubmitUdpReply(client, reply_index, length);
+    return true;
+  }
+  uint8_t answer[cache::kMaxCachedAnswer];
+  const size_t length = cache_->Serve(entry, answer, id, question, sizeof(answer), now_seconds_, stale);
+  if (length == 0) return false;
+  SendToClient(client, {answer, length});
+  return true;
+}
+
+// Refreshes a cache entry in its last tenth of TTL without a client waiting.
+void ShardLoop::StartPrefetch(std::span<const uint8_t> query, const dns::QueryInfo& info) {
+  const uint32_t slot_index = AllocateSlot();
+  if (slot_index == kNone) return;
+  QuerySlot& slot = slots_[slot_index];
+  const size_t length = dns::BuildUpstreamQuery(query, info, query_options_, slot.query);
+  slot.kind = SlotKind::kPrefetch;
+  slot.stale_candidate = false;
+  slot.has_edns = info.has_edns;
+  slot.dnssec_ok = info.dnssec_ok;
+  slot.question_length = info.question_length;
+  slot.query_length = static_cast<uint16_t>(length);
+  Bump(stats_.cache_prefetches);
+  if (length == 0 || !Dispatch(slot_index, -1, false)) FailSlot(slot_index, stats_.cache_prefetches);
+}
+
+// RFC 8767: when upstreams fail, an expired answer beats SERVFAIL.
+bool ShardLoop::TryServeStale(QuerySlot& slot) {
+  if (cache_ == nullptr || !slot.stale_candidate || slot.kind != SlotKind::kClient) return false;
+  cache::CacheKey key;
+  cache::MakeKey(slot.query, slot.question_length, slot.has_edns, slot.dnssec_ok, key);
+  const cache::Found found = cache_->Find(key, now_seconds_);
+  if (found.freshness == cache::Freshness::kMiss) return false;
+  ClientRef client;
+  client.transport = slot.transport;
+  client.udp_socket = slot.udp_socket;
+  client.udp_address = reinterpret_cast<const sockaddr*>(&slot.client_address);
+  client.udp_address_length = slot.client_address_length;
+  client.tcp_client = slot.tcp_client;
+  client.tcp_generation = slot.tcp_generation;
+  if (!ServeFromCache(found.entry, client, slot.client_id, key.question, slot.udp_limit,
+                      found.freshness == cache::Freshness::kStale)) {
+    return false;
+  }
+  Bump(stats_.cache_stale_answers);
+  return true;
 }
 
 void ShardLoop::OnUdpSendDone(uint32_t reply_index, const io_uring_cqe& cqe) {
@@ -1246,6 +1365,25 @@ void ShardLoop::OnUpstreamAnswer(Connection& conn, std::span<uint8_t> answer) {
     ReleaseSlot(slot_index);
     return;
   }
+  if (cache_ != nullptr) {
+    cache::CacheKey key;
+    cache::MakeKey(slot.query, slot.question_length, slot.has_edns, slot.dnssec_ok, key);
+    const bool upstream_failed = dns::header::GetRcode(answer.data()) == dns::Rcode::kServFail;
+    if (upstream_failed && TryServeStale(slot)) {
+      ReleaseSlot(slot_index);
+      return;
+    }
+    if (!cache_->Insert(key, {answer.data(), length}, now_seconds_) &&
+        slot.kind == SlotKind::kPrefetch) {
+      cache_->PrefetchDone(key);
+    }
+    Set(stats_.cache_evictions, cache_->counters().evictions);
+    Set(stats_.cache_entries, cache_->counters().entries);
+    if (slot.kind == SlotKind::kPrefetch) {
+      ReleaseSlot(slot_index);
+      return;
+    }
+  }
 
   // Give the answer back its client: client ID, client's question bytes
   // (0x20 letter case) and, for UDP, the client's size limit.
@@ -1347,8 +1485,8 @@ void ShardLoop::CloseConnection(uint32_t conn_index, bool failure, const std::st
   for (uint32_t slot_index : orphaned_slots_) {
     QuerySlot& slot = slots_[slot_index];
     Unbind(slot);
-    if (slot.kind == SlotKind::kProbe) {
-      ReleaseSlot(slot_index);
+    if (slot.kind != SlotKind::kClient) {
+      FailSlot(slot_index, stats_.servfail_connection_lost);  // no client: just released
     } else if (slot.attempt == 1 && !draining_) {
       slot.attempt = 2;
       Bump(stats_.retried);
@@ -1432,7 +1570,16 @@ void ShardLoop::ReleaseSlot(uint32_t slot_index) {
 
 void ShardLoop::FailSlot(uint32_t slot_index, std::atomic<uint64_t>& counter) {
   QuerySlot& slot = slots_[slot_index];
-  if (slot.kind == SlotKind::kProbe) {
+  if (slot.kind == SlotKind::kPrefetch && cache_ != nullptr) {
+    cache::CacheKey key;
+    cache::MakeKey(slot.query, slot.question_length, slot.has_edns, slot.dnssec_ok, key);
+    cache_->PrefetchDone(key);
+  }
+  if (slot.kind != SlotKind::kClient) {
+    ReleaseSlot(slot_index);
+    return;
+  }
+  if (TryServeStale(slot)) {
     ReleaseSlot(slot_index);
     return;
   }

@@ -70,6 +70,13 @@ struct Config {
   bool pad_queries = true;            // RFC 8467 block padding to 128 bytes
   bool strip_client_subnet = true;    // drop EDNS client-subnet (RFC 7871) options
 
+  // Cache policy (seconds). --cache-size is the proxy's total entries.
+  uint32_t cache_min_ttl = 0;
+  uint32_t cache_max_ttl = 86400;
+  uint32_t cache_negative_max_ttl = 3600;
+  uint32_t cache_servfail_ttl = 5;
+  uint32_t cache_stale_window = 86400;  // 0 disables serve-stale
+
   bool check_config = false;
   std::string config_file;  // where the file part came from, for messages
 };

@@ -43,7 +43,13 @@ namespace dotproxy::shard {
   X(tcp_rejected, "client TCP connections refused at the per-shard cap")             \
   X(tcp_idle_closed, "client TCP connections closed for idleness")                   \
   X(tcp_bad_frame, "client TCP connections closed for an oversized frame")           \
-  X(tcp_slow_closed, "client TCP connections closed for not reading answers")
+  X(tcp_slow_closed, "client TCP connections closed for not reading answers")         \
+  X(cache_hits, "queries answered from the cache")                                   \
+  X(cache_misses, "queries the cache could not answer")                              \
+  X(cache_stale_answers, "expired answers served because upstreams failed (RFC 8767)") \
+  X(cache_prefetches, "background refreshes of entries near expiry")                 \
+  X(cache_evictions, "entries evicted to make room (gauge of a running total)")        \
+  X(cache_entries, "entries in the cache (gauge)")
 
 // Per upstream, per shard. The last three are gauges.
 #define DOTPROXY_UPSTREAM_COUNTERS(X)                                        \

@@ -1,0 +1,140 @@
+#pragma once
+// Per-shard DNS packet cache: whole wire answers, served by copy and patch.
+//
+// Keyed by the lower-cased QNAME, QTYPE, QCLASS and the query bits that
+// change the answer (RD, CD, DO, and whether the client spoke EDNS, since an
+// answer to a non-EDNS client carries no OPT). EDNS cookies and padding are
+// not in the key. A hit copies the stored answer and patches the client's
+// ID, the client's question bytes (0x20 case) and the TTLs, aged by the time
+// spent in cache at offsets computed once at insert. All memory is reserved
+// at construction (entries, index, answer storage); nothing allocates per
+// query. Eviction is CLOCK (approximate LRU). One owner thread: no locks.
+//
+//   cache::CacheKey key;
+//   cache::MakeKey(query, info, key);
+//   auto found = cache.Find(key, now_s);
+//   if (found.freshness == Freshness::kFresh) len = cache.Serve(found.entry, ...);
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "dotproxy/dns/message.h"
+
+namespace dotproxy::cache {
+
+struct CacheConfig {
+  size_t entries = 0;                 // this shard's share of --cache-size
+  uint32_t min_ttl = 0;               // seconds; answers live at least this long
+  uint32_t max_ttl = 86400;           // and at most this long
+  uint32_t negative_max_ttl = 3600;   // NXDOMAIN/NODATA cap (RFC 2308 §5)
+  uint32_t servfail_ttl = 5;          // upstream SERVFAIL, briefly (RFC 2308 §7.1)
+  uint32_t stale_window = 86400;      // serve-stale window past expiry (RFC 8767)
+  uint32_t stale_ttl = 30;            // TTL of stale answers (RFC 8767 §4)
+};
+
+// Largest answer kept; larger ones (rare, and TCP-bound anyway) are not cached.
+inline constexpr size_t kMaxCachedAnswer = 1232;
+// RRs whose TTL is patched on a hit; answers with more are not cached.
+inline constexpr size_t kMaxTtlOffsets = 64;
+
+struct CacheKey {
+  uint64_t hash = 0;
+  uint8_t flags = 0;  // kKeyRd | kKeyCd | kKeyDo | kKeyEdns
+  std::span<const uint8_t> question;  // borrowed: QNAME + QTYPE + QCLASS as sent
+};
+
+inline constexpr uint8_t kKeyRd = 1;
+inline constexpr uint8_t kKeyCd = 2;
+inline constexpr uint8_t kKeyDo = 4;
+inline constexpr uint8_t kKeyEdns = 8;
+
+// Builds the key of a query (its header at `message`, question right after).
+// `question` must stay valid while the key is used.
+void MakeKey(const uint8_t* message, uint16_t question_length, bool has_edns, bool dnssec_ok,
+             CacheKey& key);
+
+enum class Freshness : uint8_t { kMiss, kFresh, kStale };
+
+struct Found {
+  Freshness freshness = Freshness::kMiss;
+  uint32_t entry = 0;
+  // A fresh hit in the last tenth of its TTL with no refresh running yet:
+  // the caller should refresh it in the background (then MarkPrefetching).
+  bool prefetch_due = false;
+};
+
+struct CacheCounters {
+  uint64_t evictions = 0;
+  uint64_t entries = 0;
+};
+
+class PacketCache {
+ public:
+  explicit PacketCache(const CacheConfig& config);
+  PacketCache(const PacketCache&) = delete;
+  PacketCache& operator=(const PacketCache&) = delete;
+
+  Found Find(const CacheKey& key, uint32_t now);
+
+  // Writes entry `entry` into `out` for a client: `id`, the client's
+  // `question` bytes, TTLs aged to `now` (or stale_ttl when `stale`), cut to
+  // `limit` bytes with TC=1 if larger. Returns the length (0 if `out` is too
+  // small).
+  size_t Serve(uint32_t entry, std::span<uint8_t> out, uint16_t id,
+               std::span<const uint8_t> question, size_t limit, uint32_t now, bool stale);
+
+  // Caches `answer` (a response to the query `key` describes) according to
+  // the TTL policy. Returns false when the answer is not cacheable.
+  bool Insert(const CacheKey& key, std::span<const uint8_t> answer, uint32_t now);
+
+  void MarkPrefetching(uint32_t entry);
+  // Clears the refresh mark of the entry for `key`, if still cached.
+  void PrefetchDone(const CacheKey& key);
+
+  const CacheCounters& counters() const { return counters_; }
+  size_t capacity() const { return capacity_; }
+
+  // The TTL the policy gives `answer`, or 0 when it must not be cached.
+  // Also fills `ttl_offsets` (count in `ttl_count`). Exposed for tests.
+  uint32_t CacheTtl(std::span<const uint8_t> answer, uint16_t* ttl_offsets,
+                    uint16_t& ttl_count) const;
+
+ private:
+  struct Entry {
+    uint64_t hash = 0;
+    uint32_t inserted_at = 0;
+    uint32_t expires_at = 0;
+    uint32_t stale_until = 0;
+    uint32_t ttl = 0;
+    uint16_t length = 0;
+    uint16_t question_length = 0;
+    uint16_t ttl_count = 0;
+    uint8_t flags = 0;
+    bool in_use = false;
+    bool referenced = false;
+    bool prefetching = false;
+    uint16_t ttl_offsets[kMaxTtlOffsets];
+  };
+
+  uint8_t* Wire(uint32_t entry) { return wire_.get() + size_t{entry} * kMaxCachedAnswer; }
+  bool Matches(uint32_t entry, const CacheKey& key);
+  // Index of the table cell holding `entry`+1 for `key`, or the empty cell
+  // where it would go.
+  size_t Probe(const CacheKey& key, bool& found);
+  void IndexRemove(uint32_t entry);
+  uint32_t TakeFreeEntry();
+
+  CacheConfig config_;
+  size_t capacity_;
+  std::unique_ptr<Entry[]> entries_;
+  std::unique_ptr<uint8_t[]> wire_;  // capacity_ * kMaxCachedAnswer, touched lazily
+  std::unique_ptr<uint32_t[]> table_;  // entry index + 1; 0 = empty
+  size_t table_mask_ = 0;
+  uint32_t used_ = 0;   // entries ever handed out (prefix of entries_)
+  uint32_t clock_hand_ = 0;
+  CacheCounters counters_;
+};
+
+}  // namespace dotproxy::cache

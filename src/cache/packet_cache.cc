@@ -1,0 +1,244 @@
+#include "dotproxy/cache/packet_cache.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace dotproxy::cache {
+namespace {
+
+inline uint8_t AsciiLower(uint8_t c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
+
+// FNV-1a over the lower-cased question and the key flags: questions are
+// short, and this runs once per query.
+uint64_t HashQuestion(std::span<const uint8_t> question, uint8_t flags) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  const size_t name_length = question.size() - 4;
+  for (size_t i = 0; i < name_length; ++i) {
+    h = (h ^ AsciiLower(question[i])) * 0x100000001b3ull;
+  }
+  for (size_t i = name_length; i < question.size(); ++i) h = (h ^ question[i]) * 0x100000001b3ull;
+  h = (h ^ flags) * 0x100000001b3ull;
+  return h ^ (h >> 29);
+}
+
+size_t TableSizeFor(size_t entries) {
+  size_t size = 16;
+  while (size < entries * 2) size <<= 1;
+  return size;
+}
+
+}  // namespace
+
+void MakeKey(const uint8_t* message, uint16_t question_length, bool has_edns, bool dnssec_ok,
+             CacheKey& key) {
+  key.question = {message + dns::kHeaderSize, question_length};
+  key.flags = static_cast<uint8_t>((dns::header::RecursionDesired(message) ? kKeyRd : 0) |
+                                   (dns::header::CheckingDisabled(message) ? kKeyCd : 0) |
+                                   (dnssec_ok ? kKeyDo : 0) | (has_edns ? kKeyEdns : 0));
+  key.hash = HashQuestion(key.question, key.flags);
+}
+
+PacketCache::PacketCache(const CacheConfig& config)
+    : config_(config),
+      capacity_(config.entries),
+      entries_(new Entry[config.entries]),
+      // Untouched pages of this array cost no memory until entries fill.
+      wire_(new uint8_t[config.entries * kMaxCachedAnswer]),
+      table_(new uint32_t[TableSizeFor(config.entries)]()),
+      table_mask_(TableSizeFor(config.entries) - 1) {}
+
+bool PacketCache::Matches(uint32_t entry, const CacheKey& key) {
+  const Entry& e = entries_[entry];
+  return e.hash == key.hash && e.flags == key.flags &&
+         dns::QuestionsMatch({Wire(entry) + dns::kHeaderSize, e.question_length}, key.question);
+}
+
+size_t PacketCache::Probe(const CacheKey& key, bool& found) {
+  size_t cell = key.hash & table_mask_;
+  while (table_[cell] != 0) {
+    if (Matches(table_[cell] - 1, key)) {
+      found = true;
+      return cell;
+    }
+    cell = (cell + 1) & table_mask_;
+  }
+  found = false;
+  return cell;
+}
+
+void PacketCache::IndexRemove(uint32_t entry) {
+  size_t cell = entries_[entry].hash & table_mask_;
+  while (table_[cell] != entry + 1) {
+    if (table_[cell] == 0) return;  // not indexed
+    cell = (cell + 1) & table_mask_;
+  }
+  // Backward-shift deletion keeps linear probing chains intact without
+  // tombstones.
+  size_t hole = cell;
+  size_t next = (hole + 1) & table_mask_;
+  while (table_[next] != 0) {
+    const size_t home = entries_[table_[next] - 1].hash & table_mask_;
+    const bool movable = (hole <= next) ? (home <= hole || home > next) : (home <= hole && home > next);
+    if (movable) {
+      table_[hole] = table_[next];
+      hole = next;
+    }
+    next = (next + 1) & table_mask_;
+  }
+  table_[hole] = 0;
+}
+
+Found PacketCache::Find(const CacheKey& key, uint32_t now) {
+  Found result;
+  if (capacity_ == 0) return result;
+  bool found = false;
+  const size_t cell = Probe(key, found);
+  if (!found) return result;
+  const uint32_t entry = table_[cell] - 1;
+  Entry& e = entries_[entry];
+  result.entry = entry;
+  if (now < e.expires_at) {
+    e.referenced = true;
+    result.freshness = Freshness::kFresh;
+    // Last tenth of the TTL: refresh before it expires.
+    result.prefetch_due = !e.prefetching && e.ttl >= 10 && (e.expires_at - now) * 10 <= e.ttl;
+  } else if (now < e.stale_until) {
+    result.freshness = Freshness::kStale;
+  }
+  return result;
+}
+
+size_t PacketCache::Serve(uint32_t entry, std::span<uint8_t> out, uint16_t id,
+                          std::span<const uint8_t> question, size_t limit, uint32_t now,
+                          bool stale) {
+  const Entry& e = entries_[entry];
+  if (out.size() < e.length || question.size() != e.question_length) return 0;
+  uint8_t* wire = out.data();
+  std::memcpy(wire, Wire(entry), e.length);
+  dns::header::SetId(wire, id);
+  std::memcpy(wire + dns::kHeaderSize, question.data(), question.size());
+  const uint32_t age = now > e.inserted_at ? now - e.inserted_at : 0;
+  for (uint16_t i = 0; i < e.ttl_count; ++i) {
+    uint8_t* ttl = wire + e.ttl_offsets[i];
+    const uint32_t original = dns::ReadU32(ttl);
+    dns::WriteU32(ttl, stale ? config_.stale_ttl : (original > age ? original - age : 0));
+  }
+  size_t length = e.length;
+  if (length > limit) length = dns::TruncateResponse(out, length, limit);
+  return length;
+}
+
+uint32_t PacketCache::CacheTtl(std::span<const uint8_t> answer, uint16_t* ttl_offsets,
+                               uint16_t& ttl_count) const {
+  ttl_count = 0;
+  const uint8_t* h = answer.data();
+  if (dns::header::IsTruncated(h)) return 0;  // never cache partial answers
+  const dns::Rcode rcode = dns::header::GetRcode(h);
+  if (rcode == dns::Rcode::kServFail) return config_.servfail_ttl;
+  if (rcode != dns::Rcode::kNoError && rcode != dns::Rcode::kNxDomain) return 0;
+
+  size_t pos = dns::kHeaderSize + dns::UncompressedNameLength(answer, dns::kHeaderSize) + 4;
+  const unsigned answers = dns::header::AnCount(h);
+  const unsigned authority = dns::header::NsCount(h);
+  const unsigned total = answers + authority + dns::header::ArCount(h);
+  uint32_t min_ttl = UINT32_MAX;
+  uint32_t negative_ttl = UINT32_MAX;  // from the SOA (RFC 2308 §5)
+  for (unsigned i = 0; i < total; ++i) {
+    const size_t start = pos;
+    const size_t fixed = dns::SkipName(answer, pos);
+    if (fixed == 0) return 0;
+    pos = dns::SkipRecord(answer, start);
+    if (pos == 0) return 0;
+    const uint16_t type = dns::ReadU16(&answer[fixed]);
+    if (type == dns::kTypeOpt) continue;  // its "TTL" is flags, not time
+    if (ttl_count == kMaxTtlOffsets) return 0;
+    ttl_offsets[ttl_count++] = static_cast<uint16_t>(fixed + 4);
+    const uint32_t ttl = dns::ReadU32(&answer[fixed + 4]);
+    if (i < answers + authority) min_ttl = std::min(min_ttl, ttl);
+    if (i >= answers && i < answers + authority && type == dns::kTypeSoa) {
+      // SOA MINIMUM is the last 4 bytes of its RDATA.
+      const uint32_t minimum = dns::ReadU32(&answer[pos - 4]);
+      negative_ttl = std::min(ttl, minimum);
+    }
+  }
+  uint32_t ttl;
+  if (rcode == dns::Rcode::kNxDomain || answers == 0) {
+    if (negative_ttl == UINT32_MAX) return 0;  // no SOA: do not cache (RFC 2308 §5)
+    ttl = std::min(negative_ttl, config_.negative_max_ttl);
+  } else {
+    ttl = std::min(min_ttl, config_.max_ttl);
+  }
+  ttl = std::max(ttl, config_.min_ttl);
+  return std::min(ttl, config_.max_ttl);
+}
+
+uint32_t PacketCache::TakeFreeEntry() {
+  if (used_ < capacity_) return used_++;
+  // CLOCK: skip (and clear) recently used entries, evict the first other.
+  while (true) {
+    Entry& e = entries_[clock_hand_];
+    const uint32_t candidate = clock_hand_;
+    clock_hand_ = (clock_hand_ + 1) % static_cast<uint32_t>(capacity_);
+    if (e.in_use && e.referenced) {
+      e.referenced = false;
+      continue;
+    }
+    if (e.in_use) {
+      IndexRemove(candidate);
+      e.in_use = false;
+      ++counters_.evictions;
+      --counters_.entries;
+    }
+    return candidate;
+  }
+}
+
+bool PacketCache::Insert(const CacheKey& key, std::span<const uint8_t> answer, uint32_t now) {
+  if (capacity_ == 0 || answer.size() > kMaxCachedAnswer) return false;
+  uint16_t offsets[kMaxTtlOffsets];
+  uint16_t count = 0;
+  const uint32_t ttl = CacheTtl(answer, offsets, count);
+  if (ttl == 0) return false;
+
+  bool found = false;
+  size_t cell = Probe(key, found);
+  // A brief upstream SERVFAIL must not replace a real (maybe stale) answer:
+  // that answer is what serve-stale falls back to.
+  if (found && dns::header::GetRcode(answer.data()) == dns::Rcode::kServFail) return false;
+  uint32_t entry;
+  if (found) {
+    entry = table_[cell] - 1;  // refresh in place
+  } else {
+    entry = TakeFreeEntry();
+    // Eviction may have shifted cells: probe again for the insertion point.
+    cell = Probe(key, found);
+    table_[cell] = entry + 1;
+    ++counters_.entries;
+  }
+  Entry& e = entries_[entry];
+  e.hash = key.hash;
+  e.flags = key.flags;
+  e.inserted_at = now;
+  e.ttl = ttl;
+  e.expires_at = now + ttl;
+  e.stale_until = e.expires_at + config_.stale_window;
+  e.length = static_cast<uint16_t>(answer.size());
+  e.question_length = static_cast<uint16_t>(key.question.size());
+  e.ttl_count = count;
+  e.in_use = true;
+  e.referenced = false;
+  e.prefetching = false;
+  std::memcpy(e.ttl_offsets, offsets, count * sizeof(uint16_t));
+  std::memcpy(Wire(entry), answer.data(), answer.size());
+  return true;
+}
+
+void PacketCache::MarkPrefetching(uint32_t entry) { entries_[entry].prefetching = true; }
+
+void PacketCache::PrefetchDone(const CacheKey& key) {
+  bool found = false;
+  const size_t cell = Probe(key, found);
+  if (found) entries_[table_[cell] - 1].prefetching = false;
+}
+
+}  // namespace dotproxy::cache

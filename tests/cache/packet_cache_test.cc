@@ -1,0 +1,260 @@
+#include "dotproxy/cache/packet_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace dotproxy::cache {
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+void U16(Bytes& b, uint16_t v) {
+  b.push_back(static_cast<uint8_t>(v >> 8));
+  b.push_back(static_cast<uint8_t>(v));
+}
+void U32(Bytes& b, uint32_t v) {
+  U16(b, static_cast<uint16_t>(v >> 16));
+  U16(b, static_cast<uint16_t>(v));
+}
+
+Bytes Query(const std::string& label, uint16_t id = 0x1111, uint16_t qtype = 1) {
+  Bytes q = {static_cast<uint8_t>(id >> 8), static_cast<uint8_t>(id), 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0};
+  q.push_back(static_cast<uint8_t>(label.size()));
+  for (char c : label) q.push_back(static_cast<uint8_t>(c));
+  q.push_back(4);
+  for (char c : std::string("test")) q.push_back(static_cast<uint8_t>(c));
+  q.push_back(0);
+  U16(q, qtype);
+  U16(q, 1);
+  return q;
+}
+
+size_t QuestionLength(const Bytes& q) { return dns::UncompressedNameLength(q, 12) + 4; }
+
+// An answer with `ttls.size()` A records, or NXDOMAIN with a SOA when empty.
+Bytes Answer(const Bytes& query, std::vector<uint32_t> ttls, uint8_t rcode = 0,
+             uint32_t soa_ttl = 600, uint32_t soa_minimum = 60) {
+  Bytes a(query.begin(), query.end());
+  a[2] |= 0x80;
+  a[3] = static_cast<uint8_t>(0x80 | rcode);
+  a[7] = static_cast<uint8_t>(ttls.size());
+  for (uint32_t ttl : ttls) {
+    a.insert(a.end(), {0xc0, 12});
+    U16(a, 1);
+    U16(a, 1);
+    U32(a, ttl);
+    U16(a, 4);
+    a.insert(a.end(), {192, 0, 2, 1});
+  }
+  if (ttls.empty() && rcode != 2) {
+    a[9] = 1;  // NSCOUNT: SOA
+    a.insert(a.end(), {0xc0, 12});
+    U16(a, dns::kTypeSoa);
+    U16(a, 1);
+    U32(a, soa_ttl);
+    U16(a, 2 + 20);
+    a.insert(a.end(), {0, 0});  // MNAME, RNAME: root
+    U32(a, 1);                   // serial
+    U32(a, 2);                   // refresh
+    U32(a, 3);                   // retry
+    U32(a, 4);                   // expire
+    U32(a, soa_minimum);         // minimum
+  }
+  return a;
+}
+
+CacheConfig SmallCache(size_t entries = 8) {
+  CacheConfig config;
+  config.entries = entries;
+  return config;
+}
+
+TEST(PacketCacheTest, MissThenHitWithClientIdCaseAndAgedTtl) {
+  PacketCache cache(SmallCache());
+  Bytes query = Query("www");
+  CacheKey key;
+  MakeKey(query.data(), static_cast<uint16_t>(QuestionLength(query)), false, false, key);
+  EXPECT_EQ(cache.Find(key, 100).freshness, Freshness::kMiss);
+  ASSERT_TRUE(cache.Insert(key, Answer(query, {300, 200}), 100));
+
+  Bytes client = Query("WwW", 0xbeef);  // 0x20 case
+  CacheKey client_key;
+  MakeKey(client.data(), static_cast<uint16_t>(QuestionLength(client)), false, false, client_key);
+  EXPECT_EQ(client_key.hash, key.hash);
+  const Found found = cache.Find(client_key, 150);
+  ASSERT_EQ(found.freshness, Freshness::kFresh);
+  uint8_t out[1500];
+  const size_t n = cache.Serve(found.entry, out, 0xbeef, client_key.question, 512, 150, false);
+  ASSERT_GT(n, 0u);
+  EXPECT_EQ(dns::header::Id(out), 0xbeef);
+  EXPECT_EQ(0, std::memcmp(out + 12, client.data() + 12, QuestionLength(client)));
+  const size_t first_ttl = 12 + QuestionLength(client) + 2 + 4;
+  EXPECT_EQ(dns::ReadU32(out + first_ttl), 250u);
+  EXPECT_EQ(dns::ReadU32(out + first_ttl + 16), 150u);
+}
+
+TEST(PacketCacheTest, KeyIncludesTypeAndDnssecBits) {
+  PacketCache cache(SmallCache());
+  Bytes a = Query("x", 1, 1);
+  Bytes aaaa = Query("x", 1, 28);
+  CacheKey key_a, key_aaaa, key_a_do;
+  MakeKey(a.data(), static_cast<uint16_t>(QuestionLength(a)), false, false, key_a);
+  MakeKey(aaaa.data(), static_cast<uint16_t>(QuestionLength(aaaa)), false, false, key_aaaa);
+  MakeKey(a.data(), static_cast<uint16_t>(QuestionLength(a)), true, true, key_a_do);
+  ASSERT_TRUE(cache.Insert(key_a, Answer(a, {60}), 0));
+  EXPECT_EQ(cache.Find(key_a, 1).freshness, Freshness::kFresh);
+  EXPECT_EQ(cache.Find(key_aaaa, 1).freshness, Freshness::kMiss);
+  EXPECT_EQ(cache.Find(key_a_do, 1).freshness, Freshness::kMiss);
+}
+
+TEST(PacketCacheTest, ExpiresThenServesStaleWithinWindow) {
+  CacheConfig config = SmallCache();
+  config.stale_window = 100;
+  PacketCache cache(config);
+  Bytes q = Query("s");
+  CacheKey key;
+  MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+  ASSERT_TRUE(cache.Insert(key, Answer(q, {60}), 0));
+  EXPECT_EQ(cache.Find(key, 59).freshness, Freshness::kFresh);
+  const Found stale = cache.Find(key, 60);
+  ASSERT_EQ(stale.freshness, Freshness::kStale);
+  uint8_t out[1500];
+  const size_t n = cache.Serve(stale.entry, out, 7, key.question, 512, 60, true);
+  ASSERT_GT(n, 0u);
+  EXPECT_EQ(dns::ReadU32(out + 12 + QuestionLength(q) + 6), 30u);  // RFC 8767 TTL
+  EXPECT_EQ(cache.Find(key, 160).freshness, Freshness::kMiss);
+}
+
+TEST(PacketCacheTest, NegativeAnswersUseSoaMinimumWithCap) {
+  CacheConfig config = SmallCache();
+  config.negative_max_ttl = 30;
+  PacketCache cache(config);
+  Bytes q = Query("nx");
+  uint16_t offsets[kMaxTtlOffsets];
+  uint16_t count;
+  EXPECT_EQ(cache.CacheTtl(Answer(q, {}, 3, 600, 20), offsets, count), 20u);
+  EXPECT_EQ(cache.CacheTtl(Answer(q, {}, 3, 10, 20), offsets, count), 10u);
+  EXPECT_EQ(cache.CacheTtl(Answer(q, {}, 3, 600, 900), offsets, count), 30u);  // capped
+  EXPECT_EQ(count, 1u);
+}
+
+TEST(PacketCacheTest, PositiveTtlIsMinimumClampedByPolicy) {
+  CacheConfig config = SmallCache();
+  config.min_ttl = 10;
+  config.max_ttl = 100;
+  PacketCache cache(config);
+  Bytes q = Query("p");
+  uint16_t offsets[kMaxTtlOffsets];
+  uint16_t count;
+  EXPECT_EQ(cache.CacheTtl(Answer(q, {50, 40}), offsets, count), 40u);
+  EXPECT_EQ(count, 2u);
+  EXPECT_EQ(cache.CacheTtl(Answer(q, {5}), offsets, count), 10u);
+  EXPECT_EQ(cache.CacheTtl(Answer(q, {5000}), offsets, count), 100u);
+}
+
+TEST(PacketCacheTest, ServfailBrieflyTruncatedAndRefusedNever) {
+  PacketCache cache(SmallCache());
+  Bytes q = Query("f");
+  uint16_t offsets[kMaxTtlOffsets];
+  uint16_t count;
+  EXPECT_EQ(cache.CacheTtl(Answer(q, {}, 2), offsets, count), 5u);
+  EXPECT_EQ(cache.CacheTtl(Answer(q, {}, 5), offsets, count), 0u);
+  Bytes truncated = Answer(q, {60});
+  truncated[2] |= 0x02;
+  EXPECT_EQ(cache.CacheTtl(truncated, offsets, count), 0u);
+  Bytes no_soa = Answer(q, {60});
+  no_soa[7] = 0;  // NODATA without SOA
+  no_soa.resize(q.size());
+  EXPECT_EQ(cache.CacheTtl(no_soa, offsets, count), 0u);
+}
+
+TEST(PacketCacheTest, ServfailDoesNotReplaceAnAnswer) {
+  PacketCache cache(SmallCache());
+  Bytes q = Query("keep");
+  CacheKey key;
+  MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+  ASSERT_TRUE(cache.Insert(key, Answer(q, {60}), 0));
+  EXPECT_FALSE(cache.Insert(key, Answer(q, {}, 2), 70));
+  EXPECT_EQ(cache.Find(key, 70).freshness, Freshness::kStale);
+}
+
+TEST(PacketCacheTest, BoundedWithClockEviction) {
+  PacketCache cache(SmallCache(4));
+  std::vector<Bytes> queries;
+  for (int i = 0; i < 20; ++i) queries.push_back(Query("n" + std::to_string(i)));
+  for (const Bytes& q : queries) {
+    CacheKey key;
+    MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+    ASSERT_TRUE(cache.Insert(key, Answer(q, {60}), 0));
+  }
+  EXPECT_EQ(cache.counters().entries, 4u);
+  EXPECT_EQ(cache.counters().evictions, 16u);
+  int present = 0;
+  for (const Bytes& q : queries) {
+    CacheKey key;
+    MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+    if (cache.Find(key, 1).freshness == Freshness::kFresh) ++present;
+  }
+  EXPECT_EQ(present, 4);
+}
+
+TEST(PacketCacheTest, RecentlyUsedEntrySurvivesEviction) {
+  PacketCache cache(SmallCache(2));
+  Bytes hot = Query("hot"), a = Query("a"), b = Query("b");
+  CacheKey k_hot, k_a, k_b;
+  MakeKey(hot.data(), static_cast<uint16_t>(QuestionLength(hot)), false, false, k_hot);
+  MakeKey(a.data(), static_cast<uint16_t>(QuestionLength(a)), false, false, k_a);
+  MakeKey(b.data(), static_cast<uint16_t>(QuestionLength(b)), false, false, k_b);
+  ASSERT_TRUE(cache.Insert(k_hot, Answer(hot, {60}), 0));
+  ASSERT_TRUE(cache.Insert(k_a, Answer(a, {60}), 0));
+  ASSERT_EQ(cache.Find(k_hot, 1).freshness, Freshness::kFresh);  // referenced
+  ASSERT_TRUE(cache.Insert(k_b, Answer(b, {60}), 1));
+  EXPECT_EQ(cache.Find(k_hot, 1).freshness, Freshness::kFresh);
+  EXPECT_EQ(cache.Find(k_a, 1).freshness, Freshness::kMiss);
+}
+
+TEST(PacketCacheTest, PrefetchDueInLastTenthOnce) {
+  PacketCache cache(SmallCache());
+  Bytes q = Query("pf");
+  CacheKey key;
+  MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+  ASSERT_TRUE(cache.Insert(key, Answer(q, {100}), 0));
+  EXPECT_FALSE(cache.Find(key, 80).prefetch_due);
+  Found found = cache.Find(key, 91);
+  ASSERT_TRUE(found.prefetch_due);
+  cache.MarkPrefetching(found.entry);
+  EXPECT_FALSE(cache.Find(key, 92).prefetch_due);  // one refresh in flight per key
+  cache.PrefetchDone(key);
+  EXPECT_TRUE(cache.Find(key, 93).prefetch_due);
+}
+
+TEST(PacketCacheTest, TruncatesHitToClientLimit) {
+  PacketCache cache(SmallCache());
+  Bytes q = Query("big");
+  CacheKey key;
+  MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+  std::vector<uint32_t> ttls(40, 60);  // 40 A records: > 512 bytes
+  ASSERT_TRUE(cache.Insert(key, Answer(q, ttls), 0));
+  const Found found = cache.Find(key, 1);
+  uint8_t out[1500];
+  const size_t n = cache.Serve(found.entry, out, 1, key.question, 512, 1, false);
+  EXPECT_LE(n, 512u);
+  EXPECT_TRUE(dns::header::IsTruncated(out));
+  const size_t full = cache.Serve(found.entry, out, 1, key.question, 1232, 1, false);
+  EXPECT_GT(full, 512u);
+  EXPECT_FALSE(dns::header::IsTruncated(out));
+}
+
+TEST(PacketCacheTest, ZeroCapacityCachesNothing) {
+  PacketCache cache(SmallCache(0));
+  Bytes q = Query("z");
+  CacheKey key;
+  MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+  EXPECT_FALSE(cache.Insert(key, Answer(q, {60}), 0));
+  EXPECT_EQ(cache.Find(key, 0).freshness, Freshness::kMiss);
+}
+
+}  // namespace
+}  // namespace dotproxy::cache
