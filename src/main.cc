@@ -9,6 +9,8 @@
 #include <condition_variable>
 #include <string_view>
 #include <cstdio>
+#include <cstdlib>
+#include <new>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -17,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "dotproxy/config/config.h"
+#include "dotproxy/control/alloc_counter.h"
 #include "dotproxy/control/log.h"
 #include "dotproxy/shard/shard.h"
 #include "dotproxy/tls/client.h"
@@ -25,6 +28,19 @@
 #if DOTPROXY_HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
 #endif
+
+// Every C++ allocation is counted when it happens on a shard thread; the
+// query path is meant to make none (see control/alloc_counter.h).
+void* operator new(std::size_t size) {
+  dotproxy::control::CountHeapAllocation();
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t size) { return operator new(size); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -126,6 +142,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  dotproxy::control::InstallTlsAllocationCounting();
   dotproxy::tls::GlobalInit();
   {
     // Catch trust-store problems before any thread starts.

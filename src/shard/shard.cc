@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "dotproxy/cache/packet_cache.h"
+#include "dotproxy/control/alloc_counter.h"
 #include "dotproxy/control/log.h"
 #include "dotproxy/dns/edns.h"
 #include "dotproxy/dns/message.h"
@@ -1689,6 +1690,7 @@ Shard::Shard(int index, std::shared_ptr<const config::Config> config)
 Shard::~Shard() = default;
 
 void Shard::Run(const std::function<void(absl::Status)>& ready) {
+  control::SetThreadAllocationCounters(&stats_.heap_allocations, &stats_.tls_allocations);
   ShardLoop loop(index_, *config_, stats_, upstream_stats_.get(), stop_requested_);
   absl::Status status = loop.Setup();
   ready(status);

@@ -49,7 +49,9 @@ namespace dotproxy::shard {
   X(cache_stale_answers, "expired answers served because upstreams failed (RFC 8767)") \
   X(cache_prefetches, "background refreshes of entries near expiry")                 \
   X(cache_evictions, "entries evicted to make room (gauge of a running total)")        \
-  X(cache_entries, "entries in the cache (gauge)")
+  X(cache_entries, "entries in the cache (gauge)")                                   \
+  X(heap_allocations, "operator new calls on this shard's thread")                   \
+  X(tls_allocations, "wolfSSL malloc/realloc calls on this shard's thread")
 
 // Per upstream, per shard. The last three are gauges.
 #define DOTPROXY_UPSTREAM_COUNTERS(X)                                        \
