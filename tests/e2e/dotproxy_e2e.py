@@ -1102,8 +1102,6 @@ def upstream_restart(h):
             check_same_answer("after upstream restart", resp, wire, ref)
             break
         time.sleep(0.25)
-    else:
-        raise CaseFailure("answers did not resume")
     check(last is not None and rcode_of(last) == dns.rcode.NOERROR,
           "answers did not resume within 15 s of the upstream restart; last: %s" % describe(last))
     query_and_compare(h, u, p, "tcp", "txt.example.test.", "TXT")
