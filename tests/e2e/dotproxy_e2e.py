@@ -1140,6 +1140,38 @@ def upstream_silent(h):
     check(s.bytes_received > 0, "dotproxy never sent a query to the silent upstream")
 
 
+@case
+def upstream_handshake_stall(h):
+    """An upstream whose TCP port accepts connections (kernel backlog) but never
+    speaks TLS: with --query-timeout 1000 (connect timeout left at its default,
+    longer than that) each client still gets SERVFAIL within 2 s. The query
+    deadline holds while the connection is stuck in its handshake."""
+    port = free_port()
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        lst.bind((LOOPBACK4, port))
+        lst.listen(64)  # never accept(): the kernel completes TCP, nobody answers
+        p = h.start_proxy(upstreams=["%s:%d#%s" % (LOOPBACK4, port, TLS_NAME)],
+                          extra=["--query-timeout", "1000"], ready=None)
+        time.sleep(0.2)
+        results = []
+        for transport, fn in (("udp", udp_exchange), ("tcp", tcp_exchange)) * 3:
+            wire = make_query("a.example.test.", "A").to_wire()
+            try:
+                resp, secs = fn(p.port, wire, timeout=5.0)
+            except (socket.timeout, EOFError, OSError) as e:
+                resp, secs = None, None
+            rc = None if resp is None else dns.rcode.to_text(rcode_of(resp))
+            results.append((transport, rc, secs))
+        bad = [r for r in results if r[1] != "SERVFAIL" or r[2] is None or r[2] >= 2.0]
+        check(not bad, "upstream stuck before TLS, --query-timeout 1000: want SERVFAIL < 2 s each; got\n  "
+              + "\n  ".join("%s -> %s after %s" % (t, rc, "-" if secs is None else "%.2f s" % secs)
+                             for t, rc, secs in results))
+        check(p.alive(), "dotproxy died")
+    finally:
+        lst.close()
+
+
 def malformed_packets():
     """(label, bytes, expectation) where expectation is 'none', 'formerr',
     'formerr_or_none', 'notimp', or 'any' (survival only)."""
