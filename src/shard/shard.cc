@@ -511,6 +511,12 @@ void ShardLoop::BeginDrain() {
   drain_deadline_ = now_ + kDrainBudget;
   Log(Severity::kInfo, "shard %d: stopping; %d queries in flight", index_,
       static_cast<int>(slots_in_use_));
+  // Probes and prefetches have no client waiting: drop them now.
+  for (uint32_t i = deadline_list_.head; i != kNone;) {
+    const uint32_t next = slots_[i].next;
+    if (slots_[i].kind != SlotKind::kClient) FailSlot(i, stats_.servfail_shutdown);
+    i = next;
+  }
   // Stop intake: cancel the multishot receives and accepts. UDP sockets stay
   // open to carry the remaining answers.
   for (auto& socket : udp_sockets_) CancelFd(socket.fd.get());
@@ -1477,6 +1483,9 @@ void ShardLoop::CloseConnection(uint32_t conn_index, bool failure, const std::st
     const uint32_t slot_index = conn.ids.Lookup(static_cast<uint16_t>(id));
     if (slot_index != upstream::IdTable::kFree) orphaned_slots_.push_back(slot_index);
   }
+  // Cleared before any retry: a retry may reopen this very connection and
+  // bind new IDs in it.
+  conn.ids.Clear();
   conn.pending_plain.clear();
   if (conn.ops_in_flight > 0) {
     ::shutdown(conn.fd.get(), SHUT_RDWR);
@@ -1498,7 +1507,6 @@ void ShardLoop::CloseConnection(uint32_t conn_index, bool failure, const std::st
       FailSlot(slot_index, failure ? stats_.servfail_no_upstream : stats_.servfail_connection_lost);
     }
   }
-  conn.ids.Clear();
 }
 
 void ShardLoop::FinishClose(uint32_t conn_index) {
