@@ -162,8 +162,10 @@ int main(int argc, char** argv) {
     for (const auto& address : config->listen) {
       absl::StrAppend(&listen, listen.empty() ? "" : ", ", address.ToString());
     }
-    std::printf("configuration OK: listen %s; upstreams %s; %d shards\n", listen.c_str(),
-                upstreams.c_str(), config->threads);
+    std::string allow;
+    for (const auto& cidr : config->allow) absl::StrAppend(&allow, allow.empty() ? "" : ", ", cidr.text);
+    std::printf("configuration OK: listen %s; upstreams %s; %d shards; allow %s\n", listen.c_str(),
+                upstreams.c_str(), config->threads, allow.c_str());
     return 0;
   }
 

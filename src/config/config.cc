@@ -44,6 +44,7 @@ enum Flag : int {
   kCacheNegativeTtl,
   kCacheServfailTtl,
   kCacheStaleWindow,
+  kAllow,
 };
 
 const option kOptions[] = {
@@ -72,6 +73,7 @@ const option kOptions[] = {
     {"cache-negative-ttl", required_argument, nullptr, kCacheNegativeTtl},
     {"cache-servfail-ttl", required_argument, nullptr, kCacheServfailTtl},
     {"cache-stale-window", required_argument, nullptr, kCacheStaleWindow},
+    {"allow", required_argument, nullptr, kAllow},
     {nullptr, 0, nullptr, 0},
 };
 
@@ -186,6 +188,8 @@ syntax) override the configuration file; flags override both.
                            before the upstream's edns-tcp-keepalive timeout)
   --no-padding             do not pad upstream queries (RFC 8467)
   --keep-client-subnet     forward EDNS client-subnet options (stripped by default)
+  --allow CIDR             client network allowed to query; repeatable (default:
+                           loopback and private ranges); others get no reply
   --check-config           validate the configuration and exit
   --version                print the version and exit
   --help                   print this text and exit
@@ -274,6 +278,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
 
   // Layer 3: flags. Lists given on the command line replace earlier layers'.
   bool listen_from_flags = false;
+  bool allow_from_flags = false;
   bool upstreams_from_flags = false;
   for (const auto& [flag, text] : flags) {
     const std::string_view value = text;
@@ -294,6 +299,14 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
         if (!upstreams_from_flags) config.upstreams.clear();
         upstreams_from_flags = true;
         config.upstreams.push_back(*std::move(upstream));
+        break;
+      }
+      case kAllow: {
+        auto cidr = io::ParseCidr(value);
+        if (!cidr.ok()) return FlagError("allow", cidr.status().message());
+        if (!allow_from_flags) config.allow.clear();
+        allow_from_flags = true;
+        config.allow.push_back(*cidr);
         break;
       }
       case kCaFile:
@@ -408,6 +421,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
     config.listen.push_back(*io::ParseSocketAddress("127.0.0.1:53", -1));
     config.listen.push_back(*io::ParseSocketAddress("[::1]:53", -1));
   }
+  if (config.allow.empty()) config.allow = io::DefaultAllowList();
   if (config.upstreams.empty()) {
     config.upstreams.push_back(*ParseUpstream("1.1.1.1#cloudflare-dns.com"));
     config.upstreams.push_back(*ParseUpstream("1.0.0.1#cloudflare-dns.com"));

@@ -159,6 +159,17 @@ absl::Status LoadConfigFile(const std::string& path, Config& config) {
         if (auto s = ReadUpstream(errors, *item.as_table(), upstream); !s.ok()) return s;
         config.upstreams.push_back(std::move(upstream));
       }
+    } else if (key == "allow") {
+      const auto* list = node.as_array();
+      if (list == nullptr) return errors.At(node.source(), "'allow' must be an array of \"NETWORK/LENGTH\" strings");
+      config.allow.clear();
+      for (const auto& item : *list) {
+        const auto* text = item.as_string();
+        if (text == nullptr) return errors.At(item.source(), "an allow entry must be a string");
+        auto cidr = io::ParseCidr(text->get());
+        if (!cidr.ok()) return errors.At(item.source(), absl::StrCat("allow ", cidr.status().message()));
+        config.allow.push_back(*cidr);
+      }
     } else if (key == "ca_file") {
       status = ReadString(errors, node, key, config.ca_file);
     } else if (key == "threads") {

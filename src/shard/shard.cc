@@ -17,6 +17,7 @@
 #include "dotproxy/dns/edns.h"
 #include "dotproxy/dns/message.h"
 #include "dotproxy/frontend/client.h"
+#include "dotproxy/io/acl.h"
 #include "dotproxy/io/ring.h"
 #include "dotproxy/io/socket.h"
 #include "dotproxy/tls/client.h"
@@ -206,6 +207,7 @@ class ShardLoop {
         stats_(stats),
         upstream_stats_(upstream_stats),
         stop_requested_(stop_requested),
+        acl_(config.allow),
         health_(Priorities(config), upstream::HealthPolicy{}) {}
   // The ring goes first: closing it cancels every operation still pointing
   // into the buffers below, before they are freed.
@@ -284,6 +286,7 @@ class ShardLoop {
   ShardStats& stats_;
   UpstreamStats* upstream_stats_;
   std::atomic<bool>& stop_requested_;
+  io::Acl acl_;
   upstream::HealthTracker health_;
   dns::UpstreamQueryOptions query_options_;
   std::unique_ptr<cache::PacketCache> cache_;  // null when --cache-size 0
@@ -563,7 +566,11 @@ void ShardLoop::OnUdpRecv(uint32_t socket_index, const io_uring_cqe& cqe) {
         client.udp_socket = static_cast<uint16_t>(socket_index);
         client.udp_address = static_cast<const sockaddr*>(io_uring_recvmsg_name(out));
         client.udp_address_length = std::min<socklen_t>(out->namelen, sizeof(sockaddr_in6));
-        HandleQuery({payload, length}, client);
+        if (acl_.Allows(client.udp_address)) {
+          HandleQuery({payload, length}, client);
+        } else {
+          Bump(stats_.dropped_acl);  // no reply: a spoofed source gets nothing
+        }
       }
     }
     udp_buffers_->Recycle(buffer_id);
@@ -798,7 +805,13 @@ void ShardLoop::ArmAccept(uint32_t listener_index) {
 void ShardLoop::OnAccept(uint32_t listener_index, const io_uring_cqe& cqe) {
   if (cqe.res >= 0) {
     io::UniqueFd fd(cqe.res);
-    if (draining_ || free_tcp_clients_.empty()) {
+    sockaddr_storage peer{};
+    socklen_t peer_length = sizeof(peer);
+    const bool allowed = getpeername(fd.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) == 0 &&
+                         acl_.Allows(reinterpret_cast<const sockaddr*>(&peer));
+    if (!allowed) {
+      Bump(stats_.tcp_acl_refused);
+    } else if (draining_ || free_tcp_clients_.empty()) {
       if (!draining_) Bump(stats_.tcp_rejected);
     } else {
       const uint32_t client_index = free_tcp_clients_.back();

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "dotproxy/io/acl.h"
 #include "dotproxy/io/socket.h"
 
 namespace dotproxy::config {
@@ -47,6 +48,9 @@ absl::StatusOr<SpkiPin> ParsePin(std::string_view base64);
 struct Config {
   std::vector<io::SocketAddress> listen;
   std::vector<UpstreamConfig> upstreams;
+  // Client networks allowed to query; others are dropped without a reply
+  // (no reflection). Empty until parsing ends, then the default list.
+  std::vector<io::Cidr> allow;
   std::string ca_file;  // empty: system CA store
   int threads = 0;      // 0: one per CPU the process may run on
   size_t cache_size = 0;

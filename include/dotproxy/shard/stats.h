@@ -18,6 +18,8 @@ namespace dotproxy::shard {
   X(truncated, "UDP answers truncated to the client's size (TC=1)")                  \
   X(retried, "queries retried on another upstream or connection")                    \
   X(dropped_response_bit, "client packets with QR=1 dropped")                        \
+  X(dropped_acl, "UDP queries from sources outside --allow, dropped")                \
+  X(tcp_acl_refused, "TCP connections from sources outside --allow, closed")         \
   X(dropped_short, "client packets too short for a header, dropped")                 \
   X(dropped_oversized, "UDP datagrams larger than the receive buffer, dropped")      \
   X(formerr, "malformed queries answered FORMERR")                                   \
