@@ -11,44 +11,58 @@ HELPER="$HERE/bench_helper.py"
 
 usage() {
     cat <<EOF
-usage: bench/load/run.sh [--tcp | --tcp-only] [--help]
+usage: bench/load/run.sh [--help]
 
-  --tcp        also run every rate with TCP clients (dnsperf -m tcp)
-  --tcp-only   only TCP clients
+One run measures every target in TARGETS through every scenario in SCENARIOS,
+all against the same local DoT upstream, and prints one Markdown table, a burst
+table and a ratios section. dnsperf (and the upstream) on LOAD_CPU, the target on
+TARGET_CPU.
+
+Scenarios (SCENARIOS, in this order):
+  hit-udp    cache hits: HIT_NAMES names repeated (primed first), UDP, rates HIT_RATES
+  hit-tcp    the same with TCP clients (dnsperf -m tcp)
+  miss-udp   cache misses: unique names, UDP, rates MISS_RATES
+  miss-tcp   misses with TCP clients, rates MISS_TCP_RATES
+  burst      BURST_QUERIES unique queries at once from BURST_SOCKETS UDP sockets;
+             answers counted within BURST_WINDOW seconds
 
 Environment (defaults in brackets):
   DOTPROXY       path to the dotproxy binary [build/dotproxy, relative to the repo]
-  DOTPROXY_ARGS  extra arguments for dotproxy [none]
-  TARGETS        targets to measure, space separated [dotproxy]
-                 available: dotproxy unbound_fwd
-  RATES          offered rates in qps; "max" = no -Q [5000 20000 50000 max]
+  DOTPROXY_ARGS  extra arguments for dotproxy [--cache-size 100000]
+  DOTPROXY_DEEP_ARGS  added for target dotproxy_deep [--max-inflight-per-connection 1000]
+  TARGETS        targets, space separated
+                 [reflector dotproxy dotproxy_deep dnsdist unbound_fwd kresd]
+                 reflector = bench/load/reflector.c (UDP only: hit-udp and burst), the
+                 ceiling for the cache-hit path
+  SCENARIOS      [hit-udp hit-tcp miss-udp miss-tcp burst]
+  HIT_RATES      [max]        MISS_RATES [5000 20000 max]      MISS_TCP_RATES [max]
+  HIT_NAMES      names in the cache-hit set [100]
+  BURST_QUERIES [2000]  BURST_SOCKETS [50]  BURST_WINDOW seconds [2]
   DURATION       seconds per run [10]
   CLIENTS        dnsperf -c: UDP sockets / TCP connections [10]
   OUTSTANDING    dnsperf -q: max queries in flight [500]
   TIMEOUT        dnsperf -t: seconds before a query counts as lost [2]
-  NAMES          unique names per run's data file [2000000]
+  NAMES          unique names per miss run's data file [2000000]
   PERCENTILES    1 = dnsperf -v and compute p50/p90/p99/p99.9 [1]
-  LOAD_CPU       core for dnsperf and the upstream Unbound [0]
+  LOAD_CPU       core for dnsperf and the upstream [0]
   TARGET_CPU     core for the target [1]
   READY_TIMEOUT  seconds to wait for a process to answer [10]
   RESULTS_DIR    where raw outputs go [bench/load/results/<timestamp>]
-  UPSTREAM       DoT upstream: unbound | dnsdist [unbound]. Unbound 1.17 handles at most
+  UPSTREAM       DoT upstream: dnsdist | unbound [dnsdist]. Unbound 1.17 handles at most
                  ~19-39k qps on ONE stream connection (hard-coded cap of 32 concurrent
                  requests per stream, ~50 ms stalls): above that the upstream, not the
-                 target, is the bottleneck. dnsdist (apt-get install dnsdist) does ~70k.
+                 target, is the bottleneck. dnsdist does ~70k on one connection.
   CALIBRATE      1 = first measure the upstream alone: dnsperf -m dot -c 1 at max straight
                  to its DoT port (row "upstream:NAME", proto dot-1conn) [1]
-  PERF           1 = after the measured runs, one more run at max while perf profiles
-                 the target; flame graph in RESULTS_DIR/flame/ (row "max+perf") [0]
-                 (bench/flamegraph/profile.sh; PERF_CALLGRAPH=fp|dwarf, PERF_FREQ)
+  PERF           1 = after a target's runs, one more run at max per PERF_SCENARIOS while
+                 perf profiles the target; flame graphs in RESULTS_DIR/flame/ (rows
+                 "max+perf") [0] (bench/flamegraph/profile.sh; PERF_CALLGRAPH, PERF_FREQ)
+  PERF_SCENARIOS [hit-udp miss-udp]
 EOF
 }
 
-MODES="udp"
 while [ $# -gt 0 ]; do
     case "$1" in
-        --tcp) MODES="udp tcp" ;;
-        --tcp-only) MODES="tcp" ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -57,9 +71,17 @@ done
 
 DOTPROXY="${DOTPROXY:-build/dotproxy}"
 case "$DOTPROXY" in /*) ;; *) DOTPROXY="$REPO/$DOTPROXY" ;; esac
-DOTPROXY_ARGS="${DOTPROXY_ARGS:-}"
-TARGETS="${TARGETS:-dotproxy}"
-RATES="${RATES:-5000 20000 50000 max}"
+DOTPROXY_ARGS="${DOTPROXY_ARGS---cache-size 100000}"
+DOTPROXY_DEEP_ARGS="${DOTPROXY_DEEP_ARGS---max-inflight-per-connection 1000}"
+TARGETS="${TARGETS:-reflector dotproxy dotproxy_deep dnsdist unbound_fwd kresd}"
+SCENARIOS="${SCENARIOS-hit-udp hit-tcp miss-udp miss-tcp burst}"
+HIT_RATES="${HIT_RATES:-max}"
+MISS_RATES="${MISS_RATES:-${RATES:-5000 20000 max}}"
+MISS_TCP_RATES="${MISS_TCP_RATES:-max}"
+HIT_NAMES="${HIT_NAMES:-100}"
+BURST_QUERIES="${BURST_QUERIES:-2000}"
+BURST_SOCKETS="${BURST_SOCKETS:-50}"
+BURST_WINDOW="${BURST_WINDOW:-2}"
 DURATION="${DURATION:-10}"
 CLIENTS="${CLIENTS:-10}"
 OUTSTANDING="${OUTSTANDING:-500}"
@@ -70,17 +92,25 @@ LOAD_CPU="${LOAD_CPU:-0}"
 TARGET_CPU="${TARGET_CPU:-1}"
 READY_TIMEOUT="${READY_TIMEOUT:-10}"
 PERF="${PERF:-0}"
-UPSTREAM="${UPSTREAM:-unbound}"
+PERF_SCENARIOS="${PERF_SCENARIOS:-hit-udp miss-udp}"
+UPSTREAM="${UPSTREAM:-dnsdist}"
 CALIBRATE="${CALIBRATE:-1}"
 case "$UPSTREAM" in unbound|dnsdist) ;; *) echo "UPSTREAM must be unbound or dnsdist" >&2; exit 2 ;; esac
+for sc in $SCENARIOS $PERF_SCENARIOS; do
+    case "$sc" in hit-udp|hit-tcp|miss-udp|miss-tcp|burst) ;; *) echo "unknown scenario '$sc'" >&2; exit 2 ;; esac
+done
 TS="$(date +%Y%m%d-%H%M%S)"
 RESULTS_DIR="${RESULTS_DIR:-$HERE/results/$TS}"
 
-for v in DURATION CLIENTS OUTSTANDING TIMEOUT NAMES LOAD_CPU TARGET_CPU READY_TIMEOUT; do
+for v in DURATION CLIENTS OUTSTANDING TIMEOUT NAMES LOAD_CPU TARGET_CPU READY_TIMEOUT HIT_NAMES \
+         BURST_QUERIES BURST_SOCKETS BURST_WINDOW; do
     case "${!v}" in ''|*[!0-9]*) echo "$v must be a non-negative integer (got '${!v}')" >&2; exit 2 ;; esac
 done
 [ "$DURATION" -ge 1 ] && [ "$DURATION" -le 600 ] || { echo "DURATION must be 1..600" >&2; exit 2; }
-for r in $RATES; do
+[ "$HIT_NAMES" -ge 1 ] && [ "$BURST_WINDOW" -ge 1 ] && [ "$BURST_WINDOW" -le 30 ] \
+    && [ "$BURST_QUERIES" -le 100000 ] && [ "$BURST_SOCKETS" -ge 1 ] && [ "$BURST_SOCKETS" -le 1000 ] \
+    || { echo "HIT_NAMES >= 1, BURST_WINDOW 1..30, BURST_QUERIES <= 100000, BURST_SOCKETS 1..1000" >&2; exit 2; }
+for r in $HIT_RATES $MISS_RATES $MISS_TCP_RATES; do
     case "$r" in max) ;; ''|*[!0-9]*) echo "bad rate '$r' (number or 'max')" >&2; exit 2 ;; esac
 done
 
@@ -96,7 +126,12 @@ check_tools() {
         command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
     done
     [ -x "$PY" ] || missing+=(python3)
-    [ "$UPSTREAM" = dnsdist ] && ! command -v dnsdist >/dev/null 2>&1 && missing+=(dnsdist)
+    local need_dnsdist=0
+    [ "$UPSTREAM" = dnsdist ] && need_dnsdist=1
+    case " $TARGETS " in *" dnsdist "*) need_dnsdist=1 ;; esac
+    [ "$need_dnsdist" = 1 ] && ! command -v dnsdist >/dev/null 2>&1 && missing+=(dnsdist)
+    case " $TARGETS " in *" kresd "*) command -v kresd >/dev/null 2>&1 || missing+=(knot-resolver) ;; esac
+    case " $TARGETS " in *" reflector "*) command -v cc >/dev/null 2>&1 || missing+=(gcc) ;; esac
     [ "$PERF" = 1 ] && ! command -v perf >/dev/null 2>&1 && missing+=(linux-perf)
     if [ ${#missing[@]} -gt 0 ]; then
         die "missing tools; install with: apt-get install -y $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
@@ -161,11 +196,19 @@ core_jiffies() {
 
 # dig through a plain-DNS port until it answers bench.test with 192.0.2.1, bounded.
 # args: port pid-to-watch [+tcp]
+# The reflector answers with the query itself (no records): with a 4th argument
+# "reflect", a NOERROR reply echoing the question is enough.
 wait_dns_ready() {
-    local port="$1" pid="$2" extra="${3:-}" deadline ans
+    local port="$1" pid="$2" extra="${3:-}" mode="${4:-}" deadline ans
     deadline=$(( $(date +%s) + READY_TIMEOUT ))
     while [ "$(date +%s)" -lt "$deadline" ]; do
         kill -0 "$pid" 2>/dev/null || return 1
+        if [ "$mode" = reflect ]; then
+            dig +time=1 +tries=1 -p "$port" @127.0.0.1 ready.bench.test A 2>/dev/null \
+                | grep -q 'status: NOERROR' && return 0
+            sleep 0.2
+            continue
+        fi
         # shellcheck disable=SC2086
         ans="$(dig +time=1 +tries=1 +short $extra -p "$port" @127.0.0.1 ready.bench.test A 2>/dev/null || true)"
         [ "$ans" = "192.0.2.1" ] && return 0
@@ -231,6 +274,8 @@ start_upstream() {
 start_upstream_dnsdist() {
     local d="$1"
     cat > "$d/dnsdist.conf" <<EOF
+-- No security polling: it would query secpoll.powerdns.com via /etc/resolv.conf (off-host).
+setSecurityPollSuffix("")
 setLocal("127.0.0.1:$UPSTREAM_PLAIN_PORT")
 addTLSLocal("127.0.0.1:$UPSTREAM_DOT_PORT", "$d/server.pem", "$d/server.key", {provider="openssl", maxInFlight=1000})
 setACL({"127.0.0.0/8"})
@@ -290,16 +335,22 @@ EOF
 # $RESULTS_DIR/<name>.log. stop_target stops it.
 TARGET_PID="" TARGET_PORT=""
 
-start_target_dotproxy() {
+start_target_dotproxy() { start_dotproxy dotproxy "$DOTPROXY_ARGS"; }
+# The same binary with DOTPROXY_DEEP_ARGS added (default: 1000 queries in flight per
+# upstream connection instead of 100), to tell configuration limits from code limits.
+start_target_dotproxy_deep() { start_dotproxy dotproxy_deep "$DOTPROXY_ARGS $DOTPROXY_DEEP_ARGS"; }
+
+start_dotproxy() {
+    local name="$1" extra="$2"
     [ -x "$DOTPROXY" ] || { log "dotproxy binary not found at $DOTPROXY (set DOTPROXY=)"; return 1; }
     TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
     local cmd=("$DOTPROXY" --listen "127.0.0.1:$TARGET_PORT"
                --upstream "127.0.0.1:$UPSTREAM_DOT_PORT#upstream.test"
                --ca-file "$CA" --threads 1)
     # shellcheck disable=SC2206
-    [ -n "$DOTPROXY_ARGS" ] && cmd+=($DOTPROXY_ARGS)
-    echo "${cmd[*]}" > "$RESULTS_DIR/dotproxy.cmdline"
-    taskset -c "$TARGET_CPU" "${cmd[@]}" >"$RESULTS_DIR/dotproxy.log" 2>&1 &
+    [ -n "$extra" ] && cmd+=($extra)
+    echo "${cmd[*]}" > "$RESULTS_DIR/$name.cmdline"
+    taskset -c "$TARGET_CPU" "${cmd[@]}" >"$RESULTS_DIR/$name.log" 2>&1 &
     TARGET_PID=$!
     STARTED_PIDS+=("$TARGET_PID")
 }
@@ -348,7 +399,69 @@ EOF
     TARGET_PID=$!
     STARTED_PIDS+=("$TARGET_PID")
 }
-# Further peers (dnsdist, kresd) go here as start_target_<name>, same contract.
+
+# Peer: dnsdist as a DoT forwarder (UDP/TCP in, one DoT backend out), packet cache on
+# (100000 entries, like dotproxy's --cache-size). With unique names (miss scenarios) the
+# cache never hits but is still consulted and filled, as in every other target.
+start_target_dnsdist() {
+    local d="$WORK/dnsdist_target"
+    mkdir -p "$d"
+    TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
+    cat > "$d/dnsdist.conf" <<EOF
+-- No security polling: it would query secpoll.powerdns.com via /etc/resolv.conf (off-host).
+setSecurityPollSuffix("")
+setLocal("127.0.0.1:$TARGET_PORT")
+setACL({"127.0.0.0/8"})
+newServer({address="127.0.0.1:$UPSTREAM_DOT_PORT", tls="openssl", subjectName="upstream.test", caStore="$CA", validateCertificates=true})
+pc = newPacketCache(100000, {maxTTL=86400, minTTL=0})
+getPool(""):setCache(pc)
+setMaxTCPClientThreads(1)
+EOF
+    cp "$d/dnsdist.conf" "$RESULTS_DIR/dnsdist.conf"
+    dnsdist --check-config -C "$d/dnsdist.conf" >/dev/null 2>&1 || { log "dnsdist target config invalid"; return 1; }
+    taskset -c "$TARGET_CPU" dnsdist --supervised --disable-syslog -C "$d/dnsdist.conf" \
+        >"$RESULTS_DIR/dnsdist.log" 2>&1 &
+    TARGET_PID=$!
+    STARTED_PIDS+=("$TARGET_PID")
+}
+
+# Peer: Knot Resolver (kresd, one process) forwarding everything over DoT. DNSSEC
+# validation is off (the local upstream has no signed root); cache 100 MB in its rundir.
+start_target_kresd() {
+    local d="$WORK/kresd"
+    mkdir -p "$d"
+    TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
+    cat > "$d/config.lua" <<EOF
+net.ipv6 = false
+net.listen('127.0.0.1', $TARGET_PORT, { kind = 'dns' })
+cache.open(100 * MB, 'lmdb://$d/cache')
+trust_anchors.remove('.')
+policy.add(policy.all(policy.TLS_FORWARD({{'127.0.0.1@$UPSTREAM_DOT_PORT', hostname='upstream.test', ca_file='$CA'}})))
+EOF
+    cp "$d/config.lua" "$RESULTS_DIR/kresd.config.lua"
+    taskset -c "$TARGET_CPU" kresd -n -c "$d/config.lua" "$d" >"$RESULTS_DIR/kresd.log" 2>&1 </dev/null &
+    TARGET_PID=$!
+    STARTED_PIDS+=("$TARGET_PID")
+}
+
+# Ceiling: bench/load/reflector.c (recvmmsg, set QR, sendmmsg; one thread). UDP only.
+start_target_reflector() {
+    [ -x "$WORK/reflector" ] || { log "reflector not built"; return 1; }
+    TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
+    taskset -c "$TARGET_CPU" "$WORK/reflector" 127.0.0.1 "$TARGET_PORT" >"$RESULTS_DIR/reflector.log" 2>&1 &
+    TARGET_PID=$!
+    STARTED_PIDS+=("$TARGET_PID")
+}
+
+# Which scenarios a target can run.
+target_supports() {
+    local target="$1" sc="$2"
+    case "$target:$sc" in
+        reflector:hit-udp|reflector:burst) return 0 ;;
+        reflector:*) return 1 ;;
+        *) return 0 ;;
+    esac
+}
 
 stop_target() {
     [ -n "$TARGET_PID" ] && stop_pid "$TARGET_PID"
@@ -357,18 +470,33 @@ stop_target() {
 
 # ---------------------------------------------------------------- one dnsperf run
 RUN_IDX=0
-# args: target proto rate [profile [clients]]
+# Names file of the cache-hit set: the same HIT_NAMES names every run, h<n>.bench.test.
+write_hit_names() {
+    awk -v n="$HIT_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "h%d.bench.test A\n", i }' > "$1"
+}
+
+# args: target scenario(hit|miss) proto rate [profile [clients]]
 run_one() {
-    local target="$1" proto="$2" rate="$3" profile="${4:-0}" clients="${5:-$CLIENTS}"
+    local target="$1" scenario="$2" proto="$3" rate="$4" profile="${5:-0}" clients="${6:-$CLIENTS}"
     RUN_IDX=$((RUN_IDX + 1))
     local label="$rate"; [ "$profile" = 1 ] && label="$rate+perf"
-    local tag; tag="$(printf '%02d-%s-%s-%s' "$RUN_IDX" "$target" "$proto" "$label")"
+    local tag; tag="$(printf '%02d-%s-%s-%s-%s' "$RUN_IDX" "$target" "$scenario" "$proto" "$label")"
     local raw="$RESULTS_DIR/$tag.dnsperf.txt"
     local data="$WORK/names.txt"
-    # Fresh, unique names for every run (r<run>-q<n>) so no run repeats another's names.
-    awk -v n="$NAMES" -v r="$RUN_IDX" 'BEGIN { for (i = 1; i <= n; i++) printf "r%d-q%d.bench.test A\n", r, i }' > "$data"
+    local mode="${proto%%-*}"
+    if [ "$scenario" = hit ]; then
+        write_hit_names "$data"
+        # Prime the target's cache (not measured): every name once, over the same transport
+        # (dnsdist's cache key includes it).
+        timeout -k 5 $((TIMEOUT + 30)) taskset -c "$LOAD_CPU" dnsperf -s 127.0.0.1 -p "$TARGET_PORT" \
+            -m "$mode" -d "$data" -n 1 -c 1 -q 50 -t "$TIMEOUT" >"$RESULTS_DIR/$tag.prime.txt" 2>&1 || true
+        sleep 0.5
+    else
+        # Fresh, unique names for every run (r<run>-q<n>) so no run repeats another's names.
+        awk -v n="$NAMES" -v r="$RUN_IDX" 'BEGIN { for (i = 1; i <= n; i++) printf "r%d-q%d.bench.test A\n", r, i }' > "$data"
+    fi
 
-    local args=(-s 127.0.0.1 -p "$TARGET_PORT" -m "${proto%%-*}" -d "$data" -l "$DURATION"
+    local args=(-s 127.0.0.1 -p "$TARGET_PORT" -m "$mode" -d "$data" -l "$DURATION"
                 -c "$clients" -q "$OUTSTANDING" -t "$TIMEOUT")
     [ "$rate" != max ] && args+=(-Q "$rate")
     [ "$PERCENTILES" = 1 ] && args+=(-v)
@@ -378,10 +506,10 @@ run_one() {
     read -r c0a c0b < <(core_jiffies "$LOAD_CPU"); read -r c1a c1b < <(core_jiffies "$TARGET_CPU")
     w0="$(date +%s.%N)"
     log "run $tag: taskset -c $LOAD_CPU dnsperf ${args[*]}"
-    local perf_pid=""
+    local perf_pid="" pname="$target-$scenario-$proto"
     if [ "$profile" = 1 ]; then
         PERF_CPU="$LOAD_CPU" "$REPO/bench/flamegraph/profile.sh" "$TARGET_PID" "$DURATION" \
-            "$RESULTS_DIR/flame" "$target-$proto" >"$RESULTS_DIR/flame-$target-$proto.log" 2>&1 &
+            "$RESULTS_DIR/flame" "$pname" >"$RESULTS_DIR/flame-$pname.log" 2>&1 &
         perf_pid=$!
         STARTED_PIDS+=("$perf_pid")
     fi
@@ -393,8 +521,8 @@ run_one() {
     read -r c0c c0d < <(core_jiffies "$LOAD_CPU"); read -r c1c c1d < <(core_jiffies "$TARGET_CPU")
     if [ -n "$perf_pid" ]; then
         # profile.sh bounds itself (perf for DURATION s, then folding); wait for it.
-        if wait "$perf_pid"; then log "flame graph: $(tail -n 1 "$RESULTS_DIR/flame-$target-$proto.log")"
-        else log "profiling failed: $(tail -n 3 "$RESULTS_DIR/flame-$target-$proto.log")"; fi
+        if wait "$perf_pid"; then log "flame graph: $(tail -n 1 "$RESULTS_DIR/flame-$pname.log")"
+        else log "profiling failed: $(tail -n 3 "$RESULTS_DIR/flame-$pname.log")"; fi
         local keep=() p
         for p in "${STARTED_PIDS[@]}"; do [ "$p" = "$perf_pid" ] || keep+=("$p"); done
         STARTED_PIDS=("${keep[@]}")
@@ -407,7 +535,7 @@ run_one() {
     local c0 c1
     c0="$(awk -v b="$((c0c - c0a))" -v t="$((c0d - c0b))" 'BEGIN { printf "%.1f", t ? 100 * b / t : 0 }')"
     c1="$(awk -v b="$((c1c - c1a))" -v t="$((c1d - c1b))" 'BEGIN { printf "%.1f", t ? 100 * b / t : 0 }')"
-    "$PY" "$HELPER" parse "$raw" target="$target" proto="$proto" offered="$label" \
+    "$PY" "$HELPER" parse "$raw" target="$target" scenario="$scenario" proto="$proto" offered="$label" \
         duration="$DURATION" wall_s="$wall" clk_tck="$CLK_TCK" \
         target_ticks="$((t1 - t0))" upstream_ticks="$((u1 - u0))" \
         core0_busy_pct="$c0" core1_busy_pct="$c1" target_alive="$alive" \
@@ -418,15 +546,34 @@ run_one() {
 import json, sys
 r = json.loads(sys.stdin.read())
 f = lambda k, s=1e6: "-" if r.get(k) is None else "%.0f" % (r[k] * s)
-print("    qps %s  lost %.2f%%  avg %s us  p99 %s us  cpu %s us/q" % (
-    f("qps", 1), r.get("lost_pct", float("nan")), f("avg_s"), f("p99_s"),
+print("    qps %s  lost %.2f%%  NOERROR %s%%  avg %s us  p99 %s us  cpu %s us/q" % (
+    f("qps", 1), r.get("lost_pct", float("nan")), f("noerror_pct", 1), f("avg_s"), f("p99_s"),
     "-" if r.get("target_cpu_us_per_q") is None else "%.1f" % r["target_cpu_us_per_q"]))' >&2 || true
     local completed
     completed="$(grep -oE 'Queries completed: +[0-9]+' "$raw" | grep -oE '[0-9]+$' || echo 0)"
-    [ "${completed:-0}" -le "$NAMES" ] || log "WARNING: $completed queries > NAMES=$NAMES; names repeated in this run"
+    [ "$scenario" = hit ] || [ "${completed:-0}" -le "$NAMES" ] \
+        || log "WARNING: $completed queries > NAMES=$NAMES; names repeated in this run"
     # -v output is one line per response: keep it, compressed.
     [ "$PERCENTILES" = 1 ] && gzip -f "$raw"
     [ "$alive" = 1 ]
+}
+
+# BURST_QUERIES unique queries sent at once from BURST_SOCKETS sockets (helper on LOAD_CPU).
+run_burst() {
+    local target="$1"
+    RUN_IDX=$((RUN_IDX + 1))
+    log "burst: $BURST_QUERIES queries from $BURST_SOCKETS UDP sockets to $target, window ${BURST_WINDOW}s"
+    timeout -k 5 $((BURST_WINDOW + 60)) taskset -c "$LOAD_CPU" "$PY" "$HELPER" burst "$TARGET_PORT" \
+        "$BURST_QUERIES" "$BURST_SOCKETS" "$BURST_WINDOW" "b$RUN_IDX" \
+        target="$target" proto=udp offered=burst target_pid="$TARGET_PID" clk_tck="$CLK_TCK" \
+        > "$WORK/burst.json" 2>"$RESULTS_DIR/$(printf '%02d' "$RUN_IDX")-$target-burst.err" \
+        || { log "burst helper failed (see results)"; echo "{\"target\": \"$target\", \"scenario\": \"burst\", \"note\": \"helper failed\"}" > "$WORK/burst.json"; }
+    cat "$WORK/burst.json" >> "$RESULTS_DIR/runs.jsonl"
+    "$PY" -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("    answered %s/%s within %ss, rcodes %s" % (r.get("answered"), r.get("sent"), r.get("window_s"), r.get("rcodes")))' "$WORK/burst.json" >&2 || true
+    kill -0 "$TARGET_PID" 2>/dev/null
 }
 
 # ---------------------------------------------------------------- main
@@ -437,12 +584,18 @@ log "results in $RESULTS_DIR"
 {
     echo "date: $(date -Is)"
     echo "host: $(uname -srm), $(nproc) cores: $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo)"
-    echo "dnsperf: $(dnsperf -h 2>&1 | awk '/Version/ {print $2; exit}'), unbound: $(unbound -V | awk '/Version/ {print $2; exit}')"
-    echo "targets: $TARGETS; modes: $MODES; rates: $RATES; duration: ${DURATION}s; clients: $CLIENTS; outstanding: $OUTSTANDING; timeout: ${TIMEOUT}s"
+    echo "dnsperf: $(dnsperf -h 2>&1 | awk '/Version/ {print $2; exit}'), unbound: $(unbound -V | awk '/Version/ {print $2; exit}'), dnsdist: $(command -v dnsdist >/dev/null && dnsdist --version 2>&1 | awk '{print $2; exit}'), kresd: $(command -v kresd >/dev/null && kresd --version 2>&1 | awk '{print $NF; exit}')"
+    echo "dotproxy: $DOTPROXY $DOTPROXY_ARGS; dotproxy_deep: + $DOTPROXY_DEEP_ARGS ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet HEAD -- src include 2>/dev/null || echo '+dirty'))"
+    echo "targets: $TARGETS; scenarios: $SCENARIOS; hit rates: $HIT_RATES; miss rates: $MISS_RATES; miss tcp rates: $MISS_TCP_RATES"
+    echo "duration: ${DURATION}s; clients: $CLIENTS; outstanding: $OUTSTANDING; timeout: ${TIMEOUT}s; hit names: $HIT_NAMES; burst: $BURST_QUERIES queries / $BURST_SOCKETS sockets / ${BURST_WINDOW}s"
     echo "upstream: $UPSTREAM $( [ "$UPSTREAM" = unbound ] && unbound -V | awk '/Version/ {print $2; exit}' || dnsdist --version 2>&1 | awk '{print $2; exit}')"
     echo "pinning: dnsperf + upstream on core $LOAD_CPU, target on core $TARGET_CPU"
 } > "$RESULTS_DIR/env.txt"
 cat "$RESULTS_DIR/env.txt" >&2
+
+case " $TARGETS " in
+    *" reflector "*) cc -O2 -Wall -o "$WORK/reflector" "$HERE/reflector.c" || die "cannot build reflector.c" ;;
+esac
 
 start_upstream
 
@@ -451,54 +604,103 @@ if [ "$CALIBRATE" = 1 ]; then
     # The upstream alone, one DoT connection (what a 1-thread proxy gets), at max.
     TARGET_PID="$UPSTREAM_PID" TARGET_PORT="$UPSTREAM_DOT_PORT"
     log "calibration: upstream $UPSTREAM alone over one DoT connection"
-    run_one "upstream:$UPSTREAM" dot-1conn max 0 1 || die "upstream died during calibration"
+    run_one "upstream:$UPSTREAM" calibration dot-1conn max 0 1 || die "upstream died during calibration"
     TARGET_PID="" TARGET_PORT=""
     sleep 1
 fi
+fail_row() {  # target scenario proto note
+    echo "{\"target\": \"$1\", \"scenario\": \"$2\", \"proto\": \"$3\", \"offered\": \"-\", \"dnsperf_ok\": false, \"note\": \"$4\"}" >> "$RESULTS_DIR/runs.jsonl"
+}
 for target in $TARGETS; do
     declare -F "start_target_$target" >/dev/null || die "unknown target '$target'"
     log "starting target $target on core $TARGET_CPU"
     if ! "start_target_$target"; then
-        echo "{\"target\": \"$target\", \"proto\": \"-\", \"offered\": \"-\", \"dnsperf_ok\": false, \"note\": \"failed to start\"}" >> "$RESULTS_DIR/runs.jsonl"
+        fail_row "$target" - - "failed to start"
         FAILED=1
         continue
     fi
+    ready_mode=""; [ "$target" = reflector ] && ready_mode=reflect
+    protos="udp"
+    for sc in $SCENARIOS $([ "$PERF" = 1 ] && echo "$PERF_SCENARIOS"); do
+        case "$sc" in *-tcp) target_supports "$target" "$sc" && protos="udp tcp" ;; esac
+    done
     ok=1
-    for proto in $MODES; do
+    for proto in $protos; do
         extra=""; [ "$proto" = tcp ] && extra="+tcp"
-        if ! wait_dns_ready "$TARGET_PORT" "$TARGET_PID" "$extra"; then
+        if ! wait_dns_ready "$TARGET_PORT" "$TARGET_PID" "$extra" "$ready_mode"; then
             log "target $target not answering over $proto on 127.0.0.1:$TARGET_PORT within ${READY_TIMEOUT}s; its log:"
             tail -n 50 "$RESULTS_DIR/$target.log" >&2 || true
-            echo "{\"target\": \"$target\", \"proto\": \"$proto\", \"offered\": \"-\", \"dnsperf_ok\": false, \"note\": \"not ready (see $target.log)\"}" >> "$RESULTS_DIR/runs.jsonl"
-            ok=0; break
-        fi
-        check_affinity "$TARGET_PID" "$TARGET_CPU" "$target" || true
-        log "target $target pid $TARGET_PID ready on 127.0.0.1:$TARGET_PORT ($proto)"
-        for rate in $RATES; do
-            if ! run_one "$target" "$proto" "$rate"; then
-                log "target $target died during $proto/$rate; its log:"
-                tail -n 50 "$RESULTS_DIR/$target.log" >&2 || true
-                ok=0; break 2
-            fi
-            sleep 1
-        done
-        if [ "$PERF" = 1 ] && ! run_one "$target" "$proto" max 1; then
-            log "target $target died during the profiled run"; ok=0; break
+            fail_row "$target" - "$proto" "not ready (see $target.log)"
+            ok=0
         fi
     done
+    if [ "$ok" = 1 ]; then
+        check_affinity "$TARGET_PID" "$TARGET_CPU" "$target" || true
+        log "target $target pid $TARGET_PID ready on 127.0.0.1:$TARGET_PORT ($protos)"
+        for sc in $SCENARIOS; do
+            target_supports "$target" "$sc" || continue
+            case "$sc" in
+                hit-udp) points="hit udp $HIT_RATES" ;;
+                hit-tcp) points="hit tcp $HIT_RATES" ;;
+                miss-udp) points="miss udp $MISS_RATES" ;;
+                miss-tcp) points="miss tcp $MISS_TCP_RATES" ;;
+                burst) points="" ;;
+            esac
+            if [ "$sc" = burst ]; then
+                run_burst "$target" || { log "target $target died during the burst"; ok=0; break; }
+                sleep 1
+                continue
+            fi
+            # shellcheck disable=SC2086
+            set -- $points
+            scen="$1" proto="$2"; shift 2
+            for rate in "$@"; do
+                if ! run_one "$target" "$scen" "$proto" "$rate"; then
+                    log "target $target died during $scen/$proto/$rate; its log:"
+                    tail -n 50 "$RESULTS_DIR/$target.log" >&2 || true
+                    ok=0; break 2
+                fi
+                sleep 1
+            done
+        done
+        if [ "$ok" = 1 ] && [ "$PERF" = 1 ]; then
+            for sc in $PERF_SCENARIOS; do
+                target_supports "$target" "$sc" && [ "$sc" != burst ] || continue
+                if ! run_one "$target" "${sc%-*}" "${sc#*-}" max 1; then
+                    log "target $target died during the profiled run"; ok=0; break
+                fi
+                sleep 1
+            done
+        fi
+    fi
+    # Anything the target said about errors (its own log), for the report.
     stop_target
+    grep -iE 'error|fail|warn|counters:|queries=' "$RESULTS_DIR/$target.log" 2>/dev/null | tail -n 6 \
+        | sed "s/^/    [$target.log] /" >&2 || true
     [ "$ok" = 1 ] || { FAILED=1; log "target $target: incomplete (see $RESULTS_DIR/$target.log)"; }
 done
 
 stop_pid "$UPSTREAM_PID"
 
-"$PY" "$HELPER" table "$RESULTS_DIR/runs.jsonl" > "$RESULTS_DIR/table.md"
-echo
-echo "## dotproxy load benchmark ($TS)"
-echo
-sed 's/^/    /' "$RESULTS_DIR/env.txt" | sed 's/^    /- /'
+{
+    echo "## dotproxy load benchmark ($TS)"
+    echo
+    sed 's/^/- /' "$RESULTS_DIR/env.txt"
+    echo
+    "$PY" "$HELPER" table "$RESULTS_DIR/runs.jsonl"
+    if grep -q '"scenario": "burst"' "$RESULTS_DIR/runs.jsonl"; then
+        echo
+        echo "### Burst: $BURST_QUERIES queries at once from $BURST_SOCKETS UDP sockets, answers within ${BURST_WINDOW} s"
+        echo
+        "$PY" "$HELPER" bursttable "$RESULTS_DIR/runs.jsonl"
+    fi
+    echo
+    echo "### Ratios"
+    echo
+    "$PY" "$HELPER" ratios "$RESULTS_DIR/runs.jsonl"
+} > "$RESULTS_DIR/table.md"
 echo
 cat "$RESULTS_DIR/table.md"
 echo
-echo "Raw dnsperf outputs: $RESULTS_DIR"
+echo "Raw outputs: $RESULTS_DIR"
 exit "$FAILED"
