@@ -1207,7 +1207,7 @@ void ShardLoop::StartConnect(uint32_t conn_index) {
   conn.state = ConnectionState::kConnecting;
   conn.connect_deadline = now_ + config_.connect_timeout;
   conn.last_activity = now_;
-  conn.keepalive_timeout = std::chrono::milliseconds(0);
+  conn.keepalive_timeout = std::chrono::milliseconds(-1);
   conn.quick_acks_left = 8;
   conn.close_was_failure = false;
   conn.framer.Clear();
@@ -1535,7 +1535,9 @@ void ShardLoop::FinishClose(uint32_t conn_index) {
 }
 
 std::chrono::milliseconds ShardLoop::IdleTimeout(const Connection& conn) const {
-  if (conn.keepalive_timeout.count() <= 0) return config_.upstream_idle_timeout;
+  if (conn.keepalive_timeout.count() < 0) return config_.upstream_idle_timeout;  // none sent
+  // 0: the upstream wants the connection closed as soon as it is idle.
+  if (conn.keepalive_timeout.count() == 0) return std::chrono::milliseconds(0);
   // Close just before the upstream would (RFC 7828 §3.2.2), leaving room
   // for a query already on its way.
   const auto margin = std::max(std::chrono::milliseconds(200), conn.keepalive_timeout / 10);

@@ -64,8 +64,9 @@ struct Connection {
   // Last query sent or answer received, for closing idle connections before
   // the upstream does.
   Clock::time_point last_activity{};
-  // The upstream's edns-tcp-keepalive timeout (RFC 7828), once it sent one.
-  std::chrono::milliseconds keepalive_timeout{0};
+  // The upstream's edns-tcp-keepalive timeout (RFC 7828) once it sent one;
+  // negative until then.
+  std::chrono::milliseconds keepalive_timeout{-1};
   // Receives after connect that still force an immediate ACK (TCP_QUICKACK).
   int quick_acks_left = 0;
 };
