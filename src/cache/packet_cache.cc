@@ -1,10 +1,16 @@
 #include "dotproxy/cache/packet_cache.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstring>
+#include <new>
+#include <type_traits>
 
 namespace dotproxy::cache {
 namespace {
+
+static_assert(std::is_trivially_destructible_v<uint64_t>);
 
 inline uint8_t AsciiLower(uint8_t c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
@@ -38,14 +44,29 @@ void MakeKey(const uint8_t* message, uint16_t question_length, bool has_edns, bo
   key.hash = HashQuestion(key.question, key.flags);
 }
 
+PacketCache::Mapping::~Mapping() {
+  if (address != nullptr) munmap(address, bytes);
+}
+
+void* PacketCache::Map(Mapping& mapping, size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* address = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (address == MAP_FAILED) throw std::bad_alloc();  // start-up only
+  madvise(address, bytes, MADV_HUGEPAGE);
+  mapping.address = address;
+  mapping.bytes = bytes;
+  return address;
+}
+
 PacketCache::PacketCache(const CacheConfig& config)
     : config_(config),
       capacity_(config.entries),
-      entries_(new Entry[config.entries]),
-      // Untouched pages of this array cost no memory until entries fill.
-      wire_(new uint8_t[config.entries * kMaxCachedAnswer]),
-      table_(new uint32_t[TableSizeFor(config.entries)]()),
-      table_mask_(TableSizeFor(config.entries) - 1) {}
+      table_(new uint64_t[TableSizeFor(config.entries)]()),
+      table_mask_(TableSizeFor(config.entries) - 1) {
+  // Zero-filled by the kernel: a zero Entry is a free one.
+  entries_ = static_cast<Entry*>(Map(entries_mapping_, capacity_ * sizeof(Entry)));
+  wire_ = static_cast<uint8_t*>(Map(wire_mapping_, capacity_ * kMaxCachedAnswer));
+}
 
 bool PacketCache::Matches(uint32_t entry, const CacheKey& key) {
   const Entry& e = entries_[entry];
@@ -55,8 +76,10 @@ bool PacketCache::Matches(uint32_t entry, const CacheKey& key) {
 
 size_t PacketCache::Probe(const CacheKey& key, bool& found) {
   size_t cell = key.hash & table_mask_;
+  const uint32_t tag = Tag(key.hash);
   while (table_[cell] != 0) {
-    if (Matches(table_[cell] - 1, key)) {
+    // The tag filters out other keys without touching their entries.
+    if (CellTag(table_[cell]) == tag && Matches(CellEntry(table_[cell]), key)) {
       found = true;
       return cell;
     }
@@ -68,7 +91,7 @@ size_t PacketCache::Probe(const CacheKey& key, bool& found) {
 
 void PacketCache::IndexRemove(uint32_t entry) {
   size_t cell = entries_[entry].hash & table_mask_;
-  while (table_[cell] != entry + 1) {
+  while (table_[cell] == 0 || CellEntry(table_[cell]) != entry) {
     if (table_[cell] == 0) return;  // not indexed
     cell = (cell + 1) & table_mask_;
   }
@@ -77,7 +100,7 @@ void PacketCache::IndexRemove(uint32_t entry) {
   size_t hole = cell;
   size_t next = (hole + 1) & table_mask_;
   while (table_[next] != 0) {
-    const size_t home = entries_[table_[next] - 1].hash & table_mask_;
+    const size_t home = entries_[CellEntry(table_[next])].hash & table_mask_;
     const bool movable = (hole <= next) ? (home <= hole || home > next) : (home <= hole && home > next);
     if (movable) {
       table_[hole] = table_[next];
@@ -94,7 +117,7 @@ Found PacketCache::Find(const CacheKey& key, uint32_t now) {
   bool found = false;
   const size_t cell = Probe(key, found);
   if (!found) return result;
-  const uint32_t entry = table_[cell] - 1;
+  const uint32_t entry = CellEntry(table_[cell]);
   Entry& e = entries_[entry];
   result.entry = entry;
   if (now < e.expires_at) {
@@ -207,12 +230,12 @@ bool PacketCache::Insert(const CacheKey& key, std::span<const uint8_t> answer, u
   if (found && dns::header::GetRcode(answer.data()) == dns::Rcode::kServFail) return false;
   uint32_t entry;
   if (found) {
-    entry = table_[cell] - 1;  // refresh in place
+    entry = CellEntry(table_[cell]);  // refresh in place
   } else {
     entry = TakeFreeEntry();
     // Eviction may have shifted cells: probe again for the insertion point.
     cell = Probe(key, found);
-    table_[cell] = entry + 1;
+    table_[cell] = MakeCell(entry, key.hash);
     ++counters_.entries;
   }
   Entry& e = entries_[entry];
@@ -229,7 +252,18 @@ bool PacketCache::Insert(const CacheKey& key, std::span<const uint8_t> answer, u
   e.referenced = false;
   e.prefetching = false;
   std::memcpy(e.ttl_offsets, offsets, count * sizeof(uint16_t));
-  std::memcpy(Wire(entry), answer.data(), answer.size());
+  uint8_t* wire = Wire(entry);
+  std::memcpy(wire, answer.data(), answer.size());
+  // The operator's bounds apply to what clients are told too, not only to
+  // how long the entry lives (like Unbound's cache-min/max-ttl): each RR's
+  // TTL is clamped. Within the bounds, RRs keep their own TTLs.
+  const bool negative = dns::header::GetRcode(wire) == dns::Rcode::kNxDomain ||
+                        dns::header::AnCount(wire) == 0;
+  const uint32_t cap = negative ? std::min(config_.max_ttl, config_.negative_max_ttl) : config_.max_ttl;
+  for (uint16_t i = 0; i < count; ++i) {
+    uint8_t* field = wire + offsets[i];
+    dns::WriteU32(field, std::min(std::max(dns::ReadU32(field), config_.min_ttl), cap));
+  }
   return true;
 }
 
@@ -238,7 +272,7 @@ void PacketCache::MarkPrefetching(uint32_t entry) { entries_[entry].prefetching 
 void PacketCache::PrefetchDone(const CacheKey& key) {
   bool found = false;
   const size_t cell = Probe(key, found);
-  if (found) entries_[table_[cell] - 1].prefetching = false;
+  if (found) entries_[CellEntry(table_[cell])].prefetching = false;
 }
 
 }  // namespace dotproxy::cache

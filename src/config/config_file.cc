@@ -81,11 +81,13 @@ absl::Status ReadMilliseconds(const FileErrors& errors, const toml::node& node,
 absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, UpstreamConfig& out) {
   std::string address_text;
   bool have_address = false;
+  const toml::node* address_node = nullptr;
   for (const auto& [key_node, node] : table) {
     const std::string_view key = key_node.str();
     if (key == "address") {
       if (auto s = ReadString(errors, node, key, address_text); !s.ok()) return s;
       have_address = true;
+      address_node = &node;
     } else if (key == "name") {
       if (auto s = ReadString(errors, node, key, out.auth_name); !s.ok()) return s;
     } else if (key == "pins") {
@@ -111,7 +113,9 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
   }
   if (!have_address) return errors.At(table.source(), "[[upstream]] needs an 'address'");
   auto address = io::ParseSocketAddress(address_text, kDotPort);
-  if (!address.ok()) return errors.At(table.source(), absl::StrCat("address ", address.status().message()));
+  if (!address.ok()) {
+    return errors.At(address_node->source(), absl::StrCat("address ", address.status().message()));
+  }
   out.address = *address;
   if (out.auth_name.empty()) out.auth_name = out.address.HostString();
   if (out.pin_only && out.pins.empty()) {

@@ -57,6 +57,9 @@ constexpr auto kDrainBudget = std::chrono::milliseconds(1500);
 constexpr auto kMaxWait = std::chrono::milliseconds(100);
 constexpr auto kFailureLogInterval = std::chrono::seconds(10);
 constexpr auto kHealthLogInterval = std::chrono::seconds(5);
+// Consecutive query timeouts on one connection, with no answer in between,
+// after which the connection is presumed broken and closed.
+constexpr int kConnectionTimeoutLimit = 3;
 
 // What a completion belongs to, packed in user_data: op (8 bits), object
 // index (24 bits), object generation (32 bits). The generation guards
@@ -130,6 +133,9 @@ struct QuerySlot {
   uint32_t attempt_prev = kNone;
   uint32_t attempt_next = kNone;
   bool on_attempt_list = false;
+  // Waiting for connection capacity (every connection at its in-flight cap);
+  // linked through attempt_prev/attempt_next, unused until dispatched.
+  bool on_wait_list = false;
   // The query as sent upstream (EDNS rewritten, padded), with the current
   // upstream ID; the client's question bytes and letter case untouched.
   uint8_t query[kMaxQuerySize + dns::kUpstreamQueryGrowth];
@@ -254,6 +260,8 @@ class ShardLoop {
   bool UpstreamUsable(int upstream);
   Connection* AcquireConnection(int upstream);
   bool Dispatch(uint32_t slot_index, int exclude, bool allow_excluded);
+  bool AnyUpstreamAlive() const;
+  void DispatchWaiting();
   void Unbind(QuerySlot& slot);
   void SendProbe(int upstream);
   void UpstreamFailed(int upstream, const std::string& reason);
@@ -271,6 +279,7 @@ class ShardLoop {
   void CloseConnection(uint32_t conn_index, bool failure, const std::string& reason);
   void FinishClose(uint32_t conn_index);
   std::chrono::milliseconds IdleTimeout(const Connection& conn) const;
+  void NoteConnectionTimeout(uint32_t conn_index);
 
   // --- slots and timers ---
   uint32_t AllocateSlot();
@@ -319,6 +328,7 @@ class ShardLoop {
   std::vector<uint32_t> free_slots_;
   SlotList deadline_list_;
   SlotList attempt_list_;
+  SlotList wait_list_;  // queries waiting for connection capacity
   size_t slots_in_use_ = 0;
   // Retrying elsewhere needs somewhere else: with one upstream a query keeps
   // its whole deadline on its first attempt.
@@ -418,6 +428,7 @@ void ShardLoop::Run() {
 
     // End of batch: one TLS write per upstream with queued queries, answers
     // to TCP clients, then one submit for everything (UDP replies included).
+    if (wait_list_.head != kNone) DispatchWaiting();
     for (uint32_t i = 0; i < connections_.size(); ++i) FlushUpstream(i);
     for (uint32_t client : dirty_clients_) FlushClient(client);
     dirty_clients_.clear();
@@ -664,7 +675,50 @@ void ShardLoop::HandleQuery(std::span<uint8_t> wire, const ClientRef& client) {
     ++tcp_clients_[client.tcp_client].queries_in_flight;
   }
   if (!Dispatch(slot_index, -1, false)) {
-    FailSlot(slot_index, stats_.servfail_no_upstream);
+    if (AnyUpstreamAlive()) {
+      // Upstreams are up but every connection is at its cap: queue rather
+      // than fail; answers free capacity, and the deadline still applies.
+      slots_[slot_index].on_wait_list = true;
+      ListAppend<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, wait_list_, slot_index);
+      Bump(stats_.queued_for_capacity);
+    } else {
+      FailSlot(slot_index, stats_.servfail_no_upstream);
+    }
+  }
+}
+
+bool ShardLoop::AnyUpstreamAlive() const {
+  for (const auto& conn : connections_) {
+    if (conn->state == ConnectionState::kReady || conn->state == ConnectionState::kConnecting ||
+        conn->state == ConnectionState::kHandshaking) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void ShardLoop::DispatchWaiting() {
+  while (wait_list_.head != kNone) {
+    const uint32_t slot_index = wait_list_.head;
+    ListRemove<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, wait_list_, slot_index);
+    slots_[slot_index].on_wait_list = false;
+    if (!Dispatch(slot_index, -1, false)) {
+      if (AnyUpstreamAlive()) {
+        // Still full: back to the head, keep the order.
+        QuerySlot& slot = slots_[slot_index];
+        slot.on_wait_list = true;
+        slot.attempt_prev = kNone;
+        slot.attempt_next = wait_list_.head;
+        if (wait_list_.head != kNone) {
+          slots_[wait_list_.head].attempt_prev = slot_index;
+        } else {
+          wait_list_.tail = slot_index;
+        }
+        wait_list_.head = slot_index;
+        return;
+      }
+      FailSlot(slot_index, stats_.servfail_no_upstream);
+    }
   }
 }
 
@@ -1209,6 +1263,7 @@ void ShardLoop::StartConnect(uint32_t conn_index) {
   conn.last_activity = now_;
   conn.keepalive_timeout = std::chrono::milliseconds(-1);
   conn.quick_acks_left = 8;
+  conn.timeouts_since_answer = 0;
   conn.close_was_failure = false;
   conn.framer.Clear();
   conn.sending.clear();
@@ -1266,7 +1321,8 @@ void ShardLoop::DriveHandshake(uint32_t conn_index) {
         config_.upstreams[conn.upstream_index].spec,
         conn.session.resumed() ? " (TLS session resumed)" : "");
   }
-  runtime.connect_failures = 0;
+  // connect_failures is reset by the first answer, not here: an upstream
+  // that completes TLS but never answers must keep backing off.
   runtime.reconnect_pending = false;
   // Queries that waited for the handshake go out with this iteration's batch;
   // data that arrived with the last handshake flight is read now.
@@ -1369,8 +1425,10 @@ void ShardLoop::OnUpstreamAnswer(Connection& conn, std::span<uint8_t> answer) {
     return;
   }
   conn.last_activity = now_;
+  conn.timeouts_since_answer = 0;
   const int upstream = slot.upstream;
   UpstreamRuntime& runtime = upstreams_[upstream];
+  runtime.connect_failures = 0;
   Unbind(slot);
   const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(now_ - slot.sent_at);
   NoteHealth(upstream, health_.RecordAnswer(upstream, latency, now_));
@@ -1514,7 +1572,13 @@ void ShardLoop::CloseConnection(uint32_t conn_index, bool failure, const std::st
       slot.attempt = 2;
       Bump(stats_.retried);
       if (!Dispatch(slot_index, upstream, /*allow_excluded=*/true)) {
-        FailSlot(slot_index, failure ? stats_.servfail_no_upstream : stats_.servfail_connection_lost);
+        if (AnyUpstreamAlive()) {
+          slot.on_wait_list = true;
+          ListAppend<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, wait_list_, slot_index);
+          Bump(stats_.queued_for_capacity);
+        } else {
+          FailSlot(slot_index, failure ? stats_.servfail_no_upstream : stats_.servfail_connection_lost);
+        }
       }
     } else {
       FailSlot(slot_index, failure ? stats_.servfail_no_upstream : stats_.servfail_connection_lost);
@@ -1532,6 +1596,24 @@ void ShardLoop::FinishClose(uint32_t conn_index) {
   conn.send_in_flight = conn.recv_in_flight = false;
   ++conn.generation;
   conn.state = ConnectionState::kIdle;  // reopened when a query needs it
+}
+
+// A query timed out on `conn_index` (kNone: it was not bound). A stream that
+// stops answering while others are sent on it is broken: a half-open TCP
+// connection, or an upstream whose framing went wrong (a partial message
+// that never completes would swallow every later answer). Close it; the next
+// queries open a fresh one.
+void ShardLoop::NoteConnectionTimeout(uint32_t conn_index) {
+  if (conn_index == kNone) return;
+  Connection& conn = *connections_[conn_index];
+  if (conn.state != ConnectionState::kReady) return;
+  ++conn.timeouts_since_answer;
+  if (!conn.framer.empty()) {
+    CloseConnection(conn_index, true, "query timed out while a partial answer was pending");
+  } else if (conn.timeouts_since_answer >= kConnectionTimeoutLimit) {
+    CloseConnection(conn_index, true,
+                    absl::StrCat(conn.timeouts_since_answer, " queries timed out without an answer"));
+  }
 }
 
 std::chrono::milliseconds ShardLoop::IdleTimeout(const Connection& conn) const {
@@ -1558,6 +1640,7 @@ uint32_t ShardLoop::AllocateSlot() {
   slot.upstream = -1;
   slot.connection = kNone;
   slot.on_attempt_list = false;
+  slot.on_wait_list = false;
   slot.deadline = now_ + config_.query_timeout;
   ListAppend<&QuerySlot::prev, &QuerySlot::next>(slots_, deadline_list_, slot_index);
   ++slots_in_use_;
@@ -1586,6 +1669,10 @@ void ShardLoop::ReleaseSlot(uint32_t slot_index) {
   if (slot.on_attempt_list) {
     ListRemove<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, attempt_list_, slot_index);
     slot.on_attempt_list = false;
+  }
+  if (slot.on_wait_list) {
+    ListRemove<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, wait_list_, slot_index);
+    slot.on_wait_list = false;
   }
   slot.in_use = false;
   free_slots_.push_back(slot_index);
@@ -1640,29 +1727,33 @@ void ShardLoop::RunTimers() {
     slot.on_attempt_list = false;
     const int upstream = slot.upstream;
     if (upstream < 0) continue;
+    const uint32_t timed_out_on = slot.connection;
     Bump(upstreams_[upstream].stats->timeouts);
     NoteHealth(upstream, health_.RecordFailure(upstream, now_));
-    if (draining_) continue;
-    const int other = health_.Select([this](int i) { return UpstreamUsable(i); }, upstream, rng_.Next());
-    if (other < 0) continue;  // nowhere else to go: keep waiting here
-    Unbind(slot);
-    slot.attempt = 2;
-    Bump(stats_.retried);
-    if (!Dispatch(slot_index, upstream, /*allow_excluded=*/false)) {
-      FailSlot(slot_index, stats_.servfail_no_upstream);
-    }
+    if (!draining_ &&
+        health_.Select([this](int i) { return UpstreamUsable(i); }, upstream, rng_.Next()) >= 0) {
+      Unbind(slot);
+      slot.attempt = 2;
+      Bump(stats_.retried);
+      if (!Dispatch(slot_index, upstream, /*allow_excluded=*/false)) {
+        FailSlot(slot_index, stats_.servfail_no_upstream);
+      }
+    }  // else nowhere else to go: keep waiting here
+    NoteConnectionTimeout(timed_out_on);
   }
   // Final deadlines: the list is in deadline order, so stop at the first
   // live one. New queries never extend an old query's deadline.
   while (deadline_list_.head != kNone && slots_[deadline_list_.head].deadline <= now_) {
     const uint32_t slot_index = deadline_list_.head;
     QuerySlot& slot = slots_[slot_index];
+    const uint32_t timed_out_on = slot.connection;
     if (slot.upstream >= 0 && slot.connection != kNone &&
         (slot.attempt == 2 || !retry_on_timeout_) && slot.kind == SlotKind::kClient) {
       Bump(upstreams_[slot.upstream].stats->timeouts);
       NoteHealth(slot.upstream, health_.RecordFailure(slot.upstream, now_));
     }
     FailSlot(slot_index, stats_.servfail_timeout);
+    NoteConnectionTimeout(timed_out_on);
   }
   // Idle TCP clients (RFC 7766 §6.2.3), oldest activity first.
   while (idle_head_ != kNone &&

@@ -258,3 +258,28 @@ TEST(PacketCacheTest, ZeroCapacityCachesNothing) {
 
 }  // namespace
 }  // namespace dotproxy::cache
+
+namespace dotproxy::cache {
+namespace {
+
+TEST(PacketCacheTest, ServedTtlsRespectConfiguredBounds) {
+  CacheConfig config = SmallCache();
+  config.min_ttl = 30;
+  config.max_ttl = 100;
+  PacketCache cache(config);
+  Bytes q = Query("clamp");
+  CacheKey key;
+  MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+  ASSERT_TRUE(cache.Insert(key, Answer(q, {5000, 10, 60}), 0));
+  const Found found = cache.Find(key, 5);
+  ASSERT_EQ(found.freshness, Freshness::kFresh);
+  uint8_t out[1500];
+  ASSERT_GT(cache.Serve(found.entry, out, 1, key.question, 1232, 5, false), 0u);
+  const size_t first_ttl = 12 + QuestionLength(q) + 6;
+  EXPECT_EQ(dns::ReadU32(out + first_ttl), 95u);       // 5000 capped at 100, aged 5
+  EXPECT_EQ(dns::ReadU32(out + first_ttl + 16), 25u);  // 10 raised to 30, aged 5
+  EXPECT_EQ(dns::ReadU32(out + first_ttl + 32), 55u);  // within bounds: its own
+}
+
+}  // namespace
+}  // namespace dotproxy::cache

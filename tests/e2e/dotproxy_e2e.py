@@ -1110,7 +1110,9 @@ def upstream_restart(h):
 @case
 def upstream_silent(h):
     """An upstream that completes TLS but never answers: with --query-timeout
-    1000 the client gets SERVFAIL after the deadline (not before ~1 s, within 2 s)."""
+    1000 the client gets SERVFAIL within 2 s, the first ones at the deadline
+    (~1 s). After 3 timeouts on the connection dotproxy closes it as broken;
+    while it backs off before reconnecting, SERVFAIL may come at once."""
     s = h.start_silent_upstream()
     t_start = time.monotonic()
     p = h.start_proxy(upstreams=["%s:%d#%s" % (LOOPBACK4, s.port, TLS_NAME)],
@@ -1129,9 +1131,11 @@ def upstream_silent(h):
             continue
         rcode = None if resp is None else dns.rcode.to_text(rcode_of(resp))
         results.append((transport, t_sent, secs, rcode))
-    bad = [r for r in results if r[3] != "SERVFAIL" or r[2] is None or not 0.8 <= r[2] < 2.0]
+    bad = [r for r in results if r[3] != "SERVFAIL" or r[2] is None or not r[2] < 2.0]
+    bad += [r for r in results[:2] if r[2] is not None and not 0.8 <= r[2]]
     events = ["  %+.3f s %s" % (t - t_start, what) for t, what in s.events]
-    check(not bad, "silent upstream with --query-timeout 1000: want SERVFAIL after 0.8-2.0 s each;\n"
+    check(not bad, "silent upstream with --query-timeout 1000: want SERVFAIL within 2.0 s each, "
+          "the first two after >= 0.8 s;\n"
           "  %s\n silent upstream events:\n%s" % (
               "\n  ".join("%s sent at %+.3f s -> %s after %s s" % (
                   t, sent, rc, "-" if secs is None else "%.2f" % secs)

@@ -118,19 +118,39 @@ class PacketCache {
     uint16_t ttl_offsets[kMaxTtlOffsets];
   };
 
-  uint8_t* Wire(uint32_t entry) { return wire_.get() + size_t{entry} * kMaxCachedAnswer; }
+  uint8_t* Wire(uint32_t entry) { return wire_ + size_t{entry} * kMaxCachedAnswer; }
+  static uint32_t Tag(uint64_t hash) { return static_cast<uint32_t>(hash >> 32); }
+  static uint64_t MakeCell(uint32_t entry, uint64_t hash) {
+    return uint64_t{Tag(hash)} << 32 | (entry + 1);
+  }
+  static uint32_t CellEntry(uint64_t cell) { return static_cast<uint32_t>(cell) - 1; }
+  static uint32_t CellTag(uint64_t cell) { return static_cast<uint32_t>(cell >> 32); }
   bool Matches(uint32_t entry, const CacheKey& key);
-  // Index of the table cell holding `entry`+1 for `key`, or the empty cell
-  // where it would go.
+  // Index of the table cell holding `key`'s entry, or the empty cell where
+  // it would go.
   size_t Probe(const CacheKey& key, bool& found);
   void IndexRemove(uint32_t entry);
   uint32_t TakeFreeEntry();
 
+  // Anonymous mapping, transparent huge pages requested: a large cache is
+  // read at random, and 4 KiB pages would make every lookup a TLB miss.
+  // Untouched pages cost no memory.
+  struct Mapping {
+    void* address = nullptr;
+    size_t bytes = 0;
+    ~Mapping();
+  };
+  static void* Map(Mapping& mapping, size_t bytes);
+
   CacheConfig config_;
   size_t capacity_;
-  std::unique_ptr<Entry[]> entries_;
-  std::unique_ptr<uint8_t[]> wire_;  // capacity_ * kMaxCachedAnswer, touched lazily
-  std::unique_ptr<uint32_t[]> table_;  // entry index + 1; 0 = empty
+  Mapping entries_mapping_;
+  Mapping wire_mapping_;
+  Entry* entries_ = nullptr;
+  uint8_t* wire_ = nullptr;  // capacity_ * kMaxCachedAnswer, touched lazily
+  // Index cells: high 32 bits a hash tag, low 32 bits entry index + 1;
+  // 0 = empty. Linear probing.
+  std::unique_ptr<uint64_t[]> table_;
   size_t table_mask_ = 0;
   uint32_t used_ = 0;   // entries ever handed out (prefix of entries_)
   uint32_t clock_hand_ = 0;

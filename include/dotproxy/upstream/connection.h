@@ -69,6 +69,8 @@ struct Connection {
   std::chrono::milliseconds keepalive_timeout{-1};
   // Receives after connect that still force an immediate ACK (TCP_QUICKACK).
   int quick_acks_left = 0;
+  // Queries that timed out on this connection since its last answer.
+  int timeouts_since_answer = 0;
 };
 
 // Reconnect delay after `failures` consecutive failures: exponential from
