@@ -175,6 +175,19 @@ void ListRemove(std::vector<QuerySlot>& slots, SlotList& list, uint32_t index) {
   slot.*Prev = slot.*Next = kNone;
 }
 
+// Where the answer to `slot` goes.
+ClientRef ClientRefOf(const QuerySlot& slot) {
+  ClientRef client;
+  client.transport = slot.transport;
+  client.udp_socket = slot.udp_socket;
+  client.udp_limit = slot.udp_limit;
+  client.udp_address = reinterpret_cast<const sockaddr*>(&slot.client_address);
+  client.udp_address_length = slot.client_address_length;
+  client.tcp_client = slot.tcp_client;
+  client.tcp_generation = slot.tcp_generation;
+  return client;
+}
+
 // What the shard keeps per configured upstream.
 struct UpstreamRuntime {
   tls::PeerPolicy policy;
@@ -261,7 +274,9 @@ class ShardLoop {
   Connection* AcquireConnection(int upstream);
   bool Dispatch(uint32_t slot_index, int exclude, bool allow_excluded);
   bool AnyUpstreamAlive() const;
+  void QueueForCapacity(uint32_t slot_index);
   void DispatchWaiting();
+  void QueueOnConnection(QuerySlot& slot, int upstream, Connection& conn);
   void Unbind(QuerySlot& slot);
   void SendProbe(int upstream);
   void UpstreamFailed(int upstream, const std::string& reason);
@@ -336,6 +351,7 @@ class ShardLoop {
 
   bool draining_ = false;
   Clock::time_point drain_deadline_{};
+  bool udp_sendto_supported_ = true;  // cleared on the first -EINVAL
 };
 
 // ---------------------------------------------------------------------------
@@ -678,13 +694,17 @@ void ShardLoop::HandleQuery(std::span<uint8_t> wire, const ClientRef& client) {
     if (AnyUpstreamAlive()) {
       // Upstreams are up but every connection is at its cap: queue rather
       // than fail; answers free capacity, and the deadline still applies.
-      slots_[slot_index].on_wait_list = true;
-      ListAppend<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, wait_list_, slot_index);
-      Bump(stats_.queued_for_capacity);
+      QueueForCapacity(slot_index);
     } else {
       FailSlot(slot_index, stats_.servfail_no_upstream);
     }
   }
+}
+
+void ShardLoop::QueueForCapacity(uint32_t slot_index) {
+  slots_[slot_index].on_wait_list = true;
+  ListAppend<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, wait_list_, slot_index);
+  Bump(stats_.queued_for_capacity);
 }
 
 bool ShardLoop::AnyUpstreamAlive() const {
@@ -767,14 +787,23 @@ UdpReply* ShardLoop::AcquireUdpReply(const ClientRef& client, uint32_t& reply_in
 
 void ShardLoop::SubmitUdpReply(const ClientRef& client, uint32_t reply_index, size_t length) {
   UdpReply& reply = udp_replies_[reply_index];
-  reply.iov = {reply.data, length};
-  reply.message = {};
-  reply.message.msg_name = &reply.destination;
-  reply.message.msg_namelen = client.udp_address_length;
-  reply.message.msg_iov = &reply.iov;
-  reply.message.msg_iovlen = 1;
   io_uring_sqe* sqe = ring_->GetSqe();
-  io_uring_prep_sendmsg(sqe, udp_sockets_[client.udp_socket].fd.get(), &reply.message, 0);
+  const int fd = udp_sockets_[client.udp_socket].fd.get();
+  if (udp_sendto_supported_) {
+    // IORING_OP_SEND with a destination (Linux 6.0+) is sendto: no msghdr
+    // and iovec for the kernel to copy in, per datagram.
+    io_uring_prep_send(sqe, fd, reply.data, length, 0);
+    io_uring_prep_send_set_addr(sqe, reinterpret_cast<const sockaddr*>(&reply.destination),
+                                static_cast<uint16_t>(client.udp_address_length));
+  } else {
+    reply.iov = {reply.data, length};
+    reply.message = {};
+    reply.message.msg_name = &reply.destination;
+    reply.message.msg_namelen = client.udp_address_length;
+    reply.message.msg_iov = &reply.iov;
+    reply.message.msg_iovlen = 1;
+    io_uring_prep_sendmsg(sqe, fd, &reply.message, 0);
+  }
   io_uring_sqe_set_data64(sqe, PackUserData(Op::kUdpSend, reply_index, 0));
 }
 
@@ -824,14 +853,7 @@ bool ShardLoop::TryServeStale(QuerySlot& slot) {
   cache::MakeKey(slot.query, slot.question_length, slot.has_edns, slot.dnssec_ok, key);
   const cache::Found found = cache_->Find(key, now_seconds_);
   if (found.freshness == cache::Freshness::kMiss) return false;
-  ClientRef client;
-  client.transport = slot.transport;
-  client.udp_socket = slot.udp_socket;
-  client.udp_address = reinterpret_cast<const sockaddr*>(&slot.client_address);
-  client.udp_address_length = slot.client_address_length;
-  client.tcp_client = slot.tcp_client;
-  client.tcp_generation = slot.tcp_generation;
-  if (!ServeFromCache(found.entry, client, slot.client_id, key.question, slot.udp_limit,
+  if (!ServeFromCache(found.entry, ClientRefOf(slot), slot.client_id, key.question, slot.udp_limit,
                       found.freshness == cache::Freshness::kStale)) {
     return false;
   }
@@ -840,6 +862,12 @@ bool ShardLoop::TryServeStale(QuerySlot& slot) {
 }
 
 void ShardLoop::OnUdpSendDone(uint32_t reply_index, const io_uring_cqe& cqe) {
+  if (cqe.res == -EINVAL && udp_sendto_supported_) {
+    // A kernel before 6.0 rejects a destination on IORING_OP_SEND: fall back
+    // to sendmsg from now on. This one reply is lost (the client retries).
+    udp_sendto_supported_ = false;
+    Log(Severity::kInfo, "shard %d: kernel lacks io_uring sendto; using sendmsg", index_);
+  }
   if (cqe.res < 0) Bump(stats_.udp_send_errors);
   free_udp_replies_.push_back(reply_index);
 }
@@ -1125,13 +1153,6 @@ bool ShardLoop::Dispatch(uint32_t slot_index, int exclude, bool allow_excluded) 
   Connection* conn = AcquireConnection(upstream);
   if (conn == nullptr || !conn->ids.Insert(slot_index, rng_, slot.upstream_id)) return false;
 
-  const UpstreamRuntime& runtime = upstreams_[upstream];
-  slot.upstream = upstream;
-  slot.connection = static_cast<uint32_t>(
-      std::find_if(runtime.connections.begin(), runtime.connections.end(),
-                   [&](uint32_t i) { return connections_[i].get() == conn; }) -
-      runtime.connections.begin() + runtime.connections.front());
-  slot.sent_at = now_;
   if (slot.on_attempt_list) {
     ListRemove<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, attempt_list_, slot_index);
     slot.on_attempt_list = false;
@@ -1142,20 +1163,30 @@ bool ShardLoop::Dispatch(uint32_t slot_index, int exclude, bool allow_excluded) 
     ListAppend<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, attempt_list_, slot_index);
     slot.on_attempt_list = true;
   }
-  dns::header::SetId(slot.query, slot.upstream_id);
+  QueueOnConnection(slot, upstream, *conn);
+  Bump(stats_.forwarded);
+  return true;
+}
 
-  // Queue on the connection; the batch goes out in one TLS write at the end
-  // of this loop iteration (or when the handshake completes).
+// Binds `slot` (its ID already taken in `conn`) to `conn` and queues its
+// query there: the batch goes out in one TLS write at the end of this loop
+// iteration (or when the handshake completes).
+void ShardLoop::QueueOnConnection(QuerySlot& slot, int upstream, Connection& conn) {
+  const UpstreamRuntime& runtime = upstreams_[upstream];
+  slot.upstream = upstream;
+  for (uint32_t i : runtime.connections) {
+    if (connections_[i].get() == &conn) slot.connection = i;
+  }
+  slot.sent_at = now_;
+  dns::header::SetId(slot.query, slot.upstream_id);
   const uint8_t prefix[2] = {static_cast<uint8_t>(slot.query_length >> 8),
                              static_cast<uint8_t>(slot.query_length)};
-  conn->pending_plain.insert(conn->pending_plain.end(), prefix, prefix + 2);
-  conn->pending_plain.insert(conn->pending_plain.end(), slot.query, slot.query + slot.query_length);
-  conn->last_activity = now_;
+  conn.pending_plain.insert(conn.pending_plain.end(), prefix, prefix + 2);
+  conn.pending_plain.insert(conn.pending_plain.end(), slot.query, slot.query + slot.query_length);
+  conn.last_activity = now_;
   health_.AddInFlight(upstream);
   Set(runtime.stats->in_flight, health_.get(upstream).in_flight);
   Bump(runtime.stats->queries);
-  Bump(stats_.forwarded);
-  return true;
 }
 
 void ShardLoop::Unbind(QuerySlot& slot) {
@@ -1195,20 +1226,7 @@ void ShardLoop::SendProbe(int upstream) {
     ReleaseSlot(slot_index);
     return;
   }
-  const UpstreamRuntime& runtime = upstreams_[upstream];
-  slot.upstream = upstream;
-  for (uint32_t i : runtime.connections) {
-    if (connections_[i].get() == conn) slot.connection = i;
-  }
-  slot.sent_at = now_;
-  dns::header::SetId(slot.query, slot.upstream_id);
-  const uint8_t prefix[2] = {static_cast<uint8_t>(slot.query_length >> 8),
-                             static_cast<uint8_t>(slot.query_length)};
-  conn->pending_plain.insert(conn->pending_plain.end(), prefix, prefix + 2);
-  conn->pending_plain.insert(conn->pending_plain.end(), slot.query, slot.query + slot.query_length);
-  conn->last_activity = now_;
-  health_.AddInFlight(upstream);
-  Bump(runtime.stats->queries);
+  QueueOnConnection(slot, upstream, *conn);
 }
 
 void ShardLoop::NoteHealth(int upstream, bool changed) {
@@ -1467,21 +1485,11 @@ void ShardLoop::OnUpstreamAnswer(Connection& conn, std::span<uint8_t> answer) {
   // (0x20 letter case) and, for UDP, the client's size limit.
   dns::header::SetId(answer.data(), slot.client_id);
   std::memcpy(answer.data() + dns::kHeaderSize, asked.data(), asked.size());
-  ClientRef client;
-  client.transport = slot.transport;
-  if (slot.transport == Transport::kUdp) {
-    if (length > slot.udp_limit) {
-      length = dns::TruncateResponse(answer, length, slot.udp_limit);
-      Bump(stats_.truncated);
-    }
-    client.udp_socket = slot.udp_socket;
-    client.udp_address = reinterpret_cast<const sockaddr*>(&slot.client_address);
-    client.udp_address_length = slot.client_address_length;
-  } else {
-    client.tcp_client = slot.tcp_client;
-    client.tcp_generation = slot.tcp_generation;
+  if (slot.transport == Transport::kUdp && length > slot.udp_limit) {
+    length = dns::TruncateResponse(answer, length, slot.udp_limit);
+    Bump(stats_.truncated);
   }
-  SendToClient(client, {answer.data(), length});
+  SendToClient(ClientRefOf(slot), {answer.data(), length});
   Bump(stats_.answered);
   ReleaseSlot(slot_index);
 }
@@ -1573,9 +1581,7 @@ void ShardLoop::CloseConnection(uint32_t conn_index, bool failure, const std::st
       Bump(stats_.retried);
       if (!Dispatch(slot_index, upstream, /*allow_excluded=*/true)) {
         if (AnyUpstreamAlive()) {
-          slot.on_wait_list = true;
-          ListAppend<&QuerySlot::attempt_prev, &QuerySlot::attempt_next>(slots_, wait_list_, slot_index);
-          Bump(stats_.queued_for_capacity);
+          QueueForCapacity(slot_index);
         } else {
           FailSlot(slot_index, failure ? stats_.servfail_no_upstream : stats_.servfail_connection_lost);
         }
@@ -1705,14 +1711,7 @@ void ShardLoop::FailSlot(uint32_t slot_index, std::atomic<uint64_t>& counter) {
                                              dns::Rcode::kServFail, config_.edns_udp_size, reply);
   if (length > 0) {
     dns::header::SetId(reply, slot.client_id);
-    ClientRef client;
-    client.transport = slot.transport;
-    client.udp_socket = slot.udp_socket;
-    client.udp_address = reinterpret_cast<const sockaddr*>(&slot.client_address);
-    client.udp_address_length = slot.client_address_length;
-    client.tcp_client = slot.tcp_client;
-    client.tcp_generation = slot.tcp_generation;
-    SendToClient(client, {reply, length});
+    SendToClient(ClientRefOf(slot), {reply, length});
   }
   ReleaseSlot(slot_index);
 }
