@@ -527,6 +527,8 @@ void ShardLoop::ProcessCompletions() {
     }
   }
   io_uring_cq_advance(ring_->get(), seen);
+  Bump(stats_.loop_iterations);
+  Bump(stats_.completions, seen);
   if (io_uring_cq_has_overflow(ring_->get())) io_uring_get_events(ring_->get());
 }
 

@@ -53,6 +53,8 @@ namespace dotproxy::shard {
   X(cache_prefetches, "background refreshes of entries near expiry")                 \
   X(cache_evictions, "entries evicted to make room (gauge of a running total)")        \
   X(cache_entries, "entries in the cache (gauge)")                                   \
+  X(loop_iterations, "event loop iterations (one submit+wait each)")                  \
+  X(completions, "io_uring completions processed (completions/iterations = batching)") \
   X(heap_allocations, "operator new calls on this shard's thread")                   \
   X(tls_allocations, "wolfSSL malloc/realloc calls on this shard's thread")
 
