@@ -53,6 +53,10 @@ void* PacketCache::Map(Mapping& mapping, size_t bytes) {
   void* address = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (address == MAP_FAILED) throw std::bad_alloc();  // start-up only
   madvise(address, bytes, MADV_HUGEPAGE);
+  // Fault it all in now (MADV_POPULATE_WRITE, Linux 5.14+): the cache's
+  // memory is committed at start, as the operator sized it, and zeroing
+  // fresh pages does not land on the query path while the cache fills.
+  madvise(address, bytes, MADV_POPULATE_WRITE);
   mapping.address = address;
   mapping.bytes = bytes;
   return address;
