@@ -201,6 +201,7 @@ struct UpstreamRuntime {
   Clock::time_point last_failure_log{};
   Clock::time_point last_health_log{};
   int health_logs_suppressed = 0;
+  bool logged_first_connect = false;
 };
 
 struct UdpSocket {
@@ -1336,10 +1337,11 @@ void ShardLoop::DriveHandshake(uint32_t conn_index) {
   Bump(stats_.upstream_connects);
   Bump(runtime.stats->connection_opens);
   if (conn.session.resumed()) Bump(runtime.stats->resumptions);
-  if (runtime.connect_failures > 0) {
-    Log(Severity::kInfo, "shard %d: upstream %s: connected again%s", index_,
+  if (runtime.connect_failures > 0 || !runtime.logged_first_connect) {
+    Log(Severity::kInfo, "shard %d: upstream %s: %s (%s)", index_,
         config_.upstreams[conn.upstream_index].spec,
-        conn.session.resumed() ? " (TLS session resumed)" : "");
+        runtime.logged_first_connect ? "connected again" : "connected", conn.session.Describe());
+    runtime.logged_first_connect = true;
   }
   // connect_failures is reset by the first answer, not here: an upstream
   // that completes TLS but never answers must keep backing off.

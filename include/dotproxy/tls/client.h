@@ -111,6 +111,8 @@ class Session {
   bool verified() const { return handshake_done_; }
   // True after a handshake that resumed a cached session.
   bool resumed() const { return resumed_; }
+  // "TLSv1.3 TLS13-CHACHA20-POLY1305-SHA256, resumed", for logs.
+  std::string Describe() const;
   // True when the last failure was a pin mismatch.
   bool pin_mismatch() const { return pin_mismatch_; }
 
