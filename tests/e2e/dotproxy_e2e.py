@@ -375,20 +375,29 @@ class Unbound:
 # A DoT "upstream" that completes the TLS handshake and then never answers.
 
 
+def open_tls_listener(pki, backlog=16):
+    """The base of every fake DoT upstream: a loopback TCP listener (0.2 s
+    accept timeout, so accept loops notice stop()) on a free port, and a
+    server TLS context with the trusted test certificate. Returns
+    (port, context, listening socket)."""
+    port = free_port()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.good_pem, pki.good_key)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK4, port))
+    sock.listen(backlog)
+    sock.settimeout(0.2)
+    return port, ctx, sock
+
+
 class SilentTlsServer:
     """Accepts DoT connections, completes each TLS handshake in its own thread
     (so one slow client cannot hold up another shard's handshake), then reads
     and discards everything. Threads end within 0.2 s of stop()."""
 
     def __init__(self, pki):
-        self.port = free_port()
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(pki.good_pem, pki.good_key)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LOOPBACK4, self.port))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
+        self.port, self.ctx, self.sock = open_tls_listener(pki, 16)
         self.lock = threading.Lock()
         self.bytes_received = 0
         self.handshakes = 0

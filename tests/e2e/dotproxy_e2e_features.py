@@ -224,14 +224,7 @@ class RecordingDot:
     def __init__(self, pki, keepalive=None, servfail=()):
         self.keepalive = keepalive
         self.servfail = {n.lower() for n in servfail}
-        self.port = free_port()
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(pki.good_pem, pki.good_key)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LOOPBACK4, self.port))
-        self.sock.listen(32)
-        self.sock.settimeout(0.2)
+        self.port, self.ctx, self.sock = E.open_tls_listener(pki, 32)
         self.lock = threading.Lock()
         self.queries = []  # (time, conn id, raw bytes)
         self.conns = []    # dicts: accepted, answers [times], eof

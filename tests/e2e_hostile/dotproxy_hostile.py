@@ -185,14 +185,7 @@ class HostileUpstream:
 
     def __init__(self, pki, scenario=None):
         self.scenario = scenario or (lambda up, q: up.answer(q))
-        self.port = e2e.free_port()
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(pki.good_pem, pki.good_key)
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind((LOOPBACK4, self.port))
-        self.lsock.listen(16)
-        self.lsock.settimeout(0.2)
+        self.port, self.ctx, self.lsock = e2e.open_tls_listener(pki, 16)
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.t0 = time.monotonic()
