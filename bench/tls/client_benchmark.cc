@@ -26,67 +26,12 @@
 #include "dotproxy/dns/edns.h"
 #include "dotproxy/dns/message.h"
 #include "dotproxy/tls/client.h"
+#include "tests/tls/memory_tls_server.h"
 
 namespace dotproxy::tls {
 namespace {
 
-// A wolfSSL server whose socket is two byte queues (handshake only).
-class MemoryServer {
- public:
-  explicit MemoryServer(const std::string& dir) {
-    ctx_ = wolfSSL_CTX_new(wolfSSLv23_server_method());
-    if (ctx_ == nullptr ||
-        wolfSSL_CTX_use_certificate_chain_file(ctx_, (dir + "/server.pem").c_str()) !=
-            WOLFSSL_SUCCESS ||
-        wolfSSL_CTX_use_PrivateKey_file(ctx_, (dir + "/server.key").c_str(),
-                                        WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS) {
-      return;
-    }
-    ssl_ = wolfSSL_new(ctx_);
-    if (ssl_ == nullptr) return;
-    wolfSSL_SSLSetIORecv(ssl_, &MemoryServer::Recv);
-    wolfSSL_SSLSetIOSend(ssl_, &MemoryServer::Send);
-    wolfSSL_SetIOReadCtx(ssl_, this);
-    wolfSSL_SetIOWriteCtx(ssl_, this);
-  }
-  ~MemoryServer() {
-    if (ssl_ != nullptr) wolfSSL_free(ssl_);
-    if (ctx_ != nullptr) wolfSSL_CTX_free(ctx_);
-  }
-  MemoryServer(const MemoryServer&) = delete;
-  MemoryServer& operator=(const MemoryServer&) = delete;
-
-  bool ok() const { return ssl_ != nullptr; }
-  // One wolfSSL_accept step: 1 done, 0 wants bytes, -1 failed.
-  int Accept() {
-    const int ret = wolfSSL_accept(ssl_);
-    if (ret == WOLFSSL_SUCCESS) return 1;
-    const int code = wolfSSL_get_error(ssl_, ret);
-    return (code == WOLFSSL_ERROR_WANT_READ || code == WOLFSSL_ERROR_WANT_WRITE) ? 0 : -1;
-  }
-  std::deque<uint8_t>& inbound() { return inbound_; }
-  std::deque<uint8_t>& outbound() { return outbound_; }
-
- private:
-  static int Recv(WOLFSSL*, char* buf, int size, void* ctx) {
-    auto* self = static_cast<MemoryServer*>(ctx);
-    if (self->inbound_.empty()) return WOLFSSL_CBIO_ERR_WANT_READ;
-    const size_t n = std::min(self->inbound_.size(), static_cast<size_t>(size));
-    std::copy_n(self->inbound_.begin(), n, buf);
-    self->inbound_.erase(self->inbound_.begin(), self->inbound_.begin() + n);
-    return static_cast<int>(n);
-  }
-  static int Send(WOLFSSL*, char* buf, int size, void* ctx) {
-    auto* self = static_cast<MemoryServer*>(ctx);
-    self->outbound_.insert(self->outbound_.end(), buf, buf + size);
-    return size;
-  }
-
-  WOLFSSL_CTX* ctx_ = nullptr;
-  WOLFSSL* ssl_ = nullptr;
-  std::deque<uint8_t> inbound_;
-  std::deque<uint8_t> outbound_;
-};
+using testing::MemoryServer;
 
 // A client session with a finished, verified handshake (bounded rounds).
 struct ReadySession {
@@ -103,7 +48,7 @@ struct ReadySession {
     auto created = ClientContext::Create(std::string(dir) + "/ca.pem");
     if (!created.ok()) return Fail(std::string(created.status().message()));
     context = *std::move(created);
-    server = std::make_unique<MemoryServer>(dir);
+    server = std::make_unique<MemoryServer>(dir, "server");
     if (!server->ok()) return Fail("server certificate/key did not load");
     policy.auth_name = "upstream.test";
     if (!session.Start(*context, policy, nullptr).ok()) return Fail("Session::Start failed");
@@ -118,9 +63,8 @@ struct ReadySession {
       server->inbound().insert(server->inbound().end(), out.begin(), out.end());
       out.clear();
       if (!server_done) {
-        const int r = server->Accept();
-        if (r < 0) return Fail("server handshake failed");
-        server_done = r == 1;
+        server_done = server->Accept();
+        if (server->failed()) return Fail("server handshake failed");
       }
       auto& queue = server->outbound();
       while (!queue.empty()) {
