@@ -44,7 +44,10 @@ bool HealthTracker::RecordFailure(int upstream, TimePoint now) {
 }
 
 double HealthTracker::Score(const UpstreamHealth& h) const {
-  return h.has_latency ? h.latency_ewma_ms : 0.0;
+  // Expected latency: the EWMA, stretched by the queue already waiting there
+  // (one more query's worth per `load_scale` in flight).
+  const double latency = h.has_latency ? h.latency_ewma_ms : 0.0;
+  return latency * (1.0 + static_cast<double>(h.in_flight) / policy_.load_scale);
 }
 
 int HealthTracker::Select(absl::FunctionRef<bool(int)> usable, int exclude,

@@ -35,6 +35,18 @@ TEST(HealthTrackerTest, PrefersLowestLatency) {
   EXPECT_EQ(health.Select(All, 1, 1), 2);
 }
 
+TEST(HealthTrackerTest, LoadStretchesExpectedLatency) {
+  FakeClock clock;
+  HealthTracker health({0, 0}, NoExploration());
+  health.RecordAnswer(0, microseconds(2000), clock.now);
+  health.RecordAnswer(1, microseconds(3000), clock.now);
+  EXPECT_EQ(health.Select(All, -1, 1), 0);
+  for (int i = 0; i < 64; ++i) health.AddInFlight(0);  // 2 ms * 2 > 3 ms
+  EXPECT_EQ(health.Select(All, -1, 1), 1);
+  for (int i = 0; i < 64; ++i) health.RemoveInFlight(0);
+  EXPECT_EQ(health.Select(All, -1, 1), 0);
+}
+
 TEST(HealthTrackerTest, UntriedUpstreamIsTriedFirst) {
   FakeClock clock;
   HealthTracker health({0, 0}, NoExploration());

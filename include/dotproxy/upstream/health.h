@@ -28,6 +28,9 @@ struct HealthPolicy {
   // One query in this many goes to a random other healthy upstream of the
   // same priority, so every upstream's latency estimate stays fresh.
   uint32_t explore_one_in = 64;
+  // Queries in flight that double an upstream's expected latency, so a
+  // loaded upstream yields to an idle one of similar speed.
+  double load_scale = 64.0;
   // Probe interval of an unhealthy upstream: doubles from min to max.
   std::chrono::milliseconds probe_min{500};
   std::chrono::milliseconds probe_max{10000};
@@ -78,7 +81,8 @@ class HealthTracker {
   int size() const { return static_cast<int>(upstreams_.size()); }
 
  private:
-  // Lower is better. Unknown latency counts as 0: a new upstream gets tried.
+  // Lower is better: latency EWMA scaled by load. Unknown latency counts as
+  // 0, so a new upstream gets tried.
   double Score(const UpstreamHealth& h) const;
 
   HealthPolicy policy_;
