@@ -6,7 +6,7 @@
 // answer to a non-EDNS client carries no OPT). EDNS cookies and padding are
 // not in the key. A hit copies the stored answer and patches the client's
 // ID, the client's question bytes (0x20 case) and the TTLs, aged by the time
-// spent in cache at offsets computed once at insert. All memory is reserved
+// spent in cache at offsets computed once at insert. All memory is taken
 // at construction (entries, index, answer storage); nothing allocates per
 // query. Eviction is CLOCK (approximate LRU). One owner thread: no locks.
 // Memory: about 1.4 KB per entry, committed at construction.
