@@ -236,9 +236,11 @@ bool PacketCache::Insert(const CacheKey& key, std::span<const uint8_t> answer, u
   if (found) {
     entry = CellEntry(table_[cell]);  // refresh in place
   } else {
+    const uint64_t evictions = counters_.evictions;
     entry = TakeFreeEntry();
-    // Eviction may have shifted cells: probe again for the insertion point.
-    cell = Probe(key, found);
+    // An eviction may have shifted cells (backward-shift deletion): only
+    // then is the insertion point stale.
+    if (counters_.evictions != evictions) cell = Probe(key, found);
     table_[cell] = MakeCell(entry, key.hash);
     ++counters_.entries;
   }

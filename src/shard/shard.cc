@@ -207,12 +207,10 @@ struct UpstreamRuntime {
 struct UdpSocket {
   io::UniqueFd fd;
   msghdr recv_template{};
-  bool recv_armed = false;
 };
 
 struct TcpListener {
   io::UniqueFd fd;
-  bool accept_armed = false;
 };
 
 }  // namespace
@@ -572,7 +570,6 @@ void ShardLoop::ArmUdpRecv(uint32_t socket_index) {
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = udp_buffers_->group_id();
   io_uring_sqe_set_data64(sqe, PackUserData(Op::kUdpRecv, socket_index, 0));
-  socket.recv_armed = true;
 }
 
 void ShardLoop::OnUdpRecv(uint32_t socket_index, const io_uring_cqe& cqe) {
@@ -608,7 +605,6 @@ void ShardLoop::OnUdpRecv(uint32_t socket_index, const io_uring_cqe& cqe) {
     Log(Severity::kWarning, "shard %d: UDP receive failed: %s", index_, std::strerror(-cqe.res));
   }
   if (!(cqe.flags & IORING_CQE_F_MORE)) {
-    socket.recv_armed = false;
     if (!draining_) {
       udp_buffers_->Publish();  // an empty buffer ring ends the multishot
       ArmUdpRecv(socket_index);
@@ -884,7 +880,6 @@ void ShardLoop::ArmAccept(uint32_t listener_index) {
   io_uring_prep_multishot_accept(sqe, listener.fd.get(), nullptr, nullptr,
                                  SOCK_NONBLOCK | SOCK_CLOEXEC);
   io_uring_sqe_set_data64(sqe, PackUserData(Op::kAccept, listener_index, 0));
-  listener.accept_armed = true;
 }
 
 void ShardLoop::OnAccept(uint32_t listener_index, const io_uring_cqe& cqe) {
@@ -919,10 +914,7 @@ void ShardLoop::OnAccept(uint32_t listener_index, const io_uring_cqe& cqe) {
   } else if (cqe.res != -ECANCELED && cqe.res != -EINVAL) {
     Log(Severity::kWarning, "shard %d: accept failed: %s", index_, std::strerror(-cqe.res));
   }
-  if (!(cqe.flags & IORING_CQE_F_MORE)) {
-    tcp_listeners_[listener_index].accept_armed = false;
-    if (!draining_) ArmAccept(listener_index);
-  }
+  if (!(cqe.flags & IORING_CQE_F_MORE) && !draining_) ArmAccept(listener_index);
 }
 
 void ShardLoop::ArmClientRecv(uint32_t client_index) {
@@ -1285,7 +1277,6 @@ void ShardLoop::StartConnect(uint32_t conn_index) {
   conn.keepalive_timeout = std::chrono::milliseconds(-1);
   conn.quick_acks_left = 8;
   conn.timeouts_since_answer = 0;
-  conn.close_was_failure = false;
   conn.framer.Clear();
   conn.sending.clear();
   conn.send_offset = 0;
@@ -1555,7 +1546,6 @@ void ShardLoop::CloseConnection(uint32_t conn_index, bool failure, const std::st
   if (conn.state == ConnectionState::kClosing || conn.state == ConnectionState::kIdle) return;
   const int upstream = conn.upstream_index;
   if (failure) UpstreamFailed(upstream, reason);
-  conn.close_was_failure = failure;
   conn.state = ConnectionState::kClosing;
 
   // Queries bound to this connection are retried once (elsewhere when

@@ -109,7 +109,6 @@ void Session::Reset() {
   in_begin_ = in_end_ = 0;
   outbound_.clear();
   handshake_done_ = false;
-  peer_closed_ = false;
 }
 
 absl::Status Session::Start(const ClientContext& context, const PeerPolicy& policy,
@@ -156,9 +155,9 @@ std::span<uint8_t> Session::InboundSpace() {
 int Session::RecvCallback(WOLFSSL*, char* buf, int size, void* ctx) {
   auto* self = static_cast<Session*>(ctx);
   const size_t available = self->in_end_ - self->in_begin_;
-  if (available == 0) {
-    return self->peer_closed_ ? WOLFSSL_CBIO_ERR_CONN_CLOSE : WOLFSSL_CBIO_ERR_WANT_READ;
-  }
+  // An empty buffer means "not yet": the shard sees a peer's close on the
+  // socket itself and drops the session.
+  if (available == 0) return WOLFSSL_CBIO_ERR_WANT_READ;
   const size_t n = std::min(available, static_cast<size_t>(size));
   std::memcpy(buf, self->inbound_.get() + self->in_begin_, n);
   self->in_begin_ += n;

@@ -102,15 +102,16 @@ class Session {
   // batch keeps many DNS messages in one record. False on failure.
   bool Write(std::span<const uint8_t> plain);
 
-  // Ciphertext waiting to be sent. The caller moves it out (see
-  // TakeOutbound) and keeps it alive until the send completes.
+  // Ciphertext waiting to be sent. The caller swaps it out and keeps it
+  // alive until the send completes.
   std::vector<uint8_t>& outbound() { return outbound_; }
 
   // The last failure in words (certificate verification, alert, ...).
   const std::string& error() const { return error_; }
-  bool verified() const { return handshake_done_; }
   // True after a handshake that resumed a cached session.
   bool resumed() const { return resumed_; }
+  // True once the handshake completed and the peer passed every check.
+  bool verified() const { return handshake_done_; }
   // "TLSv1.3 TLS13-CHACHA20-POLY1305-SHA256, resumed", for logs.
   std::string Describe() const;
   // True when the last failure was a pin mismatch.
@@ -134,7 +135,6 @@ class Session {
   std::vector<uint8_t> outbound_;
   std::string error_;
   bool handshake_done_ = false;
-  bool peer_closed_ = false;
   bool resumed_ = false;
   bool pin_mismatch_ = false;
   const PeerPolicy* policy_ = nullptr;

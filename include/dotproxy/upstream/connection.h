@@ -58,7 +58,6 @@ struct Connection {
   size_t send_offset = 0;
   bool send_in_flight = false;
   bool recv_in_flight = false;
-  bool close_was_failure = false;
 
   Clock::time_point connect_deadline{};
   // Last query sent or answer received, for closing idle connections before
