@@ -124,10 +124,13 @@ def stop_process(p, sig=signal.SIGTERM, grace=3.0):
     return rc, time.monotonic() - t0
 
 
-def run_cmd(argv, timeout=10.0):
-    """Run a short-lived command; a hang is killed and reported as rc None."""
+def run_cmd(argv, timeout=10.0, env_extra=None):
+    """Run a short-lived command (with `env_extra` added to the scrubbed
+    environment); a hang is killed and reported as rc None."""
+    env = child_env()
+    env.update(env_extra or {})
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=child_env())
+                         stderr=subprocess.PIPE, env=env)
     _children.append(p)
     try:
         out, err = p.communicate(timeout=timeout)
@@ -391,6 +394,18 @@ def open_tls_listener(pki, backlog=16):
     return port, ctx, sock
 
 
+def tls_accept(ctx, c, addr, note):
+    """Server-side TLS handshake on an accepted socket (5 s budget). Returns
+    the TLS socket, or None after noting the failure and closing `c`."""
+    try:
+        c.settimeout(5.0)
+        return ctx.wrap_socket(c, server_side=True)
+    except (ssl.SSLError, OSError) as e:
+        note("handshake with %s:%d failed: %r" % (addr + (e,)))
+        c.close()
+        return None
+
+
 class SilentTlsServer:
     """Accepts DoT connections, completes each TLS handshake in its own thread
     (so one slow client cannot hold up another shard's handshake), then reads
@@ -423,12 +438,8 @@ class SilentTlsServer:
             t.start()
 
     def _serve(self, c, addr):
-        try:
-            c.settimeout(5.0)
-            s = self.ctx.wrap_socket(c, server_side=True)
-        except (ssl.SSLError, OSError) as e:
-            self._note("handshake with %s:%d failed: %r" % (addr + (e,)))
-            c.close()
+        s = tls_accept(self.ctx, c, addr, self._note)
+        if s is None:
             return
         with self.lock:
             self.handshakes += 1

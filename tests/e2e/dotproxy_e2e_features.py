@@ -236,14 +236,14 @@ class RecordingDot:
     def _accept_loop(self):
         while not self._stop.is_set():
             try:
-                c, _addr = self.sock.accept()
+                c, addr = self.sock.accept()
             except (socket.timeout, OSError):
                 continue
             with self.lock:
                 cid = len(self.conns)
                 self.conns.append({"accepted": time.monotonic(), "answers": [], "eof": None,
                                    "error": None})
-            t = threading.Thread(target=self._serve, args=(c, cid), daemon=True)
+            t = threading.Thread(target=self._serve, args=(c, cid, addr), daemon=True)
             self.threads.append(t)
             t.start()
 
@@ -263,14 +263,10 @@ class RecordingDot:
             r.use_edns(0, 0, 1232, options=opts)
         return r.to_wire()
 
-    def _serve(self, c, cid):
+    def _serve(self, c, cid, addr):
         conn = self.conns[cid]
-        try:
-            c.settimeout(5.0)
-            s = self.ctx.wrap_socket(c, server_side=True)
-        except (ssl.SSLError, OSError) as e:
-            conn["error"] = repr(e)
-            c.close()
+        s = E.tls_accept(self.ctx, c, addr, lambda what: conn.__setitem__("error", what))
+        if s is None:
             return
         s.settimeout(0.1)
         buf = b""
@@ -796,22 +792,7 @@ def silent_listener_failover(h):
 
 
 def _run_env(argv, env_extra, timeout=5):
-    env = E.child_env()
-    env.update(env_extra)
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=env)
-    E._children.append(p)
-    try:
-        out, err = p.communicate(timeout=timeout)
-        rc = p.returncode
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate(timeout=5)
-        rc = None
-    finally:
-        if p in E._children:
-            E._children.remove(p)
-    return rc, out.decode(errors="replace"), err.decode(errors="replace")
+    return E.run_cmd(argv, timeout=timeout, env_extra=env_extra)
 
 
 class EnvProxy(E.Proxy):

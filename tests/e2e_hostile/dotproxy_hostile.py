@@ -246,12 +246,8 @@ class HostileUpstream:
             t.start()
 
     def _serve(self, c, addr):
-        try:
-            c.settimeout(5.0)
-            s = self.ctx.wrap_socket(c, server_side=True)
-        except (ssl.SSLError, OSError) as e:
-            self.note("handshake with %s:%d failed: %r" % (addr + (e,)))
-            c.close()
+        s = e2e.tls_accept(self.ctx, c, addr, self.note)
+        if s is None:
             return
         with self.cond:
             conn = UpConn(self, s, len(self.conns) + 1)
