@@ -335,6 +335,16 @@ EOF
 # $RESULTS_DIR/<name>.log. stop_target stops it.
 TARGET_PID="" TARGET_PORT=""
 
+# Runs "$@" pinned to the target core with its output in $RESULTS_DIR/NAME.log,
+# as the current target (TARGET_PID), to be stopped by PID at the end.
+launch_target() {
+    local name="$1"
+    shift
+    taskset -c "$TARGET_CPU" "$@" >"$RESULTS_DIR/$name.log" 2>&1 </dev/null &
+    TARGET_PID=$!
+    STARTED_PIDS+=("$TARGET_PID")
+}
+
 start_target_dotproxy() { start_dotproxy dotproxy "$DOTPROXY_ARGS"; }
 # The same binary with DOTPROXY_DEEP_ARGS added (default: 1000 queries in flight per
 # upstream connection instead of 100), to tell configuration limits from code limits.
@@ -350,9 +360,7 @@ start_dotproxy() {
     # shellcheck disable=SC2206
     [ -n "$extra" ] && cmd+=($extra)
     echo "${cmd[*]}" > "$RESULTS_DIR/$name.cmdline"
-    taskset -c "$TARGET_CPU" "${cmd[@]}" >"$RESULTS_DIR/$name.log" 2>&1 &
-    TARGET_PID=$!
-    STARTED_PIDS+=("$TARGET_PID")
+    launch_target "$name" "${cmd[@]}"
 }
 
 # Peer: Unbound as a DoT forwarder (forward-tls-upstream), 1 thread. Its cache cannot
@@ -395,9 +403,7 @@ remote-control:
 EOF
     unbound-checkconf "$d/unbound.conf" >/dev/null || { log "unbound_fwd config invalid"; return 1; }
     cp "$d/unbound.conf" "$RESULTS_DIR/unbound_fwd.conf"
-    taskset -c "$TARGET_CPU" unbound -d -c "$d/unbound.conf" >"$RESULTS_DIR/unbound_fwd.log" 2>&1 &
-    TARGET_PID=$!
-    STARTED_PIDS+=("$TARGET_PID")
+    launch_target unbound_fwd unbound -d -c "$d/unbound.conf"
 }
 
 # Peer: dnsdist as a DoT forwarder (UDP/TCP in, one DoT backend out), packet cache on
@@ -419,10 +425,7 @@ setMaxTCPClientThreads(1)
 EOF
     cp "$d/dnsdist.conf" "$RESULTS_DIR/dnsdist.conf"
     dnsdist --check-config -C "$d/dnsdist.conf" >/dev/null 2>&1 || { log "dnsdist target config invalid"; return 1; }
-    taskset -c "$TARGET_CPU" dnsdist --supervised --disable-syslog -C "$d/dnsdist.conf" \
-        >"$RESULTS_DIR/dnsdist.log" 2>&1 &
-    TARGET_PID=$!
-    STARTED_PIDS+=("$TARGET_PID")
+    launch_target dnsdist dnsdist --supervised --disable-syslog -C "$d/dnsdist.conf"
 }
 
 # Peer: Knot Resolver (kresd, one process) forwarding everything over DoT. DNSSEC
@@ -439,18 +442,14 @@ trust_anchors.remove('.')
 policy.add(policy.all(policy.TLS_FORWARD({{'127.0.0.1@$UPSTREAM_DOT_PORT', hostname='upstream.test', ca_file='$CA'}})))
 EOF
     cp "$d/config.lua" "$RESULTS_DIR/kresd.config.lua"
-    taskset -c "$TARGET_CPU" kresd -n -c "$d/config.lua" "$d" >"$RESULTS_DIR/kresd.log" 2>&1 </dev/null &
-    TARGET_PID=$!
-    STARTED_PIDS+=("$TARGET_PID")
+    launch_target kresd kresd -n -c "$d/config.lua" "$d"
 }
 
 # Ceiling: bench/load/reflector.c (recvmmsg, set QR, sendmmsg; one thread). UDP only.
 start_target_reflector() {
     [ -x "$WORK/reflector" ] || { log "reflector not built"; return 1; }
     TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
-    taskset -c "$TARGET_CPU" "$WORK/reflector" 127.0.0.1 "$TARGET_PORT" >"$RESULTS_DIR/reflector.log" 2>&1 &
-    TARGET_PID=$!
-    STARTED_PIDS+=("$TARGET_PID")
+    launch_target reflector "$WORK/reflector" 127.0.0.1 "$TARGET_PORT"
 }
 
 # Which scenarios a target can run.
