@@ -1348,6 +1348,91 @@ def udp_burst_2000(h):
     check(not problems, "\n".join(problems))
 
 
+
+# ---- access control and TLS parameters
+
+def _udp_from(source, port, wire, timeout):
+    """One UDP exchange from a chosen loopback source address; None on timeout."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        sock.sendto(wire, (LOOPBACK4, port))
+        for _ in range(100):
+            data, _addr = sock.recvfrom(65535)
+            if data[:2] == wire[:2]:
+                return data
+        return None
+    except socket.timeout:
+        return None
+    finally:
+        sock.close()
+
+
+def _tcp_from(source, port, wire, timeout):
+    """One TCP exchange from a chosen loopback source; None when the proxy
+    closes the connection or says nothing."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        sock.connect((LOOPBACK4, port))
+        sock.sendall(struct.pack("!H", len(wire)) + wire)
+        return tcp_read_msg(sock, time.monotonic() + timeout)
+    except (socket.timeout, EOFError, OSError):
+        return None
+    finally:
+        sock.close()
+
+
+@case
+def acl_allow(h):
+    """--allow 127.0.0.2/32: queries from 127.0.0.2 are answered; from
+    127.0.0.1 (outside the list) UDP gets no reply at all (no reflection) and
+    TCP is closed at accept. Both refusals are counted."""
+    u = start_unbound_x(h)
+    p = h.start_proxy(upstreams=[up_spec(u.dot_port)],
+                      extra=["--threads", "1", "--allow", "127.0.0.2/32"], ready=None)
+    wire = make_query(wild("acl"), "A").to_wire()
+    answer = None
+    deadline = time.monotonic() + 10.0
+    while answer is None and time.monotonic() < deadline:
+        check(p.alive(), "dotproxy exited:\n%s" % p.stderr_text())
+        answer = _udp_from("127.0.0.2", p.port, wire, 0.5)
+    check(answer is not None, "no UDP answer from an allowed source (127.0.0.2) within 10 s")
+    _check_client_answer("allowed source over UDP", wire, answer, WILD_ADDR)
+    tcp_answer = _tcp_from("127.0.0.2", p.port, wire, 3.0)
+    check(tcp_answer is not None, "no TCP answer from an allowed source (127.0.0.2)")
+    _check_client_answer("allowed source over TCP", wire, tcp_answer, WILD_ADDR)
+
+    refused = _udp_from("127.0.0.1", p.port, make_query(wild("acl2"), "A").to_wire(), 1.0)
+    check(refused is None, "a source outside --allow got a UDP reply: %s" % describe(refused))
+    refused = _tcp_from("127.0.0.1", p.port, wire, 2.0)
+    check(refused is None, "a source outside --allow got a TCP reply: %s" % describe(refused))
+    c = counters(p)
+    check(c.get("dropped_acl") >= 1, "dropped_acl not counted:\n%s" % c)
+    check(c.get("tcp_acl_refused") >= 1, "tcp_acl_refused not counted:\n%s" % c)
+
+
+@case
+def tls_prefers_chacha20(h):
+    """TLS 1.3 towards an OpenSSL server (Unbound ranks AES-256-GCM first) ends
+    up on ChaCha20-Poly1305: dotproxy does not offer AES-256-GCM, and its
+    connect log line names the version and cipher."""
+    u = start_unbound_x(h)
+    p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=["--threads", "1"])
+    text = ""
+    for _ in range(50):
+        text = p.stderr_text()
+        if "connected (" in text:
+            break
+        time.sleep(0.1)
+    m = re.search(r"connected \((TLSv[0-9.]+) (\S+?)[,)]", text)
+    check(m is not None, "no 'connected (VERSION CIPHER)' log line:\n%s" % text)
+    check(m.group(1) == "TLSv1.3" and m.group(2) == "TLS13-CHACHA20-POLY1305-SHA256",
+          "negotiated %s %s, want TLSv1.3 TLS13-CHACHA20-POLY1305-SHA256" % (m.group(1), m.group(2)))
+
+
 def main():
     return E.main()
 
