@@ -15,12 +15,19 @@ bool IsTransportOption(uint16_t code) {
 
 size_t BuildUpstreamQuery(std::span<const uint8_t> query, const QueryInfo& info,
                           const UpstreamQueryOptions& options, std::span<uint8_t> out) {
+  // `info` may be stale or describe another message: never read past `query`.
+  if (info.question_length == 0 || kHeaderSize + info.question_length > query.size()) return 0;
   const uint8_t* h = query.data();
-  // Everything before the additional section is copied as is.
+  // Everything before the additional section is copied as is. SkipRecord
+  // returns 0 on a malformed record; going on from offset 0 would re-read the
+  // header as a record, so the first failure ends the query.
   size_t pos = kHeaderSize + info.question_length;
   const unsigned before_additional = header::AnCount(h) + header::NsCount(h);
-  for (unsigned i = 0; i < before_additional; ++i) pos = SkipRecord(query, pos);
-  if (pos == 0 || pos > out.size()) return 0;
+  for (unsigned i = 0; i < before_additional; ++i) {
+    pos = SkipRecord(query, pos);
+    if (pos == 0) return 0;
+  }
+  if (pos > out.size()) return 0;
   std::memcpy(out.data(), h, pos);
   size_t length = pos;
   uint16_t additional = 0;
@@ -100,7 +107,9 @@ size_t RewriteAnswerOpt(std::span<uint8_t> msg, size_t length, bool client_has_e
                         int* keepalive) {
   std::span<const uint8_t> wire(msg.data(), length);
   uint8_t* h = msg.data();
-  size_t pos = kHeaderSize + UncompressedNameLength(wire, kHeaderSize) + 4;
+  const size_t name_length = UncompressedNameLength(wire, kHeaderSize);
+  if (name_length == 0) return length;  // not a message ParseResponse accepted
+  size_t pos = kHeaderSize + name_length + 4;
   const unsigned before_additional = header::AnCount(h) + header::NsCount(h);
   for (unsigned i = 0; i < before_additional && pos != 0; ++i) pos = SkipRecord(wire, pos);
   if (pos == 0) return length;

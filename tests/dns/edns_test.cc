@@ -118,6 +118,52 @@ TEST(UpstreamQueryTest, RejectsMalformedOptions) {
   EXPECT_EQ(BuildUpstreamQuery(q, info, {}, out), 0u);
 }
 
+// A malformed answer or authority record must fail the whole query. Before
+// the fix the skip loop went on from offset 0 after the first failure and
+// re-read the header as a record: with ID 0x00xx the header "skips" as a
+// root-owned record and a truncated message went upstream.
+TEST(UpstreamQueryTest, RejectsMalformedAnswerSection) {
+  Bytes q = Query(false);
+  q[0] = 0x00;  // header byte 0 reads as a root owner name
+  q[7] = 2;     // ANCOUNT 2; the header's RDLENGTH bytes (9, 10) read as 0
+  q.push_back(0);  // answer: root owner, then only 3 of the 10 fixed bytes
+  U16(q, 1);
+  q.push_back(0);
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  ASSERT_EQ(info.question_length, 17);  // the question is still described
+  uint8_t out[1400];
+  EXPECT_EQ(BuildUpstreamQuery(q, info, {}, out), 0u);
+}
+
+TEST(UpstreamQueryTest, RejectsMalformedAuthoritySection) {
+  Bytes q = Query(false);
+  q[0] = 0x00;
+  q[9] = 2;  // NSCOUNT 2; the header's "RDLENGTH" (bytes 9, 10) reads as 512
+  // Authority: a record whose RDLENGTH runs past the end of the message,
+  // followed by enough bytes that the bogus header record would fit.
+  q.push_back(0);
+  U16(q, 1);
+  U16(q, 1);
+  U16(q, 0);
+  U16(q, 300);
+  U16(q, 0xffff);
+  q.insert(q.end(), 520, 0);
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  uint8_t out[1400];
+  EXPECT_EQ(BuildUpstreamQuery(q, info, {}, out), 0u);
+}
+
+TEST(UpstreamQueryTest, RejectsQuestionBeyondMessage) {
+  const Bytes q = Query(false);
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kOk);
+  info.question_length = static_cast<uint16_t>(q.size());  // stale or foreign info
+  uint8_t out[1400];
+  EXPECT_EQ(BuildUpstreamQuery(q, info, {}, out), 0u);
+}
+
 TEST(UpstreamQueryTest, QuestionAndIdUnchanged) {
   const Bytes q = Query(false);
   QueryInfo info;
