@@ -5,8 +5,6 @@
 namespace dotproxy::dns {
 namespace {
 
-inline uint8_t AsciiLower(uint8_t c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
-
 // Fixed part of a resource record after its owner name: TYPE, CLASS, TTL,
 // RDLENGTH (RFC 1035 §4.1.3).
 constexpr size_t kRecordFixedSize = 10;

@@ -196,6 +196,16 @@ TEST(MessageParserTest, QuestionsMatchIgnoresCaseOnly) {
   EXPECT_FALSE(QuestionsMatch(question(b), question(d)));
 }
 
+TEST(AsciiLowerTest, LowersOnlyAsciiCapitals) {
+  EXPECT_EQ(AsciiLower('A'), 'a');
+  EXPECT_EQ(AsciiLower('Z'), 'z');
+  EXPECT_EQ(AsciiLower('a'), 'a');
+  EXPECT_EQ(AsciiLower('@'), '@');  // 'A' - 1
+  EXPECT_EQ(AsciiLower('['), '[');  // 'Z' + 1
+  EXPECT_EQ(AsciiLower(0xc4), 0xc4);  // RFC 4343 §3: only ASCII letters fold
+  EXPECT_EQ(AsciiLower(63), 63);      // a label-length byte
+}
+
 TEST(MessageParserTest, SkipNameStopsAtPointerWithoutFollowing) {
   const Bytes wire = {0xc0, 0x00};  // points at itself
   EXPECT_EQ(SkipName(wire, 0), 2u);

@@ -53,6 +53,14 @@ inline void WriteU32(uint8_t* p, uint32_t v) {
   p[3] = static_cast<uint8_t>(v);
 }
 
+// Lower-cases an ASCII letter and returns any other byte unchanged: DNS
+// names compare case-insensitively for A-Z only (RFC 4343 §3). Shared by
+// QuestionsMatch and anything that hashes or compares names (the cache), so
+// both fold case the same way.
+inline uint8_t AsciiLower(uint8_t c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<uint8_t>(c + ('a' - 'A')) : c;
+}
+
 // Header field accessors. REQUIRES: at least kHeaderSize bytes at `h`.
 namespace header {
 inline uint16_t Id(const uint8_t* h) { return ReadU16(h); }
