@@ -84,5 +84,31 @@ TEST(StreamFramerTest, CompactKeepsPartialMessage) {
   EXPECT_EQ(std::vector<uint8_t>(message.begin(), message.end()), (std::vector<uint8_t>{3, 4, 5, 6}));
 }
 
+TEST(LengthPrefixTest, WritesTwoBytesBigEndian) {
+  uint8_t p[3] = {0xee, 0xee, 0xee};
+  WriteLengthPrefix(p, 0x1234);
+  EXPECT_EQ(p[0], 0x12);
+  EXPECT_EQ(p[1], 0x34);
+  EXPECT_EQ(p[2], 0xee);  // nothing past the prefix
+  WriteLengthPrefix(p, kMaxStreamMessageLength);
+  EXPECT_EQ(p[0], 0xff);
+  EXPECT_EQ(p[1], 0xff);
+  WriteLengthPrefix(p, 0);
+  EXPECT_EQ(p[0], 0);
+  EXPECT_EQ(p[1], 0);
+}
+
+TEST(LengthPrefixTest, FramerReadsWhatItWrites) {
+  const std::vector<uint8_t> body(300, 7);
+  StreamFramer framer(512);
+  auto space = framer.WritableSpace();
+  WriteLengthPrefix(space.data(), body.size());
+  std::memcpy(space.data() + kStreamLengthPrefixSize, body.data(), body.size());
+  framer.Commit(kStreamLengthPrefixSize + body.size());
+  std::span<uint8_t> message;
+  ASSERT_EQ(framer.NextMessage(512, message), StreamFramer::Next::kMessage);
+  EXPECT_EQ(std::vector<uint8_t>(message.begin(), message.end()), body);
+}
+
 }  // namespace
 }  // namespace dotproxy::dns

@@ -4,7 +4,8 @@
 //
 // Bytes arrive in arbitrary pieces (TCP segments, TLS records); the framer
 // owns one fixed buffer allocated at construction, so framing allocates
-// nothing per message. One owner thread.
+// nothing per message. One owner thread. WriteLengthPrefix writes the same
+// prefix for the sending side.
 //
 //   auto space = framer.WritableSpace();
 //   size_t n = read_into(space);
@@ -20,6 +21,25 @@
 #include <span>
 
 namespace dotproxy::dns {
+
+// The length prefix in front of each message on a stream, and the largest
+// length it can state.
+inline constexpr size_t kStreamLengthPrefixSize = 2;
+inline constexpr size_t kMaxStreamMessageLength = 0xffff;
+
+// Writes the 2-byte big-endian length prefix for a message of `length`
+// bytes at `p` (RFC 1035 §4.2.2), the inverse of what StreamFramer reads.
+// Callers that send on TCP/TLS put it in front of the message:
+//
+//   WriteLengthPrefix(out, n);
+//   std::memcpy(out + kStreamLengthPrefixSize, message, n);
+//
+// REQUIRES: `length` <= kMaxStreamMessageLength (reject larger messages
+// before framing; the prefix cannot state them), and 2 writable bytes at `p`.
+inline void WriteLengthPrefix(uint8_t* p, size_t length) {
+  p[0] = static_cast<uint8_t>(length >> 8);
+  p[1] = static_cast<uint8_t>(length);
+}
 
 class StreamFramer {
  public:
