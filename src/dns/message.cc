@@ -10,6 +10,110 @@ namespace {
 constexpr size_t kRecordFixedSize = 10;
 constexpr size_t kEmptyOptSize = 1 + kRecordFixedSize;
 
+// OPT RR fields as offsets from its (root) owner byte (RFC 6891 §6.1.2-3).
+constexpr size_t kOptUdpSize = 3;        // CLASS: UDP payload size, big-endian
+constexpr size_t kOptExtendedRcode = 5;  // TTL byte 0: RCODE bits 4-11
+constexpr size_t kOptVersion = 6;        // TTL byte 1
+constexpr size_t kOptFlags = 7;          // TTL bytes 2-3; DO is the top bit
+constexpr size_t kOptRdLength = 9;
+
+// Whether the record at `start` is an OPT RR. REQUIRES: SkipRecord(wire,
+// start) != 0, so the fixed part is inside `wire`.
+bool IsOpt(std::span<const uint8_t> wire, size_t start) {
+  return wire[start] == 0 && ReadU16(&wire[start + 1]) == kTypeOpt;
+}
+
+// Offset just past the question section (QDCOUNT entries, names possibly
+// compressed), or 0 if it is malformed. Used only where the one-question
+// fast path failed but the OPT is still wanted for the error reply.
+size_t SkipQuestions(std::span<const uint8_t> wire) {
+  size_t pos = kHeaderSize;
+  for (unsigned i = 0, n = header::QdCount(wire.data()); i < n; ++i) {
+    pos = SkipName(wire, pos);
+    if (pos == 0 || pos + 4 > wire.size()) return 0;
+    pos += 4;
+  }
+  return pos;
+}
+
+// What walking the records from `pos` (the start of the answer section) to
+// the end of the additional section found.
+struct RecordScan {
+  // Offset past the last record, or 0 when a record is malformed or a second
+  // OPT appears (RFC 6891 §6.1.1); the walk stops there.
+  size_t end = 0;
+  // The first OPT RR of the additional section, 0 if none was reached.
+  size_t opt_offset = 0;
+};
+
+RecordScan ScanRecords(std::span<const uint8_t> wire, size_t pos) {
+  RecordScan scan;
+  const uint8_t* h = wire.data();
+  // SkipRecord returns 0 on failure; every result is checked before reuse so
+  // the walk never restarts at offset 0.
+  const unsigned before_additional = header::AnCount(h) + header::NsCount(h);
+  for (unsigned i = 0; i < before_additional; ++i) {
+    pos = SkipRecord(wire, pos);
+    if (pos == 0) return scan;
+  }
+  for (unsigned i = 0, n = header::ArCount(h); i < n; ++i) {
+    const size_t start = pos;
+    pos = SkipRecord(wire, pos);
+    if (pos == 0) return scan;
+    if (IsOpt(wire, start)) {
+      if (scan.opt_offset != 0) return scan;
+      scan.opt_offset = start;
+    }
+  }
+  scan.end = pos;
+  return scan;
+}
+
+// Whether the OPT RDATA at `opt` is a sequence of whole options (RFC 6891
+// §6.1.2: OPTION-CODE, OPTION-LENGTH, OPTION-LENGTH bytes). REQUIRES:
+// SkipRecord(wire, opt) != 0, so the RDATA is inside `wire`.
+bool OptionsWellFormed(std::span<const uint8_t> wire, size_t opt) {
+  size_t pos = opt + kEmptyOptSize;
+  const size_t end = pos + ReadU16(&wire[opt + kOptRdLength]);
+  while (pos < end) {
+    if (end - pos < 4) return false;
+    const size_t option_length = ReadU16(&wire[pos + 2]);
+    if (end - pos - 4 < option_length) return false;
+    pos += 4 + option_length;
+  }
+  return true;
+}
+
+void RecordEdns(std::span<const uint8_t> wire, size_t opt, QueryInfo& info) {
+  info.has_edns = true;
+  info.opt_offset = static_cast<uint16_t>(opt);
+  info.edns_udp_size = ReadU16(&wire[opt + kOptUdpSize]);
+  info.dnssec_ok = (wire[opt + kOptFlags] & 0x80) != 0;
+  info.udp_response_limit = std::max(kClassicUdpLimit, info.edns_udp_size);
+}
+
+// Length of the question section BuildErrorReply echoes: the query's one
+// uncompressed question, or 0 when it has none or it does not parse.
+size_t EchoableQuestionLength(std::span<const uint8_t> query) {
+  if (query.size() < kHeaderSize || header::QdCount(query.data()) != 1) return 0;
+  const size_t name_length = UncompressedNameLength(query, kHeaderSize);
+  if (name_length == 0 || kHeaderSize + name_length + 4 > query.size()) return 0;
+  return name_length + 4;
+}
+
+// The DO bit of the query's OPT RR: at `info.opt_offset` when that is an
+// OPT, else wherever a walk of the query finds one. False without an OPT.
+bool QueryDnssecOk(std::span<const uint8_t> query, const QueryInfo& info) {
+  if (query.size() < kHeaderSize) return false;
+  size_t opt = info.opt_offset;
+  if (opt < kHeaderSize || SkipRecord(query, opt) == 0 || !IsOpt(query, opt)) {
+    const size_t records = SkipQuestions(query);
+    opt = records == 0 ? 0 : ScanRecords(query, records).opt_offset;
+    if (opt == 0) return false;
+  }
+  return (query[opt + kOptFlags] & 0x80) != 0;
+}
+
 }  // namespace
 
 size_t UncompressedNameLength(std::span<const uint8_t> wire, size_t offset) {
@@ -54,42 +158,36 @@ QueryParse ParseQuery(std::span<const uint8_t> wire, QueryInfo& info) {
   if (header::IsResponse(h)) return QueryParse::kDrop;
   info.id = header::Id(h);
 
-  if (header::QdCount(h) != 1) return QueryParse::kFormErr;
-  const size_t name_length = UncompressedNameLength(wire, kHeaderSize);
-  if (name_length == 0 || kHeaderSize + name_length + 4 > wire.size()) {
-    return QueryParse::kFormErr;
-  }
-  const uint8_t* type_class = h + kHeaderSize + name_length;
-  info.qname_length = static_cast<uint16_t>(name_length);
-  info.question_length = static_cast<uint16_t>(name_length + 4);
-  info.qtype = ReadU16(type_class);
-  info.qclass = ReadU16(type_class + 2);
-  if (header::Opcode(h) != 0) return QueryParse::kNotImp;
-
-  size_t pos = kHeaderSize + info.question_length;
-  // Queries normally carry no answer or authority records; tolerate them
-  // (skip) but require every record to be well-formed.
-  const unsigned non_additional = header::AnCount(h) + header::NsCount(h);
-  for (unsigned i = 0; i < non_additional; ++i) {
-    pos = SkipRecord(wire, pos);
-    if (pos == 0) return QueryParse::kFormErr;
-  }
-  const unsigned additional = header::ArCount(h);
-  for (unsigned i = 0; i < additional; ++i) {
-    const size_t start = pos;
-    pos = SkipRecord(wire, pos);
-    if (pos == 0) return QueryParse::kFormErr;
-    // OPT's owner must be the root: a single zero byte.
-    if (wire[start] == 0 && ReadU16(&wire[start + 1]) == kTypeOpt) {
-      if (info.has_edns) return QueryParse::kFormErr;  // RFC 6891 §6.1.1
-      info.has_edns = true;
-      info.opt_offset = static_cast<uint16_t>(start);
-      info.edns_udp_size = ReadU16(&wire[start + 3]);
-      info.dnssec_ok = (wire[start + 7] & 0x80) != 0;
-      info.udp_response_limit = std::max(kClassicUdpLimit, info.edns_udp_size);
+  // The question, when there is exactly one and it is uncompressed.
+  bool question_ok = false;
+  size_t records = 0;  // start of the answer section; 0 if not found
+  if (header::QdCount(h) == 1) {
+    const size_t name_length = UncompressedNameLength(wire, kHeaderSize);
+    if (name_length != 0 && kHeaderSize + name_length + 4 <= wire.size()) {
+      const uint8_t* type_class = h + kHeaderSize + name_length;
+      info.qname_length = static_cast<uint16_t>(name_length);
+      info.question_length = static_cast<uint16_t>(name_length + 4);
+      info.qtype = ReadU16(type_class);
+      info.qclass = ReadU16(type_class + 2);
+      question_ok = true;
+      records = kHeaderSize + info.question_length;
     }
   }
-  if (pos != wire.size()) return QueryParse::kFormErr;  // trailing garbage
+  // Even when the question already decides FORMERR, look for the OPT: any
+  // reply to a query with an OPT must carry one (RFC 6891 §7).
+  if (!question_ok) records = SkipQuestions(wire);
+
+  // Queries normally carry no answer or authority records; tolerate them
+  // (skip) but require every record to be well-formed.
+  RecordScan scan;
+  if (records != 0) scan = ScanRecords(wire, records);
+  if (scan.opt_offset != 0) RecordEdns(wire, scan.opt_offset, info);
+
+  if (!question_ok) return QueryParse::kFormErr;
+  if (header::Opcode(h) != 0) return QueryParse::kNotImp;
+  // A malformed record, a second OPT, or trailing garbage.
+  if (scan.end != wire.size()) return QueryParse::kFormErr;
+  if (info.has_edns && !OptionsWellFormed(wire, info.opt_offset)) return QueryParse::kFormErr;
   return QueryParse::kOk;
 }
 
@@ -116,11 +214,14 @@ bool ParseResponse(std::span<const uint8_t> wire, ResponseInfo& info) {
 
 size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
                        Rcode rcode, uint16_t our_udp_size, std::span<uint8_t> out) {
-  const size_t question_length =
-      kHeaderSize + info.question_length <= query.size() ? info.question_length : 0;
+  if (query.size() < 4) return 0;
+  // The question and the DO bit come from `query` itself (only the fact that
+  // the client sent EDNS comes from `info`): callers may pass an `info`
+  // rebuilt from stored fields rather than the one ParseQuery filled in.
+  const size_t question_length = EchoableQuestionLength(query);
   const bool add_opt = info.has_edns;
   const size_t total = kHeaderSize + question_length + (add_opt ? kEmptyOptSize : 0);
-  if (query.size() < 4 || out.size() < total) return 0;
+  if (out.size() < total) return 0;
 
   uint8_t* h = out.data();
   std::memcpy(h, query.data(), 2);  // ID
@@ -133,13 +234,14 @@ size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
   WriteU16(h + 10, add_opt ? 1 : 0);
   std::memcpy(h + kHeaderSize, query.data() + kHeaderSize, question_length);
   if (add_opt) {
+    const bool dnssec_ok = info.dnssec_ok || QueryDnssecOk(query, info);
     uint8_t* opt = h + kHeaderSize + question_length;
     opt[0] = 0;  // root owner
     WriteU16(opt + 1, kTypeOpt);
-    WriteU16(opt + 3, our_udp_size);
+    WriteU16(opt + kOptUdpSize, our_udp_size);
     // Extended RCODE 0, version 0, DO echoed (RFC 3225 §3), Z 0, RDLENGTH 0.
-    WriteU32(opt + 5, info.dnssec_ok ? 0x8000u : 0u);
-    WriteU16(opt + 9, 0);
+    WriteU32(opt + kOptExtendedRcode, dnssec_ok ? 0x8000u : 0u);
+    WriteU16(opt + kOptRdLength, 0);
   }
   return total;
 }

@@ -113,9 +113,64 @@ TEST(UpstreamQueryTest, RejectsMalformedOptions) {
   Bytes options = {0, 10, 0, 50, 1};  // declares 50 bytes, has 1
   const Bytes q = Query(true, options);
   QueryInfo info;
-  ASSERT_EQ(ParseQuery(q, info), QueryParse::kOk);
+  // ParseQuery catches it first; BuildUpstreamQuery still refuses on its own.
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  ASSERT_EQ(info.question_length, 17);
   uint8_t out[1400];
   EXPECT_EQ(BuildUpstreamQuery(q, info, {}, out), 0u);
+}
+
+// `a.example A` whose OPT holds one option header claiming 8 bytes of data
+// inside a 4-byte RDLENGTH (the message ends where the RDATA ends).
+Bytes OptionOverrunsRdataQuery() {
+  Bytes q = {0xa1, 0x0e, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1};
+  const std::string labels = "\x01" "a" "\x07" "example";
+  for (char c : labels) q.push_back(static_cast<uint8_t>(c));
+  q.push_back(0);
+  U16(q, 1);  // A
+  U16(q, 1);  // IN
+  q.push_back(0);
+  U16(q, kTypeOpt);
+  U16(q, 1232);
+  U16(q, 0);
+  U16(q, 0x8000);  // DO
+  U16(q, 4);       // RDLENGTH: just the option header
+  U16(q, 10);      // COOKIE
+  U16(q, 8);       // claims 8 bytes
+  return q;
+}
+
+TEST(UpstreamQueryTest, OptionOverrunningRdataIsFormErrWithOpt) {
+  const Bytes q = OptionOverrunsRdataQuery();
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  EXPECT_EQ(info.id, 0xa10e);
+  EXPECT_EQ(info.question_length, 15);
+  EXPECT_TRUE(info.has_edns);
+  EXPECT_TRUE(info.dnssec_ok);
+  EXPECT_EQ(info.opt_offset, kHeaderSize + 15);
+
+  // Forwarding is refused too, whatever the caller did with the verdict.
+  uint8_t upstream[1400];
+  EXPECT_EQ(BuildUpstreamQuery(q, info, {}, upstream), 0u);
+
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, info, Rcode::kFormErr, 1232, out);
+  ASSERT_EQ(n, kHeaderSize + 15 + 11);
+  EXPECT_EQ(header::Id(out), 0xa10e);
+  EXPECT_TRUE(header::IsResponse(out));
+  EXPECT_EQ(header::GetRcode(out), Rcode::kFormErr);
+  EXPECT_EQ(header::QdCount(out), 1);
+  EXPECT_EQ(header::AnCount(out), 0);
+  EXPECT_EQ(header::NsCount(out), 0);
+  EXPECT_EQ(header::ArCount(out), 1);
+  EXPECT_EQ(0, std::memcmp(out + kHeaderSize, q.data() + kHeaderSize, 15));
+  const uint8_t* opt = out + kHeaderSize + 15;
+  EXPECT_EQ(opt[0], 0);                  // root owner
+  EXPECT_EQ(ReadU16(opt + 1), kTypeOpt);
+  EXPECT_EQ(ReadU16(opt + 3), 1232);     // our UDP size
+  EXPECT_EQ(ReadU32(opt + 5), 0x8000u);  // extended RCODE 0, version 0, DO echoed
+  EXPECT_EQ(ReadU16(opt + 9), 0);        // no options
 }
 
 // A malformed answer or authority record must fail the whole query. Before

@@ -70,6 +70,77 @@ Bytes MakeResponse(const Bytes& query, int answers, bool with_opt) {
   return r;
 }
 
+// An error reply as a client would read it, parsed here independently of
+// message.cc (plain offsets, no library helpers) so the tests check the wire
+// bytes rather than the code against itself.
+struct Reply {
+  bool well_formed = false;  // counts, question and OPT all consistent with the length
+  uint16_t id = 0;
+  uint8_t flags2 = 0;  // header byte 2: QR, opcode, AA, TC, RD
+  uint8_t flags3 = 0;  // header byte 3: RA, Z, AD, CD, RCODE
+  Bytes question;      // empty when QDCOUNT is 0
+  bool has_opt = false;
+  uint16_t opt_udp_size = 0;
+  uint8_t opt_extended_rcode = 0;  // upper 8 bits of the 12-bit RCODE
+  uint8_t opt_version = 0;
+  bool opt_dnssec_ok = false;
+  uint16_t opt_rdlength = 0;
+  // The full RCODE: header bits | extended bits << 4 (RFC 6891 §6.1.3).
+  unsigned rcode() const { return (flags3 & 0x0f) | unsigned{opt_extended_rcode} << 4; }
+};
+
+Reply ReadReply(const uint8_t* p, size_t n) {
+  Reply r;
+  if (n < 12) return r;
+  r.id = static_cast<uint16_t>(p[0] << 8 | p[1]);
+  r.flags2 = p[2];
+  r.flags3 = p[3];
+  const unsigned qd = p[4] << 8 | p[5], an = p[6] << 8 | p[7], ns = p[8] << 8 | p[9],
+                 ar = p[10] << 8 | p[11];
+  if (qd > 1 || an != 0 || ns != 0 || ar > 1) return r;
+  size_t pos = 12;
+  if (qd == 1) {
+    while (pos < n && p[pos] != 0) pos += p[pos] + 1;
+    pos += 1 + 4;
+    if (pos > n) return r;
+    r.question.assign(p + 12, p + pos);
+  }
+  if (ar == 1) {
+    if (pos + 11 > n || p[pos] != 0 || (p[pos + 1] << 8 | p[pos + 2]) != kTypeOpt) return r;
+    r.has_opt = true;
+    r.opt_udp_size = static_cast<uint16_t>(p[pos + 3] << 8 | p[pos + 4]);
+    r.opt_extended_rcode = p[pos + 5];
+    r.opt_version = p[pos + 6];
+    r.opt_dnssec_ok = (p[pos + 7] & 0x80) != 0;
+    r.opt_rdlength = static_cast<uint16_t>(p[pos + 9] << 8 | p[pos + 10]);
+    pos += 11 + r.opt_rdlength;
+  }
+  r.well_formed = pos == n;
+  return r;
+}
+
+Bytes QuestionOf(const Bytes& q, size_t question_length) {
+  return Bytes(q.begin() + kHeaderSize, q.begin() + kHeaderSize + question_length);
+}
+
+// Checks one error reply against what the query asked for.
+void ExpectErrorReply(const Reply& r, uint16_t id, unsigned rcode, const Bytes& question,
+                      bool has_opt, bool dnssec_ok, uint16_t our_udp_size) {
+  EXPECT_TRUE(r.well_formed);
+  EXPECT_EQ(r.id, id);
+  EXPECT_EQ(r.flags2 & 0x80, 0x80) << "QR";
+  EXPECT_EQ(r.flags3 & 0x80, 0x80) << "RA";
+  EXPECT_EQ(r.rcode(), rcode);
+  EXPECT_EQ(r.question, question);
+  EXPECT_EQ(r.has_opt, has_opt) << "RFC 6891 §7: OPT in the reply iff in the query";
+  if (has_opt) {
+    EXPECT_EQ(r.opt_udp_size, our_udp_size);
+    EXPECT_EQ(r.opt_version, 0) << "we implement EDNS version 0 only";
+    EXPECT_EQ(r.opt_dnssec_ok, dnssec_ok) << "RFC 3225 §3: DO copied from the query";
+    EXPECT_EQ(r.opt_rdlength, 0);
+  }
+}
+
 TEST(MessageParserTest, AcceptsPlainQuery) {
   const Bytes q = MakeQuery("www.example.com");
   QueryInfo info;
@@ -279,6 +350,153 @@ TEST(ErrorReplyTest, RefusesTooSmallBuffer) {
   ASSERT_EQ(ParseQuery(q, info), QueryParse::kOk);
   uint8_t out[10];
   EXPECT_EQ(BuildErrorReply(q, info, Rcode::kServFail, 1232, out), 0u);
+}
+
+TEST(ErrorReplyTest, EveryRcodeCarriesOptExactlyWhenTheQueryDid) {
+  const Rcode rcodes[] = {Rcode::kFormErr, Rcode::kServFail, Rcode::kNotImp, Rcode::kRefused};
+  struct Edns {
+    int size;  // -1: no OPT
+    bool dnssec_ok;
+  };
+  const Edns variants[] = {{-1, false}, {4096, false}, {1232, true}};
+  for (const Rcode rcode : rcodes) {
+    for (const Edns& edns : variants) {
+      SCOPED_TRACE(testing::Message() << "rcode " << int(rcode) << " edns " << edns.size
+                                      << " do " << edns.dnssec_ok);
+      const Bytes q = MakeQuery("a.example", 1, 0x5150, edns.size, edns.dnssec_ok);
+      QueryInfo info;
+      ASSERT_EQ(ParseQuery(q, info), QueryParse::kOk);
+      uint8_t out[kMaxErrorReplyLength];
+      const size_t n = BuildErrorReply(q, info, rcode, 1400, out);
+      ASSERT_GT(n, 0u);
+      ExpectErrorReply(ReadReply(out, n), 0x5150, static_cast<unsigned>(rcode),
+                       QuestionOf(q, info.question_length), edns.size >= 0, edns.dnssec_ok, 1400);
+    }
+  }
+}
+
+// RFC 7873 §5.4 style: QDCOUNT 0 with an OPT. FORMERR, but the OPT is still
+// found so the reply carries one.
+TEST(ErrorReplyTest, FormErrForMissingQuestionKeepsOpt) {
+  Bytes q = {0x00, 0x07, 0x01, 0x00, 0, 0, 0, 0, 0, 0, 0, 1};
+  AppendOpt(q, 4096, true);
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  EXPECT_EQ(info.question_length, 0);
+  EXPECT_TRUE(info.has_edns);
+  EXPECT_TRUE(info.dnssec_ok);
+  EXPECT_EQ(info.opt_offset, kHeaderSize);
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, info, Rcode::kFormErr, 1232, out);
+  ExpectErrorReply(ReadReply(out, n), 7, 1, {}, true, true, 1232);
+}
+
+TEST(ErrorReplyTest, FormErrForTwoQuestionsKeepsOpt) {
+  Bytes q = MakeQuery("a.example");
+  AppendName(q, "b.example");
+  AppendU16(q, 1);
+  AppendU16(q, 1);
+  AppendOpt(q, 1232, false);
+  q[5] = 2;
+  q[11] = 1;
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  EXPECT_TRUE(info.has_edns);
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, info, Rcode::kFormErr, 1232, out);
+  ExpectErrorReply(ReadReply(out, n), 0x1234, 1, {}, true, false, 1232);
+}
+
+TEST(ErrorReplyTest, FormErrForCompressedQuestionKeepsOpt) {
+  Bytes q = {0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0xc0, 12, 0, 1, 0, 1};
+  AppendOpt(q, 1232, true);
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  EXPECT_EQ(info.question_length, 0);
+  EXPECT_TRUE(info.has_edns);
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, info, Rcode::kFormErr, 1232, out);
+  ExpectErrorReply(ReadReply(out, n), 1, 1, {}, true, true, 1232);
+}
+
+TEST(ErrorReplyTest, FormErrForTrailingBytesAndSecondOptKeepsOpt) {
+  Bytes trailing = MakeQuery("a.example", 1, 2, 1232, true);
+  trailing.push_back(0xff);
+  Bytes two_opts = MakeQuery("a.example", 1, 2, 1232, true);
+  AppendOpt(two_opts, 512, false);
+  two_opts[11] = 2;
+  for (const Bytes& q : {trailing, two_opts}) {
+    QueryInfo info;
+    ASSERT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+    uint8_t out[kMaxErrorReplyLength];
+    const size_t n = BuildErrorReply(q, info, Rcode::kFormErr, 1232, out);
+    ExpectErrorReply(ReadReply(out, n), 2, 1, QuestionOf(q, info.question_length), true, true,
+                     1232);
+  }
+}
+
+// RFC 6891 §7: a FORMERR caused by a malformed OPT option MUST include an
+// OPT record. The option framing is checked by ParseQuery itself, so such a
+// query never reaches the cache or a slot.
+TEST(ErrorReplyTest, FormErrForMalformedOptionKeepsOpt) {
+  Bytes q = MakeQuery("a.example", 1, 9, 4096, true);
+  WriteU16(&q[q.size() - 2], 5);                  // RDLENGTH 5:
+  q.insert(q.end(), {0, 10, 0, 50, 1});           // cookie declares 50 bytes, has 1
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  EXPECT_TRUE(info.has_edns);
+  EXPECT_EQ(info.question_length, 15);
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, info, Rcode::kFormErr, 1232, out);
+  ExpectErrorReply(ReadReply(out, n), 9, 1, QuestionOf(q, 15), true, true, 1232);
+}
+
+TEST(ErrorReplyTest, NotImpKeepsOpt) {
+  Bytes q = MakeQuery("a.example", 1, 3, 4096, true);
+  q[2] = (4 << 3);  // NOTIFY
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kNotImp);
+  EXPECT_TRUE(info.has_edns);
+  EXPECT_TRUE(info.dnssec_ok);
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, info, Rcode::kNotImp, 1232, out);
+  const Reply r = ReadReply(out, n);
+  ExpectErrorReply(r, 3, 4, QuestionOf(q, info.question_length), true, true, 1232);
+  EXPECT_EQ((r.flags2 >> 3) & 0x0f, 4) << "opcode echoed";
+}
+
+// The shard answers SERVFAIL for a failed upstream query from the stored
+// upstream form and a QueryInfo with only some fields filled in.
+TEST(ErrorReplyTest, RebuiltInfoTakesQuestionAndDoBitFromTheQuery) {
+  const Bytes q = MakeQuery("a.example", 1, 4, 1232, true);
+  QueryInfo rebuilt;
+  rebuilt.has_edns = true;  // question_length, dnssec_ok, opt_offset left unset
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, rebuilt, Rcode::kServFail, 1232, out);
+  ExpectErrorReply(ReadReply(out, n), 4, 2, QuestionOf(q, 15), true, true, 1232);
+}
+
+TEST(ErrorReplyTest, StaleQuestionLengthEchoesOnlyTheRealQuestion) {
+  const Bytes q = MakeQuery("a.example", 1, 5, 1232, false);
+  QueryInfo stale;
+  stale.question_length = 20;  // from a longer name; runs into the OPT
+  stale.has_edns = true;
+  stale.opt_offset = 3;  // not an OPT: ignored
+  ASSERT_LE(kHeaderSize + stale.question_length, q.size());
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, stale, Rcode::kServFail, 1232, out);
+  ExpectErrorReply(ReadReply(out, n), 5, 2, QuestionOf(q, 15), true, false, 1232);
+}
+
+// has_edns is the client's: an upstream form always has an OPT (keepalive,
+// padding), but a client that sent none must get none (RFC 6891 §7).
+TEST(ErrorReplyTest, NoOptWhenInfoSaysClientHadNone) {
+  const Bytes q = MakeQuery("a.example", 1, 6, 1232, true);
+  QueryInfo info;
+  info.question_length = 15;
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, info, Rcode::kServFail, 1232, out);
+  ExpectErrorReply(ReadReply(out, n), 6, 2, QuestionOf(q, 15), false, false, 1232);
 }
 
 TEST(TruncateTest, KeepsHeaderQuestionAndOptWithTc) {

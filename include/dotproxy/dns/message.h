@@ -24,6 +24,9 @@ inline constexpr size_t kHeaderSize = 12;
 inline constexpr size_t kMaxNameLength = 255;
 // Largest question section: name + QTYPE + QCLASS.
 inline constexpr size_t kMaxQuestionLength = kMaxNameLength + 4;
+// Largest reply BuildErrorReply writes: header, question and an OPT RR
+// without options (root name, TYPE, CLASS, TTL, RDLENGTH).
+inline constexpr size_t kMaxErrorReplyLength = kHeaderSize + kMaxQuestionLength + 11;
 // Without EDNS a UDP response may not exceed 512 bytes (RFC 1035 §4.2.1).
 inline constexpr uint16_t kClassicUdpLimit = 512;
 inline constexpr uint16_t kTypeOpt = 41;
@@ -86,7 +89,8 @@ enum class QueryParse : uint8_t {
   kNotImp,    // reply NOTIMP (opcode other than QUERY)
 };
 
-// Facts about a valid query, as offsets into the caller's buffer.
+// Facts about a query, as offsets into the caller's buffer: all of them for
+// a valid query, as many as could be read for one ParseQuery rejects.
 struct QueryInfo {
   uint16_t id = 0;
   // The question section starts at kHeaderSize; these are its lengths.
@@ -107,7 +111,10 @@ struct QueryInfo {
 // Validates a client query in place. On kOk, `info` describes it; on kFormErr
 // and kNotImp, `info.id` and (when parseable) the question fields are set so
 // an error reply can echo them (question_length == 0 when it could not be
-// parsed).
+// parsed). The EDNS fields are set on every verdict but kDrop whenever the
+// message is readable as far as its OPT RR, so the error reply carries an
+// OPT as RFC 6891 §7 requires; this includes a FORMERR for the OPT itself
+// (a second OPT, or options that do not add up to its RDLENGTH).
 QueryParse ParseQuery(std::span<const uint8_t> wire, QueryInfo& info);
 
 // Returns the wire length of the uncompressed name at `wire[offset]`, or 0 if
@@ -139,9 +146,14 @@ bool ParseResponse(std::span<const uint8_t> wire, ResponseInfo& info);
 
 // Writes a header-plus-question error reply for `query` into `out` with
 // rcode `rcode`: ID, opcode and RD copied, QR=1, RA=1. The question is echoed
-// when `info.question_length` > 0, and an OPT RR (UDP size `our_udp_size`)
-// is added when the query carried EDNS (RFC 6891 §7). Returns the length
-// written, or 0 if `out` is too small.
+// when `query` has exactly one uncompressed question (read from `query`, not
+// from `info.question_length`). An OPT RR (UDP size `our_udp_size`, version
+// 0, no options) is added exactly when `info.has_edns` (RFC 6891 §7); its DO
+// bit is set when `info.dnssec_ok` or the query's own OPT has DO (RFC 3225
+// §3). So `info` may be the one ParseQuery filled in or one rebuilt with only
+// `has_edns` (and optionally `dnssec_ok`) from a stored query. Returns the
+// length written (at most kMaxErrorReplyLength), or 0 if `out` is too small
+// or `query` is shorter than 4 bytes.
 size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
                        Rcode rcode, uint16_t our_udp_size,
                        std::span<uint8_t> out);
