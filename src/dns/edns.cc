@@ -39,6 +39,8 @@ size_t BuildUpstreamQuery(std::span<const uint8_t> query, const QueryInfo& info,
     pos = SkipRecord(query, pos);
     if (pos == 0) return 0;
     if (query[start] == 0 && ReadU16(&query[start + 1]) == kTypeOpt) {
+      // VERSION > 0 is answered BADVERS locally (ParseQuery), never forwarded.
+      if (query[start + 6] != 0) return 0;
       client_opt = &query[start];
       continue;
     }

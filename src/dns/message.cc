@@ -88,6 +88,7 @@ void RecordEdns(std::span<const uint8_t> wire, size_t opt, QueryInfo& info) {
   info.has_edns = true;
   info.opt_offset = static_cast<uint16_t>(opt);
   info.edns_udp_size = ReadU16(&wire[opt + kOptUdpSize]);
+  info.edns_version = wire[opt + kOptVersion];
   info.dnssec_ok = (wire[opt + kOptFlags] & 0x80) != 0;
   info.udp_response_limit = std::max(kClassicUdpLimit, info.edns_udp_size);
 }
@@ -187,7 +188,11 @@ QueryParse ParseQuery(std::span<const uint8_t> wire, QueryInfo& info) {
   if (header::Opcode(h) != 0) return QueryParse::kNotImp;
   // A malformed record, a second OPT, or trailing garbage.
   if (scan.end != wire.size()) return QueryParse::kFormErr;
-  if (info.has_edns && !OptionsWellFormed(wire, info.opt_offset)) return QueryParse::kFormErr;
+  if (!info.has_edns) return QueryParse::kOk;
+  // We implement EDNS version 0 only (RFC 6891 §6.1.3): a higher version is
+  // answered here, never forwarded, and its RDATA is not ours to judge.
+  if (info.edns_version > 0) return QueryParse::kBadVers;
+  if (!OptionsWellFormed(wire, info.opt_offset)) return QueryParse::kFormErr;
   return QueryParse::kOk;
 }
 
@@ -214,7 +219,10 @@ bool ParseResponse(std::span<const uint8_t> wire, ResponseInfo& info) {
 
 size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
                        Rcode rcode, uint16_t our_udp_size, std::span<uint8_t> out) {
-  if (query.size() < 4) return 0;
+  // RFC 6891 §6.1.3: RCODE is 12 bits, the upper 8 in the OPT TTL.
+  const uint8_t header_rcode = static_cast<uint8_t>(rcode) & 0x0f;
+  const uint8_t extended_rcode = static_cast<uint8_t>(rcode) >> 4;
+  if (query.size() < 4 || (extended_rcode != 0 && !info.has_edns)) return 0;
   // The question and the DO bit come from `query` itself (only the fact that
   // the client sent EDNS comes from `info`): callers may pass an `info`
   // rebuilt from stored fields rather than the one ParseQuery filled in.
@@ -225,9 +233,9 @@ size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
 
   uint8_t* h = out.data();
   std::memcpy(h, query.data(), 2);  // ID
-  // QR=1, opcode and RD from the query; RA=1; rcode.
+  // QR=1, opcode and RD from the query; RA=1; the rcode's header bits.
   h[2] = static_cast<uint8_t>(0x80 | (query[2] & 0x79));
-  h[3] = static_cast<uint8_t>(0x80 | static_cast<uint8_t>(rcode));
+  h[3] = static_cast<uint8_t>(0x80 | header_rcode);
   WriteU16(h + 4, question_length ? 1 : 0);
   WriteU16(h + 6, 0);
   WriteU16(h + 8, 0);
@@ -239,8 +247,11 @@ size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
     opt[0] = 0;  // root owner
     WriteU16(opt + 1, kTypeOpt);
     WriteU16(opt + kOptUdpSize, our_udp_size);
-    // Extended RCODE 0, version 0, DO echoed (RFC 3225 §3), Z 0, RDLENGTH 0.
-    WriteU32(opt + kOptExtendedRcode, dnssec_ok ? 0x8000u : 0u);
+    // Extended RCODE, version 0 (the highest we implement, RFC 6891
+    // §6.1.3), DO echoed (RFC 3225 §3), Z 0; RDLENGTH 0.
+    opt[kOptExtendedRcode] = extended_rcode;
+    opt[kOptVersion] = 0;
+    WriteU16(opt + kOptFlags, dnssec_ok ? 0x8000 : 0);
     WriteU16(opt + kOptRdLength, 0);
   }
   return total;

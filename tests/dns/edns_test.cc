@@ -219,6 +219,17 @@ TEST(UpstreamQueryTest, RejectsQuestionBeyondMessage) {
   EXPECT_EQ(BuildUpstreamQuery(q, info, {}, out), 0u);
 }
 
+// BADVERS is answered locally: even a caller that ignores kBadVers cannot
+// forward a query of an EDNS version we do not speak.
+TEST(UpstreamQueryTest, RefusesEdnsVersionAboveZero) {
+  Bytes q = Query(true, {}, true);
+  q[q.size() - 5] = 1;  // OPT VERSION
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kBadVers);
+  uint8_t out[1400];
+  EXPECT_EQ(BuildUpstreamQuery(q, info, {}, out), 0u);
+}
+
 TEST(UpstreamQueryTest, QuestionAndIdUnchanged) {
   const Bytes q = Query(false);
   QueryInfo info;

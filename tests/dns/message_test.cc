@@ -254,6 +254,58 @@ TEST(MessageParserTest, NonQueryOpcodeIsNotImp) {
   EXPECT_EQ(info.question_length, 17);
 }
 
+// A query for `name` A whose OPT says EDNS `version` (RFC 6891 §6.1.3).
+Bytes MakeVersionedQuery(uint8_t version, bool dnssec_ok = true) {
+  Bytes q = MakeQuery("a.example", 1, 0x0b0b, 4096, dnssec_ok);
+  q[q.size() - 5] = version;  // TTL byte 1 of the OPT that ends the message
+  return q;
+}
+
+TEST(MessageParserTest, RecordsEdnsVersionZero) {
+  const Bytes q = MakeVersionedQuery(0);
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kOk);
+  EXPECT_EQ(info.edns_version, 0);
+}
+
+TEST(MessageParserTest, EdnsVersionAboveZeroIsBadVers) {
+  for (const uint8_t version : {1, 2, 255}) {
+    const Bytes q = MakeVersionedQuery(version);
+    QueryInfo info;
+    ASSERT_EQ(ParseQuery(q, info), QueryParse::kBadVers) << int(version);
+    // Everything an error reply needs.
+    EXPECT_EQ(info.id, 0x0b0b);
+    EXPECT_EQ(info.question_length, 15);
+    EXPECT_EQ(info.qtype, 1);
+    EXPECT_EQ(info.qclass, 1);
+    EXPECT_TRUE(info.has_edns);
+    EXPECT_TRUE(info.dnssec_ok);
+    EXPECT_EQ(info.edns_version, version);
+    EXPECT_EQ(info.edns_udp_size, 4096);
+    EXPECT_EQ(info.opt_offset, kHeaderSize + 15);
+  }
+}
+
+// Options of a version we do not implement are not ours to judge.
+TEST(MessageParserTest, BadVersIgnoresOptionsOfThatVersion) {
+  Bytes q = MakeVersionedQuery(1);
+  WriteU16(&q[q.size() - 2], 3);
+  q.insert(q.end(), {0xde, 0xad, 0xbe});  // not whole version-0 options
+  QueryInfo info;
+  EXPECT_EQ(ParseQuery(q, info), QueryParse::kBadVers);
+}
+
+TEST(MessageParserTest, MalformedMessageIsFormErrBeforeBadVers) {
+  Bytes q = MakeVersionedQuery(1);
+  q.push_back(0);  // trailing garbage
+  QueryInfo info;
+  EXPECT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  EXPECT_EQ(info.edns_version, 1);
+  q = MakeVersionedQuery(1);
+  q[2] = (2 << 3);  // STATUS
+  EXPECT_EQ(ParseQuery(q, info), QueryParse::kNotImp);
+}
+
 TEST(MessageParserTest, QuestionsMatchIgnoresCaseOnly) {
   const Bytes a = MakeQuery("WwW.ExAmPle.CoM");
   const Bytes b = MakeQuery("www.example.com");
@@ -497,6 +549,35 @@ TEST(ErrorReplyTest, NoOptWhenInfoSaysClientHadNone) {
   uint8_t out[kMaxErrorReplyLength];
   const size_t n = BuildErrorReply(q, info, Rcode::kServFail, 1232, out);
   ExpectErrorReply(ReadReply(out, n), 6, 2, QuestionOf(q, 15), false, false, 1232);
+}
+
+// RFC 6891 §6.1.3: BADVERS is extended RCODE 16: header RCODE 0 and 1 in
+// the upper 8 bits (the first TTL byte) of our OPT, whose VERSION is 0, the
+// highest we implement.
+TEST(ErrorReplyTest, BadVersSplitsTheRcodeAcrossHeaderAndOpt) {
+  for (const bool dnssec_ok : {false, true}) {
+    const Bytes q = MakeVersionedQuery(1, dnssec_ok);
+    QueryInfo info;
+    ASSERT_EQ(ParseQuery(q, info), QueryParse::kBadVers);
+    uint8_t out[kMaxErrorReplyLength];
+    const size_t n = BuildErrorReply(q, info, Rcode::kBadVers, 1232, out);
+    ASSERT_EQ(n, kHeaderSize + 15 + 11);
+    const Reply r = ReadReply(out, n);
+    ExpectErrorReply(r, 0x0b0b, 16, QuestionOf(q, 15), true, dnssec_ok, 1232);
+    EXPECT_EQ(r.flags3 & 0x0f, 0);
+    EXPECT_EQ(r.opt_extended_rcode, 1);
+    EXPECT_EQ(header::GetRcode(out), Rcode::kNoError);  // the header alone cannot tell
+  }
+}
+
+// Without an OPT there is nowhere to put the upper RCODE bits; the reply
+// would read as NOERROR, so none is built.
+TEST(ErrorReplyTest, ExtendedRcodeWithoutEdnsBuildsNothing) {
+  const Bytes q = MakeQuery("a.example");
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kOk);
+  uint8_t out[kMaxErrorReplyLength];
+  EXPECT_EQ(BuildErrorReply(q, info, Rcode::kBadVers, 1232, out), 0u);
 }
 
 TEST(TruncateTest, KeepsHeaderQuestionAndOptWithTc) {

@@ -34,9 +34,11 @@ struct UpstreamQueryOptions {
 
 // Writes the upstream form of the valid query `query` (described by `info`)
 // into `out`. Returns its length, or 0 when `out` is too small, the
-// client's OPT options are malformed, any record is malformed, or
-// `info.question_length` does not fit in `query` (answer FORMERR). The
-// question bytes and the ID are copied unchanged.
+// client's OPT options or any record are malformed, or
+// `info.question_length` does not fit in `query` (answer FORMERR). Also 0
+// for an OPT VERSION above 0, which ParseQuery reports as kBadVers first:
+// such a query is answered locally and never forwarded. The question bytes
+// and the ID are copied unchanged.
 size_t BuildUpstreamQuery(std::span<const uint8_t> query, const QueryInfo& info,
                           const UpstreamQueryOptions& options, std::span<uint8_t> out);
 

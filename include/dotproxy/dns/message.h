@@ -10,6 +10,7 @@
 //   switch (dns::ParseQuery(datagram, info)) {
 //     case dns::QueryParse::kOk: ...forward...
 //     case dns::QueryParse::kFormErr: ...reply FORMERR...
+//     case dns::QueryParse::kBadVers: ...BuildErrorReply(..., Rcode::kBadVers, ...)...
 //   }
 
 #include <cstddef>
@@ -32,6 +33,11 @@ inline constexpr uint16_t kClassicUdpLimit = 512;
 inline constexpr uint16_t kTypeOpt = 41;
 inline constexpr uint16_t kTypeSoa = 6;
 
+// Response codes. Values up to 15 fit the header's RCODE field; larger ones
+// are extended RCODEs (RFC 6891 §6.1.3): the low 4 bits go in the header and
+// the upper 8 bits in the OPT RR's TTL, so only a reply with an OPT can
+// carry them. header::GetRcode reads the header bits alone and so never
+// returns one of them.
 enum class Rcode : uint8_t {
   kNoError = 0,
   kFormErr = 1,
@@ -39,6 +45,7 @@ enum class Rcode : uint8_t {
   kNxDomain = 3,
   kNotImp = 4,
   kRefused = 5,
+  kBadVers = 16,  // extended: the query's EDNS VERSION is above ours (0)
 };
 
 inline uint16_t ReadU16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
@@ -87,6 +94,7 @@ enum class QueryParse : uint8_t {
   kDrop,      // no reply at all: too short to carry an ID, or QR=1 (reflection)
   kFormErr,   // reply FORMERR (header usable, body malformed)
   kNotImp,    // reply NOTIMP (opcode other than QUERY)
+  kBadVers,   // reply Rcode::kBadVers (EDNS VERSION > 0, RFC 6891 §6.1.3)
 };
 
 // Facts about a query, as offsets into the caller's buffer: all of them for
@@ -100,6 +108,7 @@ struct QueryInfo {
   uint16_t qclass = 0;
   bool has_edns = false;
   bool dnssec_ok = false;       // EDNS DO bit
+  uint8_t edns_version = 0;     // OPT VERSION as sent, 0 without EDNS
   uint16_t edns_udp_size = 0;   // as advertised, 0 without EDNS
   // Offset of the OPT RR (its owner name byte) or 0 when absent.
   uint16_t opt_offset = 0;
@@ -115,6 +124,11 @@ struct QueryInfo {
 // message is readable as far as its OPT RR, so the error reply carries an
 // OPT as RFC 6891 §7 requires; this includes a FORMERR for the OPT itself
 // (a second OPT, or options that do not add up to its RDLENGTH).
+//
+// Verdicts in order of precedence: kDrop; kFormErr for the question;
+// kNotImp; kFormErr for the records; kBadVers for an OPT VERSION above 0
+// (its options are then not checked: their format is that version's);
+// kFormErr for malformed version-0 options; kOk.
 QueryParse ParseQuery(std::span<const uint8_t> wire, QueryInfo& info);
 
 // Returns the wire length of the uncompressed name at `wire[offset]`, or 0 if
@@ -154,6 +168,11 @@ bool ParseResponse(std::span<const uint8_t> wire, ResponseInfo& info);
 // `has_edns` (and optionally `dnssec_ok`) from a stored query. Returns the
 // length written (at most kMaxErrorReplyLength), or 0 if `out` is too small
 // or `query` is shorter than 4 bytes.
+//
+// An extended `rcode` (above 15, e.g. kBadVers) is split: its low 4 bits in
+// the header, its upper 8 bits in the OPT TTL's first byte. Without
+// `info.has_edns` there is no OPT to carry them, so none is built (returns 0)
+// rather than a reply that would read as a different RCODE.
 size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
                        Rcode rcode, uint16_t our_udp_size,
                        std::span<uint8_t> out);
