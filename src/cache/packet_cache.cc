@@ -7,25 +7,12 @@
 #include <new>
 #include <type_traits>
 
+#include "src/cache/question_hash.h"
+
 namespace dotproxy::cache {
 namespace {
 
 static_assert(std::is_trivially_destructible_v<uint64_t>);
-
-inline uint8_t AsciiLower(uint8_t c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
-
-// FNV-1a over the lower-cased question and the key flags: questions are
-// short, and this runs once per query.
-uint64_t HashQuestion(std::span<const uint8_t> question, uint8_t flags) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  const size_t name_length = question.size() - 4;
-  for (size_t i = 0; i < name_length; ++i) {
-    h = (h ^ AsciiLower(question[i])) * 0x100000001b3ull;
-  }
-  for (size_t i = name_length; i < question.size(); ++i) h = (h ^ question[i]) * 0x100000001b3ull;
-  h = (h ^ flags) * 0x100000001b3ull;
-  return h ^ (h >> 29);
-}
 
 size_t TableSizeFor(size_t entries) {
   size_t size = 16;
@@ -41,7 +28,7 @@ void MakeKey(const uint8_t* message, uint16_t question_length, bool has_edns, bo
   key.flags = static_cast<uint8_t>((dns::header::RecursionDesired(message) ? kKeyRd : 0) |
                                    (dns::header::CheckingDisabled(message) ? kKeyCd : 0) |
                                    (dnssec_ok ? kKeyDo : 0) | (has_edns ? kKeyEdns : 0));
-  key.hash = HashQuestion(key.question, key.flags);
+  key.hash = HashQuestion(key.question, key.flags, ProcessHashSeed());
 }
 
 PacketCache::Mapping::~Mapping() {

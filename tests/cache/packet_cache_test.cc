@@ -2,8 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <set>
 #include <string>
 #include <vector>
+
+#include "src/cache/question_hash.h"
 
 namespace dotproxy::cache {
 namespace {
@@ -279,6 +283,137 @@ TEST(PacketCacheTest, ServedTtlsRespectConfiguredBounds) {
   EXPECT_EQ(dns::ReadU32(out + first_ttl), 95u);       // 5000 capped at 100, aged 5
   EXPECT_EQ(dns::ReadU32(out + first_ttl + 16), 25u);  // 10 raised to 30, aged 5
   EXPECT_EQ(dns::ReadU32(out + first_ttl + 32), 55u);  // within bounds: its own
+}
+
+}  // namespace
+}  // namespace dotproxy::cache
+
+namespace dotproxy::cache {
+namespace {
+
+// QNAME + QTYPE + QCLASS of `name` (labels split at '.', bytes as given).
+Bytes Question(const std::string& name, uint16_t qtype = 1) {
+  Bytes q;
+  size_t start = 0;
+  while (start < name.size()) {
+    size_t dot = name.find('.', start);
+    if (dot == std::string::npos) dot = name.size();
+    q.push_back(static_cast<uint8_t>(dot - start));
+    for (size_t i = start; i < dot; ++i) q.push_back(static_cast<uint8_t>(name[i]));
+    start = dot + 1;
+  }
+  q.push_back(0);
+  U16(q, qtype);
+  U16(q, 1);
+  return q;
+}
+
+// Key 00 01 .. 0f, the SipHash paper's test key.
+HashSeed TestSeed() {
+  HashSeed seed;
+  for (int i = 7; i >= 0; --i) seed.k0 = seed.k0 << 8 | static_cast<uint64_t>(i);
+  for (int i = 15; i >= 8; --i) seed.k1 = seed.k1 << 8 | static_cast<uint64_t>(i);
+  return seed;
+}
+
+// Expected values from an independent SipHash-1-3 (a few lines of Python,
+// itself checked against the paper's SipHash-2-4 vectors) over the
+// lower-cased question followed by the flags byte. The names cover every
+// split of the message into 8-byte words (question of 7, 8, 9, 13, 16 ...
+// bytes), so the tail handling is pinned.
+TEST(QuestionHashTest, MatchesReferenceSipHash13) {
+  const HashSeed seed = TestSeed();
+  EXPECT_EQ(HashQuestion(Question("WwW.Example.COM"), 9, seed), 0xc6a60458dac2c5cbull);
+  EXPECT_EQ(HashQuestion(Question("a"), 0, seed), 0x3df82519bb606c1full);
+  EXPECT_EQ(HashQuestion(Question("AbCdEfG"), 1, seed), 0xe02601bb74f4fc6eull);
+  EXPECT_EQ(HashQuestion(Question("x.y"), 15, seed), 0x5e6a6bb1e24186adull);
+  EXPECT_EQ(HashQuestion(Question("q12345.bench.test"), 9, seed), 0xa42a56718502f827ull);
+  EXPECT_EQ(HashQuestion(Question("Ab"), 9, seed), 0xc454addbebad9d4full);
+  EXPECT_EQ(HashQuestion(Question("ABCDEFGHIJ"), 9, seed), 0x99be8a7972ee5d3cull);
+  EXPECT_EQ(HashQuestion(Question("@AZ[`az{\xc1\xda\x80\xff"), 9, seed), 0x13d60d0427ab71ddull);
+}
+
+// The word-at-a-time lowering must agree with the byte-wise rule for every
+// byte value at every position of a word: A-Z fold, nothing else does
+// ('@', '[', 0xc1 vs 0xe1 stay distinct), and QTYPE/QCLASS are not folded.
+TEST(QuestionHashTest, FoldsExactlyAsciiLettersOfTheName) {
+  const HashSeed seed = TestSeed();
+  for (size_t position = 0; position < 9; ++position) {
+    for (int c = 1; c < 256; ++c) {
+      if (c == '.') continue;
+      std::string name = "abcdefghi";
+      name[position] = static_cast<char>(c);
+      std::string folded = name;
+      const bool upper = c >= 'A' && c <= 'Z';
+      if (upper) folded[position] = static_cast<char>(c + 32);
+      std::string flipped = name;  // the case bit flipped, whatever the byte
+      flipped[position] = static_cast<char>(c ^ 0x20);
+      const uint64_t h = HashQuestion(Question(name), 0, seed);
+      EXPECT_EQ(h, HashQuestion(Question(folded), 0, seed)) << position << " " << c;
+      const bool letter = upper || (c >= 'a' && c <= 'z');
+      if (flipped[position] != '.' && flipped[position] != 0) {
+        EXPECT_EQ(h == HashQuestion(Question(flipped), 0, seed), letter) << position << " " << c;
+      }
+    }
+  }
+  EXPECT_NE(HashQuestion(Question("a", 0x41), 0, seed), HashQuestion(Question("a", 0x61), 0, seed));
+}
+
+TEST(QuestionHashTest, DifferentSeedsHashTheSameKeyDifferently) {
+  const Bytes question = Question("www.example.com");
+  HashSeed a = TestSeed();
+  HashSeed b = a;
+  b.k1 ^= 1;
+  EXPECT_NE(HashQuestion(question, 9, a), HashQuestion(question, 9, b));
+
+  const HashSeed& process = ProcessHashSeed();
+  EXPECT_EQ(process.error, 0);
+  EXPECT_TRUE(process.k0 != 0 || process.k1 != 0);
+  EXPECT_EQ(&process, &ProcessHashSeed());  // read once
+  EXPECT_NE(HashQuestion(question, 9, process), HashQuestion(question, 9, a));
+}
+
+// The index hash before the keyed one (packet_cache.cc at 3225d6c).
+uint64_t UnkeyedFnv1a(std::span<const uint8_t> question, uint8_t flags) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < question.size(); ++i) {
+    uint8_t c = question[i];
+    if (i < question.size() - 4 && c >= 'A' && c <= 'Z') c += 32;
+    h = (h ^ c) * 0x100000001b3ull;
+  }
+  h = (h ^ flags) * 0x100000001b3ull;
+  return h ^ (h >> 29);
+}
+
+// Names a client could compute offline to share one cell under the old
+// unkeyed hash: they must all be cached and found, and under the keyed hash
+// their cells scatter like any names' (before: all 256 in one cell).
+TEST(PacketCacheTest, NamesCollidingUnderUnkeyedHashAllHitAndScatter) {
+  constexpr size_t kEntries = 1024;
+  constexpr uint64_t kTableMask = 2 * kEntries - 1;  // the index table's size for kEntries
+  PacketCache cache(SmallCache(kEntries));
+  std::vector<Bytes> queries;
+  for (int i = 0; queries.size() < 256; ++i) {
+    Bytes q = Query("c" + std::to_string(i));
+    const std::span<const uint8_t> question(q.data() + 12, QuestionLength(q));
+    if ((UnkeyedFnv1a(question, kKeyRd) & kTableMask) == 0x2a) queries.push_back(std::move(q));
+  }
+  std::set<uint64_t> cells;
+  for (const Bytes& q : queries) {
+    CacheKey key;
+    MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+    ASSERT_EQ(key.flags, kKeyRd);
+    cells.insert(key.hash & kTableMask);
+    ASSERT_TRUE(cache.Insert(key, Answer(q, {60}), 0));
+  }
+  for (const Bytes& q : queries) {
+    CacheKey key;
+    MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+    EXPECT_EQ(cache.Find(key, 1).freshness, Freshness::kFresh);
+  }
+  EXPECT_EQ(cache.counters().entries, queries.size());
+  // 256 keys in 2048 cells: ~241 distinct expected; 1 before.
+  EXPECT_GT(cells.size(), 200u);
 }
 
 }  // namespace

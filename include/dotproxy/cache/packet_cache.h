@@ -41,6 +41,8 @@ inline constexpr size_t kMaxCachedAnswer = 1232;
 inline constexpr size_t kMaxTtlOffsets = 64;
 
 struct CacheKey {
+  // Keyed with a per-process random seed (src/cache/question_hash.h): the
+  // index comes from the low bits, the tag from the high 32.
   uint64_t hash = 0;
   uint8_t flags = 0;  // kKeyRd | kKeyCd | kKeyDo | kKeyEdns
   std::span<const uint8_t> question;  // borrowed: QNAME + QTYPE + QCLASS as sent
@@ -120,6 +122,9 @@ class PacketCache {
   };
 
   uint8_t* Wire(uint32_t entry) { return wire_ + size_t{entry} * kMaxCachedAnswer; }
+  // The cell index is hash & table_mask_ (the low bits; the table has at
+  // most 2^32 cells), the tag the high 32 bits: no bit serves both, so keys
+  // sharing a cell still differ in tag but for chance (2^-32).
   static uint32_t Tag(uint64_t hash) { return static_cast<uint32_t>(hash >> 32); }
   static uint64_t MakeCell(uint32_t entry, uint64_t hash) {
     return uint64_t{Tag(hash)} << 32 | (entry + 1);
