@@ -10,6 +10,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/common/wire.h"
@@ -49,10 +50,16 @@ std::vector<Query> MakeQueries(size_t count, std::string_view prefix) {
   return MakeQueries(bench::MakeNames(count, prefix));
 }
 
-std::unique_ptr<PacketCache> FilledCache(const std::vector<Query>& queries) {
+std::unique_ptr<PacketCache> NewCache(size_t entries) {
   CacheConfig config;
-  config.entries = kEntries;
-  auto cache = std::make_unique<PacketCache>(config);
+  config.entries = entries;
+  absl::StatusOr<std::unique_ptr<PacketCache>> cache = PacketCache::Create(config);
+  if (!cache.ok()) std::abort();
+  return *std::move(cache);
+}
+
+std::unique_ptr<PacketCache> FilledCache(const std::vector<Query>& queries) {
+  std::unique_ptr<PacketCache> cache = NewCache(kEntries);
   for (const Query& q : queries) {
     const std::vector<uint8_t> answer = bench::MakeAnswer(q.name, q.info.id, true);
     if (!cache->Insert(q.key, answer, kNow)) std::abort();
@@ -221,9 +228,7 @@ BENCHMARK(BM_PacketCache_HitPath);
 // Insert answers into a full cache (every insert evicts via CLOCK): the miss
 // path's cost when the upstream's answer comes back.
 void BM_PacketCache_InsertEvicting(benchmark::State& state) {
-  CacheConfig config;
-  config.entries = 1024;
-  PacketCache cache(config);
+  std::unique_ptr<PacketCache> cache = NewCache(1024);
   const std::vector<Query> queries = MakeQueries(4096, "ins");
   std::vector<std::vector<uint8_t>> answers;
   const std::vector<std::string> names = bench::MakeNames(4096, "ins");
@@ -232,7 +237,7 @@ void BM_PacketCache_InsertEvicting(benchmark::State& state) {
   }
   size_t i = 0;
   for (auto _ : state) {
-    bool ok = cache.Insert(queries[i].key, answers[i], kNow);
+    bool ok = cache->Insert(queries[i].key, answers[i], kNow);
     i = (i + 1) & 4095;
     benchmark::DoNotOptimize(ok);
   }

@@ -1,11 +1,17 @@
 #include "dotproxy/cache/packet_cache.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <new>
 #include <type_traits>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 #include "src/cache/question_hash.h"
 
@@ -14,10 +20,16 @@ namespace {
 
 static_assert(std::is_trivially_destructible_v<uint64_t>);
 
+// REQUIRES: entries <= kMaxCacheEntries (so this cannot overflow).
 size_t TableSizeFor(size_t entries) {
   size_t size = 16;
   while (size < entries * 2) size <<= 1;
   return size;
+}
+
+size_t WholePages(size_t bytes) {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return (bytes + page - 1) / page * page;
 }
 
 }  // namespace
@@ -31,32 +43,83 @@ void MakeKey(const uint8_t* message, uint16_t question_length, bool has_edns, bo
   key.hash = HashQuestion(key.question, key.flags, ProcessHashSeed());
 }
 
-PacketCache::Mapping::~Mapping() {
+void PacketCache::Mapping::Unmap() {
   if (address != nullptr) munmap(address, bytes);
+  address = nullptr;
+  bytes = 0;
 }
 
-void* PacketCache::Map(Mapping& mapping, size_t bytes) {
-  if (bytes == 0) return nullptr;
+int PacketCache::Map(Mapping& mapping, size_t bytes) {
+  if (bytes == 0) return 0;
   void* address = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (address == MAP_FAILED) throw std::bad_alloc();  // start-up only
+  if (address == MAP_FAILED) return errno;
+  mapping.address = address;  // unmapped by the caller also when populating fails
+  mapping.bytes = bytes;
+  // A hint only: fails (EINVAL) on kernels without transparent huge pages.
   madvise(address, bytes, MADV_HUGEPAGE);
   // Fault it all in now (MADV_POPULATE_WRITE, Linux 5.14+): the cache's
   // memory is committed at start, as the operator sized it, and zeroing
   // fresh pages does not land on the query path while the cache fills.
-  madvise(address, bytes, MADV_POPULATE_WRITE);
-  mapping.address = address;
-  mapping.bytes = bytes;
-  return address;
+  // EINVAL: an older kernel without it; pages then fault in on first use.
+  // ENOMEM, EFAULT, EHWPOISON ...: the memory is not there; say so now.
+  if (madvise(address, bytes, MADV_POPULATE_WRITE) != 0 && errno != EINVAL) return errno;
+  return 0;
 }
 
-PacketCache::PacketCache(const CacheConfig& config)
-    : config_(config),
-      capacity_(config.entries),
-      table_(new uint64_t[TableSizeFor(config.entries)]()),
-      table_mask_(TableSizeFor(config.entries) - 1) {
-  // Zero-filled by the kernel: a zero Entry is a free one.
-  entries_ = static_cast<Entry*>(Map(entries_mapping_, capacity_ * sizeof(Entry)));
-  wire_ = static_cast<uint8_t*>(Map(wire_mapping_, capacity_ * kMaxCachedAnswer));
+size_t PacketCache::MemoryBytes(size_t entries) {
+  if (entries == 0) return 0;
+  if (entries > kMaxCacheEntries) return SIZE_MAX;
+  return WholePages(entries * sizeof(Entry)) + WholePages(entries * kMaxCachedAnswer) +
+         WholePages(TableSizeFor(entries) * sizeof(uint64_t));
+}
+
+PacketCache::PacketCache(const CacheConfig& config, Unallocated) : config_(config) {}
+
+absl::Status PacketCache::Allocate() {
+  const size_t entries = config_.entries;
+  if (entries == 0) return absl::OkStatus();
+  const size_t table_size = TableSizeFor(entries);
+  // Zero-filled by the kernel: a zero Entry is a free one, a zero cell empty.
+  int error = Map(entries_mapping_, WholePages(entries * sizeof(Entry)));
+  if (error == 0) error = Map(wire_mapping_, WholePages(entries * kMaxCachedAnswer));
+  if (error == 0) error = Map(table_mapping_, WholePages(table_size * sizeof(uint64_t)));
+  if (error != 0) {
+    entries_mapping_.Unmap();
+    wire_mapping_.Unmap();
+    table_mapping_.Unmap();
+    const size_t mib = (MemoryBytes(entries) + (size_t{1} << 20) - 1) >> 20;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "cannot commit %d MiB for %d cache entries: %s", mib, entries, std::strerror(error)));
+  }
+  entries_ = static_cast<Entry*>(entries_mapping_.address);
+  wire_ = static_cast<uint8_t*>(wire_mapping_.address);
+  table_ = static_cast<uint64_t*>(table_mapping_.address);
+  table_mask_ = table_size - 1;
+  capacity_ = entries;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<PacketCache>> PacketCache::Create(const CacheConfig& config) {
+  if (config.entries > kMaxCacheEntries) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%d cache entries per shard is more than the %d one cache can index", config.entries,
+        kMaxCacheEntries));
+  }
+  if (const int error = ProcessHashSeed().error; error != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot seed the cache hash: getrandom: ", std::strerror(error)));
+  }
+  std::unique_ptr<PacketCache> cache(new (std::nothrow) PacketCache(config, Unallocated{}));
+  if (cache == nullptr) {
+    return absl::ResourceExhaustedError("cannot allocate the packet cache object");
+  }
+  if (absl::Status status = cache->Allocate(); !status.ok()) return status;
+  return cache;
+}
+
+PacketCache::PacketCache(const CacheConfig& config) : config_(config) {
+  // Failure leaves capacity_ 0: Find misses, Insert refuses.
+  if (config.entries <= kMaxCacheEntries && ProcessHashSeed().error == 0) (void)Allocate();
 }
 
 bool PacketCache::Matches(uint32_t entry, const CacheKey& key) {
@@ -263,6 +326,7 @@ bool PacketCache::Insert(const CacheKey& key, std::span<const uint8_t> answer, u
 void PacketCache::MarkPrefetching(uint32_t entry) { entries_[entry].prefetching = true; }
 
 void PacketCache::PrefetchDone(const CacheKey& key) {
+  if (capacity_ == 0) return;
   bool found = false;
   const size_t cell = Probe(key, found);
   if (found) entries_[CellEntry(table_[cell])].prefetching = false;

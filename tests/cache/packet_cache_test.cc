@@ -1,10 +1,16 @@
 #include "dotproxy/cache/packet_cache.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "src/cache/question_hash.h"
@@ -75,8 +81,18 @@ CacheConfig SmallCache(size_t entries = 8) {
   return config;
 }
 
+std::unique_ptr<PacketCache> MustCreate(const CacheConfig& config) {
+  absl::StatusOr<std::unique_ptr<PacketCache>> cache = PacketCache::Create(config);
+  if (!cache.ok()) {
+    ADD_FAILURE() << cache.status();
+    std::abort();
+  }
+  return *std::move(cache);
+}
+
 TEST(PacketCacheTest, MissThenHitWithClientIdCaseAndAgedTtl) {
-  PacketCache cache(SmallCache());
+  std::unique_ptr<PacketCache> owned = MustCreate(SmallCache());
+  PacketCache& cache = *owned;
   Bytes query = Query("www");
   CacheKey key;
   MakeKey(query.data(), static_cast<uint16_t>(QuestionLength(query)), false, false, key);
@@ -100,7 +116,8 @@ TEST(PacketCacheTest, MissThenHitWithClientIdCaseAndAgedTtl) {
 }
 
 TEST(PacketCacheTest, KeyIncludesTypeAndDnssecBits) {
-  PacketCache cache(SmallCache());
+  std::unique_ptr<PacketCache> owned = MustCreate(SmallCache());
+  PacketCache& cache = *owned;
   Bytes a = Query("x", 1, 1);
   Bytes aaaa = Query("x", 1, 28);
   CacheKey key_a, key_aaaa, key_a_do;
@@ -116,7 +133,8 @@ TEST(PacketCacheTest, KeyIncludesTypeAndDnssecBits) {
 TEST(PacketCacheTest, ExpiresThenServesStaleWithinWindow) {
   CacheConfig config = SmallCache();
   config.stale_window = 100;
-  PacketCache cache(config);
+  std::unique_ptr<PacketCache> owned = MustCreate(config);
+  PacketCache& cache = *owned;
   Bytes q = Query("s");
   CacheKey key;
   MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
@@ -134,7 +152,8 @@ TEST(PacketCacheTest, ExpiresThenServesStaleWithinWindow) {
 TEST(PacketCacheTest, NegativeAnswersUseSoaMinimumWithCap) {
   CacheConfig config = SmallCache();
   config.negative_max_ttl = 30;
-  PacketCache cache(config);
+  std::unique_ptr<PacketCache> owned = MustCreate(config);
+  PacketCache& cache = *owned;
   Bytes q = Query("nx");
   uint16_t offsets[kMaxTtlOffsets];
   uint16_t count;
@@ -148,7 +167,8 @@ TEST(PacketCacheTest, PositiveTtlIsMinimumClampedByPolicy) {
   CacheConfig config = SmallCache();
   config.min_ttl = 10;
   config.max_ttl = 100;
-  PacketCache cache(config);
+  std::unique_ptr<PacketCache> owned = MustCreate(config);
+  PacketCache& cache = *owned;
   Bytes q = Query("p");
   uint16_t offsets[kMaxTtlOffsets];
   uint16_t count;
@@ -159,7 +179,8 @@ TEST(PacketCacheTest, PositiveTtlIsMinimumClampedByPolicy) {
 }
 
 TEST(PacketCacheTest, ServfailBrieflyTruncatedAndRefusedNever) {
-  PacketCache cache(SmallCache());
+  std::unique_ptr<PacketCache> owned = MustCreate(SmallCache());
+  PacketCache& cache = *owned;
   Bytes q = Query("f");
   uint16_t offsets[kMaxTtlOffsets];
   uint16_t count;
@@ -175,7 +196,8 @@ TEST(PacketCacheTest, ServfailBrieflyTruncatedAndRefusedNever) {
 }
 
 TEST(PacketCacheTest, ServfailDoesNotReplaceAnAnswer) {
-  PacketCache cache(SmallCache());
+  std::unique_ptr<PacketCache> owned = MustCreate(SmallCache());
+  PacketCache& cache = *owned;
   Bytes q = Query("keep");
   CacheKey key;
   MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
@@ -185,7 +207,8 @@ TEST(PacketCacheTest, ServfailDoesNotReplaceAnAnswer) {
 }
 
 TEST(PacketCacheTest, BoundedWithClockEviction) {
-  PacketCache cache(SmallCache(4));
+  std::unique_ptr<PacketCache> owned = MustCreate(SmallCache(4));
+  PacketCache& cache = *owned;
   std::vector<Bytes> queries;
   for (int i = 0; i < 20; ++i) queries.push_back(Query("n" + std::to_string(i)));
   for (const Bytes& q : queries) {
@@ -205,7 +228,8 @@ TEST(PacketCacheTest, BoundedWithClockEviction) {
 }
 
 TEST(PacketCacheTest, RecentlyUsedEntrySurvivesEviction) {
-  PacketCache cache(SmallCache(2));
+  std::unique_ptr<PacketCache> owned = MustCreate(SmallCache(2));
+  PacketCache& cache = *owned;
   Bytes hot = Query("hot"), a = Query("a"), b = Query("b");
   CacheKey k_hot, k_a, k_b;
   MakeKey(hot.data(), static_cast<uint16_t>(QuestionLength(hot)), false, false, k_hot);
@@ -220,7 +244,8 @@ TEST(PacketCacheTest, RecentlyUsedEntrySurvivesEviction) {
 }
 
 TEST(PacketCacheTest, PrefetchDueInLastTenthOnce) {
-  PacketCache cache(SmallCache());
+  std::unique_ptr<PacketCache> owned = MustCreate(SmallCache());
+  PacketCache& cache = *owned;
   Bytes q = Query("pf");
   CacheKey key;
   MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
@@ -235,7 +260,8 @@ TEST(PacketCacheTest, PrefetchDueInLastTenthOnce) {
 }
 
 TEST(PacketCacheTest, TruncatesHitToClientLimit) {
-  PacketCache cache(SmallCache());
+  std::unique_ptr<PacketCache> owned = MustCreate(SmallCache());
+  PacketCache& cache = *owned;
   Bytes q = Query("big");
   CacheKey key;
   MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
@@ -252,7 +278,8 @@ TEST(PacketCacheTest, TruncatesHitToClientLimit) {
 }
 
 TEST(PacketCacheTest, ZeroCapacityCachesNothing) {
-  PacketCache cache(SmallCache(0));
+  std::unique_ptr<PacketCache> owned = MustCreate(SmallCache(0));
+  PacketCache& cache = *owned;
   Bytes q = Query("z");
   CacheKey key;
   MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
@@ -270,7 +297,8 @@ TEST(PacketCacheTest, ServedTtlsRespectConfiguredBounds) {
   CacheConfig config = SmallCache();
   config.min_ttl = 30;
   config.max_ttl = 100;
-  PacketCache cache(config);
+  std::unique_ptr<PacketCache> owned = MustCreate(config);
+  PacketCache& cache = *owned;
   Bytes q = Query("clamp");
   CacheKey key;
   MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
@@ -391,7 +419,8 @@ uint64_t UnkeyedFnv1a(std::span<const uint8_t> question, uint8_t flags) {
 TEST(PacketCacheTest, NamesCollidingUnderUnkeyedHashAllHitAndScatter) {
   constexpr size_t kEntries = 1024;
   constexpr uint64_t kTableMask = 2 * kEntries - 1;  // the index table's size for kEntries
-  PacketCache cache(SmallCache(kEntries));
+  std::unique_ptr<PacketCache> owned = MustCreate(SmallCache(kEntries));
+  PacketCache& cache = *owned;
   std::vector<Bytes> queries;
   for (int i = 0; queries.size() < 256; ++i) {
     Bytes q = Query("c" + std::to_string(i));
@@ -414,6 +443,88 @@ TEST(PacketCacheTest, NamesCollidingUnderUnkeyedHashAllHitAndScatter) {
   EXPECT_EQ(cache.counters().entries, queries.size());
   // 256 keys in 2048 cells: ~241 distinct expected; 1 before.
   EXPECT_GT(cells.size(), 200u);
+}
+
+}  // namespace
+}  // namespace dotproxy::cache
+
+namespace dotproxy::cache {
+namespace {
+
+// Caps this (forked) process's address space so that mmap fails with
+// ENOMEM whatever the machine's memory and overcommit policy.
+void LimitAddressSpace(size_t bytes) {
+  const rlimit limit = {bytes, bytes};
+  if (setrlimit(RLIMIT_AS, &limit) != 0) std::_Exit(2);
+}
+
+// Before: the constructor's new[] threw std::bad_alloc (uncaught on a shard
+// thread: abort). Now Create says what it could not have, as a Status.
+TEST(PacketCacheDeathTest, CreateReportsMemoryItCannotCommit) {
+  EXPECT_EXIT(
+      {
+        LimitAddressSpace(size_t{1} << 30);
+        CacheConfig config = SmallCache(1000000);  // ~1.4 GB
+        absl::StatusOr<std::unique_ptr<PacketCache>> cache = PacketCache::Create(config);
+        std::fprintf(stderr, "%s\n", cache.status().ToString().c_str());
+        std::_Exit(cache.status().code() == absl::StatusCode::kResourceExhausted ? 0 : 1);
+      },
+      testing::ExitedWithCode(0),
+      "^RESOURCE_EXHAUSTED: cannot commit " +
+          std::to_string((PacketCache::MemoryBytes(1000000) + (1 << 20) - 1) >> 20) +
+          " MiB for 1000000 cache entries: Cannot allocate memory\n$");
+}
+
+// The constructor callers have not yet left behind must not throw either.
+TEST(PacketCacheDeathTest, DeprecatedConstructorGivesAnEmptyCacheWhenMemoryIsShort) {
+  EXPECT_EXIT(
+      {
+        LimitAddressSpace(size_t{1} << 30);
+        PacketCache cache(SmallCache(1000000));
+        Bytes q = Query("m");
+        CacheKey key;
+        MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+        const bool cached = cache.Insert(key, Answer(q, {60}), 0);
+        cache.PrefetchDone(key);
+        std::_Exit(cache.capacity() == 0 && !cached ? 0 : 1);
+      },
+      testing::ExitedWithCode(0), "");
+}
+
+TEST(PacketCacheTest, CreateRejectsMoreEntriesThanOneIndexHolds) {
+  const absl::StatusOr<std::unique_ptr<PacketCache>> cache =
+      PacketCache::Create(SmallCache(kMaxCacheEntries + 1));
+  EXPECT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PacketCache::MemoryBytes(kMaxCacheEntries + 1), SIZE_MAX);
+}
+
+// Field `key` of /proc/self/status, in bytes.
+size_t ProcStatusBytes(const std::string& key) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::stoull(line.substr(key.size() + 1)) * 1024;
+  }
+  return 0;
+}
+
+// MemoryBytes is what Create maps, and all of it is resident once Create
+// returns (populated, not left to fault in on the query path).
+TEST(PacketCacheTest, MemoryBytesIsWhatCreateCommits) {
+  EXPECT_EQ(PacketCache::MemoryBytes(0), 0u);
+  constexpr size_t kEntries = 10000;
+  const size_t expected = PacketCache::MemoryBytes(kEntries);
+  EXPECT_GT(expected, kEntries * kMaxCachedAnswer);
+  const size_t size_before = ProcStatusBytes("VmSize");
+  const size_t resident_before = ProcStatusBytes("RssAnon");
+  std::unique_ptr<PacketCache> cache = MustCreate(SmallCache(kEntries));
+  const size_t mapped = ProcStatusBytes("VmSize") - size_before;
+  const size_t resident = ProcStatusBytes("RssAnon") - resident_before;
+  // The PacketCache object itself may grow the heap by a little.
+  EXPECT_GE(mapped, expected);
+  EXPECT_LE(mapped, expected + (size_t{1} << 20));
+  EXPECT_GE(resident, expected);
+  EXPECT_LE(resident, expected + (size_t{1} << 20));
 }
 
 }  // namespace
