@@ -27,6 +27,19 @@ size_t TableSizeFor(size_t entries) {
   return size;
 }
 
+// The MINIMUM of the SOA whose RDATA is answer[rdata, end), if that RDATA is
+// what RFC 1035 §3.3.13 says: MNAME and RNAME, each ending inside it, then
+// exactly five 32-bit fields (SERIAL .. MINIMUM, big-endian).
+bool SoaMinimum(std::span<const uint8_t> answer, size_t rdata, size_t end, uint32_t& minimum) {
+  const std::span<const uint8_t> through_rdata = answer.first(end);  // names cannot run past it
+  size_t pos = dns::SkipName(through_rdata, rdata);                  // MNAME
+  if (pos == 0) return false;
+  pos = dns::SkipName(through_rdata, pos);  // RNAME
+  if (pos == 0 || end - pos != 20) return false;
+  minimum = dns::ReadU32(&answer[end - 4]);
+  return true;
+}
+
 size_t WholePages(size_t bytes) {
   static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   return (bytes + page - 1) / page * page;
@@ -232,9 +245,16 @@ uint32_t PacketCache::CacheTtl(std::span<const uint8_t> answer, uint16_t* ttl_of
     ttl_offsets[ttl_count++] = static_cast<uint16_t>(fixed + 4);
     const uint32_t ttl = dns::ReadU32(&answer[fixed + 4]);
     if (i < answers + authority) min_ttl = std::min(min_ttl, ttl);
-    if (i >= answers && i < answers + authority && type == dns::kTypeSoa) {
-      // SOA MINIMUM is the last 4 bytes of its RDATA.
-      const uint32_t minimum = dns::ReadU32(&answer[pos - 4]);
+    // A malformed SOA (RDLENGTH < 22, names running past the RDATA, bytes
+    // left over) gives no negative TTL: its "MINIMUM" would be whatever
+    // bytes sit there (its own TTL or RDLENGTH when RDLENGTH < 4). We do
+    // not fall back to the SOA's TTL alone: an upstream that sends a broken
+    // SOA is not one whose NXDOMAIN/NODATA we want to pin for up to
+    // negative_max_ttl; with no usable SOA the answer is not cached
+    // (RFC 2308 §5), which costs only a round trip per query.
+    uint32_t minimum = 0;
+    if (i >= answers && i < answers + authority && type == dns::kTypeSoa &&
+        SoaMinimum(answer, fixed + 10 /* TYPE CLASS TTL RDLENGTH */, pos, minimum)) {
       negative_ttl = std::min(ttl, minimum);
     }
   }

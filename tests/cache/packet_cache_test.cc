@@ -529,3 +529,83 @@ TEST(PacketCacheTest, MemoryBytesIsWhatCreateCommits) {
 
 }  // namespace
 }  // namespace dotproxy::cache
+
+namespace dotproxy::cache {
+namespace {
+
+// A negative answer to `query` (NXDOMAIN, or NODATA when `rcode` is 0) whose
+// one authority record is a SOA (TTL 600) with `rdata` as its RDATA, then an
+// OPT record (so that bytes follow the SOA, as in most real answers).
+Bytes NegativeWithSoa(const Bytes& query, const Bytes& rdata, uint8_t rcode = 3) {
+  Bytes a(query.begin(), query.end());
+  a[2] |= 0x80;
+  a[3] = static_cast<uint8_t>(0x80 | rcode);
+  a[9] = 1;  // NSCOUNT
+  a.insert(a.end(), {0xc0, 12});
+  U16(a, dns::kTypeSoa);
+  U16(a, 1);
+  U32(a, 600);
+  U16(a, static_cast<uint16_t>(rdata.size()));
+  a.insert(a.end(), rdata.begin(), rdata.end());
+  a[11] = 1;  // ARCOUNT: OPT
+  a.push_back(0);
+  U16(a, dns::kTypeOpt);
+  U16(a, 1232);
+  U32(a, 0);
+  U16(a, 0);
+  return a;
+}
+
+// SERIAL, REFRESH, RETRY, EXPIRE = 1, 2, 3, 4, then MINIMUM; the first
+// `count` of those five fields.
+Bytes SoaFields(uint32_t minimum, int count = 5) {
+  Bytes b;
+  const uint32_t fields[] = {1, 2, 3, 4, minimum};
+  for (int i = 0; i < count; ++i) U32(b, fields[i]);
+  return b;
+}
+
+Bytes Concat(Bytes a, const Bytes& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// The SOA's MINIMUM is read only from a well-formed RDATA. Before, it was
+// the 4 bytes before the record's end whatever RDLENGTH said: with
+// RDLENGTH 2 that was RDLENGTH itself and the names (0x00020000 = 131072,
+// so TTL 600), with four fields EXPIRE (4).
+TEST(PacketCacheTest, SoaWithMalformedRdataGivesNoNegativeTtl) {
+  std::unique_ptr<PacketCache> cache = MustCreate(SmallCache());
+  const Bytes q = Query("soa");
+  const Bytes root_names = {0, 0};            // MNAME, RNAME: root
+  const Bytes pointer_names = {0xc0, 12, 0xc0, 12};  // both compressed to the QNAME
+  uint16_t offsets[kMaxTtlOffsets];
+  uint16_t count;
+  // Well formed: MINIMUM (20) < TTL (600), plain or compressed names; NXDOMAIN and NODATA.
+  EXPECT_EQ(cache->CacheTtl(NegativeWithSoa(q, Concat(root_names, SoaFields(20))), offsets, count), 20u);
+  EXPECT_EQ(cache->CacheTtl(NegativeWithSoa(q, Concat(pointer_names, SoaFields(20))), offsets, count),
+            20u);
+  EXPECT_EQ(cache->CacheTtl(NegativeWithSoa(q, Concat(root_names, SoaFields(20)), 0), offsets, count),
+            20u);
+
+  const Bytes malformed[] = {
+      {},                                      // RDLENGTH 0
+      root_names,                              // RDLENGTH 2: no fields at all
+      Concat(root_names, SoaFields(20, 4)),    // no MINIMUM
+      Concat(root_names, Bytes(19, 0)),        // RDLENGTH 21
+      Concat(Concat(root_names, SoaFields(20)), {0}),  // a byte left over
+      Concat({30, 'x', 0}, SoaFields(20)),     // MNAME runs past the RDATA (RDLENGTH 23)
+      {0, 0xc0},                               // RNAME's pointer cut by the RDATA's end
+  };
+  for (const Bytes& rdata : malformed) {
+    SCOPED_TRACE(rdata.size());
+    EXPECT_EQ(cache->CacheTtl(NegativeWithSoa(q, rdata), offsets, count), 0u);
+    EXPECT_EQ(cache->CacheTtl(NegativeWithSoa(q, rdata, 0), offsets, count), 0u);
+    CacheKey key;
+    MakeKey(q.data(), static_cast<uint16_t>(QuestionLength(q)), false, false, key);
+    EXPECT_FALSE(cache->Insert(key, NegativeWithSoa(q, rdata), 0));
+  }
+}
+
+}  // namespace
+}  // namespace dotproxy::cache
