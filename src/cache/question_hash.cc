@@ -37,7 +37,10 @@ inline uint64_t Load64(const uint8_t* p) {
 
 // Lowers ASCII A-Z in the bytes of `word` selected by `mask` (0xff per byte),
 // eight at a time; other bytes, 0x80-0xff included, are left alone, exactly
-// as a byte-wise `c >= 'A' && c <= 'Z' ? c + 32 : c`.
+// as a byte-wise `c >= 'A' && c <= 'Z' ? c + 32 : c`. That is AsciiLower in
+// src/dns/message.cc (used by dns::QuestionsMatch), and the two must agree:
+// questions that match must hash alike. A private copy until dns/ settles
+// (another change is under way there); QuestionHashTest pins the rule.
 inline uint64_t LowerAscii(uint64_t word, uint64_t mask) {
   constexpr uint64_t kOnes = 0x0101010101010101ull;
   const uint64_t low7 = word & (0x7f * kOnes);
