@@ -8,6 +8,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/common/wire.h"
@@ -27,11 +30,10 @@ struct Query {
   CacheKey key;
 };
 
-// `count` parsed EDNS queries for distinct names, each with its key. `prefix`
-// keeps the hit and miss sets disjoint.
-std::vector<Query> MakeQueries(size_t count, std::string_view prefix) {
+// Parsed EDNS queries for `names`, each with its key.
+std::vector<Query> MakeQueries(const std::vector<std::string>& names) {
+  const size_t count = names.size();
   std::vector<Query> out(count);
-  const std::vector<std::string> names = bench::MakeNames(count, prefix);
   for (size_t i = 0; i < count; ++i) {
     out[i].name = names[i];
     out[i].wire = bench::MakeQuery(names[i], static_cast<uint16_t>(i), true);
@@ -42,10 +44,22 @@ std::vector<Query> MakeQueries(size_t count, std::string_view prefix) {
   return out;
 }
 
-std::unique_ptr<PacketCache> FilledCache(const std::vector<Query>& queries) {
+// `count` parsed EDNS queries for distinct names, each with its key. `prefix`
+// keeps the hit and miss sets disjoint.
+std::vector<Query> MakeQueries(size_t count, std::string_view prefix) {
+  return MakeQueries(bench::MakeNames(count, prefix));
+}
+
+std::unique_ptr<PacketCache> NewCache(size_t entries) {
   CacheConfig config;
-  config.entries = kEntries;
-  auto cache = std::make_unique<PacketCache>(config);
+  config.entries = entries;
+  absl::StatusOr<std::unique_ptr<PacketCache>> cache = PacketCache::Create(config);
+  if (!cache.ok()) std::abort();
+  return *std::move(cache);
+}
+
+std::unique_ptr<PacketCache> FilledCache(const std::vector<Query>& queries) {
+  std::unique_ptr<PacketCache> cache = NewCache(kEntries);
   for (const Query& q : queries) {
     const std::vector<uint8_t> answer = bench::MakeAnswer(q.name, q.info.id, true);
     if (!cache->Insert(q.key, answer, kNow)) std::abort();
@@ -97,6 +111,75 @@ void BM_PacketCache_FindMiss(benchmark::State& state) {
 }
 BENCHMARK(BM_PacketCache_FindMiss);
 
+// The index hash before the keyed one: unseeded FNV-1a over the lower-cased
+// QNAME, QTYPE, QCLASS and key flags (packet_cache.cc at 3225d6c). Anyone can
+// compute it offline, so anyone can pick names that share one index.
+uint64_t OldUnkeyedHash(std::span<const uint8_t> question, uint8_t flags) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  const size_t name_length = question.size() - 4;
+  for (size_t i = 0; i < question.size(); ++i) {
+    uint8_t c = question[i];
+    if (i < name_length && c >= 'A' && c <= 'Z') c += 32;
+    h = (h ^ c) * 0x100000001b3ull;
+  }
+  h = (h ^ flags) * 0x100000001b3ull;
+  return h ^ (h >> 29);
+}
+
+// Names whose old index (hash & table mask, table as sized for kEntries)
+// falls in one narrow window of cells: under linear probing they pile up
+// into one cluster as long as the number of names, whatever the window's
+// exact start. A window rather than one cell keeps the brute force in setup
+// to ~1000 hashes per name instead of ~260000.
+std::vector<std::string> NamesCollidingUnderOldHash(size_t count) {
+  size_t table_size = 16;
+  while (table_size < kEntries * 2) table_size <<= 1;
+  constexpr uint64_t kWindowStart = 0x1234;
+  constexpr uint64_t kWindow = 256;
+  constexpr uint8_t kFlags = kKeyRd | kKeyEdns;  // what bench::MakeQuery sends
+  std::vector<std::string> names;
+  for (uint64_t i = 0; names.size() < count; ++i) {
+    std::string name = "c" + std::to_string(i) + ".bench.test";
+    std::vector<uint8_t> question;
+    bench::PutName(question, name);
+    bench::PutU16(question, 1);  // A
+    bench::PutU16(question, 1);  // IN
+    const uint64_t cell = OldUnkeyedHash(question, kFlags) & (table_size - 1);
+    if (cell - kWindowStart < kWindow) names.push_back(std::move(name));
+  }
+  return names;
+}
+
+constexpr size_t kHostileNames = 4096;
+
+// A hit in a cache holding `queries`, cycling through all of them.
+void HitAfter(benchmark::State& state, const std::vector<Query>& queries) {
+  auto cache = FilledCache(queries);
+  size_t i = 0;
+  for (auto _ : state) {
+    Found found = cache->Find(queries[i].key, kNow + 1);
+    if (found.freshness != Freshness::kFresh) state.SkipWithError("miss");
+    if (++i == queries.size()) i = 0;
+    benchmark::DoNotOptimize(found);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+// Hash flooding: a client fills the cache with names chosen offline to share
+// one index under the old unkeyed hash; every later hit on them walks the
+// cluster. With a keyed hash they scatter like any names, so this and
+// BM_PacketCache_HitAfterRandomNames should be level.
+void BM_PacketCache_HitAfterCollidingNames(benchmark::State& state) {
+  HitAfter(state, MakeQueries(NamesCollidingUnderOldHash(kHostileNames)));
+}
+BENCHMARK(BM_PacketCache_HitAfterCollidingNames);
+
+// The same with as many ordinary names: the baseline for the one above.
+void BM_PacketCache_HitAfterRandomNames(benchmark::State& state) {
+  HitAfter(state, MakeQueries(kHostileNames, "r"));
+}
+BENCHMARK(BM_PacketCache_HitAfterRandomNames);
+
 // Serve a found entry: copy, patch ID + question + TTL.
 void BM_PacketCache_Serve(benchmark::State& state) {
   const std::vector<Query> queries = MakeQueries(100, "q");
@@ -145,9 +228,7 @@ BENCHMARK(BM_PacketCache_HitPath);
 // Insert answers into a full cache (every insert evicts via CLOCK): the miss
 // path's cost when the upstream's answer comes back.
 void BM_PacketCache_InsertEvicting(benchmark::State& state) {
-  CacheConfig config;
-  config.entries = 1024;
-  PacketCache cache(config);
+  std::unique_ptr<PacketCache> cache = NewCache(1024);
   const std::vector<Query> queries = MakeQueries(4096, "ins");
   std::vector<std::vector<uint8_t>> answers;
   const std::vector<std::string> names = bench::MakeNames(4096, "ins");
@@ -156,7 +237,7 @@ void BM_PacketCache_InsertEvicting(benchmark::State& state) {
   }
   size_t i = 0;
   for (auto _ : state) {
-    bool ok = cache.Insert(queries[i].key, answers[i], kNow);
+    bool ok = cache->Insert(queries[i].key, answers[i], kNow);
     i = (i + 1) & 4095;
     benchmark::DoNotOptimize(ok);
   }

@@ -1,36 +1,48 @@
 #include "dotproxy/cache/packet_cache.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <new>
 #include <type_traits>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+#include "src/cache/question_hash.h"
 
 namespace dotproxy::cache {
 namespace {
 
 static_assert(std::is_trivially_destructible_v<uint64_t>);
 
-inline uint8_t AsciiLower(uint8_t c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
-
-// FNV-1a over the lower-cased question and the key flags: questions are
-// short, and this runs once per query.
-uint64_t HashQuestion(std::span<const uint8_t> question, uint8_t flags) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  const size_t name_length = question.size() - 4;
-  for (size_t i = 0; i < name_length; ++i) {
-    h = (h ^ AsciiLower(question[i])) * 0x100000001b3ull;
-  }
-  for (size_t i = name_length; i < question.size(); ++i) h = (h ^ question[i]) * 0x100000001b3ull;
-  h = (h ^ flags) * 0x100000001b3ull;
-  return h ^ (h >> 29);
-}
-
+// REQUIRES: entries <= kMaxCacheEntries (so this cannot overflow).
 size_t TableSizeFor(size_t entries) {
   size_t size = 16;
   while (size < entries * 2) size <<= 1;
   return size;
+}
+
+// The MINIMUM of the SOA whose RDATA is answer[rdata, end), if that RDATA is
+// what RFC 1035 §3.3.13 says: MNAME and RNAME, each ending inside it, then
+// exactly five 32-bit fields (SERIAL .. MINIMUM, big-endian).
+bool SoaMinimum(std::span<const uint8_t> answer, size_t rdata, size_t end, uint32_t& minimum) {
+  const std::span<const uint8_t> through_rdata = answer.first(end);  // names cannot run past it
+  size_t pos = dns::SkipName(through_rdata, rdata);                  // MNAME
+  if (pos == 0) return false;
+  pos = dns::SkipName(through_rdata, pos);  // RNAME
+  if (pos == 0 || end - pos != 20) return false;
+  minimum = dns::ReadU32(&answer[end - 4]);
+  return true;
+}
+
+size_t WholePages(size_t bytes) {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return (bytes + page - 1) / page * page;
 }
 
 }  // namespace
@@ -41,35 +53,86 @@ void MakeKey(const uint8_t* message, uint16_t question_length, bool has_edns, bo
   key.flags = static_cast<uint8_t>((dns::header::RecursionDesired(message) ? kKeyRd : 0) |
                                    (dns::header::CheckingDisabled(message) ? kKeyCd : 0) |
                                    (dnssec_ok ? kKeyDo : 0) | (has_edns ? kKeyEdns : 0));
-  key.hash = HashQuestion(key.question, key.flags);
+  key.hash = HashQuestion(key.question, key.flags, ProcessHashSeed());
 }
 
-PacketCache::Mapping::~Mapping() {
+void PacketCache::Mapping::Unmap() {
   if (address != nullptr) munmap(address, bytes);
+  address = nullptr;
+  bytes = 0;
 }
 
-void* PacketCache::Map(Mapping& mapping, size_t bytes) {
-  if (bytes == 0) return nullptr;
+int PacketCache::Map(Mapping& mapping, size_t bytes) {
+  if (bytes == 0) return 0;
   void* address = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (address == MAP_FAILED) throw std::bad_alloc();  // start-up only
+  if (address == MAP_FAILED) return errno;
+  mapping.address = address;  // unmapped by the caller also when populating fails
+  mapping.bytes = bytes;
+  // A hint only: fails (EINVAL) on kernels without transparent huge pages.
   madvise(address, bytes, MADV_HUGEPAGE);
   // Fault it all in now (MADV_POPULATE_WRITE, Linux 5.14+): the cache's
   // memory is committed at start, as the operator sized it, and zeroing
   // fresh pages does not land on the query path while the cache fills.
-  madvise(address, bytes, MADV_POPULATE_WRITE);
-  mapping.address = address;
-  mapping.bytes = bytes;
-  return address;
+  // EINVAL: an older kernel without it; pages then fault in on first use.
+  // ENOMEM, EFAULT, EHWPOISON ...: the memory is not there; say so now.
+  if (madvise(address, bytes, MADV_POPULATE_WRITE) != 0 && errno != EINVAL) return errno;
+  return 0;
 }
 
-PacketCache::PacketCache(const CacheConfig& config)
-    : config_(config),
-      capacity_(config.entries),
-      table_(new uint64_t[TableSizeFor(config.entries)]()),
-      table_mask_(TableSizeFor(config.entries) - 1) {
-  // Zero-filled by the kernel: a zero Entry is a free one.
-  entries_ = static_cast<Entry*>(Map(entries_mapping_, capacity_ * sizeof(Entry)));
-  wire_ = static_cast<uint8_t*>(Map(wire_mapping_, capacity_ * kMaxCachedAnswer));
+size_t PacketCache::MemoryBytes(size_t entries) {
+  if (entries == 0) return 0;
+  if (entries > kMaxCacheEntries) return SIZE_MAX;
+  return WholePages(entries * sizeof(Entry)) + WholePages(entries * kMaxCachedAnswer) +
+         WholePages(TableSizeFor(entries) * sizeof(uint64_t));
+}
+
+PacketCache::PacketCache(const CacheConfig& config, Unallocated) : config_(config) {}
+
+absl::Status PacketCache::Allocate() {
+  const size_t entries = config_.entries;
+  if (entries == 0) return absl::OkStatus();
+  const size_t table_size = TableSizeFor(entries);
+  // Zero-filled by the kernel: a zero Entry is a free one, a zero cell empty.
+  int error = Map(entries_mapping_, WholePages(entries * sizeof(Entry)));
+  if (error == 0) error = Map(wire_mapping_, WholePages(entries * kMaxCachedAnswer));
+  if (error == 0) error = Map(table_mapping_, WholePages(table_size * sizeof(uint64_t)));
+  if (error != 0) {
+    entries_mapping_.Unmap();
+    wire_mapping_.Unmap();
+    table_mapping_.Unmap();
+    const size_t mib = (MemoryBytes(entries) + (size_t{1} << 20) - 1) >> 20;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "cannot commit %d MiB for %d cache entries: %s", mib, entries, std::strerror(error)));
+  }
+  entries_ = static_cast<Entry*>(entries_mapping_.address);
+  wire_ = static_cast<uint8_t*>(wire_mapping_.address);
+  table_ = static_cast<uint64_t*>(table_mapping_.address);
+  table_mask_ = table_size - 1;
+  capacity_ = entries;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<PacketCache>> PacketCache::Create(const CacheConfig& config) {
+  if (config.entries > kMaxCacheEntries) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%d cache entries per shard is more than the %d one cache can index", config.entries,
+        kMaxCacheEntries));
+  }
+  if (const int error = ProcessHashSeed().error; error != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot seed the cache hash: getrandom: ", std::strerror(error)));
+  }
+  std::unique_ptr<PacketCache> cache(new (std::nothrow) PacketCache(config, Unallocated{}));
+  if (cache == nullptr) {
+    return absl::ResourceExhaustedError("cannot allocate the packet cache object");
+  }
+  if (absl::Status status = cache->Allocate(); !status.ok()) return status;
+  return cache;
+}
+
+PacketCache::PacketCache(const CacheConfig& config) : config_(config) {
+  // Failure leaves capacity_ 0: Find misses, Insert refuses.
+  if (config.entries <= kMaxCacheEntries && ProcessHashSeed().error == 0) (void)Allocate();
 }
 
 bool PacketCache::Matches(uint32_t entry, const CacheKey& key) {
@@ -182,9 +245,16 @@ uint32_t PacketCache::CacheTtl(std::span<const uint8_t> answer, uint16_t* ttl_of
     ttl_offsets[ttl_count++] = static_cast<uint16_t>(fixed + 4);
     const uint32_t ttl = dns::ReadU32(&answer[fixed + 4]);
     if (i < answers + authority) min_ttl = std::min(min_ttl, ttl);
-    if (i >= answers && i < answers + authority && type == dns::kTypeSoa) {
-      // SOA MINIMUM is the last 4 bytes of its RDATA.
-      const uint32_t minimum = dns::ReadU32(&answer[pos - 4]);
+    // A malformed SOA (RDLENGTH < 22, names running past the RDATA, bytes
+    // left over) gives no negative TTL: its "MINIMUM" would be whatever
+    // bytes sit there (its own TTL or RDLENGTH when RDLENGTH < 4). We do
+    // not fall back to the SOA's TTL alone: an upstream that sends a broken
+    // SOA is not one whose NXDOMAIN/NODATA we want to pin for up to
+    // negative_max_ttl; with no usable SOA the answer is not cached
+    // (RFC 2308 §5), which costs only a round trip per query.
+    uint32_t minimum = 0;
+    if (i >= answers && i < answers + authority && type == dns::kTypeSoa &&
+        SoaMinimum(answer, fixed + 10 /* TYPE CLASS TTL RDLENGTH */, pos, minimum)) {
       negative_ttl = std::min(ttl, minimum);
     }
   }
@@ -276,6 +346,7 @@ bool PacketCache::Insert(const CacheKey& key, std::span<const uint8_t> answer, u
 void PacketCache::MarkPrefetching(uint32_t entry) { entries_[entry].prefetching = true; }
 
 void PacketCache::PrefetchDone(const CacheKey& key) {
+  if (capacity_ == 0) return;
   bool found = false;
   const size_t cell = Probe(key, found);
   if (found) entries_[CellEntry(table_[cell])].prefetching = false;

@@ -7,10 +7,14 @@
 // not in the key. A hit copies the stored answer and patches the client's
 // ID, the client's question bytes (0x20 case) and the TTLs, aged by the time
 // spent in cache at offsets computed once at insert. All memory is taken
-// at construction (entries, index, answer storage); nothing allocates per
+// by Create() (entries, index, answer storage); nothing allocates per
 // query. Eviction is CLOCK (approximate LRU). One owner thread: no locks.
-// Memory: about 1.4 KB per entry, committed at construction.
+// Memory: PacketCache::MemoryBytes(entries), committed by Create(): 1416 to
+// 1432 bytes per entry (1232 answer storage + 168 entry record + 16 to 32
+// index), e.g. 142 MB for 100000 entries.
 //
+//   auto cache = cache::PacketCache::Create(config);  // at shard start
+//   if (!cache.ok()) return cache.status();
 //   cache::CacheKey key;
 //   cache::MakeKey(query, info, key);
 //   auto found = cache.Find(key, now_s);
@@ -21,6 +25,7 @@
 #include <memory>
 #include <span>
 
+#include "absl/status/statusor.h"
 #include "dotproxy/dns/message.h"
 
 namespace dotproxy::cache {
@@ -39,8 +44,14 @@ struct CacheConfig {
 inline constexpr size_t kMaxCachedAnswer = 1232;
 // RRs whose TTL is patched on a hit; answers with more are not cached.
 inline constexpr size_t kMaxTtlOffsets = 64;
+// Most entries one cache holds: entry numbers are 32-bit, and the index
+// (at least two cells per entry, a power of two) must stay within 2^32
+// cells so that its bits never overlap the tag's (see PacketCache::Tag).
+inline constexpr size_t kMaxCacheEntries = size_t{1} << 31;
 
 struct CacheKey {
+  // Keyed with a per-process random seed (src/cache/question_hash.h): the
+  // index comes from the low bits, the tag from the high 32.
   uint64_t hash = 0;
   uint8_t flags = 0;  // kKeyRd | kKeyCd | kKeyDo | kKeyEdns
   std::span<const uint8_t> question;  // borrowed: QNAME + QTYPE + QCLASS as sent
@@ -73,6 +84,22 @@ struct CacheCounters {
 
 class PacketCache {
  public:
+  // Builds a cache of `config.entries` entries and commits all of its memory
+  // (MemoryBytes) now, so that it cannot run out later on the query path.
+  // Control plane: call at shard start. Errors: kInvalidArgument when
+  // entries > kMaxCacheEntries; kResourceExhausted ("cannot commit N MiB for
+  // M cache entries: <strerror>") when the memory cannot be had;
+  // kUnavailable when the hash seed could not be read (getrandom(2)).
+  static absl::StatusOr<std::unique_ptr<PacketCache>> Create(const CacheConfig& config);
+
+  // Bytes a cache of `entries` entries commits: entry records, the index and
+  // answer storage, each rounded up to whole pages (what Create maps). 0 for
+  // 0 entries; SIZE_MAX above kMaxCacheEntries (no such cache is built).
+  static size_t MemoryBytes(size_t entries);
+
+  // Deprecated: use Create(), which reports failure. Kept until src/shard
+  // switches. When the memory cannot be had this does not throw: it leaves a
+  // cache with capacity() 0, which caches nothing.
   explicit PacketCache(const CacheConfig& config);
   PacketCache(const PacketCache&) = delete;
   PacketCache& operator=(const PacketCache&) = delete;
@@ -120,6 +147,9 @@ class PacketCache {
   };
 
   uint8_t* Wire(uint32_t entry) { return wire_ + size_t{entry} * kMaxCachedAnswer; }
+  // The cell index is hash & table_mask_ (the low bits; the table has at
+  // most 2^32 cells), the tag the high 32 bits: no bit serves both, so keys
+  // sharing a cell still differ in tag but for chance (2^-32).
   static uint32_t Tag(uint64_t hash) { return static_cast<uint32_t>(hash >> 32); }
   static uint64_t MakeCell(uint32_t entry, uint64_t hash) {
     return uint64_t{Tag(hash)} << 32 | (entry + 1);
@@ -139,19 +169,29 @@ class PacketCache {
   struct Mapping {
     void* address = nullptr;
     size_t bytes = 0;
-    ~Mapping();
+    void Unmap();
+    ~Mapping() { Unmap(); }
   };
-  static void* Map(Mapping& mapping, size_t bytes);
+  // Maps `bytes` (whole pages) zero-filled into `mapping` and faults them
+  // in. Returns 0 or the errno of the step that failed.
+  static int Map(Mapping& mapping, size_t bytes);
+
+  // A cache with no memory yet (capacity_ 0) ...
+  struct Unallocated {};
+  PacketCache(const CacheConfig& config, Unallocated);
+  // ... gets `config_.entries` entries' worth here.
+  absl::Status Allocate();
 
   CacheConfig config_;
-  size_t capacity_;
+  size_t capacity_ = 0;
   Mapping entries_mapping_;
   Mapping wire_mapping_;
+  Mapping table_mapping_;
   Entry* entries_ = nullptr;
   uint8_t* wire_ = nullptr;  // capacity_ * kMaxCachedAnswer
   // Index cells: high 32 bits a hash tag, low 32 bits entry index + 1;
   // 0 = empty. Linear probing.
-  std::unique_ptr<uint64_t[]> table_;
+  uint64_t* table_ = nullptr;
   size_t table_mask_ = 0;
   uint32_t used_ = 0;   // entries ever handed out (prefix of entries_)
   uint32_t clock_hand_ = 0;
