@@ -316,6 +316,211 @@ def tcp_nodelay_latency(h):
           "cached one (Nagle; no TCP_NODELAY on the client socket?)" % summary)
 
 
+# --------------------------------------------------------------------------
+# 4. EDNS version 1: BADVERS, never a cached answer
+
+
+def _edns_exchange(p, transport, qname, version):
+    q = dns.message.make_query(qname, "A", use_edns=version, payload=1232)
+    q.id = random.randrange(65536)
+    wire = q.to_wire()
+    fn = udp_exchange if transport == "udp" else tcp_exchange
+    try:
+        resp, _ = fn(p.port, wire, timeout=3.0)
+    except (socket.timeout, EOFError, OSError) as e:
+        raise CaseFailure("%s %s EDNS version %d: no answer (%r)" % (transport, qname, version, e))
+    msg = parse_or_fail("%s %s EDNS version %d" % (transport, qname, version), resp)
+    check(resp[:2] == wire[:2], "%s %s EDNS%d: ID not echoed" % (transport, qname, version))
+    return msg
+
+
+def _expect_badvers(p, transport, qname, when):
+    msg = _edns_exchange(p, transport, qname, 1)
+    what = "%s %s with EDNS version 1 (%s)" % (transport.upper(), qname, when)
+    check(msg.rcode() == dns.rcode.BADVERS, "%s: rcode %s, want BADVERS (16):\n%s" % (
+        what, dns.rcode.to_text(msg.rcode()), msg.to_text()))
+    check(msg.edns >= 0, "%s: BADVERS without an OPT record" % what)
+    check(msg.edns == 0, "%s: BADVERS OPT advertises version %d, want 0" % (what, msg.edns))
+    check(not msg.answer, "%s: BADVERS carries answers:\n%s" % (what, msg.to_text()))
+
+
+def _expect_v0_answer(p, transport, qname, addr):
+    msg = _edns_exchange(p, transport, qname, 0)
+    got = [r.to_text() for rr in msg.answer for r in rr]
+    check(msg.rcode() == dns.rcode.NOERROR and got == [addr], "%s %s EDNS version 0: want NOERROR %s:\n%s" % (
+        transport.upper(), qname, addr, msg.to_text()))
+
+
+@case
+def edns_badvers_not_cached(h):
+    """--cache-size 1000. A query with EDNS version 1 gets BADVERS (extended
+    rcode 16) with an OPT record of version 0 and no answers: for a name not
+    yet cached, for the same name after a version-0 query cached it (the cache
+    must not answer it), and for another uncached name. The BADVERS is not
+    cached either: version-0 queries of those names still get the data. UDP and
+    TCP."""
+    u = start_unbound_x(h)
+    p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=["--cache-size", "1000"])
+    for transport in ("udp", "tcp"):
+        name = wild("bv-%s" % transport)
+        _expect_badvers(p, transport, name, "not cached yet")
+        _expect_v0_answer(p, transport, name, WILD_ADDR)
+        _expect_v0_answer(p, transport, name, WILD_ADDR)  # now a hit
+        _expect_badvers(p, transport, name, "after a version-0 query cached the name")
+        other = wild("bv-other-%s" % transport)
+        _expect_badvers(p, transport, other, "uncached name")
+        _expect_v0_answer(p, transport, other, WILD_ADDR)
+    check(p.alive(), "dotproxy died")
+
+
+# --------------------------------------------------------------------------
+# 5. error replies carry OPT exactly when the query had one
+
+
+def _error_reply(p, what, wire, want_rcode, want_opt, transport="udp", timeout=3.0):
+    fn = udp_exchange if transport == "udp" else tcp_exchange
+    try:
+        resp, _ = fn(p.port, wire, timeout=timeout)
+    except (socket.timeout, EOFError, OSError) as e:
+        resp = None
+        return ["%s: no reply (%r)" % (what, e)]
+    if resp is None:
+        return ["%s: no reply" % what]
+    out = []
+    if resp[:2] != wire[:2]:
+        out.append("%s: ID %s, want %s" % (what, resp[:2].hex(), wire[:2].hex()))
+    if rcode_of(resp) != want_rcode:
+        out.append("%s: rcode %s, want %s" % (what, dns.rcode.to_text(rcode_of(resp)), dns.rcode.to_text(want_rcode)))
+    try:
+        got_opt = has_opt(resp)
+    except (CaseFailure, struct.error, IndexError, ValueError) as e:
+        return out + ["%s: reply does not parse (%s): %s" % (what, e, resp.hex())]
+    if got_opt != want_opt:
+        out.append("%s: the query %s, the %s reply %s (RFC 6891 §7): %s" % (
+            what, "had an OPT record" if want_opt else "had no OPT record", dns.rcode.to_text(want_rcode),
+            "has one" if got_opt else "has none", resp.hex()))
+    return out
+
+
+@case
+def error_replies_carry_opt(h):
+    """Error replies have an OPT record exactly when the query had one: FORMERR
+    (a bad OPT option; QDCOUNT=2 without EDNS), NOTIMP (opcode STATUS, with and
+    without EDNS), REFUSED (a 1100-byte UDP query, over the 1024-byte limit,
+    with and without EDNS), SERVFAIL (upstream down, UDP and TCP, with and
+    without EDNS)."""
+    u = h.start_unbound()
+    p = h.start_proxy(u, extra=["--query-timeout", "1000"])
+    problems = []
+    problems += _error_reply(p, "FORMERR bad OPT option (UDP)", bad_opt_query(), dns.rcode.FORMERR, True)
+    problems += _error_reply(p, "FORMERR bad OPT option (TCP)", bad_opt_query(), dns.rcode.FORMERR, True, "tcp")
+    good = plain_query("a.example.test.", "A")
+    qd2 = bytearray(good)
+    qd2[4:6] = b"\x00\x02"
+    qd2 = bytes(qd2) + good[12:]
+    problems += _error_reply(p, "FORMERR QDCOUNT=2 without EDNS", qd2, dns.rcode.FORMERR, False)
+    for edns in (0, None):
+        label = "with EDNS" if edns is not None else "without EDNS"
+        w = with_opcode(make_query("a.example.test.", "A", edns=0).to_wire() if edns is not None
+                        else plain_query("a.example.test.", "A"), 2)
+        problems += _error_reply(p, "NOTIMP opcode STATUS %s (UDP)" % label, w, dns.rcode.NOTIMP, edns is not None)
+        problems += _error_reply(p, "NOTIMP opcode STATUS %s (TCP)" % label, w, dns.rcode.NOTIMP, edns is not None,
+                                 "tcp")
+    # Over the size limit: a long qname is at most 255 bytes, so the bulk is
+    # an unknown EDNS option (with EDNS) or an unknown additional record.
+    q = dns.message.make_query("a.example.test.", "A", use_edns=0, payload=1232,
+                               options=[dns.edns.GenericOption(65002, b"\x00" * 1050)])
+    q.id = random.randrange(65536)
+    big_edns = q.to_wire()
+    check(len(big_edns) > 1024, "harness: oversized query is %d bytes" % len(big_edns))
+    problems += _error_reply(p, "REFUSED %d-byte query with EDNS" % len(big_edns), big_edns,
+                             dns.rcode.REFUSED, True)
+    base = plain_query("a.example.test.", "A")
+    extra_rr = b"\x00" + struct.pack("!HHIH", 65280, 1, 0, 1050) + b"\x00" * 1050
+    big_plain = base[:10] + struct.pack("!H", 1) + base[12:] + extra_rr
+    problems += _error_reply(p, "REFUSED %d-byte query without EDNS" % len(big_plain), big_plain,
+                             dns.rcode.REFUSED, False)
+    u.stop()
+    for transport in ("udp", "tcp"):
+        for edns in (0, None):
+            name = wild("down-%s-%s" % (transport, edns))
+            w = make_query(name, "A", edns=0).to_wire() if edns is not None else plain_query(name)
+            problems += _error_reply(p, "SERVFAIL upstream down %s EDNS (%s)" % (
+                "with" if edns is not None else "without", transport.upper()), w, dns.rcode.SERVFAIL,
+                edns is not None, transport, timeout=4.0)
+    check(p.alive(), "dotproxy died")
+    check(not problems, "error replies:\n  " + "\n  ".join(problems))
+
+
+# --------------------------------------------------------------------------
+# 6. UDP answers over 4096 bytes
+
+
+@case
+def udp_large_answer_truncated(h):
+    """An RRset of about 5.3 kB (20 TXT records), asked over UDP with EDNS
+    65535: the reply must be a valid DNS message, either whole (equal to the
+    upstream's) or truncated (TC=1, question echoed, within the advertised
+    size), never cut off mid-record. Fresh from the upstream and from the cache
+    (--cache-size 1000). Over TCP the whole answer comes back."""
+    u = start_unbound_huge(h)
+    ref = u.reference(HUGE_NAME, "TXT")
+    ref_len = len(ref.to_wire())
+    check(ref_len > 4096, "test data: the huge answer is only %d bytes" % ref_len)
+    p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=["--cache-size", "1000"])
+    problems = []
+    for when in ("from the upstream", "from the cache"):
+        q = make_query(HUGE_NAME, "TXT", edns=0, payload=65535)
+        wire = q.to_wire()
+        resp, _ = udp_exchange(p.port, wire, timeout=3.0)
+        what = "UDP %s TXT, EDNS 65535, answer %s (upstream's is %d bytes)" % (HUGE_NAME, when, ref_len)
+        if resp is None:
+            problems.append("%s: no reply" % what)
+            continue
+        try:
+            msg = dns.message.from_wire(resp)
+        except Exception as e:  # noqa: BLE001
+            problems.append("%s: %d-byte reply is not a valid message (%s); TC=%d" % (
+                what, len(resp), e, (resp[2] >> 1) & 1))
+            continue
+        if msg.flags & dns.flags.TC:
+            if resp[12:E.question_end(wire)] != wire[12:E.question_end(wire)]:
+                problems.append("%s: TC reply without the question echoed" % what)
+        else:
+            try:
+                E.check_same_answer(what, resp, wire, ref)
+            except CaseFailure as e:
+                problems.append(str(e))
+        print("%s: %d bytes, TC=%d" % (what, len(resp), 1 if msg.flags & dns.flags.TC else 0))
+    msg = E.query_and_compare(h, u, p, "tcp", HUGE_NAME, "TXT", edns=0)
+    check(len(msg.to_wire()) > 4096, "TCP huge answer only %d bytes" % len(msg.to_wire()))
+    check(not problems, "\n".join(problems))
+
+
+# --------------------------------------------------------------------------
+# 7. cache on by default
+
+
+@case
+def cache_default_on(h):
+    """dotproxy started without --cache-size: the second query of a name is a
+    cache hit (cache_hits in the SIGUSR1 counters grows, and the answer still
+    comes with the upstream stopped)."""
+    u = start_unbound_x(h)
+    p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=["--threads", "1"])
+    name = wild("default-cache")
+    c0 = counters(p)
+    wire, resp, _ = F.udp_query(p, name)
+    F._check_client_answer("first query", wire, resp, WILD_ADDR)
+    wire, resp, _ = F.udp_query(p, name)
+    F._check_client_answer("second query", wire, resp, WILD_ADDR)
+    c1 = counters(p)
+    hits = c1.get("cache_hits") - c0.get("cache_hits")
+    check(hits >= 1, "no --cache-size flag: the second query of %s was not a cache hit (cache_hits +%d, "
+          "cache_misses +%d); the cache should be on by default\n%s" % (
+              name, hits, c1.get("cache_misses") - c0.get("cache_misses"), c1))
+
+
 def main():
     for name in _INHERITED:
         E.CASES.pop(name, None)
