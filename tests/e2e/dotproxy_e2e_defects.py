@@ -521,6 +521,290 @@ def cache_default_on(h):
               name, hits, c1.get("cache_misses") - c0.get("cache_misses"), c1))
 
 
+# --------------------------------------------------------------------------
+# 8, 9. configuration that must be refused, quickly and in one line
+
+MEM_LIMIT = 1 << 30  # address-space cap for children that may try to allocate a lot
+
+
+def run_limited(argv, timeout):
+    """Run argv with the scrubbed environment and RLIMIT_AS = 1 GiB (a binary
+    that tries to allocate gigabytes fails instead of eating the machine);
+    killed by PID after `timeout` s. Returns (rc or None on timeout, secs,
+    stdout, stderr)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (MEM_LIMIT, MEM_LIMIT))
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=E.child_env(), preexec_fn=limit)
+    E._children.append(p)
+    t0 = time.monotonic()
+    try:
+        out, err = p.communicate(timeout=timeout)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        os.kill(p.pid, signal.SIGKILL)
+        out, err = p.communicate(timeout=5)
+        rc = None
+    finally:
+        if p in E._children:
+            E._children.remove(p)
+    return rc, time.monotonic() - t0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def _refusal_problem(label, rc, secs, err, limit, max_len=None, must_name=None):
+    """None if the run exited > 0 within `limit` s with exactly one non-empty
+    stderr line (shorter than max_len, containing must_name); else why not."""
+    lines = [l for l in err.splitlines() if l.strip()]
+    first = (lines[0][:160] + "...") if lines and len(lines[0]) > 160 else (lines[0] if lines else "")
+    if rc is None:
+        return "%s: still running after %.0f s (killed)" % (label, limit)
+    if rc < 0:
+        return "%s: killed by signal %d after %.1f s; stderr %d bytes: %r" % (label, -rc, secs, len(err), first)
+    if rc == 0:
+        return "%s: exit 0 (accepted); stderr: %r" % (label, first)
+    if len(lines) != 1:
+        return "%s: exit %d but %d stderr lines, want one (%d bytes): %r" % (
+            label, rc, len(lines), len(err), err[:300])
+    if max_len is not None and len(lines[0]) >= max_len:
+        return "%s: exit %d but the error line is %d bytes (want < %d): %r" % (
+            label, rc, len(lines[0]), max_len, first)
+    if must_name is not None and must_name not in lines[0]:
+        return "%s: exit %d but the error does not name %r: %r" % (label, rc, must_name, first)
+    return None
+
+
+@case
+def config_rejects_bad_files(h):
+    """--check-config --config X, with a loopback --upstream, for X: a
+    directory, /dev/zero, a FIFO nobody writes (must not block: exit within 3
+    s), `listen = []`, an [[upstream]] name of 300 bytes, and a 10 MB ca_file
+    value. Each exits non-zero within 3 s with one stderr line; the 10 MB one's
+    line is under 300 bytes and names FILE:LINE."""
+    exe = h.need_exe()
+    up = ["--upstream", "%s:%d#%s" % (LOOPBACK4, free_port(), TLS_NAME),
+          "--listen", "%s:%d" % (LOOPBACK4, free_port())]
+    d = os.path.join(h.dir, "conf")
+    os.mkdir(d)
+    fifo = os.path.join(d, "fifo.toml")
+    os.mkfifo(fifo)
+
+    def write(name, text):
+        path = os.path.join(d, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    long_name = ("x" * 59 + ".") * 5
+    runs = [
+        ("a directory", os.path.join(d, "adir"), None, None),
+        ("/dev/zero", "/dev/zero", None, None),
+        ("a FIFO", fifo, None, None),
+        ("listen = []", write("empty-listen.toml", "threads = 1\nlisten = []\n"), None, None),
+        ("a 300-byte upstream name", write("long-name.toml",
+                                           '[[upstream]]\naddress = "127.0.0.1:853"\nname = "%s"\n' % long_name),
+         None, None),
+        ("a 10 MB ca_file", write("huge-ca.toml", 'threads = 1\nca_file = "/nonexistent/%s"\n' % ("c" * (10 << 20))),
+         300, "huge-ca.toml:2"),
+    ]
+    os.mkdir(os.path.join(d, "adir"))
+    problems = []
+    for label, path, max_len, must_name in runs:
+        rc, secs, out, err = run_limited([exe, "--check-config", "--config", path] + up, 3.0)
+        print("--config %s: exit %s after %.2f s, stderr %d bytes" % (label, rc, secs, len(err)))
+        why = _refusal_problem("--config %s" % label, rc, secs, err, 3.0, max_len, must_name)
+        if why:
+            problems.append(why)
+    check(not problems, "bad configuration files:\n  " + "\n  ".join(problems))
+
+
+@case
+def huge_sizes_refused(h):
+    """--cache-size 20000000, --cache-size 4000000000 and --threads 1024 (loopback
+    listen and upstream), each with and without --check-config: exit > 0 (not a
+    signal) within 10 s with one line on stderr. The children run under a 1 GiB
+    address-space limit, so an attempt to allocate it all fails fast."""
+    exe = h.need_exe()
+    runs = []
+    for bad in (["--cache-size", "20000000"], ["--cache-size", "4000000000"], ["--threads", "1024"]):
+        for check_only in (True, False):
+            argv = [exe, "--listen", "%s:%d" % (LOOPBACK4, free_port()),
+                    "--upstream", "%s:%d#%s" % (LOOPBACK4, free_port(), TLS_NAME),
+                    "--ca-file", h.pki.ca_pem] + bad + (["--check-config"] if check_only else [])
+            runs.append((" ".join(bad) + (" --check-config" if check_only else ""), argv))
+    # Run them two at a time (the machine has 2 cores) to keep the case short.
+    problems = []
+    for i in range(0, len(runs), 2):
+        results = {}
+
+        def go(label, argv):
+            results[label] = run_limited(argv, 10.0)
+        ts = [threading.Thread(target=go, args=r) for r in runs[i:i + 2]]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(timeout=20)
+        for label, _argv in runs[i:i + 2]:
+            if label not in results:
+                problems.append("%s: harness: no result" % label)
+                continue
+            rc, secs, out, err = results[label]
+            print("%s: exit %s after %.2f s, stderr %d bytes" % (label, rc, secs, len(err)))
+            why = _refusal_problem(label, rc, secs, err, 10.0)
+            if why:
+                problems.append(why)
+    check(not problems, "huge sizes not refused cleanly:\n  " + "\n  ".join(problems))
+
+
+# --------------------------------------------------------------------------
+# 10. no heap allocation per TCP query
+
+
+def _tcp_mixed_loop(port, n, prefix, hot, conns=4, window=50, socks=None):
+    """n queries over `conns` persistent TCP connections, in windows of
+    `window` queries per connection written back to back before reading; even
+    queries repeat a hot name (hits), odd ones are unique wild names (misses).
+    Returns (answered, bad)."""
+    own = socks is None
+    if own:
+        socks = [tcp_connect(port, timeout=3.0) for _ in range(conns)]
+    answered, bad = 0, []
+    try:
+        i = 0
+        for _w in range(n // (conns * window) + 1):
+            if i >= n:
+                break
+            pending = []
+            for s in socks:
+                blob, ids = b"", set()
+                for _ in range(window):
+                    if i >= n:
+                        break
+                    name = hot[(i // 2) % len(hot)] if i % 2 == 0 else wild("%s%d" % (prefix, i))
+                    w = make_query(name, "A", qid=i & 0xFFFF).to_wire()
+                    blob += frame(w)
+                    ids.add(i & 0xFFFF)
+                    i += 1
+                s.sendall(blob)
+                pending.append((s, ids))
+            deadline = time.monotonic() + 5.0
+            for s, ids in pending:
+                for _ in range(len(ids)):
+                    try:
+                        resp = tcp_read_msg(s, deadline)
+                    except (socket.timeout, EOFError, OSError) as e:
+                        bad.append("read: %r" % e)
+                        break
+                    qid = struct.unpack("!H", resp[:2])[0]
+                    if qid not in ids:
+                        bad.append("unknown ID %d" % qid)
+                        continue
+                    ids.discard(qid)
+                    answered += 1
+                    if rcode_of(resp) != dns.rcode.NOERROR:
+                        bad.append((qid, rcode_of(resp)))
+                bad += [(q, "no answer") for q in ids]
+    finally:
+        if own:
+            for s in socks:
+                s.close()
+    return answered, bad
+
+
+# (label, hot names, connections, queries per connection per window). The
+# names are asked as A, so big./mid.example.test. are NODATA hits; the mix
+# varies how many answers pile up per connection between two sends: few
+# connections with deep pipelines, many with shallow ones.
+# At most 80 misses are in flight at once, below the 100 per upstream
+# connection, so the load never needs a second upstream connection.
+_TCP_PHASES = (
+    ("s", ["a.example.test.", "multi.example.test.", "ttl300.example.test.", wild("hot1")], 4, 40),
+    ("b", ["big.example.test.", "mid.example.test.", "a.example.test."], 2, 80),
+    ("w", ["a.example.test.", "big.example.test."], 8, 10),
+)
+
+
+def _tcp_phases(port, tag, pools, per_phase=1000):
+    """One round of _TCP_PHASES; pools[i]: phase i's connections (None: new
+    ones, closed after the phase)."""
+    bad = []
+    answered = 0
+    for (label, hot, conns, window), socks in zip(_TCP_PHASES, pools):
+        a, b = _tcp_mixed_loop(port, per_phase, "%s%s-" % (tag, label), hot, conns=conns, window=window,
+                               socks=socks)
+        answered += a
+        bad += b
+    return answered, bad
+
+
+def _alloc_rounds(p, pools, tag, warm=2, measured=2):
+    """warm + measured rounds of _TCP_PHASES; returns (answered in the
+    measured rounds, bad, heap allocations per measured round, c0, c1)."""
+    for rnd in range(warm):
+        ans, bad = _tcp_phases(p.port, "%swarm%d" % (tag, rnd), pools)
+        check(not bad, "%s warm-up %d: %d bad answers, e.g. %s" % (tag, rnd, len(bad), bad[:5]))
+    time.sleep(0.3)
+    c0 = cb = counters(p)
+    per_round, answered, bad = [], 0, []
+    for rnd in range(measured):
+        ca = cb
+        a, b = _tcp_phases(p.port, "%smeas%d" % (tag, rnd), pools)
+        answered += a
+        bad += b
+        time.sleep(0.2)
+        cb = counters(p)
+        per_round.append(cb.get("heap_allocations") - ca.get("heap_allocations"))
+    return answered, bad, per_round, c0, cb
+
+
+@case
+def tcp_no_allocation_per_query(h):
+    """--cache-size 1000 --threads 1, over TCP: a round is three phases of
+    1,000 queries each, pipelined (4 connections x windows of 40; 2 x 80; 8 x
+    10), half cache hits, half unique misses that go upstream and evict. After
+    two warm-up rounds, two measured rounds (6,000 queries, the same shapes)
+    leave heap_allocations and tls_allocations unchanged, with no new upstream
+    connection (--max-connections-per-upstream 1): first on 14 connections opened once and kept open, then with
+    new connections for each phase (client slots are reused, so a steady load
+    of short connections must not allocate either)."""
+    u = start_unbound_x(h)
+    # One upstream connection: a second one opened under load would allocate
+    # (TLS) for reasons that have nothing to do with client TCP.
+    p = h.start_proxy(upstreams=[up_spec(u.dot_port)],
+                      extra=["--cache-size", "1000", "--threads", "1", "--max-connections-per-upstream", "1"])
+    pools = [[tcp_connect(p.port, timeout=3.0) for _ in range(conns)] for _l, _h, conns, _w in _TCP_PHASES]
+    results = []
+    try:
+        results.append(("14 kept-open connections", _alloc_rounds(p, pools, "kept")))
+    finally:
+        for pool in pools:
+            for s in pool:
+                s.close()
+    results.append(("new connections for each phase (14 per round)",
+                    _alloc_rounds(p, [None] * len(_TCP_PHASES), "fresh")))
+    problems = []
+    for label, (answered, bad, per_round, c0, c1) in results:
+        dh = c1.get("cache_hits") - c0.get("cache_hits")
+        dm = c1.get("cache_misses") - c0.get("cache_misses")
+        d_heap = c1.get("heap_allocations") - c0.get("heap_allocations")
+        d_tls = c1.get("tls_allocations") - c0.get("tls_allocations")
+        conns = c1.get("upstream_connects") - c0.get("upstream_connects")
+        print("TCP, %s: %d queries in the measured rounds (%d hits, %d misses); heap allocations per round %s, "
+              "wolfSSL %d, upstream connects %d" % (label, answered, dh, dm, per_round, d_tls, conns))
+        if bad:
+            problems.append("%s: %d bad answers, e.g. %s" % (label, len(bad), bad[:5]))
+        if answered != 6000:
+            problems.append("%s: %d of 6000 answered" % (label, answered))
+        if d_heap or d_tls:
+            problems.append(
+                "%s: 6,000 TCP queries after two identical warm-up rounds made %d heap (per round: %s) and %d "
+                "wolfSSL allocations on the shard thread%s\n    before: %s\n    after: %s" % (
+                    label, d_heap, per_round, d_tls,
+                    "" if conns == 0 else " (NOTE: %d new upstream connection(s) meanwhile)" % conns, c0, c1))
+        elif conns:
+            problems.append("%s: upstream_connects changed by %d during the measured rounds" % (label, conns))
+    check(not problems, "\n  ".join(problems))
+
+
 def main():
     for name in _INHERITED:
         E.CASES.pop(name, None)
