@@ -46,10 +46,12 @@ constexpr Option kOptions[] = {
     {.flag = "ca-file", .toml_key = "ca_file", .kind = OptionKind::kPath, .field = &Config::ca_file,
      .value_name = "PEM", .help = "trust anchors (default: the system CA store)"},
     {.flag = "threads", .toml_key = "threads", .kind = OptionKind::kInteger,
-     .field = &Config::threads, .min = 0, .max = 1024, .value_name = "N",
+     .field = &Config::threads, .min = 0, .max = 256, .value_name = "N",
      .help = "shards, one thread each, or 0 for one per usable CPU"},
+    // The bound is what a machine can hold (a few hundred bytes an entry);
+    // whether this one can is checked against its memory elsewhere.
     {.flag = "cache-size", .toml_key = "cache_size", .kind = OptionKind::kInteger,
-     .field = &Config::cache_size, .min = 0, .max = int64_t{1} << 32, .value_name = "N",
+     .field = &Config::cache_size, .min = 0, .max = 16777216, .value_name = "N",
      .help = "cache entries for the whole proxy, split across shards;\n"
              "0 turns the cache off"},
     {.flag = "cache-min-ttl", .toml_key = "cache_min_ttl", .kind = OptionKind::kInteger,

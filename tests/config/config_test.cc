@@ -291,6 +291,8 @@ INSTANTIATE_TEST_SUITE_P(
     BadFlags, CommandLineErrorTest,
     ::testing::Values(BadFlagCase{{"--threads", "abc"}, "--threads"},
                       BadFlagCase{{"--threads", "-1"}, "--threads"},
+                      BadFlagCase{{"--threads", "257"}, "--threads"},
+                      BadFlagCase{{"--cache-size", "16777217"}, "--cache-size"},
                       BadFlagCase{{"--listen", "1.2.3.4"}, "--listen"},
                       BadFlagCase{{"--listen", "localhost:53"}, "--listen"},
                       BadFlagCase{{"--upstream", "300.1.1.1"}, "--upstream"},
@@ -315,6 +317,35 @@ TEST_F(CommandLineTest, RejectsPositionalArguments) {
   EXPECT_FALSE(Parse({"127.0.0.1:53"}).ok());
 }
 
+
+// --- Defaults and bounds ----------------------------------------------------
+
+TEST_F(CommandLineTest, CacheIsOnByDefault) {
+  auto parsed = Parse({});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.cache_size, 8192u);
+  auto off = Parse({"--cache-size", "0"});
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->config.cache_size, 0u);
+}
+
+TEST_F(CommandLineTest, ThreadsAreBounded) {
+  auto automatic = Parse({"--threads", "0"});
+  ASSERT_TRUE(automatic.ok()) << automatic.status();
+  EXPECT_EQ(automatic->config.threads, 0);
+  EXPECT_TRUE(Parse({"--threads", "256"}).ok());
+  EXPECT_TRUE(FailsMentioning(Parse({"--threads", "257"}).status(), "--threads: 257 is out of range [0, 256]"));
+  const std::string path = WriteFile("threads.toml", "threads = 1024\n");
+  EXPECT_TRUE(FailsMentioning(Parse({"--config", path, "--check-config"}).status(), path + ":1: 'threads'"));
+}
+
+TEST_F(CommandLineTest, CacheSizeIsBounded) {
+  EXPECT_TRUE(Parse({"--cache-size", "16777216"}).ok());
+  EXPECT_TRUE(FailsMentioning(Parse({"--cache-size", "16777217"}).status(), "--cache-size: "));
+  EXPECT_TRUE(FailsMentioning(Parse({"--cache-size", "4294967296"}).status(), "--cache-size: "));
+  const std::string path = WriteFile("cache.toml", "cache_size = 4294967296\n");
+  EXPECT_TRUE(FailsMentioning(Parse({"--config", path}).status(), path + ":1: 'cache_size'"));
+}
 
 // --- The option table ------------------------------------------------------
 
