@@ -127,21 +127,6 @@ int main(int argc, char** argv) {
   const std::vector<int> cpus = UsableCpus();
   if (config->threads == 0) config->threads = cpus.empty() ? 1 : static_cast<int>(cpus.size());
 
-  // Connection pools are keyed by (address, port, TLS name): the same key
-  // twice is a mistake, and a different name at the same address gets its
-  // own connections (never one made for another name).
-  for (size_t i = 0; i < config->upstreams.size(); ++i) {
-    for (size_t j = 0; j < i; ++j) {
-      const auto& a = config->upstreams[i];
-      const auto& b = config->upstreams[j];
-      if (a.address.ToString() == b.address.ToString() && a.auth_name == b.auth_name) {
-        std::fprintf(stderr, "dotproxy: upstream %s#%s is configured twice\n",
-                     a.address.ToString().c_str(), a.auth_name.c_str());
-        return 2;
-      }
-    }
-  }
-
   dotproxy::control::InstallTlsAllocationCounting();
   dotproxy::tls::GlobalInit();
   {

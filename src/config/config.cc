@@ -1,98 +1,144 @@
+// The option table and the flag and environment parsers. Control plane only:
+// runs once at start, on the main thread.
+
 #include "dotproxy/config/config.h"
 
 #include <getopt.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
+#include <limits>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/ascii.h"
+#include "src/config/text.h"
 
 namespace dotproxy::config {
 namespace {
 
-absl::string_view Sv(std::string_view text) { return {text.data(), text.size()}; }
+// Seven days: longer TTL knobs are mistakes, not policy.
+constexpr int64_t kMaxTtlSeconds = 7 * 86400;
 
-enum Flag : int {
-  kConfig = 1000,
-  kListen,
-  kUpstream,
-  kCaFile,
-  kThreads,
-  kCacheSize,
-  kQueryTimeout,
-  kTcpIdleTimeout,
-  kConnectTimeout,
-  kMaxTcpClients,
-  kMaxInflight,
-  kUdpBuffer,
-  kCheckConfig,
-  kVersion,
-  kHelp,
-  kMaxInflightPerConnection,
-  kMaxConnectionsPerUpstream,
-  kUpstreamIdleTimeout,
-  kNoPadding,
-  kKeepClientSubnet,
-  kCacheMinTtl,
-  kCacheMaxTtl,
-  kCacheNegativeTtl,
-  kCacheServfailTtl,
-  kCacheStaleWindow,
-  kAllow,
+// The table. Order is the usage text's order. Numeric rows get "(default)"
+// appended to their help from Config{}, so defaults are not written here.
+constexpr Option kOptions[] = {
+    {.flag = "config", .kind = OptionKind::kConfigFile, .value_name = "FILE",
+     .help = "TOML configuration file (see systemd/dotproxy.toml);\n"
+             "the environment and flags override it"},
+    {.flag = "listen", .toml_key = "listen", .env = "DOTPROXY_LISTEN",
+     .kind = OptionKind::kAddressList, .field = &Config::listen, .value_name = "ADDR:PORT",
+     .help = "UDP and TCP listen address, e.g. 127.0.0.1:53 or [::1]:53;\n"
+             "repeatable (default: 127.0.0.1:53 and [::1]:53)"},
+    {.flag = "upstream", .toml_key = "upstream", .env = "DOTPROXY_UPSTREAMS",
+     .kind = OptionKind::kUpstreamList, .field = &Config::upstreams,
+     .value_name = "IP[:PORT][#NAME][^PIN]...",
+     .help = "DNS-over-TLS upstream; PORT defaults to 853; NAME is the\n"
+             "TLS authentication name (SNI and certificate check),\n"
+             "defaulting to the IP (IP SAN); PIN a base64 SHA-256\n"
+             "SPKI pin (tools/spki-pin.sh), repeatable with '^';\n"
+             "repeatable (default: 1.1.1.1#cloudflare-dns.com,\n"
+             "1.0.0.1#cloudflare-dns.com)"},
+    {.flag = "ca-file", .toml_key = "ca_file", .kind = OptionKind::kPath, .field = &Config::ca_file,
+     .value_name = "PEM", .help = "trust anchors (default: the system CA store)"},
+    {.flag = "threads", .toml_key = "threads", .kind = OptionKind::kInteger,
+     .field = &Config::threads, .min = 0, .max = 256, .value_name = "N",
+     .help = "shards, one thread each, or 0 for one per usable CPU"},
+    // The bound is what a machine can hold (a few hundred bytes an entry);
+    // whether this one can is checked against its memory elsewhere.
+    {.flag = "cache-size", .toml_key = "cache_size", .kind = OptionKind::kInteger,
+     .field = &Config::cache_size, .min = 0, .max = 16777216, .value_name = "N",
+     .help = "cache entries for the whole proxy, split across shards;\n"
+             "0 turns the cache off"},
+    {.flag = "cache-min-ttl", .toml_key = "cache_min_ttl", .kind = OptionKind::kInteger,
+     .field = &Config::cache_min_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
+     .help = "cached answers live at least S seconds"},
+    {.flag = "cache-max-ttl", .toml_key = "cache_max_ttl", .kind = OptionKind::kInteger,
+     .field = &Config::cache_max_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
+     .help = "and at most S seconds"},
+    {.flag = "cache-negative-ttl", .toml_key = "cache_negative_ttl", .kind = OptionKind::kInteger,
+     .field = &Config::cache_negative_max_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
+     .help = "cap for NXDOMAIN/NODATA (SOA minimum, RFC 2308)"},
+    {.flag = "cache-servfail-ttl", .toml_key = "cache_servfail_ttl", .kind = OptionKind::kInteger,
+     .field = &Config::cache_servfail_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
+     .help = "upstream SERVFAIL answers are cached this long"},
+    {.flag = "cache-stale-window", .toml_key = "cache_stale_window", .kind = OptionKind::kInteger,
+     .field = &Config::cache_stale_window, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
+     .help = "expired answers may be served this long after expiry\n"
+             "when upstreams fail, with TTL 30 (RFC 8767); 0: off"},
+    {.flag = "query-timeout", .toml_key = "query_timeout_ms", .kind = OptionKind::kMilliseconds,
+     .field = &Config::query_timeout, .min = 10, .max = 60000, .value_name = "MS",
+     .help = "deadline of a forwarded query before SERVFAIL"},
+    {.flag = "tcp-idle-timeout", .toml_key = "tcp_idle_timeout_ms", .kind = OptionKind::kMilliseconds,
+     .field = &Config::tcp_idle_timeout, .min = 100, .max = 3600000, .value_name = "MS",
+     .help = "idle client TCP connections are closed after"},
+    {.flag = "connect-timeout", .toml_key = "connect_timeout_ms", .kind = OptionKind::kMilliseconds,
+     .field = &Config::connect_timeout, .min = 100, .max = 60000, .value_name = "MS",
+     .help = "upstream connect+handshake budget; TCP_USER_TIMEOUT"},
+    {.flag = "max-tcp-clients", .toml_key = "max_tcp_clients", .kind = OptionKind::kInteger,
+     .field = &Config::max_tcp_clients, .min = 1, .max = 65536, .value_name = "N",
+     .help = "client TCP connections per shard"},
+    {.flag = "max-inflight", .toml_key = "max_inflight", .kind = OptionKind::kInteger,
+     .field = &Config::max_inflight, .min = 16, .max = 1 << 20, .value_name = "N",
+     .help = "forwarded queries in flight per shard"},
+    {.flag = "udp-buffer", .toml_key = "udp_buffer", .kind = OptionKind::kInteger,
+     .field = &Config::udp_socket_buffer, .min = 0, .max = 1 << 30, .value_name = "BYTES",
+     .help = "UDP socket receive/send buffer"},
+    {.flag = "max-inflight-per-connection", .toml_key = "max_inflight_per_connection",
+     .kind = OptionKind::kInteger, .field = &Config::max_inflight_per_connection, .min = 1,
+     .max = 65535, .value_name = "N", .help = "queries in flight on one upstream connection"},
+    {.flag = "max-connections-per-upstream", .toml_key = "max_connections_per_upstream",
+     .kind = OptionKind::kInteger, .field = &Config::max_connections_per_upstream, .min = 1,
+     .max = 64, .value_name = "N", .help = "upstream connections per shard and upstream"},
+    {.flag = "upstream-idle-timeout", .toml_key = "upstream_idle_timeout_ms",
+     .kind = OptionKind::kMilliseconds, .field = &Config::upstream_idle_timeout, .min = 100,
+     .max = 3600000, .value_name = "MS",
+     .help = "close idle upstream connections after this, or just\n"
+             "before the upstream's edns-tcp-keepalive timeout"},
+    {.flag = "no-padding", .toml_key = "padding", .kind = OptionKind::kSwitch,
+     .field = &Config::pad_queries, .switch_value = false,
+     .help = "do not pad upstream queries (RFC 8467)"},
+    {.flag = "keep-client-subnet", .toml_key = "strip_client_subnet", .kind = OptionKind::kSwitch,
+     .field = &Config::strip_client_subnet, .switch_value = false,
+     .help = "forward EDNS client-subnet options (stripped by default)"},
+    {.flag = "allow", .toml_key = "allow", .kind = OptionKind::kCidrList, .field = &Config::allow,
+     .value_name = "CIDR",
+     .help = "client network allowed to query; repeatable (default:\n"
+             "loopback and private ranges); others get no reply"},
+    {.flag = "check-config", .kind = OptionKind::kSwitch, .field = &Config::check_config,
+     .switch_value = true, .help = "validate the configuration and exit"},
+    {.flag = "version", .kind = OptionKind::kVersion, .help = "print the version and exit"},
+    {.flag = "help", .kind = OptionKind::kHelp, .help = "print this text and exit"},
 };
 
-const option kOptions[] = {
-    {"config", required_argument, nullptr, kConfig},
-    {"listen", required_argument, nullptr, kListen},
-    {"upstream", required_argument, nullptr, kUpstream},
-    {"ca-file", required_argument, nullptr, kCaFile},
-    {"threads", required_argument, nullptr, kThreads},
-    {"cache-size", required_argument, nullptr, kCacheSize},
-    {"query-timeout", required_argument, nullptr, kQueryTimeout},
-    {"tcp-idle-timeout", required_argument, nullptr, kTcpIdleTimeout},
-    {"connect-timeout", required_argument, nullptr, kConnectTimeout},
-    {"max-tcp-clients", required_argument, nullptr, kMaxTcpClients},
-    {"max-inflight", required_argument, nullptr, kMaxInflight},
-    {"udp-buffer", required_argument, nullptr, kUdpBuffer},
-    {"check-config", no_argument, nullptr, kCheckConfig},
-    {"version", no_argument, nullptr, kVersion},
-    {"help", no_argument, nullptr, kHelp},
-    {"max-inflight-per-connection", required_argument, nullptr, kMaxInflightPerConnection},
-    {"max-connections-per-upstream", required_argument, nullptr, kMaxConnectionsPerUpstream},
-    {"upstream-idle-timeout", required_argument, nullptr, kUpstreamIdleTimeout},
-    {"no-padding", no_argument, nullptr, kNoPadding},
-    {"keep-client-subnet", no_argument, nullptr, kKeepClientSubnet},
-    {"cache-min-ttl", required_argument, nullptr, kCacheMinTtl},
-    {"cache-max-ttl", required_argument, nullptr, kCacheMaxTtl},
-    {"cache-negative-ttl", required_argument, nullptr, kCacheNegativeTtl},
-    {"cache-servfail-ttl", required_argument, nullptr, kCacheServfailTtl},
-    {"cache-stale-window", required_argument, nullptr, kCacheStaleWindow},
-    {"allow", required_argument, nullptr, kAllow},
-    {nullptr, 0, nullptr, 0},
-};
-
-absl::Status FlagError(absl::string_view flag, absl::string_view problem) {
-  return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", problem));
+absl::Status Problem(absl::string_view where, const absl::Status& status) {
+  return absl::InvalidArgumentError(absl::StrCat(where, ": ", status.message()));
 }
 
-// Parses a decimal integer in [min, max] or names the flag in the error.
-absl::StatusOr<long long> ParseInteger(absl::string_view flag, std::string_view text, long long min,
-                                       long long max) {
-  long long value = 0;
+// A decimal integer, whole text; the range is the row's business.
+absl::StatusOr<int64_t> ParseDecimal(std::string_view text) {
+  int64_t value = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (ec != std::errc() || end != text.data() + text.size()) {
-    return FlagError(flag, absl::StrCat("'", Sv(text), "' is not an integer"));
-  }
-  if (value < min || value > max) {
-    return FlagError(flag, absl::StrCat("'", Sv(text), "' is out of range [", min, ", ", max, "]"));
+    return absl::InvalidArgumentError(absl::StrCat("'", Excerpt(text), "' is not an integer"));
   }
   return value;
+}
+
+// What every upstream must satisfy, however it was written.
+absl::Status CheckUpstream(const UpstreamConfig& upstream) {
+  if (upstream.auth_name.empty()) return absl::InvalidArgumentError("empty name");
+  if (auto status = CheckText(upstream.auth_name, kMaxAuthNameBytes); !status.ok()) {
+    return Problem("name", status);
+  }
+  if (upstream.pin_only && upstream.pins.empty()) {
+    return absl::InvalidArgumentError("pin-only authentication needs at least one pin");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -101,7 +147,7 @@ absl::StatusOr<SpkiPin> ParsePin(std::string_view base64) {
   std::string decoded;
   if (!absl::Base64Unescape(Sv(base64), &decoded) || decoded.size() != 32) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "pin '", Sv(base64), "' is not a base64 SHA-256 digest (44 characters, see tools/spki-pin.sh)"));
+        "pin '", Excerpt(base64), "' is not a base64 SHA-256 digest (44 characters, see tools/spki-pin.sh)"));
   }
   SpkiPin pin;
   std::memcpy(pin.data(), decoded.data(), pin.size());
@@ -109,6 +155,8 @@ absl::StatusOr<SpkiPin> ParsePin(std::string_view base64) {
 }
 
 absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
+  if (auto status = CheckText(spec, kMaxUpstreamSpecBytes); !status.ok()) return status;
+  const std::string quoted = absl::StrCat("'", Excerpt(spec), "': ");
   UpstreamConfig upstream;
   // Logs name the upstream without its pins.
   upstream.spec = std::string(spec.substr(0, spec.find('^')));
@@ -121,7 +169,7 @@ absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
     while (true) {
       const size_t next = pins.find('^');
       auto pin = ParsePin(pins.substr(0, next));
-      if (!pin.ok()) return absl::InvalidArgumentError(absl::StrCat("'", Sv(spec), "': ", pin.status().message()));
+      if (!pin.ok()) return absl::InvalidArgumentError(absl::StrCat(quoted, pin.status().message()));
       upstream.pins.push_back(*pin);
       if (next == std::string_view::npos) break;
       pins = pins.substr(next + 1);
@@ -133,11 +181,16 @@ absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
     address_text = rest.substr(0, hash);
     upstream.auth_name = std::string(rest.substr(hash + 1));
     if (upstream.auth_name.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("'", Sv(spec), "': empty name after '#'"));
+      return absl::InvalidArgumentError(absl::StrCat(quoted, "empty name after '#'"));
     }
-    if (upstream.auth_name.size() > 253) {
-      return absl::InvalidArgumentError(absl::StrCat("'", Sv(spec), "': name longer than 253 bytes"));
+    if (upstream.auth_name.size() > kMaxAuthNameBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(quoted, "name longer than ", kMaxAuthNameBytes, " bytes"));
     }
+  }
+  // io::ParseSocketAddress quotes its input whole: bound it first.
+  if (auto status = CheckText(address_text, kMaxAddressBytes); !status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(quoted, "address ", status.message()));
   }
   auto address = io::ParseSocketAddress(address_text, kDotPort);
   if (!address.ok()) return address.status();
@@ -146,70 +199,231 @@ absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
   return upstream;
 }
 
-std::string UsageText() {
-  return R"(Usage: dotproxy [flags]
-A forwarding DNS proxy: plain DNS (UDP, TCP) in, DNS over TLS out.
-Environment: DOTPROXY_LISTEN and DOTPROXY_UPSTREAMS (comma-separated, flag
-syntax) override the configuration file; flags override both.
+// --- Option ----------------------------------------------------------------
 
-  --config FILE            TOML configuration file (see systemd/dotproxy.toml);
-                           flags override it
-  --listen ADDR:PORT       UDP and TCP listen address, e.g. 127.0.0.1:53 or [::1]:53;
-                           repeatable (default: 127.0.0.1:53 and [::1]:53)
-  --upstream IP[:PORT][#NAME][^PIN]...
-                           DNS-over-TLS upstream; PORT defaults to 853; NAME is the
-                           TLS authentication name (SNI and certificate check),
-                           defaulting to the IP (IP SAN); PIN a base64 SHA-256
-                           SPKI pin (tools/spki-pin.sh), repeatable with '^';
-                           repeatable (default: 1.1.1.1#cloudflare-dns.com,
-                           1.0.0.1#cloudflare-dns.com)
-  --ca-file PEM            trust anchors (default: the system CA store)
-  --threads N              shards, one thread each (default: usable CPUs)
-  --cache-size N           cache entries for the whole proxy, split across shards
-                           (default 0 = off)
-  --cache-min-ttl S        cached answers live at least S seconds (0)
-  --cache-max-ttl S        and at most S seconds (86400)
-  --cache-negative-ttl S   cap for NXDOMAIN/NODATA (SOA minimum, RFC 2308) (3600)
-  --cache-servfail-ttl S   upstream SERVFAIL answers are cached this long (5)
-  --cache-stale-window S   expired answers may be served this long after expiry
-                           when upstreams fail, with TTL 30 (RFC 8767) (86400)
-  --query-timeout MS       deadline of a forwarded query before SERVFAIL (2000)
-  --tcp-idle-timeout MS    idle client TCP connections are closed after (10000)
-  --connect-timeout MS     upstream connect+handshake budget; TCP_USER_TIMEOUT (3000)
-  --max-tcp-clients N      client TCP connections per shard (1024)
-  --max-inflight N         forwarded queries in flight per shard (16384)
-  --udp-buffer BYTES       UDP socket receive/send buffer (4194304)
-  --max-inflight-per-connection N
-                           queries in flight on one upstream connection (100)
-  --max-connections-per-upstream N
-                           upstream connections per shard and upstream (4)
-  --upstream-idle-timeout MS
-                           close idle upstream connections after (8000, or just
-                           before the upstream's edns-tcp-keepalive timeout)
-  --no-padding             do not pad upstream queries (RFC 8467)
-  --keep-client-subnet     forward EDNS client-subnet options (stripped by default)
-  --allow CIDR             client network allowed to query; repeatable (default:
-                           loopback and private ranges); others get no reply
-  --check-config           validate the configuration and exit
-  --version                print the version and exit
-  --help                   print this text and exit
-)";
+bool Option::IsList() const {
+  return kind == OptionKind::kAddressList || kind == OptionKind::kUpstreamList ||
+         kind == OptionKind::kCidrList;
 }
+
+absl::Status Option::SetInteger(Config& config, int64_t value) const {
+  if (value < min || value > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(value, " is out of range [", min, ", ", max, "]"));
+  }
+  // The table's bounds fit every field they guard (config_test checks), so
+  // these casts do not truncate.
+  if (auto* f = std::get_if<int Config::*>(&field)) {
+    config.**f = static_cast<int>(value);
+  } else if (auto* f = std::get_if<size_t Config::*>(&field)) {
+    config.**f = static_cast<size_t>(value);
+  } else if (auto* f = std::get_if<uint32_t Config::*>(&field)) {
+    config.**f = static_cast<uint32_t>(value);
+  } else if (auto* f = std::get_if<std::chrono::milliseconds Config::*>(&field)) {
+    config.**f = std::chrono::milliseconds(value);
+  } else {
+    return absl::InternalError(absl::StrCat("--", Sv(flag), " is not a number"));
+  }
+  return absl::OkStatus();
+}
+
+int64_t Option::GetInteger(const Config& config) const {
+  if (auto* f = std::get_if<int Config::*>(&field)) return config.**f;
+  if (auto* f = std::get_if<uint32_t Config::*>(&field)) return config.**f;
+  if (auto* f = std::get_if<std::chrono::milliseconds Config::*>(&field)) return (config.**f).count();
+  if (auto* f = std::get_if<size_t Config::*>(&field)) {
+    constexpr size_t kMax = std::numeric_limits<int64_t>::max();
+    return static_cast<int64_t>(std::min(config.**f, kMax));
+  }
+  return 0;
+}
+
+void Option::SetBool(Config& config, bool value) const {
+  if (auto* f = std::get_if<bool Config::*>(&field)) config.**f = value;
+}
+
+void Option::ClearList(Config& config) const {
+  if (auto* f = std::get_if<std::vector<io::SocketAddress> Config::*>(&field)) (config.**f).clear();
+  if (auto* f = std::get_if<std::vector<UpstreamConfig> Config::*>(&field)) (config.**f).clear();
+  if (auto* f = std::get_if<std::vector<io::Cidr> Config::*>(&field)) (config.**f).clear();
+}
+
+absl::Status Option::AppendUpstream(Config& config, UpstreamConfig upstream) const {
+  auto* f = std::get_if<std::vector<UpstreamConfig> Config::*>(&field);
+  if (f == nullptr) return absl::InternalError(absl::StrCat("--", Sv(flag), " is not an upstream list"));
+  if (auto status = CheckUpstream(upstream); !status.ok()) return status;
+  (config.**f).push_back(std::move(upstream));
+  return absl::OkStatus();
+}
+
+absl::Status Option::SetFromText(Config& config, std::string_view text) const {
+  switch (kind) {
+    case OptionKind::kInteger:
+    case OptionKind::kMilliseconds: {
+      auto value = ParseDecimal(text);
+      if (!value.ok()) return value.status();
+      return SetInteger(config, *value);
+    }
+    case OptionKind::kPath: {
+      auto* f = std::get_if<std::string Config::*>(&field);
+      if (f == nullptr) break;
+      if (text.empty()) return absl::InvalidArgumentError("empty path");
+      if (auto status = CheckText(text, kMaxPathBytes); !status.ok()) return status;
+      config.**f = std::string(text);
+      return absl::OkStatus();
+    }
+    case OptionKind::kAddressList: {
+      auto* f = std::get_if<std::vector<io::SocketAddress> Config::*>(&field);
+      if (f == nullptr) break;
+      if (auto status = CheckText(text, kMaxAddressBytes); !status.ok()) return status;
+      auto address = io::ParseSocketAddress(text, -1);
+      if (!address.ok()) return address.status();
+      (config.**f).push_back(*address);
+      return absl::OkStatus();
+    }
+    case OptionKind::kCidrList: {
+      auto* f = std::get_if<std::vector<io::Cidr> Config::*>(&field);
+      if (f == nullptr) break;
+      if (auto status = CheckText(text, kMaxAddressBytes); !status.ok()) return status;
+      auto cidr = io::ParseCidr(text);
+      if (!cidr.ok()) return cidr.status();
+      (config.**f).push_back(*std::move(cidr));
+      return absl::OkStatus();
+    }
+    case OptionKind::kUpstreamList: {
+      auto upstream = ParseUpstream(text);
+      if (!upstream.ok()) return upstream.status();
+      return AppendUpstream(config, *std::move(upstream));
+    }
+    case OptionKind::kSwitch:
+    case OptionKind::kConfigFile:
+    case OptionKind::kHelp:
+    case OptionKind::kVersion:
+      break;
+  }
+  return absl::InternalError(absl::StrCat("--", Sv(flag), " takes no text value"));
+}
+
+absl::Span<const Option> Options() { return kOptions; }
+
+const Option* FindOptionByFlag(std::string_view flag) {
+  for (const Option& option : kOptions) {
+    if (option.flag == flag) return &option;
+  }
+  return nullptr;
+}
+
+const Option* FindOptionByTomlKey(std::string_view key) {
+  if (key.empty()) return nullptr;
+  for (const Option& option : kOptions) {
+    if (option.toml_key == key) return &option;
+  }
+  return nullptr;
+}
+
+// --- Validation ------------------------------------------------------------
+
+absl::Status ValidateConfig(const Config& config) {
+  if (config.listen.empty()) return absl::InvalidArgumentError("no listen address (--listen)");
+  if (config.upstreams.empty()) return absl::InvalidArgumentError("no upstream (--upstream)");
+  // Parsers check ranges as values arrive; this catches a Config built or
+  // changed by code, so every path meets the same table.
+  for (const Option& option : kOptions) {
+    if (!option.IsNumeric()) continue;
+    const int64_t value = option.GetInteger(config);
+    if (value < option.min || value > option.max) {
+      return absl::InvalidArgumentError(absl::StrCat("--", Sv(option.flag), ": ", value,
+                                                     " is out of range [", option.min, ", ",
+                                                     option.max, "]"));
+    }
+  }
+  if (auto status = CheckText(config.ca_file, kMaxPathBytes); !status.ok()) {
+    return Problem("--ca-file", status);
+  }
+  for (const UpstreamConfig& upstream : config.upstreams) {
+    if (auto status = CheckUpstream(upstream); !status.ok()) {
+      return Problem(absl::StrCat("upstream '", Excerpt(upstream.spec), "'"), status);
+    }
+  }
+  // Connection pools are keyed by (address, port, TLS name): the same key
+  // twice is a mistake, and a different name at the same address gets its
+  // own connections (never one made for another name).
+  for (size_t i = 0; i < config.upstreams.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      const UpstreamConfig& a = config.upstreams[i];
+      const UpstreamConfig& b = config.upstreams[j];
+      if (a.address.ToString() == b.address.ToString() && a.auth_name == b.auth_name) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "upstream ", a.address.ToString(), "#", Excerpt(a.auth_name), " is configured twice"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// --- Usage -----------------------------------------------------------------
+
+std::string UsageText() {
+  // Help starts in this column; longer flags put it on the next line.
+  constexpr size_t kHelpColumn = 27;
+  const std::string indent(kHelpColumn, ' ');
+  std::string environment;
+  for (const Option& option : kOptions) {
+    if (option.env.empty()) continue;
+    absl::StrAppend(&environment, environment.empty() ? "" : ", ", Sv(option.env), " (--",
+                    Sv(option.flag), ")");
+  }
+  std::string text = absl::StrCat(
+      "Usage: dotproxy [flags]\n"
+      "A forwarding DNS proxy: plain DNS (UDP, TCP) in, DNS over TLS out.\n"
+      "Environment: ", environment, ":\n"
+      "comma-separated, flag syntax; they override the configuration file, and\n"
+      "flags override both.\n\n");
+  const Config defaults;
+  for (const Option& option : kOptions) {
+    std::string head = absl::StrCat("  --", Sv(option.flag));
+    if (!option.value_name.empty()) absl::StrAppend(&head, " ", Sv(option.value_name));
+    std::vector<std::string> lines = absl::StrSplit(Sv(option.help), '\n');
+    if (option.IsNumeric()) absl::StrAppend(&lines.back(), " (", option.GetInteger(defaults), ")");
+    if (head.size() < kHelpColumn) {
+      head.resize(kHelpColumn, ' ');
+      absl::StrAppend(&text, head, lines.front(), "\n");
+    } else {
+      absl::StrAppend(&text, head, "\n", indent, lines.front(), "\n");
+    }
+    for (size_t i = 1; i < lines.size(); ++i) absl::StrAppend(&text, indent, lines[i], "\n");
+  }
+  return text;
+}
+
+// --- The command line ------------------------------------------------------
 
 namespace {
 
-// Splits a comma-separated environment value; empty items are errors.
-absl::Status ApplyEnvironmentList(const char* variable,
-                                  const std::function<absl::Status(std::string_view)>& apply) {
-  const char* value = std::getenv(variable);
+// getopt_long's value for row i of the table; above any short option.
+constexpr int kFirstFlagCode = 1000;
+
+// The environment layer for one row: lists are comma-separated, in flag
+// syntax, and replace the earlier layers' list; empty items are errors.
+absl::Status ApplyEnvironment(const Option& option, Config& config) {
+  if (option.env.empty()) return absl::OkStatus();
+  const std::string variable(option.env);
+  const char* value = std::getenv(variable.c_str());
   if (value == nullptr) return absl::OkStatus();
+  if (!option.IsList()) {
+    if (auto status = option.SetFromText(config, value); !status.ok()) return Problem(variable, status);
+    return absl::OkStatus();
+  }
+  option.ClearList(config);
   for (absl::string_view item : absl::StrSplit(value, ',')) {
     item = absl::StripAsciiWhitespace(item);
     if (item.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(variable, ": empty item in '", value, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(variable, ": empty item in '", Excerpt(value), "'"));
     }
-    if (auto status = apply(std::string_view(item.data(), item.size())); !status.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(variable, ": ", status.message()));
+    if (auto status = option.SetFromText(config, std::string_view(item.data(), item.size()));
+        !status.ok()) {
+      return Problem(variable, status);
     }
   }
   return absl::OkStatus();
@@ -221,199 +435,84 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
   CommandLine result;
   Config& config = result.config;
 
+  // getopt_long wants NUL-terminated names; the table holds string_views.
+  std::vector<std::string> names;
+  names.reserve(std::size(kOptions));
+  std::vector<option> long_options;
+  for (size_t i = 0; i < std::size(kOptions); ++i) {
+    const OptionKind kind = kOptions[i].kind;
+    const bool takes_value = kind != OptionKind::kSwitch && kind != OptionKind::kHelp &&
+                             kind != OptionKind::kVersion;
+    names.emplace_back(kOptions[i].flag);
+    long_options.push_back({names.back().c_str(), takes_value ? required_argument : no_argument,
+                            nullptr, kFirstFlagCode + static_cast<int>(i)});
+  }
+  long_options.push_back({nullptr, 0, nullptr, 0});
+
   // Pass 1: read every flag so the layers can be applied in order.
-  std::vector<std::pair<int, std::string>> flags;
+  std::vector<std::pair<const Option*, std::string>> flags;
   optind = 1;
   opterr = 0;  // we print our own one-line errors
   int index = 0;
   while (true) {
     const int previous = optind;
-    const int flag = getopt_long(argc, argv, ":", kOptions, &index);
-    if (flag == -1) break;
-    if (flag == ':') {
-      return absl::InvalidArgumentError(absl::StrCat(argv[previous], ": missing value"));
+    const int code = getopt_long(argc, argv, ":", long_options.data(), &index);
+    if (code == -1) break;
+    if (code == ':') {
+      return absl::InvalidArgumentError(absl::StrCat(Excerpt(argv[previous]), ": missing value"));
     }
-    if (flag == '?' || flag < kConfig) {
+    if (code == '?' || code < kFirstFlagCode ||
+        code >= kFirstFlagCode + static_cast<int>(std::size(kOptions))) {
       return absl::InvalidArgumentError(
-          absl::StrCat(argv[previous], ": unknown flag (see --help)"));
+          absl::StrCat(Excerpt(argv[previous]), ": unknown flag (see --help)"));
     }
-    flags.emplace_back(flag, optarg != nullptr ? optarg : "");
+    flags.emplace_back(&kOptions[code - kFirstFlagCode], optarg != nullptr ? optarg : "");
   }
   if (optind < argc) {
     return absl::InvalidArgumentError(
-        absl::StrCat("'", argv[optind], "': unexpected argument (flags start with --)"));
+        absl::StrCat("'", Excerpt(argv[optind]), "': unexpected argument (flags start with --)"));
   }
 
   // Layer 1: the configuration file.
-  for (const auto& [flag, value] : flags) {
-    if (flag != kConfig) continue;
-    if (value.empty()) return FlagError("config", "empty path");
+  for (const auto& [option, value] : flags) {
+    if (option->kind != OptionKind::kConfigFile) continue;
+    if (value.empty()) return absl::InvalidArgumentError("--config: empty path");
+    if (auto status = CheckText(value, kMaxPathBytes); !status.ok()) return Problem("--config", status);
     if (auto status = LoadConfigFile(value, config); !status.ok()) return status;
     config.config_file = value;
   }
 
   // Layer 2: the environment (containers).
-  std::vector<io::SocketAddress> env_listen;
-  if (auto status = ApplyEnvironmentList("DOTPROXY_LISTEN", [&](std::string_view item) -> absl::Status {
-        auto address = io::ParseSocketAddress(item, -1);
-        if (!address.ok()) return address.status();
-        env_listen.push_back(*address);
-        return absl::OkStatus();
-      });
-      !status.ok()) {
-    return status;
+  for (const Option& option : kOptions) {
+    if (auto status = ApplyEnvironment(option, config); !status.ok()) return status;
   }
-  if (!env_listen.empty()) config.listen = env_listen;
-  std::vector<UpstreamConfig> env_upstreams;
-  if (auto status = ApplyEnvironmentList("DOTPROXY_UPSTREAMS", [&](std::string_view item) -> absl::Status {
-        auto upstream = ParseUpstream(item);
-        if (!upstream.ok()) return upstream.status();
-        env_upstreams.push_back(*std::move(upstream));
-        return absl::OkStatus();
-      });
-      !status.ok()) {
-    return status;
-  }
-  if (!env_upstreams.empty()) config.upstreams = env_upstreams;
 
-  // Layer 3: flags. Lists given on the command line replace earlier layers'.
-  bool listen_from_flags = false;
-  bool allow_from_flags = false;
-  bool upstreams_from_flags = false;
-  for (const auto& [flag, text] : flags) {
-    const std::string_view value = text;
-    switch (flag) {
-      case kConfig:
+  // Layer 3: flags. A list given on the command line replaces earlier layers'.
+  std::vector<bool> list_from_flags(std::size(kOptions), false);
+  for (const auto& [option, value] : flags) {
+    switch (option->kind) {
+      case OptionKind::kConfigFile:
         break;
-      case kListen: {
-        auto address = io::ParseSocketAddress(value, -1);
-        if (!address.ok()) return FlagError("listen", address.status().message());
-        if (!listen_from_flags) config.listen.clear();
-        listen_from_flags = true;
-        config.listen.push_back(*address);
-        break;
-      }
-      case kUpstream: {
-        auto upstream = ParseUpstream(value);
-        if (!upstream.ok()) return FlagError("upstream", upstream.status().message());
-        if (!upstreams_from_flags) config.upstreams.clear();
-        upstreams_from_flags = true;
-        config.upstreams.push_back(*std::move(upstream));
-        break;
-      }
-      case kAllow: {
-        auto cidr = io::ParseCidr(value);
-        if (!cidr.ok()) return FlagError("allow", cidr.status().message());
-        if (!allow_from_flags) config.allow.clear();
-        allow_from_flags = true;
-        config.allow.push_back(*cidr);
-        break;
-      }
-      case kCaFile:
-        if (value.empty()) return FlagError("ca-file", "empty path");
-        config.ca_file = std::string(value);
-        break;
-      case kThreads: {
-        auto n = ParseInteger("threads", value, 1, 1024);
-        if (!n.ok()) return n.status();
-        config.threads = static_cast<int>(*n);
-        break;
-      }
-      case kCacheSize: {
-        auto n = ParseInteger("cache-size", value, 0, 1LL << 32);
-        if (!n.ok()) return n.status();
-        config.cache_size = static_cast<size_t>(*n);
-        break;
-      }
-      case kQueryTimeout: {
-        auto n = ParseInteger("query-timeout", value, 10, 60000);
-        if (!n.ok()) return n.status();
-        config.query_timeout = std::chrono::milliseconds(*n);
-        break;
-      }
-      case kTcpIdleTimeout: {
-        auto n = ParseInteger("tcp-idle-timeout", value, 100, 3600000);
-        if (!n.ok()) return n.status();
-        config.tcp_idle_timeout = std::chrono::milliseconds(*n);
-        break;
-      }
-      case kConnectTimeout: {
-        auto n = ParseInteger("connect-timeout", value, 100, 60000);
-        if (!n.ok()) return n.status();
-        config.connect_timeout = std::chrono::milliseconds(*n);
-        break;
-      }
-      case kMaxTcpClients: {
-        auto n = ParseInteger("max-tcp-clients", value, 1, 65536);
-        if (!n.ok()) return n.status();
-        config.max_tcp_clients = static_cast<int>(*n);
-        break;
-      }
-      case kMaxInflight: {
-        auto n = ParseInteger("max-inflight", value, 16, 1 << 20);
-        if (!n.ok()) return n.status();
-        config.max_inflight = static_cast<int>(*n);
-        break;
-      }
-      case kUdpBuffer: {
-        auto n = ParseInteger("udp-buffer", value, 0, 1 << 30);
-        if (!n.ok()) return n.status();
-        config.udp_socket_buffer = static_cast<int>(*n);
-        break;
-      }
-      case kMaxInflightPerConnection: {
-        auto n = ParseInteger("max-inflight-per-connection", value, 1, 65535);
-        if (!n.ok()) return n.status();
-        config.max_inflight_per_connection = static_cast<int>(*n);
-        break;
-      }
-      case kMaxConnectionsPerUpstream: {
-        auto n = ParseInteger("max-connections-per-upstream", value, 1, 64);
-        if (!n.ok()) return n.status();
-        config.max_connections_per_upstream = static_cast<int>(*n);
-        break;
-      }
-      case kUpstreamIdleTimeout: {
-        auto n = ParseInteger("upstream-idle-timeout", value, 100, 3600000);
-        if (!n.ok()) return n.status();
-        config.upstream_idle_timeout = std::chrono::milliseconds(*n);
-        break;
-      }
-      case kNoPadding:
-        config.pad_queries = false;
-        break;
-      case kCacheMinTtl:
-      case kCacheMaxTtl:
-      case kCacheNegativeTtl:
-      case kCacheServfailTtl:
-      case kCacheStaleWindow: {
-        const char* name = flag == kCacheMinTtl        ? "cache-min-ttl"
-                           : flag == kCacheMaxTtl      ? "cache-max-ttl"
-                           : flag == kCacheNegativeTtl ? "cache-negative-ttl"
-                           : flag == kCacheServfailTtl ? "cache-servfail-ttl"
-                                                       : "cache-stale-window";
-        auto n = ParseInteger(name, value, 0, 7 * 86400);
-        if (!n.ok()) return n.status();
-        const uint32_t seconds = static_cast<uint32_t>(*n);
-        if (flag == kCacheMinTtl) config.cache_min_ttl = seconds;
-        if (flag == kCacheMaxTtl) config.cache_max_ttl = seconds;
-        if (flag == kCacheNegativeTtl) config.cache_negative_max_ttl = seconds;
-        if (flag == kCacheServfailTtl) config.cache_servfail_ttl = seconds;
-        if (flag == kCacheStaleWindow) config.cache_stale_window = seconds;
-        break;
-      }
-      case kKeepClientSubnet:
-        config.strip_client_subnet = false;
-        break;
-      case kCheckConfig:
-        config.check_config = true;
-        break;
-      case kVersion:
-        result.show_version = true;
-        break;
-      case kHelp:
+      case OptionKind::kHelp:
         result.show_help = true;
         break;
+      case OptionKind::kVersion:
+        result.show_version = true;
+        break;
+      case OptionKind::kSwitch:
+        option->SetBool(config, option->switch_value);
+        break;
+      default: {
+        if (option->IsList()) {
+          const size_t row = static_cast<size_t>(option - kOptions);
+          if (!list_from_flags[row]) option->ClearList(config);
+          list_from_flags[row] = true;
+        }
+        if (auto status = option->SetFromText(config, value); !status.ok()) {
+          return Problem(absl::StrCat("--", Sv(option->flag)), status);
+        }
+        break;
+      }
     }
   }
 
@@ -426,6 +525,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
     config.upstreams.push_back(*ParseUpstream("1.1.1.1#cloudflare-dns.com"));
     config.upstreams.push_back(*ParseUpstream("1.0.0.1#cloudflare-dns.com"));
   }
+  if (auto status = ValidateConfig(config); !status.ok()) return status;
   return result;
 }
 

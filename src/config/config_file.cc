@@ -1,80 +1,53 @@
 // The TOML configuration file. Control plane only: runs once at start.
+//
+// Which keys exist, what they take and their ranges come from the option
+// table (Options()); this file only knows TOML's syntax for each kind, and
+// the sub-keys of an [[upstream]] table.
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <toml++/toml.h>
 
+#include <cerrno>
+#include <cstring>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "dotproxy/config/config.h"
+#include "dotproxy/io/socket.h"
+#include "src/config/text.h"
 
 namespace dotproxy::config {
 namespace {
 
-absl::string_view Sv(std::string_view text) { return {text.data(), text.size()}; }
-
 // Builds "FILE:LINE: problem" for the node (or its parent table).
 class FileErrors {
  public:
-  explicit FileErrors(const std::string& path) : path_(path) {}
+  explicit FileErrors(const std::string& path) : path_(EscapeForMessage(path)) {}
   absl::Status At(const toml::source_region& where, absl::string_view problem) const {
-    return AtImpl(where, problem);
+    return absl::InvalidArgumentError(absl::StrCat(path_, ":", where.begin.line, ": ", problem));
   }
-  absl::Status At(const toml::source_region& where, std::string_view problem) const {
-    return AtImpl(where, Sv(problem));
-  }
-  absl::Status At(const toml::source_region& where, const char* problem) const {
-    return AtImpl(where, absl::string_view(problem));
-  }
-  absl::Status At(const toml::source_region& where, const std::string& problem) const {
-    return AtImpl(where, absl::string_view(problem));
+  // `status` carries the problem; `what` names the key it is about.
+  absl::Status At(const toml::source_region& where, absl::string_view what,
+                  const absl::Status& status) const {
+    return At(where, absl::StrCat(what, ": ", status.message()));
   }
 
  private:
-  absl::Status AtImpl(const toml::source_region& where, absl::string_view problem) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path_, ":", where.begin.line, ": ", problem));
-  }
-
-  const std::string& path_;
+  const std::string path_;  // escaped: a file name can hold a newline
 };
 
-absl::Status ReadInteger(const FileErrors& errors, const toml::node& node, std::string_view key,
-                         int64_t min, int64_t max, int64_t& out) {
-  const auto* value = node.as_integer();
-  if (value == nullptr) return errors.At(node.source(), absl::StrCat("'", Sv(key), "' must be an integer"));
-  const int64_t v = value->get();
-  if (v < min || v > max) {
-    return errors.At(node.source(),
-                     absl::StrCat("'", Sv(key), "' = ", v, " is out of range [", min, ", ", max, "]"));
-  }
-  out = v;
-  return absl::OkStatus();
-}
+std::string Quoted(std::string_view key) { return absl::StrCat("'", Excerpt(key), "'"); }
 
 absl::Status ReadString(const FileErrors& errors, const toml::node& node, std::string_view key,
                         std::string& out) {
   const auto* value = node.as_string();
   if (value == nullptr || value->get().empty()) {
-    return errors.At(node.source(), absl::StrCat("'", Sv(key), "' must be a non-empty string"));
+    return errors.At(node.source(), absl::StrCat(Quoted(key), " must be a non-empty string"));
   }
   out = value->get();
-  return absl::OkStatus();
-}
-
-absl::Status ReadBool(const FileErrors& errors, const toml::node& node, std::string_view key,
-                      bool& out) {
-  const auto* value = node.as_boolean();
-  if (value == nullptr) return errors.At(node.source(), absl::StrCat("'", Sv(key), "' must be true or false"));
-  out = value->get();
-  return absl::OkStatus();
-}
-
-absl::Status ReadMilliseconds(const FileErrors& errors, const toml::node& node,
-                              std::string_view key, int64_t min, int64_t max,
-                              std::chrono::milliseconds& out) {
-  int64_t v = 0;
-  if (auto status = ReadInteger(errors, node, key, min, max, v); !status.ok()) return status;
-  out = std::chrono::milliseconds(v);
   return absl::OkStatus();
 }
 
@@ -86,10 +59,18 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
     const std::string_view key = key_node.str();
     if (key == "address") {
       if (auto s = ReadString(errors, node, key, address_text); !s.ok()) return s;
+      // io::ParseSocketAddress quotes its input whole: bound it first.
+      if (auto s = CheckText(address_text, kMaxAddressBytes); !s.ok()) {
+        return errors.At(node.source(), "'address'", s);
+      }
       have_address = true;
       address_node = &node;
     } else if (key == "name") {
       if (auto s = ReadString(errors, node, key, out.auth_name); !s.ok()) return s;
+      // The same limit as the flag's #NAME; a NUL would cut the SNI short.
+      if (auto s = CheckText(out.auth_name, kMaxAuthNameBytes); !s.ok()) {
+        return errors.At(node.source(), "'name'", s);
+      }
     } else if (key == "pins") {
       const auto* pins = node.as_array();
       if (pins == nullptr) return errors.At(node.source(), "'pins' must be an array of base64 strings");
@@ -101,14 +82,21 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
         out.pins.push_back(*pin);
       }
     } else if (key == "pin_only") {
-      if (auto s = ReadBool(errors, node, key, out.pin_only); !s.ok()) return s;
+      const auto* value = node.as_boolean();
+      if (value == nullptr) return errors.At(node.source(), "'pin_only' must be true or false");
+      out.pin_only = value->get();
     } else if (key == "priority") {
-      int64_t v = 0;
-      if (auto s = ReadInteger(errors, node, key, 0, 100, v); !s.ok()) return s;
-      out.priority = static_cast<int>(v);
+      const auto* value = node.as_integer();
+      if (value == nullptr) return errors.At(node.source(), "'priority' must be an integer");
+      if (value->get() < 0 || value->get() > 100) {
+        return errors.At(node.source(),
+                         absl::StrCat("'priority': ", value->get(), " is out of range [0, 100]"));
+      }
+      out.priority = static_cast<int>(value->get());
     } else {
-      return errors.At(key_node.source(), absl::StrCat("unknown key '", Sv(key),
-                                                       "' in [[upstream]] (address, name, pins, pin_only, priority)"));
+      return errors.At(key_node.source(),
+                       absl::StrCat("unknown key ", Quoted(key),
+                                    " in [[upstream]] (address, name, pins, pin_only, priority)"));
     }
   }
   if (!have_address) return errors.At(table.source(), "[[upstream]] needs an 'address'");
@@ -125,103 +113,145 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
   return absl::OkStatus();
 }
 
+// Reads one top-level key into `config` through its row of the table.
+absl::Status ReadOption(const FileErrors& errors, const Option& option, std::string_view key,
+                        const toml::node& node, Config& config) {
+  const std::string what = Quoted(key);
+  switch (option.kind) {
+    case OptionKind::kInteger:
+    case OptionKind::kMilliseconds: {
+      const auto* value = node.as_integer();
+      if (value == nullptr) return errors.At(node.source(), absl::StrCat(what, " must be an integer"));
+      if (auto s = option.SetInteger(config, value->get()); !s.ok()) return errors.At(node.source(), what, s);
+      return absl::OkStatus();
+    }
+    case OptionKind::kSwitch: {
+      const auto* value = node.as_boolean();
+      if (value == nullptr) return errors.At(node.source(), absl::StrCat(what, " must be true or false"));
+      option.SetBool(config, value->get());
+      return absl::OkStatus();
+    }
+    case OptionKind::kPath: {
+      const auto* value = node.as_string();
+      if (value == nullptr || value->get().empty()) {
+        return errors.At(node.source(), absl::StrCat(what, " must be a non-empty string"));
+      }
+      if (auto s = option.SetFromText(config, value->get()); !s.ok()) return errors.At(node.source(), what, s);
+      return absl::OkStatus();
+    }
+    case OptionKind::kAddressList:
+    case OptionKind::kCidrList:
+    case OptionKind::kUpstreamList: {
+      const auto* list = node.as_array();
+      if (list == nullptr) {
+        return errors.At(node.source(),
+                         option.kind == OptionKind::kUpstreamList
+                             ? absl::StrCat(what, " must be written as [[upstream]] tables")
+                             : absl::StrCat(what, " must be an array of \"", Sv(option.value_name),
+                                            "\" strings"));
+      }
+      // An empty list would leave the proxy with nothing to listen on or
+      // forward to; falling back to the defaults instead would hide the typo.
+      if (list->empty()) {
+        return errors.At(node.source(), absl::StrCat(what, " is an empty list: give at least one item, "
+                                                           "or leave the key out for the default"));
+      }
+      option.ClearList(config);
+      if (option.kind == OptionKind::kUpstreamList) {
+        if (!list->is_array_of_tables()) {
+          return errors.At(node.source(), absl::StrCat(what, " must be written as [[upstream]] tables"));
+        }
+        for (const auto& item : *list) {
+          UpstreamConfig upstream;
+          if (auto s = ReadUpstream(errors, *item.as_table(), upstream); !s.ok()) return s;
+          if (auto s = option.AppendUpstream(config, std::move(upstream)); !s.ok()) {
+            return errors.At(item.source(), "[[upstream]]", s);
+          }
+        }
+        return absl::OkStatus();
+      }
+      for (const auto& item : *list) {
+        const auto* text = item.as_string();
+        if (text == nullptr) return errors.At(item.source(), absl::StrCat(what, ": each item must be a string"));
+        if (auto s = option.SetFromText(config, text->get()); !s.ok()) return errors.At(item.source(), what, s);
+      }
+      return absl::OkStatus();
+    }
+    case OptionKind::kConfigFile:
+    case OptionKind::kHelp:
+    case OptionKind::kVersion:
+      break;
+  }
+  return errors.At(node.source(), absl::StrCat(what, " is not a file setting"));
+}
+
+const char* FileTypeName(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+// The whole file, if it is a regular file of at most kMaxConfigFileBytes.
+// O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses
+// it, as it refuses directories and devices (/dev/zero never ends).
+absl::StatusOr<std::string> ReadConfigText(const std::string& path, const std::string& shown) {
+  io::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (!fd) {
+    return absl::InvalidArgumentError(absl::StrCat(shown, ": cannot open: ", std::strerror(errno)));
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(shown, ": cannot stat: ", std::strerror(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        shown, ": ", FileTypeName(st.st_mode), "; --config takes a regular (TOML) file"));
+  }
+  const std::string too_large =
+      absl::StrCat(shown, ": larger than the ", kMaxConfigFileBytes, "-byte limit of a configuration file");
+  if (st.st_size > static_cast<off_t>(kMaxConfigFileBytes)) return absl::InvalidArgumentError(too_large);
+  // Read to the end, not to st_size: the file may change under us, and some
+  // regular files (procfs) report size 0.
+  std::string text;
+  char buffer[64 * 1024];
+  while (true) {
+    const ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(shown, ": cannot read: ", std::strerror(errno)));
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+    if (text.size() > kMaxConfigFileBytes) return absl::InvalidArgumentError(too_large);
+  }
+  return text;
+}
+
 }  // namespace
 
 absl::Status LoadConfigFile(const std::string& path, Config& config) {
+  const std::string shown = EscapeForMessage(path);
+  auto text = ReadConfigText(path, shown);
+  if (!text.ok()) return text.status();
   toml::table root;
   try {
-    root = toml::parse_file(path);
+    root = toml::parse(*text, path);
   } catch (const toml::parse_error& error) {
-    const auto& where = error.source();
-    return absl::InvalidArgumentError(absl::StrCat(path, ":", where.begin.line, ": ",
-                                                   Sv(error.description())));
+    // toml++ may quote the offending text; keep the line short.
+    return absl::InvalidArgumentError(absl::StrCat(shown, ":", error.source().begin.line, ": ",
+                                                   Excerpt(error.description(), 200)));
   }
   const FileErrors errors(path);
   for (const auto& [key_node, node] : root) {
     const std::string_view key = key_node.str();
-    absl::Status status;
-    int64_t v = 0;
-    if (key == "listen") {
-      const auto* list = node.as_array();
-      if (list == nullptr) return errors.At(node.source(), "'listen' must be an array of \"ADDR:PORT\" strings");
-      config.listen.clear();
-      for (const auto& item : *list) {
-        const auto* text = item.as_string();
-        if (text == nullptr) return errors.At(item.source(), "a listen address must be a string");
-        auto address = io::ParseSocketAddress(text->get(), -1);
-        if (!address.ok()) return errors.At(item.source(), absl::StrCat("listen ", address.status().message()));
-        config.listen.push_back(*address);
-      }
-    } else if (key == "upstream") {
-      const auto* list = node.as_array();
-      if (list == nullptr || !list->is_array_of_tables()) {
-        return errors.At(node.source(), "'upstream' must be written as [[upstream]] tables");
-      }
-      config.upstreams.clear();
-      for (const auto& item : *list) {
-        UpstreamConfig upstream;
-        if (auto s = ReadUpstream(errors, *item.as_table(), upstream); !s.ok()) return s;
-        config.upstreams.push_back(std::move(upstream));
-      }
-    } else if (key == "allow") {
-      const auto* list = node.as_array();
-      if (list == nullptr) return errors.At(node.source(), "'allow' must be an array of \"NETWORK/LENGTH\" strings");
-      config.allow.clear();
-      for (const auto& item : *list) {
-        const auto* text = item.as_string();
-        if (text == nullptr) return errors.At(item.source(), "an allow entry must be a string");
-        auto cidr = io::ParseCidr(text->get());
-        if (!cidr.ok()) return errors.At(item.source(), absl::StrCat("allow ", cidr.status().message()));
-        config.allow.push_back(*cidr);
-      }
-    } else if (key == "ca_file") {
-      status = ReadString(errors, node, key, config.ca_file);
-    } else if (key == "threads") {
-      status = ReadInteger(errors, node, key, 1, 1024, v);
-      config.threads = static_cast<int>(v);
-    } else if (key == "cache_size") {
-      status = ReadInteger(errors, node, key, 0, int64_t{1} << 32, v);
-      config.cache_size = static_cast<size_t>(v);
-    } else if (key == "query_timeout_ms") {
-      status = ReadMilliseconds(errors, node, key, 10, 60000, config.query_timeout);
-    } else if (key == "tcp_idle_timeout_ms") {
-      status = ReadMilliseconds(errors, node, key, 100, 3600000, config.tcp_idle_timeout);
-    } else if (key == "connect_timeout_ms") {
-      status = ReadMilliseconds(errors, node, key, 100, 60000, config.connect_timeout);
-    } else if (key == "upstream_idle_timeout_ms") {
-      status = ReadMilliseconds(errors, node, key, 100, 3600000, config.upstream_idle_timeout);
-    } else if (key == "max_tcp_clients") {
-      status = ReadInteger(errors, node, key, 1, 65536, v);
-      config.max_tcp_clients = static_cast<int>(v);
-    } else if (key == "max_inflight") {
-      status = ReadInteger(errors, node, key, 16, 1 << 20, v);
-      config.max_inflight = static_cast<int>(v);
-    } else if (key == "udp_buffer") {
-      status = ReadInteger(errors, node, key, 0, 1 << 30, v);
-      config.udp_socket_buffer = static_cast<int>(v);
-    } else if (key == "max_inflight_per_connection") {
-      status = ReadInteger(errors, node, key, 1, 65535, v);
-      config.max_inflight_per_connection = static_cast<int>(v);
-    } else if (key == "max_connections_per_upstream") {
-      status = ReadInteger(errors, node, key, 1, 64, v);
-      config.max_connections_per_upstream = static_cast<int>(v);
-    } else if (key == "cache_min_ttl" || key == "cache_max_ttl" || key == "cache_negative_ttl" ||
-               key == "cache_servfail_ttl" || key == "cache_stale_window") {
-      status = ReadInteger(errors, node, key, 0, 7 * 86400, v);
-      const uint32_t seconds = static_cast<uint32_t>(v);
-      if (key == "cache_min_ttl") config.cache_min_ttl = seconds;
-      if (key == "cache_max_ttl") config.cache_max_ttl = seconds;
-      if (key == "cache_negative_ttl") config.cache_negative_max_ttl = seconds;
-      if (key == "cache_servfail_ttl") config.cache_servfail_ttl = seconds;
-      if (key == "cache_stale_window") config.cache_stale_window = seconds;
-    } else if (key == "padding") {
-      status = ReadBool(errors, node, key, config.pad_queries);
-    } else if (key == "strip_client_subnet") {
-      status = ReadBool(errors, node, key, config.strip_client_subnet);
-    } else {
-      return errors.At(key_node.source(), absl::StrCat("unknown key '", Sv(key), "'"));
+    const Option* option = FindOptionByTomlKey(key);
+    if (option == nullptr) {
+      return errors.At(key_node.source(), absl::StrCat("unknown key ", Quoted(key)));
     }
-    if (!status.ok()) return status;
+    if (auto status = ReadOption(errors, *option, key, node, config); !status.ok()) return status;
   }
   return absl::OkStatus();
 }

@@ -10,15 +10,21 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "dotproxy/io/acl.h"
 #include "dotproxy/io/socket.h"
 
 namespace dotproxy::config {
 
 inline constexpr uint16_t kDotPort = 853;  // RFC 7858 §3.1
+// A DNS name as text, without the trailing dot (RFC 1035 §2.3.4: 255 octets
+// on the wire).
+inline constexpr size_t kMaxAuthNameBytes = 253;
 
 // SHA-256 of a certificate's DER SubjectPublicKeyInfo (RFC 7858 §4.2).
 using SpkiPin = std::array<uint8_t, 32>;
@@ -53,7 +59,9 @@ struct Config {
   std::vector<io::Cidr> allow;
   std::string ca_file;  // empty: system CA store
   int threads = 0;      // 0: one per CPU the process may run on
-  size_t cache_size = 0;
+  // Entries for the whole proxy, split across shards; 0 turns the cache off.
+  // 8192 entries take about 11 MiB.
+  size_t cache_size = 8192;
 
   std::chrono::milliseconds query_timeout{2000};
   std::chrono::milliseconds tcp_idle_timeout{10000};
@@ -86,12 +94,99 @@ struct Config {
 };
 
 // Reads a TOML configuration file into `config` (fields it does not set
-// keep their values). Errors read "FILE:LINE: problem".
+// keep their values). The file must be a regular file of at most
+// kMaxConfigFileBytes; a directory, device or FIFO is refused without
+// blocking. Errors read "FILE: problem" or "FILE:LINE: problem".
 absl::Status LoadConfigFile(const std::string& path, Config& config);
 
-// Parses `IP[:PORT][#NAME][^PIN[,PIN...]]` (IPv6 in brackets when a port
+// Large enough for any real file (they are a few KB), small enough that
+// reading one cannot exhaust memory.
+inline constexpr size_t kMaxConfigFileBytes = size_t{16} << 20;
+
+// Parses `IP[:PORT][#NAME][^PIN[^PIN...]]` (IPv6 in brackets when a port
 // follows).
 absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec);
+
+// Checks what no single value can: every upstream's name and pins, that no
+// upstream (same address and TLS name) is configured twice, that the lists
+// are not empty, and every range of the option table. ParseCommandLine calls
+// it after layering, so --check-config applies it too.
+absl::Status ValidateConfig(const Config& config);
+
+// --- The option table -------------------------------------------------------
+//
+// One row per setting: its flag, TOML key and environment variable, the kind
+// of value, the accepted range and the Config field it sets. The flag, the
+// environment and the file parsers, UsageText() and ValidateConfig() all read
+// this table, so a range or a name is written once. Rows are immutable and
+// live for the whole program.
+//
+//   for (const Option& option : Options()) { ... option.flag ... }
+
+enum class OptionKind {
+  kInteger,       // decimal; [min, max]
+  kMilliseconds,  // decimal milliseconds; [min, max]
+  kSwitch,        // the flag takes no value and stores switch_value; the file
+                  // takes true or false
+  kPath,          // a non-empty file name
+  kAddressList,   // "ADDR:PORT" items
+  kUpstreamList,  // upstream specs (ParseUpstream); the file uses [[upstream]]
+  kCidrList,      // "NETWORK/LENGTH" items
+  kConfigFile,    // --config FILE (flag only)
+  kHelp,          // --help (flag only)
+  kVersion,       // --version (flag only)
+};
+
+// Where a row's value lands; std::monostate for kConfigFile, kHelp, kVersion.
+using OptionField =
+    std::variant<std::monostate, int Config::*, size_t Config::*, uint32_t Config::*,
+                 std::chrono::milliseconds Config::*, bool Config::*, std::string Config::*,
+                 std::vector<io::SocketAddress> Config::*, std::vector<UpstreamConfig> Config::*,
+                 std::vector<io::Cidr> Config::*>;
+
+struct Option {
+  std::string_view flag = {};      // without "--"; every row has one
+  std::string_view toml_key = {};  // empty: not accepted in the file
+  std::string_view env = {};       // empty: no environment variable
+  OptionKind kind = OptionKind::kInteger;
+  OptionField field = {};
+  int64_t min = 0;  // kInteger, kMilliseconds: accepted values, inclusive
+  int64_t max = 0;
+  bool switch_value = true;     // kSwitch: what the flag stores
+  std::string_view value_name = {};  // for the usage text: "N", "MS", ...
+  // For the usage text; '\n' starts a continuation line. Numeric rows get
+  // their default appended from Config{}.
+  std::string_view help = {};
+
+  bool IsList() const;
+  bool IsNumeric() const { return kind == OptionKind::kInteger || kind == OptionKind::kMilliseconds; }
+
+  // The setters below check the value and store it in `config`. Their errors
+  // state the problem only; the caller prefixes the flag, variable or
+  // FILE:LINE.
+
+  // REQUIRES: IsNumeric().
+  absl::Status SetInteger(Config& config, int64_t value) const;
+  // REQUIRES: kind == kSwitch.
+  void SetBool(Config& config, bool value) const;
+  // Flag and environment syntax: a decimal number (numeric rows), a path
+  // (kPath), or one item appended to the list (list rows).
+  // REQUIRES: kind is numeric, kPath or a list.
+  absl::Status SetFromText(Config& config, std::string_view text) const;
+  // REQUIRES: kind == kUpstreamList.
+  absl::Status AppendUpstream(Config& config, UpstreamConfig upstream) const;
+  // REQUIRES: IsList().
+  void ClearList(Config& config) const;
+  // REQUIRES: IsNumeric().
+  int64_t GetInteger(const Config& config) const;
+};
+
+// The rows, in the order the usage text lists them.
+absl::Span<const Option> Options();
+
+// The row of a flag (without "--") or a TOML key; nullptr when there is none.
+const Option* FindOptionByFlag(std::string_view flag);
+const Option* FindOptionByTomlKey(std::string_view key);
 
 // What the command line asked for.
 struct CommandLine {
@@ -102,9 +197,11 @@ struct CommandLine {
 
 // Parses argv, layered: defaults < --config FILE < environment
 // (DOTPROXY_LISTEN, DOTPROXY_UPSTREAMS: comma-separated, flag syntax) <
-// flags. Errors name the flag, variable or file line, and the problem.
+// flags, then ValidateConfig(). Errors name the flag, variable or file line,
+// and the problem, quoting at most an excerpt of the value.
 absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv);
 
+// The --help text, generated from Options().
 std::string UsageText();
 
 }  // namespace dotproxy::config
