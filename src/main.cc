@@ -3,16 +3,18 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <condition_variable>
-#include <string_view>
 #include <cstdio>
 #include <cstdlib>
 #include <new>
 #include <memory>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -21,6 +23,7 @@
 #include "dotproxy/config/config.h"
 #include "dotproxy/control/alloc_counter.h"
 #include "dotproxy/control/log.h"
+#include "dotproxy/metrics/stats_format.h"
 #include "dotproxy/shard/shard.h"
 #include "dotproxy/tls/client.h"
 #include "dotproxy_build_config.h"
@@ -68,43 +71,52 @@ std::vector<int> UsableCpus() {
   return cpus;
 }
 
-void PrintStats(const std::vector<std::unique_ptr<dotproxy::shard::Shard>>& shards) {
-  std::string line = "counters:";
-#define DOTPROXY_SUM_COUNTER(name, help)                                      \
-  {                                                                           \
-    uint64_t total = 0;                                                       \
-    for (const auto& shard : shards) total += shard->stats().name.load(std::memory_order_relaxed); \
-    if (total > 0) absl::StrAppend(&line, " ", #name, "=", total);           \
+void PrintStats(const dotproxy::config::Config& config,
+                const std::vector<std::unique_ptr<dotproxy::shard::Shard>>& shards) {
+  std::vector<dotproxy::metrics::ShardCounters> counters;
+  for (const auto& shard : shards) counters.push_back({&shard->stats(), shard->upstream_stats()});
+  Log(Severity::kInfo, "%s", dotproxy::metrics::FormatTotals(counters));
+  for (size_t u = 0; u < config.upstreams.size(); ++u) {
+    Log(Severity::kInfo, "%s",
+        dotproxy::metrics::FormatUpstream(config.upstreams[u].spec, u, counters));
   }
-  DOTPROXY_SHARD_COUNTERS(DOTPROXY_SUM_COUNTER)
-#undef DOTPROXY_SUM_COUNTER
-  Log(Severity::kInfo, "%s", line);
 }
 
-// One line per upstream: counters summed over shards; gauges as min/max
-// over shards where they differ per shard (health, latency).
-void PrintUpstreamStats(const dotproxy::config::Config& config,
-                        const std::vector<std::unique_ptr<dotproxy::shard::Shard>>& shards) {
-  for (size_t u = 0; u < config.upstreams.size(); ++u) {
-    std::string line = absl::StrCat("upstream ", config.upstreams[u].spec, ":");
-    uint64_t healthy_shards = 0;
-    uint64_t latency_max = 0;
-#define DOTPROXY_SUM_UPSTREAM(name, help)                                       \
-    {                                                                           \
-      uint64_t total = 0;                                                       \
-      for (const auto& shard : shards) total += shard->upstream_stats(u).name.load(std::memory_order_relaxed); \
-      if (std::string_view(#name) == "healthy") healthy_shards = total;         \
-      else if (std::string_view(#name) == "latency_us") {                       \
-        for (const auto& shard : shards)                                        \
-          latency_max = std::max<uint64_t>(latency_max, shard->upstream_stats(u).latency_us.load(std::memory_order_relaxed)); \
-      } else absl::StrAppend(&line, " ", #name, "=", total);                    \
-    }
-    DOTPROXY_UPSTREAM_COUNTERS(DOTPROXY_SUM_UPSTREAM)
-#undef DOTPROXY_SUM_UPSTREAM
-    absl::StrAppend(&line, " healthy_shards=", healthy_shards, "/", shards.size(),
-                    " latency_ms=", absl::StrFormat("%.2f", latency_max / 1000.0));
-    Log(Severity::kInfo, "%s", line);
+std::string Mib(size_t bytes) { return absl::StrFormat("%.1f MiB", bytes / 1048576.0); }
+
+// The shards commit their cache and pools at start: more than the machine's
+// memory (or the address-space limit) would end in an allocation failure
+// or the OOM killer, so it is refused with the figures.
+absl::Status CheckMemory(const dotproxy::config::Config& config,
+                         const dotproxy::shard::ShardMemory& memory) {
+  const double shards = config.threads;
+  const double at_start = static_cast<double>(memory.committed_at_start()) * shards;
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  const double physical = pages > 0 && page_size > 0 ? static_cast<double>(pages) * page_size : 0;
+  if (memory.cache_bytes == SIZE_MAX ||
+      (physical > 0 && at_start > physical * 0.9)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "--cache-size %d and --threads %d need %s at start (cache %s per shard), more than this "
+        "machine's %s of memory; lower --cache-size, --threads or --max-inflight",
+        config.cache_size, config.threads,
+        memory.cache_bytes == SIZE_MAX ? std::string("more than can be indexed")
+                                       : Mib(static_cast<size_t>(at_start)),
+        memory.cache_bytes == SIZE_MAX ? std::string("too much") : Mib(memory.cache_bytes),
+        Mib(static_cast<size_t>(physical))));
   }
+  rlimit limit{};
+  if (getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+    const double worst = at_start + static_cast<double>(memory.tcp_worst_bytes) * shards;
+    if (worst > static_cast<double>(limit.rlim_cur)) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "--cache-size %d, --threads %d and --max-tcp-clients %d need up to %s, more than the "
+          "address-space limit (ulimit -v) of %s",
+          config.cache_size, config.threads, config.max_tcp_clients,
+          Mib(static_cast<size_t>(worst)), Mib(static_cast<size_t>(limit.rlim_cur))));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -137,11 +149,25 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // Refuse what this machine cannot hold, before binding anything.
+  const dotproxy::shard::ShardMemory memory = dotproxy::shard::EstimateShardMemory(*config);
+  if (auto status = CheckMemory(*config, memory); !status.ok()) {
+    std::fprintf(stderr, "dotproxy: %s\n", std::string(status.message()).c_str());
+    return 2;
+  }
+  const std::string memory_line = absl::StrFormat(
+      "memory: %s committed at start (cache %s for %d entries, pools %s; %d shards); "
+      "TCP client buffers up to %s more",
+      Mib(memory.committed_at_start() * config->threads),
+      Mib(memory.cache_bytes * config->threads),
+      dotproxy::shard::CacheEntriesPerShard(*config) * config->threads,
+      Mib(memory.fixed_bytes * config->threads), config->threads,
+      Mib(memory.tcp_worst_bytes * config->threads));
   if (config->check_config) {
     std::string upstreams;
     for (const auto& upstream : config->upstreams) {
       absl::StrAppend(&upstreams, upstreams.empty() ? "" : ", ", upstream.address.ToString(),
-                      "#", upstream.auth_name);
+                      "#", upstream.peer.auth_name);
     }
     std::string listen;
     for (const auto& address : config->listen) {
@@ -149,8 +175,9 @@ int main(int argc, char** argv) {
     }
     std::string allow;
     for (const auto& cidr : config->allow) absl::StrAppend(&allow, allow.empty() ? "" : ", ", cidr.text);
-    std::printf("configuration OK: listen %s; upstreams %s; %d shards; allow %s\n", listen.c_str(),
-                upstreams.c_str(), config->threads, allow.c_str());
+    std::printf("configuration OK: listen %s; upstreams %s; %d shards; allow %s\n%s\n",
+                listen.c_str(), upstreams.c_str(), config->threads, allow.c_str(),
+                memory_line.c_str());
     return 0;
   }
 
@@ -175,8 +202,11 @@ int main(int argc, char** argv) {
   for (int i = 0; i < config->threads; ++i) {
     shards.push_back(std::make_unique<dotproxy::shard::Shard>(i, shared_config));
   }
+  Log(Severity::kInfo, "%s", memory_line);
+  int started = 0;
   for (int i = 0; i < config->threads; ++i) {
     const int cpu = cpus.empty() ? -1 : cpus[i % cpus.size()];
+    try {
     threads.emplace_back([&, i, cpu] {
       if (cpu >= 0) {
         cpu_set_t set;
@@ -191,10 +221,19 @@ int main(int argc, char** argv) {
         setup_done.notify_all();
       });
     });
+    } catch (const std::system_error& error) {
+      // The machine refused a thread (RLIMIT_NPROC, memory): stop cleanly.
+      std::lock_guard lock(mutex);
+      first_error = absl::ResourceExhaustedError(
+          absl::StrCat("cannot start shard thread ", i + 1, " of ", config->threads, ": ",
+                       error.what()));
+      break;
+    }
+    ++started;
   }
   {
     std::unique_lock lock(mutex);
-    setup_done.wait(lock, [&] { return reported == config->threads; });
+    setup_done.wait(lock, [&] { return reported == started; });
   }
   int exit_code = 0;
   if (!first_error.ok()) {
@@ -212,8 +251,7 @@ int main(int argc, char** argv) {
       int signal_number = 0;
       if (sigwait(&signals, &signal_number) != 0) continue;
       if (signal_number == SIGUSR1) {
-        PrintStats(shards);
-        PrintUpstreamStats(*config, shards);
+        PrintStats(*config, shards);
         continue;
       }
       if (signal_number == SIGHUP) {
@@ -227,9 +265,12 @@ int main(int argc, char** argv) {
   }
   for (auto& shard : shards) shard->Stop();
   for (auto& thread : threads) thread.join();
-  if (exit_code == 0) {
-    PrintStats(shards);
-    PrintUpstreamStats(*config, shards);
+  for (const auto& shard : shards) {
+    if (shard->failed()) {
+      std::fprintf(stderr, "dotproxy: shard %d stopped on an I/O engine error\n", shard->index());
+      exit_code = 1;
+    }
   }
+  PrintStats(*config, shards);
   return exit_code;
 }

@@ -55,19 +55,19 @@ constexpr Option kOptions[] = {
      .help = "cache entries for the whole proxy, split across shards;\n"
              "0 turns the cache off"},
     {.flag = "cache-min-ttl", .toml_key = "cache_min_ttl", .kind = OptionKind::kInteger,
-     .field = &Config::cache_min_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
+     .field = &cache::CacheConfig::min_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
      .help = "cached answers live at least S seconds"},
     {.flag = "cache-max-ttl", .toml_key = "cache_max_ttl", .kind = OptionKind::kInteger,
-     .field = &Config::cache_max_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
+     .field = &cache::CacheConfig::max_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
      .help = "and at most S seconds"},
     {.flag = "cache-negative-ttl", .toml_key = "cache_negative_ttl", .kind = OptionKind::kInteger,
-     .field = &Config::cache_negative_max_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
+     .field = &cache::CacheConfig::negative_max_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
      .help = "cap for NXDOMAIN/NODATA (SOA minimum, RFC 2308)"},
     {.flag = "cache-servfail-ttl", .toml_key = "cache_servfail_ttl", .kind = OptionKind::kInteger,
-     .field = &Config::cache_servfail_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
+     .field = &cache::CacheConfig::servfail_ttl, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
      .help = "upstream SERVFAIL answers are cached this long"},
     {.flag = "cache-stale-window", .toml_key = "cache_stale_window", .kind = OptionKind::kInteger,
-     .field = &Config::cache_stale_window, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
+     .field = &cache::CacheConfig::stale_window, .min = 0, .max = kMaxTtlSeconds, .value_name = "S",
      .help = "expired answers may be served this long after expiry\n"
              "when upstreams fail, with TTL 30 (RFC 8767); 0: off"},
     {.flag = "query-timeout", .toml_key = "query_timeout_ms", .kind = OptionKind::kMilliseconds,
@@ -131,11 +131,11 @@ absl::StatusOr<int64_t> ParseDecimal(std::string_view text) {
 
 // What every upstream must satisfy, however it was written.
 absl::Status CheckUpstream(const UpstreamConfig& upstream) {
-  if (upstream.auth_name.empty()) return absl::InvalidArgumentError("empty name");
-  if (auto status = CheckText(upstream.auth_name, kMaxAuthNameBytes); !status.ok()) {
+  if (upstream.peer.auth_name.empty()) return absl::InvalidArgumentError("empty name");
+  if (auto status = CheckText(upstream.peer.auth_name, kMaxAuthNameBytes); !status.ok()) {
     return Problem("name", status);
   }
-  if (upstream.pin_only && upstream.pins.empty()) {
+  if (upstream.peer.pin_only && upstream.peer.pins.empty()) {
     return absl::InvalidArgumentError("pin-only authentication needs at least one pin");
   }
   return absl::OkStatus();
@@ -170,7 +170,7 @@ absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
       const size_t next = pins.find('^');
       auto pin = ParsePin(pins.substr(0, next));
       if (!pin.ok()) return absl::InvalidArgumentError(absl::StrCat(quoted, pin.status().message()));
-      upstream.pins.push_back(*pin);
+      upstream.peer.pins.push_back(*pin);
       if (next == std::string_view::npos) break;
       pins = pins.substr(next + 1);
     }
@@ -179,11 +179,11 @@ absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
   const size_t hash = rest.find('#');
   if (hash != std::string_view::npos) {
     address_text = rest.substr(0, hash);
-    upstream.auth_name = std::string(rest.substr(hash + 1));
-    if (upstream.auth_name.empty()) {
+    upstream.peer.auth_name = std::string(rest.substr(hash + 1));
+    if (upstream.peer.auth_name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(quoted, "empty name after '#'"));
     }
-    if (upstream.auth_name.size() > kMaxAuthNameBytes) {
+    if (upstream.peer.auth_name.size() > kMaxAuthNameBytes) {
       return absl::InvalidArgumentError(
           absl::StrCat(quoted, "name longer than ", kMaxAuthNameBytes, " bytes"));
     }
@@ -195,7 +195,7 @@ absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
   auto address = io::ParseSocketAddress(address_text, kDotPort);
   if (!address.ok()) return address.status();
   upstream.address = *address;
-  if (upstream.auth_name.empty()) upstream.auth_name = upstream.address.HostString();
+  if (upstream.peer.auth_name.empty()) upstream.peer.auth_name = upstream.address.HostString();
   return upstream;
 }
 
@@ -221,6 +221,8 @@ absl::Status Option::SetInteger(Config& config, int64_t value) const {
     config.**f = static_cast<uint32_t>(value);
   } else if (auto* f = std::get_if<std::chrono::milliseconds Config::*>(&field)) {
     config.**f = std::chrono::milliseconds(value);
+  } else if (auto* f = std::get_if<uint32_t cache::CacheConfig::*>(&field)) {
+    config.cache.**f = static_cast<uint32_t>(value);
   } else {
     return absl::InternalError(absl::StrCat("--", Sv(flag), " is not a number"));
   }
@@ -230,6 +232,7 @@ absl::Status Option::SetInteger(Config& config, int64_t value) const {
 int64_t Option::GetInteger(const Config& config) const {
   if (auto* f = std::get_if<int Config::*>(&field)) return config.**f;
   if (auto* f = std::get_if<uint32_t Config::*>(&field)) return config.**f;
+  if (auto* f = std::get_if<uint32_t cache::CacheConfig::*>(&field)) return config.cache.**f;
   if (auto* f = std::get_if<std::chrono::milliseconds Config::*>(&field)) return (config.**f).count();
   if (auto* f = std::get_if<size_t Config::*>(&field)) {
     constexpr size_t kMax = std::numeric_limits<int64_t>::max();
@@ -245,7 +248,7 @@ void Option::SetBool(Config& config, bool value) const {
 void Option::ClearList(Config& config) const {
   if (auto* f = std::get_if<std::vector<io::SocketAddress> Config::*>(&field)) (config.**f).clear();
   if (auto* f = std::get_if<std::vector<UpstreamConfig> Config::*>(&field)) (config.**f).clear();
-  if (auto* f = std::get_if<std::vector<io::Cidr> Config::*>(&field)) (config.**f).clear();
+  if (auto* f = std::get_if<std::vector<frontend::Cidr> Config::*>(&field)) (config.**f).clear();
 }
 
 absl::Status Option::AppendUpstream(Config& config, UpstreamConfig upstream) const {
@@ -282,10 +285,10 @@ absl::Status Option::SetFromText(Config& config, std::string_view text) const {
       return absl::OkStatus();
     }
     case OptionKind::kCidrList: {
-      auto* f = std::get_if<std::vector<io::Cidr> Config::*>(&field);
+      auto* f = std::get_if<std::vector<frontend::Cidr> Config::*>(&field);
       if (f == nullptr) break;
       if (auto status = CheckText(text, kMaxAddressBytes); !status.ok()) return status;
-      auto cidr = io::ParseCidr(text);
+      auto cidr = frontend::ParseCidr(text);
       if (!cidr.ok()) return cidr.status();
       (config.**f).push_back(*std::move(cidr));
       return absl::OkStatus();
@@ -352,9 +355,9 @@ absl::Status ValidateConfig(const Config& config) {
     for (size_t j = 0; j < i; ++j) {
       const UpstreamConfig& a = config.upstreams[i];
       const UpstreamConfig& b = config.upstreams[j];
-      if (a.address.ToString() == b.address.ToString() && a.auth_name == b.auth_name) {
+      if (a.address.ToString() == b.address.ToString() && a.peer.auth_name == b.peer.auth_name) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "upstream ", a.address.ToString(), "#", Excerpt(a.auth_name), " is configured twice"));
+            "upstream ", a.address.ToString(), "#", Excerpt(a.peer.auth_name), " is configured twice"));
       }
     }
   }
@@ -520,7 +523,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
     config.listen.push_back(*io::ParseSocketAddress("127.0.0.1:53", -1));
     config.listen.push_back(*io::ParseSocketAddress("[::1]:53", -1));
   }
-  if (config.allow.empty()) config.allow = io::DefaultAllowList();
+  if (config.allow.empty()) config.allow = frontend::DefaultAllowList();
   if (config.upstreams.empty()) {
     config.upstreams.push_back(*ParseUpstream("1.1.1.1#cloudflare-dns.com"));
     config.upstreams.push_back(*ParseUpstream("1.0.0.1#cloudflare-dns.com"));

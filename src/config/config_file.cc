@@ -66,9 +66,9 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
       have_address = true;
       address_node = &node;
     } else if (key == "name") {
-      if (auto s = ReadString(errors, node, key, out.auth_name); !s.ok()) return s;
+      if (auto s = ReadString(errors, node, key, out.peer.auth_name); !s.ok()) return s;
       // The same limit as the flag's #NAME; a NUL would cut the SNI short.
-      if (auto s = CheckText(out.auth_name, kMaxAuthNameBytes); !s.ok()) {
+      if (auto s = CheckText(out.peer.auth_name, kMaxAuthNameBytes); !s.ok()) {
         return errors.At(node.source(), "'name'", s);
       }
     } else if (key == "pins") {
@@ -79,12 +79,12 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
         if (text == nullptr) return errors.At(pin_node.source(), "a pin must be a base64 string");
         auto pin = ParsePin(text->get());
         if (!pin.ok()) return errors.At(pin_node.source(), pin.status().message());
-        out.pins.push_back(*pin);
+        out.peer.pins.push_back(*pin);
       }
     } else if (key == "pin_only") {
       const auto* value = node.as_boolean();
       if (value == nullptr) return errors.At(node.source(), "'pin_only' must be true or false");
-      out.pin_only = value->get();
+      out.peer.pin_only = value->get();
     } else if (key == "priority") {
       const auto* value = node.as_integer();
       if (value == nullptr) return errors.At(node.source(), "'priority' must be an integer");
@@ -105,11 +105,11 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
     return errors.At(address_node->source(), absl::StrCat("address ", address.status().message()));
   }
   out.address = *address;
-  if (out.auth_name.empty()) out.auth_name = out.address.HostString();
-  if (out.pin_only && out.pins.empty()) {
+  if (out.peer.auth_name.empty()) out.peer.auth_name = out.address.HostString();
+  if (out.peer.pin_only && out.peer.pins.empty()) {
     return errors.At(table.source(), "'pin_only = true' needs at least one pin");
   }
-  out.spec = absl::StrCat(out.address.ToString(), "#", out.auth_name);
+  out.spec = absl::StrCat(out.address.ToString(), "#", out.peer.auth_name);
   return absl::OkStatus();
 }
 

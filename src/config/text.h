@@ -22,7 +22,7 @@ namespace dotproxy::config {
 inline absl::string_view Sv(std::string_view text) { return {text.data(), text.size()}; }
 
 // Limits on text values, checked before a value reaches a parser that would
-// quote it whole (io::ParseSocketAddress, io::ParseCidr) or a C API.
+// quote it whole (io::ParseSocketAddress, frontend::ParseCidr) or a C API.
 inline constexpr size_t kMaxAddressBytes = 64;  // "[v6]:port" is at most 53
 inline constexpr size_t kMaxPathBytes = 4095;   // PATH_MAX less the NUL
 inline constexpr size_t kMaxUpstreamSpecBytes = 4096;  // address, name, pins

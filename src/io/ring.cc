@@ -1,4 +1,4 @@
-#include "dotproxy/io/ring.h"
+#include "src/io/ring.h"
 
 #include <sys/mman.h>
 

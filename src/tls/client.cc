@@ -116,6 +116,7 @@ absl::Status Session::Start(const ClientContext& context, const PeerPolicy& poli
   Reset();
   error_.clear();
   pin_mismatch_ = false;
+  verification_failed_ = false;
   policy_ = &policy;
   cache_ = cache;
   const std::string& auth_name = policy.auth_name;
@@ -175,6 +176,14 @@ void Session::RecordError(int ret) {
   char text[WOLFSSL_MAX_ERROR_SZ] = {};
   wolfSSL_ERR_error_string_n(code, text, sizeof(text));
   error_ = absl::StrCat(text, " (", code, ")");
+  // Certificate problems, as opposed to the peer going away or speaking
+  // garbage: only these count as verification failures.
+  verification_failed_ = code == DOMAIN_NAME_MISMATCH || code == IPADDR_MISMATCH ||
+                         code == ASN_NO_SIGNER_E || code == ASN_SELF_SIGNED_E ||
+                         code == ASN_AFTER_DATE_E || code == ASN_BEFORE_DATE_E ||
+                         code == ASN_SIG_CONFIRM_E || code == ASN_PARSE_E ||
+                         code == VERIFY_CERT_ERROR ||
+                         code == NO_PEER_CERT;
   if (code == DOMAIN_NAME_MISMATCH || code == IPADDR_MISMATCH) {
     error_ = absl::StrCat("certificate does not match the authentication name: ", error_);
   } else if (code == ASN_NO_SIGNER_E || code == ASN_SELF_SIGNED_E) {
@@ -188,6 +197,7 @@ Session::Step Session::Handshake() {
     resumed_ = wolfSSL_session_reused(ssl_) == 1;
     if (policy_ != nullptr && !policy_->pins.empty() && !resumed_ && !PeerMatchesPin()) {
       pin_mismatch_ = true;
+      verification_failed_ = true;
       error_ = "no certificate in the upstream's chain matches a configured SPKI pin";
       return Step::kError;
     }

@@ -1,5 +1,7 @@
 #include "dotproxy/upstream/health.h"
 
+#include "dotproxy/upstream/backoff.h"
+
 #include <algorithm>
 
 namespace dotproxy::upstream {
@@ -102,9 +104,8 @@ bool HealthTracker::ProbeDue(int upstream, TimePoint now) const {
 
 void HealthTracker::ProbeSent(int upstream, TimePoint now) {
   UpstreamHealth& h = upstreams_[upstream];
-  const int shift = std::min(h.probes_failed, 8);
-  const auto interval = std::min(policy_.probe_max, policy_.probe_min * (1 << shift));
   ++h.probes_failed;
+  const auto interval = DoublingDelay(policy_.probe_min, policy_.probe_max, h.probes_failed);
   h.next_probe = now + interval;
 }
 

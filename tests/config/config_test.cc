@@ -146,8 +146,8 @@ TEST(ParseUpstreamTest, IpAloneUsesTheDotPortAndTheIpAsName) {
   auto upstream = ParseUpstream("9.9.9.9");
   ASSERT_TRUE(upstream.ok()) << upstream.status();
   EXPECT_EQ(upstream->address.ToString(), "9.9.9.9:853");
-  EXPECT_EQ(upstream->auth_name, "9.9.9.9");
-  EXPECT_TRUE(upstream->pins.empty());
+  EXPECT_EQ(upstream->peer.auth_name, "9.9.9.9");
+  EXPECT_TRUE(upstream->peer.pins.empty());
   EXPECT_EQ(upstream->spec, "9.9.9.9");
 }
 
@@ -155,14 +155,14 @@ TEST(ParseUpstreamTest, IpWithPort) {
   auto upstream = ParseUpstream("192.0.2.7:8853");
   ASSERT_TRUE(upstream.ok()) << upstream.status();
   EXPECT_EQ(upstream->address.ToString(), "192.0.2.7:8853");
-  EXPECT_EQ(upstream->auth_name, "192.0.2.7");
+  EXPECT_EQ(upstream->peer.auth_name, "192.0.2.7");
 }
 
 TEST(ParseUpstreamTest, IpWithName) {
   auto upstream = ParseUpstream("1.1.1.1#cloudflare-dns.com");
   ASSERT_TRUE(upstream.ok()) << upstream.status();
   EXPECT_EQ(upstream->address.ToString(), "1.1.1.1:853");
-  EXPECT_EQ(upstream->auth_name, "cloudflare-dns.com");
+  EXPECT_EQ(upstream->peer.auth_name, "cloudflare-dns.com");
 }
 
 TEST(ParseUpstreamTest, BracketedIpv6WithPortAndName) {
@@ -170,14 +170,14 @@ TEST(ParseUpstreamTest, BracketedIpv6WithPortAndName) {
   ASSERT_TRUE(upstream.ok()) << upstream.status();
   EXPECT_EQ(upstream->address.family(), AF_INET6);
   EXPECT_EQ(upstream->address.ToString(), "[2620:fe::fe]:8853");
-  EXPECT_EQ(upstream->auth_name, "dns.quad9.net");
+  EXPECT_EQ(upstream->peer.auth_name, "dns.quad9.net");
 }
 
 TEST(ParseUpstreamTest, Ipv6WithoutNameUsesTheBareAddressAsName) {
   // The name is matched against an IP SAN, so no brackets and no port.
   auto upstream = ParseUpstream("[2606:4700:4700::1111]:853");
   ASSERT_TRUE(upstream.ok()) << upstream.status();
-  EXPECT_EQ(upstream->auth_name, "2606:4700:4700::1111");
+  EXPECT_EQ(upstream->peer.auth_name, "2606:4700:4700::1111");
 }
 
 TEST(ParseUpstreamTest, RejectsEmptyName) {
@@ -201,9 +201,9 @@ TEST_F(CommandLineTest, Defaults) {
   EXPECT_EQ(config.listen[1].ToString(), "[::1]:53");
   ASSERT_EQ(config.upstreams.size(), 2u);
   EXPECT_EQ(config.upstreams[0].address.ToString(), "1.1.1.1:853");
-  EXPECT_EQ(config.upstreams[0].auth_name, "cloudflare-dns.com");
+  EXPECT_EQ(config.upstreams[0].peer.auth_name, "cloudflare-dns.com");
   EXPECT_EQ(config.upstreams[1].address.ToString(), "1.0.0.1:853");
-  EXPECT_EQ(config.upstreams[1].auth_name, "cloudflare-dns.com");
+  EXPECT_EQ(config.upstreams[1].peer.auth_name, "cloudflare-dns.com");
   EXPECT_EQ(config.upstreams[0].address.port(), kDotPort);
   EXPECT_EQ(config.threads, 0);
   EXPECT_TRUE(config.ca_file.empty());
@@ -227,11 +227,11 @@ TEST_F(CommandLineTest, UpstreamIsRepeatableAndReplacesTheDefaults) {
   const auto& upstreams = parsed->config.upstreams;
   ASSERT_EQ(upstreams.size(), 3u);
   EXPECT_EQ(upstreams[0].address.ToString(), "9.9.9.9:853");
-  EXPECT_EQ(upstreams[0].auth_name, "dns.quad9.net");
+  EXPECT_EQ(upstreams[0].peer.auth_name, "dns.quad9.net");
   EXPECT_EQ(upstreams[1].address.ToString(), "[2620:fe::9]:8853");
-  EXPECT_EQ(upstreams[1].auth_name, "dns.quad9.net");
+  EXPECT_EQ(upstreams[1].peer.auth_name, "dns.quad9.net");
   EXPECT_EQ(upstreams[2].address.ToString(), "192.0.2.1:853");
-  EXPECT_EQ(upstreams[2].auth_name, "192.0.2.1");
+  EXPECT_EQ(upstreams[2].peer.auth_name, "192.0.2.1");
   // Listen was not given: still the defaults.
   EXPECT_EQ(parsed->config.listen.size(), 2u);
 }
@@ -352,7 +352,10 @@ TEST_F(CommandLineTest, CacheSizeIsBounded) {
 // The value a row's field type can hold at most, to check the table's bounds.
 int64_t FieldMax(const OptionField& field) {
   if (std::holds_alternative<int Config::*>(field)) return std::numeric_limits<int>::max();
-  if (std::holds_alternative<uint32_t Config::*>(field)) return std::numeric_limits<uint32_t>::max();
+  if (std::holds_alternative<uint32_t Config::*>(field) ||
+      std::holds_alternative<uint32_t cache::CacheConfig::*>(field)) {
+    return std::numeric_limits<uint32_t>::max();
+  }
   return std::numeric_limits<int64_t>::max();  // size_t, milliseconds
 }
 
@@ -374,7 +377,8 @@ TEST(OptionTableTest, RowsAreConsistent) {
       case OptionKind::kInteger:
         EXPECT_TRUE(std::holds_alternative<int Config::*>(option.field) ||
                     std::holds_alternative<size_t Config::*>(option.field) ||
-                    std::holds_alternative<uint32_t Config::*>(option.field));
+                    std::holds_alternative<uint32_t Config::*>(option.field) ||
+                    std::holds_alternative<uint32_t cache::CacheConfig::*>(option.field));
         break;
       case OptionKind::kMilliseconds:
         EXPECT_TRUE(std::holds_alternative<std::chrono::milliseconds Config::*>(option.field));
@@ -393,7 +397,7 @@ TEST(OptionTableTest, RowsAreConsistent) {
         EXPECT_TRUE(std::holds_alternative<std::vector<UpstreamConfig> Config::*>(option.field));
         break;
       case OptionKind::kCidrList:
-        EXPECT_TRUE(std::holds_alternative<std::vector<io::Cidr> Config::*>(option.field));
+        EXPECT_TRUE(std::holds_alternative<std::vector<frontend::Cidr> Config::*>(option.field));
         break;
       case OptionKind::kConfigFile:
       case OptionKind::kHelp:
@@ -519,7 +523,7 @@ TEST_F(OptionLayersTest, FileThenEnvironmentThenFlags) {
   auto file_only = Parse({"--config", path});
   ASSERT_TRUE(file_only.ok()) << file_only.status();
   EXPECT_EQ(file_only->config.listen.at(0).ToString(), "127.0.0.1:5301");
-  EXPECT_EQ(file_only->config.upstreams.at(0).auth_name, "file.test");
+  EXPECT_EQ(file_only->config.upstreams.at(0).peer.auth_name, "file.test");
   EXPECT_EQ(file_only->config.threads, 3);
   EXPECT_EQ(file_only->config.config_file, path);
 
@@ -530,14 +534,14 @@ TEST_F(OptionLayersTest, FileThenEnvironmentThenFlags) {
   ASSERT_EQ(with_env->config.listen.size(), 2u);
   EXPECT_EQ(with_env->config.listen[1].ToString(), "127.0.0.1:5303");
   ASSERT_EQ(with_env->config.upstreams.size(), 1u);
-  EXPECT_EQ(with_env->config.upstreams[0].auth_name, "env.test");
+  EXPECT_EQ(with_env->config.upstreams[0].peer.auth_name, "env.test");
   EXPECT_EQ(with_env->config.allow.size(), 1u) << "the file's allow list has no variable";
 
   auto with_flags = Parse({"--config", path, "--listen", "127.0.0.1:5304", "--threads", "2"});
   ASSERT_TRUE(with_flags.ok()) << with_flags.status();
   ASSERT_EQ(with_flags->config.listen.size(), 1u);
   EXPECT_EQ(with_flags->config.listen[0].ToString(), "127.0.0.1:5304");
-  EXPECT_EQ(with_flags->config.upstreams[0].auth_name, "env.test");
+  EXPECT_EQ(with_flags->config.upstreams[0].peer.auth_name, "env.test");
   EXPECT_EQ(with_flags->config.threads, 2);
 }
 
@@ -763,10 +767,10 @@ TEST(ValidateConfigTest, ChecksTheTableRanges) {
 
 TEST(ValidateConfigTest, ChecksUpstreamsBuiltByCode) {
   Config config = ValidConfig();
-  config.upstreams[0].auth_name = std::string("a\0b", 3);
+  config.upstreams[0].peer.auth_name = std::string("a\0b", 3);
   EXPECT_TRUE(FailsMentioning(ValidateConfig(config), "control character"));
   config = ValidConfig();
-  config.upstreams[0].pin_only = true;
+  config.upstreams[0].peer.pin_only = true;
   EXPECT_TRUE(FailsMentioning(ValidateConfig(config), "at least one pin"));
   config = ValidConfig();
   config.upstreams.clear();

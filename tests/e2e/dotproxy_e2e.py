@@ -700,14 +700,21 @@ class Harness:
         self.silent.append(s)
         return s
 
-    def base_args(self, port, upstreams, threads=2):
+    def base_args(self, port, upstreams, threads=2, default_cache=False):
+        """The cache is on by default in dotproxy; cases about upstream
+        behaviour turn it off (--cache-size 0) unless `default_cache`, so a
+        cached answer cannot hide what the upstream did. Cases about the
+        cache pass their own --cache-size after these (the last one wins)."""
         args = ["--listen", "%s:%d" % (LOOPBACK4, port)]
         for up in upstreams:
             args += ["--upstream", up]
-        return args + ["--ca-file", self.pki.ca_pem, "--threads", str(threads)]
+        args += ["--ca-file", self.pki.ca_pem, "--threads", str(threads)]
+        if not default_cache:
+            args += ["--cache-size", "0"]
+        return args
 
     def start_proxy(self, upstream=None, upstreams=None, extra=(), ready="answer",
-                    listen_args=None, port=None, ready_timeout=10.0):
+                    listen_args=None, port=None, ready_timeout=10.0, default_cache=False):
         """Start dotproxy against `upstream` (an Unbound; #upstream.test) or the
         explicit `upstreams` strings. ready: "answer" waits for a correct NOERROR
         answer, "any" for any response (bad-upstream cases), None for nothing."""
@@ -715,7 +722,7 @@ class Harness:
         self.proxy_port = port or free_port()
         if upstreams is None:
             upstreams = ["%s:%d#%s" % (LOOPBACK4, upstream.dot_port, TLS_NAME)]
-        args = self.base_args(self.proxy_port, upstreams)
+        args = self.base_args(self.proxy_port, upstreams, default_cache=default_cache)
         if listen_args is not None:
             args = listen_args + args[2:]
         args += list(extra)

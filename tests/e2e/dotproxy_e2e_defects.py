@@ -321,7 +321,9 @@ def tcp_nodelay_latency(h):
 
 
 def _edns_exchange(p, transport, qname, version):
-    q = dns.message.make_query(qname, "A", use_edns=version, payload=1232)
+    # make_query(use_edns=1) silently sends version 0: set the OPT explicitly.
+    q = dns.message.make_query(qname, "A")
+    q.use_edns(edns=version, payload=1232)
     q.id = random.randrange(65536)
     wire = q.to_wire()
     fn = udp_exchange if transport == "udp" else tcp_exchange
@@ -509,7 +511,8 @@ def cache_default_on(h):
     cache hit (cache_hits in the SIGUSR1 counters grows, and the answer still
     comes with the upstream stopped)."""
     u = start_unbound_x(h)
-    p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=["--threads", "1"])
+    p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=["--threads", "1"],
+                      default_cache=True)
     name = wild("default-cache")
     c0 = counters(p)
     wire, resp, _ = F.udp_query(p, name)

@@ -2,7 +2,6 @@
 
 #include <gtest/gtest.h>
 
-#include "dotproxy/upstream/connection.h"
 
 namespace dotproxy::upstream {
 namespace {
@@ -148,21 +147,6 @@ TEST(HealthTrackerTest, ExplorationPicksAnotherHealthyUpstreamOfSamePriority) {
   health.RecordAnswer(2, microseconds(10), clock.now);
   EXPECT_EQ(health.Select(All, -1, 1), 0);  // 1 % 4 != 0: best
   EXPECT_EQ(health.Select(All, -1, 4), 1);  // explore: the other priority-0 one
-}
-
-TEST(BackoffTest, GrowsExponentiallyWithJitterAndCap) {
-  for (uint32_t random : {0u, 250u, 500u}) {
-    const auto first = BackoffDelay(1, random).count();
-    EXPECT_GE(first, 75);
-    EXPECT_LE(first, 125);
-    const auto fourth = BackoffDelay(4, random).count();
-    EXPECT_GE(fourth, 600);
-    EXPECT_LE(fourth, 1000);
-    const auto late = BackoffDelay(30, random).count();
-    EXPECT_GE(late, 7500);
-    EXPECT_LE(late, 12500);
-  }
-  EXPECT_NE(BackoffDelay(3, 0), BackoffDelay(3, 500));  // jitter spreads shards
 }
 
 }  // namespace

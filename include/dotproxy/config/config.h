@@ -16,8 +16,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "dotproxy/io/acl.h"
+#include "dotproxy/frontend/acl.h"
 #include "dotproxy/io/socket.h"
+#include "dotproxy/cache/packet_cache.h"
+#include "dotproxy/tls/client.h"
 
 namespace dotproxy::config {
 
@@ -26,20 +28,16 @@ inline constexpr uint16_t kDotPort = 853;  // RFC 7858 §3.1
 // on the wire).
 inline constexpr size_t kMaxAuthNameBytes = 253;
 
-// SHA-256 of a certificate's DER SubjectPublicKeyInfo (RFC 7858 §4.2).
-using SpkiPin = std::array<uint8_t, 32>;
+using SpkiPin = tls::SpkiPin;
 
 struct UpstreamConfig {
   io::SocketAddress address;
-  // TLS authentication name: SNI and the certificate name check. Defaults to
-  // the IP literal, which must then appear as an IP SAN.
-  std::string auth_name;
-  // With pins, some certificate in the upstream's chain must carry one of
-  // them, on top of CA validation ...
-  std::vector<SpkiPin> pins;
-  // ... unless the operator chose pin-only authentication (no CA check, no
-  // name check; the pin alone authenticates). REQUIRES: pins not empty.
-  bool pin_only = false;
+  // How the upstream is authenticated, used as is by its TLS sessions:
+  // auth_name is SNI and the certificate name check (default: the IP
+  // literal, which must then appear as an IP SAN); with pins, some
+  // certificate in the chain must carry one of them, on top of CA
+  // validation, unless pin_only (REQUIRES: pins not empty).
+  tls::PeerPolicy peer;
   // Lower is preferred; upstreams of a worse priority get queries only when
   // every better one is unhealthy or full.
   int priority = 0;
@@ -56,7 +54,7 @@ struct Config {
   std::vector<UpstreamConfig> upstreams;
   // Client networks allowed to query; others are dropped without a reply
   // (no reflection). Empty until parsing ends, then the default list.
-  std::vector<io::Cidr> allow;
+  std::vector<frontend::Cidr> allow;
   std::string ca_file;  // empty: system CA store
   int threads = 0;      // 0: one per CPU the process may run on
   // Entries for the whole proxy, split across shards; 0 turns the cache off.
@@ -82,12 +80,9 @@ struct Config {
   bool pad_queries = true;            // RFC 8467 block padding to 128 bytes
   bool strip_client_subnet = true;    // drop EDNS client-subnet (RFC 7871) options
 
-  // Cache policy (seconds). --cache-size is the proxy's total entries.
-  uint32_t cache_min_ttl = 0;
-  uint32_t cache_max_ttl = 86400;
-  uint32_t cache_negative_max_ttl = 3600;
-  uint32_t cache_servfail_ttl = 5;
-  uint32_t cache_stale_window = 86400;  // 0 disables serve-stale
+  // Cache policy, used as is by each shard's cache; `cache.entries` is set
+  // per shard from cache_size, the proxy's total entries.
+  cache::CacheConfig cache;
 
   bool check_config = false;
   std::string config_file;  // where the file part came from, for messages
@@ -142,7 +137,7 @@ using OptionField =
     std::variant<std::monostate, int Config::*, size_t Config::*, uint32_t Config::*,
                  std::chrono::milliseconds Config::*, bool Config::*, std::string Config::*,
                  std::vector<io::SocketAddress> Config::*, std::vector<UpstreamConfig> Config::*,
-                 std::vector<io::Cidr> Config::*>;
+                 std::vector<frontend::Cidr> Config::*, uint32_t cache::CacheConfig::*>;
 
 struct Option {
   std::string_view flag = {};      // without "--"; every row has one

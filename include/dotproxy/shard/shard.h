@@ -1,7 +1,7 @@
 #pragma once
-// A shard: one thread, one io_uring, its own client sockets (SO_REUSEPORT),
-// its own upstream TLS connections, query slots and counters. Shards share
-// nothing but the immutable Config, so the query path takes no locks.
+// A shard: one thread, one reactor, its own client sockets (SO_REUSEPORT),
+// its own upstream TLS connections, query slots, cache and counters. Shards
+// share nothing but the immutable Config, so the query path takes no locks.
 //
 // Lifetime: construct on the control thread, then call Run() on the shard's
 // own thread (the ring is created there: SINGLE_ISSUER). Run() reports setup
@@ -9,16 +9,32 @@
 // answered or failed.
 
 #include <atomic>
+#include <cstddef>
 #include <functional>
 #include <memory>
 
 #include "absl/status/status.h"
 #include "dotproxy/config/config.h"
-#include "dotproxy/shard/stats.h"
+#include "dotproxy/metrics/stats.h"
 
 namespace dotproxy::shard {
 
-class ShardLoop;
+using metrics::ShardStats;
+using metrics::UpstreamStats;
+
+// What one shard needs, in bytes, for a configuration: the cache and the
+// fixed pools (query slots, datagram buffers, upstream connections) are
+// committed at start; the TCP client buffers are reserved and committed
+// only as clients use them (this is their worst case).
+struct ShardMemory {
+  size_t cache_bytes = 0;
+  size_t fixed_bytes = 0;
+  size_t tcp_worst_bytes = 0;
+  size_t committed_at_start() const { return cache_bytes + fixed_bytes; }
+};
+ShardMemory EstimateShardMemory(const config::Config& config);
+// This shard's share of --cache-size (0: caching off).
+size_t CacheEntriesPerShard(const config::Config& config);
 
 class Shard {
  public:
@@ -33,15 +49,20 @@ class Shard {
   // SERVFAIL the rest. Callable from any thread.
   void Stop() { stop_requested_.store(true, std::memory_order_relaxed); }
 
+  // True when the loop ended on an I/O engine error rather than Stop().
+  bool failed() const { return failed_.load(std::memory_order_relaxed); }
+
   const ShardStats& stats() const { return stats_; }
   // One per configured upstream, in configuration order.
   const UpstreamStats& upstream_stats(size_t upstream) const { return upstream_stats_[upstream]; }
+  const UpstreamStats* upstream_stats() const { return upstream_stats_.get(); }
   int index() const { return index_; }
 
  private:
   int index_;
   std::shared_ptr<const config::Config> config_;
   std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> failed_{false};
   ShardStats stats_;
   std::unique_ptr<UpstreamStats[]> upstream_stats_;
 };

@@ -116,6 +116,9 @@ class Session {
   std::string Describe() const;
   // True when the last failure was a pin mismatch.
   bool pin_mismatch() const { return pin_mismatch_; }
+  // True when the last failure was the peer failing authentication (CA,
+  // name, validity, pin), not a dropped connection or a protocol error.
+  bool verification_failed() const { return verification_failed_; }
 
   // wolfSSL I/O callbacks (installed on the context): copy ciphertext from
   // the inbound buffer / append it to the outbound buffer.
@@ -137,6 +140,7 @@ class Session {
   bool handshake_done_ = false;
   bool resumed_ = false;
   bool pin_mismatch_ = false;
+  bool verification_failed_ = false;
   const PeerPolicy* policy_ = nullptr;
   ResumptionCache* cache_ = nullptr;
   WOLFSSL_SESSION* pending_session_ = nullptr;  // received before verification ended

@@ -17,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace dotproxy::io {
+namespace dotproxy::frontend {
 
 struct Cidr {
   int family = AF_INET;
@@ -43,4 +43,4 @@ class Acl {
   std::vector<Cidr> allowed_;
 };
 
-}  // namespace dotproxy::io
+}  // namespace dotproxy::frontend

@@ -1,14 +1,17 @@
 #pragma once
-// Per-shard counters. Written only by the owning shard (relaxed load+store,
-// no read-modify-write on the hot path); read by the control thread when it
-// reports. Every failure a client or upstream can cause has a counter here.
+// Per-shard counters, declared once as lists (name, help) that expand to
+// plain struct fields here and to the SIGUSR1 report (stats_format.h).
+// Written only by the owning shard (relaxed load+store, no read-modify-write
+// on the hot path); read by the control thread when it reports. Every
+// failure a client or upstream can cause has a counter here. Rooms get the
+// struct by reference and bump the fields they own.
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
 
-namespace dotproxy::shard {
+namespace dotproxy::metrics {
 
 #define DOTPROXY_SHARD_COUNTERS(X)                                                   \
   X(udp_queries, "UDP datagrams received")                                          \
@@ -25,6 +28,7 @@ namespace dotproxy::shard {
   X(dropped_oversized, "UDP datagrams larger than the receive buffer, dropped")      \
   X(formerr, "malformed queries answered FORMERR")                                   \
   X(notimp, "non-QUERY opcodes answered NOTIMP")                                     \
+  X(badvers, "queries with an EDNS version above 0 answered BADVERS (RFC 6891)")      \
   X(refused_oversized, "queries over the size limit answered REFUSED")               \
   X(servfail_timeout, "queries that hit their deadline (SERVFAIL)")                  \
   X(servfail_no_upstream, "queries with no usable upstream (SERVFAIL)")              \
@@ -53,6 +57,7 @@ namespace dotproxy::shard {
   X(cache_prefetches, "background refreshes of entries near expiry")                 \
   X(cache_evictions, "entries evicted to make room (gauge of a running total)")        \
   X(cache_entries, "entries in the cache (gauge)")                                   \
+  X(submit_errors, "io_uring submit/wait calls that failed (not timeouts)")          \
   X(loop_iterations, "event loop iterations (one submit+wait each)")                  \
   X(completions, "io_uring completions processed (completions/iterations = batching)") \
   X(heap_allocations, "operator new calls on this shard's thread")                   \
@@ -92,4 +97,4 @@ inline void Set(std::atomic<uint64_t>& gauge, uint64_t value) {
   gauge.store(value, std::memory_order_relaxed);
 }
 
-}  // namespace dotproxy::shard
+}  // namespace dotproxy::metrics

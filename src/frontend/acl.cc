@@ -1,4 +1,4 @@
-#include "dotproxy/io/acl.h"
+#include "dotproxy/frontend/acl.h"
 
 #include <arpa/inet.h>
 
@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace dotproxy::io {
+namespace dotproxy::frontend {
 namespace {
 
 bool PrefixMatches(const uint8_t* address, const Cidr& cidr) {
@@ -80,4 +80,4 @@ bool Acl::Allows(const sockaddr* source) const {
   return false;
 }
 
-}  // namespace dotproxy::io
+}  // namespace dotproxy::frontend

@@ -1,11 +1,11 @@
-#include "dotproxy/io/acl.h"
+#include "dotproxy/frontend/acl.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
 
-namespace dotproxy::io {
+namespace dotproxy::frontend {
 namespace {
 
 sockaddr_storage V4(const char* text) {
@@ -77,4 +77,4 @@ TEST(AclTest, RejectsBadNetworks) {
 }
 
 }  // namespace
-}  // namespace dotproxy::io
+}  // namespace dotproxy::frontend

@@ -1,0 +1,132 @@
+#pragma once
+// The TCP front end of a shard (RFC 7766): SO_REUSEPORT listeners with
+// multishot accept, and a fixed table of client connections. Each client has
+// a framer for its queries (pipelined, any split of the byte stream) and a
+// fixed, preallocated answer buffer; one send in flight at a time. Reading
+// pauses while a client has too many queries in flight or unsent answers
+// (back-pressure instead of unbounded buffering); a client whose answers no
+// longer fit is closed as slow. Idle clients are closed oldest first.
+//
+// Memory per shard, worst case: max_tcp_clients x (kOutCapacity + in-buffer)
+// = 1024 x 100 KiB = 100 MiB, committed only as buffers are touched.
+// Shard thread only; nothing allocates after Open().
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "dotproxy/dns/stream_framer.h"
+#include "dotproxy/frontend/acl.h"
+#include "dotproxy/frontend/client_ref.h"
+#include "dotproxy/io/clock.h"
+#include "dotproxy/io/index_list.h"
+#include "dotproxy/io/reactor.h"
+#include "dotproxy/io/socket.h"
+#include "dotproxy/io/stream_send.h"
+#include "dotproxy/metrics/stats.h"
+
+namespace dotproxy::frontend {
+
+struct TcpLimits {
+  int max_clients = 1024;
+  std::chrono::milliseconds idle_timeout{10000};
+  // RFC 7766 §6.2.1.1 lets a client pipeline; past this many unanswered
+  // queries its socket is not read until answers drain.
+  uint32_t max_queries_per_client = 128;
+};
+
+class TcpClients {
+ public:
+  // Answers queued for one client, at most. Holds the largest DNS message
+  // (65,535 bytes + prefix) with room to spare while a send is in flight.
+  static constexpr size_t kOutCapacity = 96 * 1024;
+  // Reading pauses while this much is queued and unsent.
+  static constexpr size_t kOutPauseThreshold = kOutCapacity / 4;
+  static constexpr size_t kInCapacity = 4 * (kMaxQuerySize + 2);
+
+  TcpClients(io::Reactor& reactor, const io::LoopClock& clock, const Acl& acl,
+             metrics::ShardStats& stats, int shard_index);
+
+  absl::Status Open(std::span<const io::SocketAddress> listen, const TcpLimits& limits);
+  void set_sink(QuerySink* sink) { sink_ = sink; }
+
+  void Start();       // arms the accepts
+  void StopIntake();  // no new connections or queries; answers still go out
+
+  // Completions routed by the shard.
+  void OnAccept(uint32_t listener_index, const io::Completion& completion);
+  void OnReceive(uint32_t client_index, const io::Completion& completion);
+  void OnSendDone(uint32_t client_index, const io::Completion& completion);
+
+  // End of a loop iteration: one send per client with queued answers.
+  void Flush();
+  // Closes clients idle for longer than the idle timeout (RFC 7766 §6.2.3).
+  void ExpireIdle();
+
+  // Replier half (through Frontends).
+  std::span<uint8_t> BeginReply(const ClientRef& client, size_t max_length);
+  void CommitReply(const ClientRef& client, size_t length);
+  void QueryDone(const ClientRef& client);
+
+  size_t open_clients() const { return clients_.size() - free_clients_.size(); }
+
+ private:
+  enum class State : uint8_t { kFree, kOpen, kClosing };
+  struct Client {
+    Client() : framer(kInCapacity), out(new uint8_t[kOutCapacity]) {}
+    State state = State::kFree;
+    uint32_t generation = 1;
+    int ops_in_flight = 0;  // recycled only at zero: SQEs point into this client
+    io::UniqueFd fd;
+    dns::StreamFramer framer;
+    // Answers: [0, send_end) is being sent (or was, once `send` is idle),
+    // [send_end, out_end) waits for the next send.
+    std::unique_ptr<uint8_t[]> out;
+    size_t send_end = 0;
+    size_t out_end = 0;
+    io::StreamSend send;
+    bool recv_in_flight = false;
+    bool dirty = false;           // on dirty_ (answers queued this iteration)
+    bool read_closed = false;     // client sent FIN: answer what is pending, then close
+    bool reading_paused = false;  // back-pressure, see TcpLimits
+    uint32_t queries_in_flight = 0;
+    io::Clock::time_point last_activity{};
+    io::IndexLinks idle_links;  // ordered by last activity, oldest first
+  };
+
+  Client* Find(const ClientRef& ref);
+  void ArmReceive(uint32_t index);
+  void StartSend(uint32_t index);
+  void Close(uint32_t index);
+  void MaybeRecycle(uint32_t index);
+  void Touch(uint32_t index);
+  // Drops what was sent: moves the queued answers to the front.
+  static void Compact(Client& client);
+  // Resumes reading or closes a half-closed client once it has nothing left.
+  void Settle(uint32_t index);
+  bool Drained(const Client& client) const {
+    return client.queries_in_flight == 0 && client.out_end == 0 && !client.send.in_flight();
+  }
+
+  io::Reactor& reactor_;
+  const io::LoopClock& clock_;
+  const Acl& acl_;
+  metrics::ShardStats& stats_;
+  int shard_index_;
+  QuerySink* sink_ = nullptr;
+  TcpLimits limits_;
+  bool intake_stopped_ = false;
+
+  std::vector<io::UniqueFd> listeners_;
+  std::vector<Client> clients_;
+  std::vector<uint32_t> free_clients_;
+  std::vector<uint32_t> dirty_;
+  io::IndexList<Client, &Client::idle_links> idle_;
+  uint32_t open_reply_ = UINT32_MAX;
+};
+
+}  // namespace dotproxy::frontend

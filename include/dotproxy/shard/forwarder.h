@@ -1,0 +1,98 @@
+#pragma once
+// What happens to one query, from the moment a front end hands it over to
+// its one reply: parse and validate, local error answers, cache hit (copy
+// and patch straight into the reply buffer), dispatch to the upstream pool,
+// waiting for connection capacity, the answer's way back (question check,
+// cache insert, client ID and 0x20 case restored, truncation), retry once
+// elsewhere on timeout or connection loss, serve-stale (RFC 8767) when
+// upstreams fail, prefetch of entries near expiry, SERVFAIL at the
+// deadline. It owns no sockets: it replies through the Replier and sends
+// through the QueryRouter. Shard thread only; nothing allocates per query.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <atomic>
+#include <span>
+
+#include "dotproxy/cache/packet_cache.h"
+#include "dotproxy/dns/edns.h"
+#include "dotproxy/dns/message.h"
+#include "dotproxy/frontend/client_ref.h"
+#include "dotproxy/io/clock.h"
+#include "dotproxy/metrics/stats.h"
+#include "dotproxy/shard/query_table.h"
+#include "dotproxy/upstream/router.h"
+
+namespace dotproxy::shard {
+
+struct ForwarderSettings {
+  std::chrono::milliseconds query_timeout{2000};
+  // Retrying elsewhere needs somewhere else: with one upstream a query keeps
+  // its whole deadline on its first attempt.
+  bool retry_on_timeout = false;
+  uint16_t edns_udp_size = 1232;  // advertised in the replies we build
+  dns::UpstreamQueryOptions query_options;
+  size_t max_inflight = 16384;
+};
+
+class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink {
+ public:
+  // `cache` may be null (caching off). Everything borrowed outlives this.
+  Forwarder(const ForwarderSettings& settings, const io::LoopClock& clock,
+            frontend::Replier& replier, upstream::QueryRouter& router,
+            cache::PacketCache* cache, metrics::ShardStats& stats);
+
+  // QuerySink: a query from a client.
+  void OnQuery(std::span<uint8_t> wire, const frontend::ClientRef& client) override;
+
+  // AnswerSink: the pool's reports.
+  Outcome OnAnswer(uint32_t token, std::span<uint8_t> answer, const dns::ResponseInfo& info,
+                   int* keepalive) override;
+  void OnQueryLost(uint32_t token, int upstream, bool upstream_failed) override;
+
+  // Before the end-of-iteration flush: queries that waited for capacity.
+  void DispatchWaiting();
+  // Attempt and final deadlines.
+  void RunTimers(bool draining);
+  // Stop: prefetches have no client waiting, drop them now.
+  void BeginDrain();
+  // At exit: SERVFAIL whatever is still in flight.
+  void FailAll();
+
+  size_t in_flight() const { return table_.in_use(); }
+  // The earliest deadline, or time_point::max() when nothing waits.
+  io::Clock::time_point NextDeadline() const;
+  const QueryTable& table() const { return table_; }
+
+ private:
+  // True when a slot took the query (QueryDone comes at its release).
+  bool Accept(std::span<uint8_t> wire, const frontend::ClientRef& client);
+  void ReplyError(std::span<const uint8_t> query, const dns::QueryInfo& info, dns::Rcode rcode,
+                  const frontend::ClientRef& client);
+  bool ServeFromCache(uint32_t entry, const frontend::ClientRef& client, uint16_t id,
+                      std::span<const uint8_t> question, size_t udp_limit, bool stale);
+  void StartPrefetch(std::span<const uint8_t> query, const dns::QueryInfo& info);
+  bool TryServeStale(QuerySlot& slot);
+  // Sends the slot upstream (first attempt or retry); false when nothing
+  // could take it.
+  bool Dispatch(uint32_t index, int exclude, bool allow_excluded);
+  // Dispatch, else wait for capacity while upstreams live, else SERVFAIL.
+  void DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
+                      std::atomic<uint64_t>& fail_counter);
+  void Unbind(uint32_t index);
+  void Release(uint32_t index);
+  void Fail(uint32_t index, std::atomic<uint64_t>& counter);
+  void MakeSlotKey(const QuerySlot& slot, cache::CacheKey& key) const;
+
+  ForwarderSettings settings_;
+  const io::LoopClock& clock_;
+  frontend::Replier& replier_;
+  upstream::QueryRouter& router_;
+  cache::PacketCache* cache_;
+  metrics::ShardStats& stats_;
+  QueryTable table_;
+  bool draining_ = false;
+};
+
+}  // namespace dotproxy::shard

@@ -1,0 +1,134 @@
+#pragma once
+// A shard's upstreams: for each, its connections (up to a cap, opened on
+// demand), its health (failures, latency EWMA, probes while unhealthy) and
+// its reconnect backoff. The pool decides which connection gets a query:
+// healthy before unhealthy, better priority first, lowest expected latency,
+// a connection below its in-flight cap (siblings open when every one is at
+// it). It owns the connections and is their observer; it reports answers
+// and lost queries to the AnswerSink (the forwarder), and implements the
+// QueryRouter the forwarder sends through. Health probes are its own
+// queries: they never take a forwarder slot.
+//
+// Shard thread only. Connections and ID tables are made at construction.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dotproxy/config/config.h"
+#include "dotproxy/dns/edns.h"
+#include "dotproxy/io/clock.h"
+#include "dotproxy/io/reactor.h"
+#include "dotproxy/metrics/stats.h"
+#include "dotproxy/tls/client.h"
+#include "dotproxy/upstream/connection.h"
+#include "dotproxy/upstream/health.h"
+#include "dotproxy/upstream/id_table.h"
+#include "dotproxy/upstream/router.h"
+
+namespace dotproxy::upstream {
+
+struct PoolSettings {
+  ConnectionSettings connection;
+  size_t max_inflight_per_connection = 100;
+  int max_connections_per_upstream = 4;
+  // A probe unanswered after this is abandoned (the next one backs off).
+  std::chrono::milliseconds probe_timeout{2000};
+  dns::UpstreamQueryOptions query_options;
+};
+
+class UpstreamPool final : public QueryRouter, public ConnectionObserver {
+ public:
+  // `upstream_stats` has one entry per upstream and outlives the pool.
+  UpstreamPool(std::span<const config::UpstreamConfig> upstreams, const PoolSettings& settings,
+               io::Reactor& reactor, const io::LoopClock& clock,
+               const tls::ClientContext& tls_context, metrics::ShardStats& stats,
+               metrics::UpstreamStats* upstream_stats, int shard_index);
+  ~UpstreamPool() override;
+
+  void set_sink(AnswerSink* sink) { sink_ = sink; }
+
+  // Opens one connection per upstream so the first queries find it ready.
+  void Start();
+  // Routed by the shard: a completion of connection `index`.
+  void OnCompletion(uint32_t index, const io::Completion& completion);
+  // End of the loop iteration: one TLS write per connection with queries.
+  void Flush();
+  // Setup deadlines, idle connections, background reconnects, probes.
+  void RunTimers(bool draining);
+  // At exit: shut every socket so upstreams see the close at once.
+  void Shutdown();
+
+  // QueryRouter
+  bool Send(uint32_t token, std::span<uint8_t> query, int exclude, bool allow_excluded,
+            Binding& binding) override;
+  void Release(uint32_t token, const Binding& binding) override;
+  void NoteTimeout(const Binding& binding, bool counts_against_upstream) override;
+  bool CanSendElsewhere(int exclude) override;
+  bool AnyAlive() const override;
+
+  const HealthTracker& health() const { return health_; }
+  const Connection& connection(uint32_t index) const { return *connections_[index]; }
+  size_t connection_count() const { return connections_.size(); }
+
+ private:
+  // Probe tokens carry this bit (forwarder tokens are slot indices < 2^24).
+  static constexpr uint32_t kProbeToken = 0x80000000u;
+
+  struct Upstream {
+    UpstreamTarget target;
+    std::string spec;  // as configured, for logs
+    std::vector<uint32_t> connections;
+    // Connection-level failures back off per upstream, not per connection.
+    int connect_failures = 0;
+    io::Clock::time_point retry_at{};
+    bool reconnect_pending = false;  // reconnect in the background when backoff ends
+    io::Clock::time_point last_failure_log{};
+    io::Clock::time_point last_health_log{};
+    int health_logs_suppressed = 0;
+    bool logged_first_connect = false;
+    // The outstanding health probe, if any.
+    bool probe_outstanding = false;
+    Binding probe;
+    io::Clock::time_point probe_sent_at{};
+  };
+
+  // ConnectionObserver (only its connections call these).
+  void OnReady(Connection& connection) override;
+  void OnMessage(Connection& connection, std::span<uint8_t> message) override;
+  void OnClosed(Connection& connection, CloseReason reason, std::string_view detail,
+                std::span<const uint32_t> lost) override;
+
+  bool Usable(int upstream) const;
+  Connection* Acquire(int upstream);
+  bool SendOn(int upstream, uint32_t token, std::span<uint8_t> query, Binding& binding);
+  void Unbind(const Binding& binding);
+  void Connect(Connection& connection);
+  void UpstreamFailed(int upstream, std::string_view reason);
+  void NoteHealth(int upstream, bool changed);
+  void SendProbe(int upstream);
+  void OnProbeAnswer(Connection& connection, int upstream, std::span<uint8_t> answer,
+                     const dns::ResponseInfo& info);
+
+  PoolSettings settings_;
+  io::Reactor& reactor_;
+  const io::LoopClock& clock_;
+  const tls::ClientContext& tls_context_;
+  metrics::ShardStats& stats_;
+  int shard_index_;
+  AnswerSink* sink_ = nullptr;
+  FastRng rng_;
+  HealthTracker health_;
+  std::vector<Upstream> upstreams_;
+  std::vector<std::unique_ptr<Connection>> connections_;  // grouped by upstream
+  // ". IN NS" as sent upstream (padded like every query).
+  uint8_t probe_query_[64 + dns::kUpstreamQueryGrowth];
+  size_t probe_length_ = 0;
+  uint16_t probe_question_length_ = 0;
+  uint8_t probe_wire_[64 + dns::kUpstreamQueryGrowth];  // scratch: Send rewrites the ID
+};
+
+}  // namespace dotproxy::upstream

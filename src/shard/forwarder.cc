@@ -1,0 +1,375 @@
+#include "dotproxy/shard/forwarder.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace dotproxy::shard {
+
+using frontend::ClientRef;
+using frontend::Transport;
+using metrics::Bump;
+using metrics::Set;
+
+namespace {
+constexpr size_t kMaxErrorReply = dns::kMaxErrorReplyLength;
+}  // namespace
+
+Forwarder::Forwarder(const ForwarderSettings& settings, const io::LoopClock& clock,
+                     frontend::Replier& replier, upstream::QueryRouter& router,
+                     cache::PacketCache* cache, metrics::ShardStats& stats)
+    : settings_(settings),
+      clock_(clock),
+      replier_(replier),
+      router_(router),
+      cache_(cache),
+      stats_(stats),
+      table_(settings.max_inflight) {}
+
+void Forwarder::OnQuery(std::span<uint8_t> wire, const ClientRef& client) {
+  if (!Accept(wire, client)) replier_.QueryDone(client);
+}
+
+bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
+  dns::QueryInfo info;
+  switch (dns::ParseQuery(wire, info)) {
+    case dns::QueryParse::kDrop:
+      if (wire.size() < dns::kHeaderSize) {
+        Bump(stats_.dropped_short);
+      } else {
+        Bump(stats_.dropped_response_bit);
+      }
+      return false;
+    case dns::QueryParse::kFormErr:
+      Bump(stats_.formerr);
+      ReplyError(wire, info, dns::Rcode::kFormErr, client);
+      return false;
+    case dns::QueryParse::kNotImp:
+      Bump(stats_.notimp);
+      ReplyError(wire, info, dns::Rcode::kNotImp, client);
+      return false;
+    case dns::QueryParse::kBadVers:
+      // RFC 6891 §6.1.3: answered here, never forwarded nor served from a
+      // cache filled by version-0 queries.
+      Bump(stats_.badvers);
+      ReplyError(wire, info, dns::Rcode::kBadVers, client);
+      return false;
+    case dns::QueryParse::kOk:
+      break;
+  }
+  if (wire.size() > frontend::kMaxQuerySize) {
+    Bump(stats_.refused_oversized);
+    ReplyError(wire, info, dns::Rcode::kRefused, client);
+    return false;
+  }
+  bool stale_candidate = false;
+  if (cache_ != nullptr) {
+    cache::CacheKey key;
+    cache::MakeKey(wire.data(), info.question_length, info.has_edns, info.dnssec_ok, key);
+    const cache::Found found = cache_->Find(key, clock_.seconds());
+    if (found.freshness == cache::Freshness::kFresh &&
+        ServeFromCache(found.entry, client, info.id, key.question, info.udp_response_limit,
+                       /*stale=*/false)) {
+      Bump(stats_.cache_hits);
+      if (found.prefetch_due) {
+        cache_->MarkPrefetching(found.entry);
+        StartPrefetch(wire, info);
+      }
+      return false;
+    }
+    Bump(stats_.cache_misses);
+    stale_candidate = found.freshness == cache::Freshness::kStale;
+  }
+  const uint32_t index =
+      table_.Allocate(SlotKind::kClient, clock_.now() + settings_.query_timeout);
+  if (index == kNoSlot) {
+    Bump(stats_.servfail_overload);
+    ReplyError(wire, info, dns::Rcode::kServFail, client);
+    return false;
+  }
+  QuerySlot& slot = table_[index];
+  const size_t upstream_length =
+      dns::BuildUpstreamQuery(wire, info, settings_.query_options, slot.query);
+  if (upstream_length == 0) {  // malformed EDNS options
+    table_.Release(index);     // never owned the client: the caller ends it
+    Bump(stats_.formerr);
+    ReplyError(wire, info, dns::Rcode::kFormErr, client);
+    return false;
+  }
+  slot.client = client;
+  slot.stale_candidate = stale_candidate;
+  slot.has_edns = info.has_edns;
+  slot.dnssec_ok = info.dnssec_ok;
+  slot.client_id = info.id;
+  slot.question_length = info.question_length;
+  slot.query_length = static_cast<uint16_t>(upstream_length);
+  slot.udp_limit = static_cast<uint16_t>(
+      std::min<size_t>(info.udp_response_limit, frontend::kMaxUdpReply));
+  DispatchOrWait(index, -1, false, stats_.servfail_no_upstream);
+  return true;
+}
+
+void Forwarder::ReplyError(std::span<const uint8_t> query, const dns::QueryInfo& info,
+                           dns::Rcode rcode, const ClientRef& client) {
+  std::span<uint8_t> reply = replier_.BeginReply(client, kMaxErrorReply);
+  if (reply.empty()) return;
+  const size_t length =
+      dns::BuildErrorReply(query, info, rcode, settings_.edns_udp_size, reply);
+  // The ID is the client's, whatever bytes `query` holds (a slot's query
+  // carries the upstream ID).
+  if (length > 0) dns::header::SetId(reply.data(), info.id);
+  replier_.CommitReply(client, length);
+}
+
+bool Forwarder::ServeFromCache(uint32_t entry, const ClientRef& client, uint16_t id,
+                               std::span<const uint8_t> question, size_t udp_limit, bool stale) {
+  const size_t limit = client.transport == Transport::kUdp
+                           ? std::min(udp_limit, frontend::kMaxUdpReply)
+                           : cache::kMaxCachedAnswer;
+  // Straight into the reply buffer: one copy from cache to socket.
+  std::span<uint8_t> reply = replier_.BeginReply(client, limit);
+  if (reply.empty()) return true;  // dropped, and counted, by the front end
+  const size_t length =
+      cache_->Serve(entry, reply, id, question, limit, clock_.seconds(), stale);
+  replier_.CommitReply(client, length);
+  return length > 0;
+}
+
+// Refreshes a cache entry in its last tenth of TTL without a client waiting.
+void Forwarder::StartPrefetch(std::span<const uint8_t> query, const dns::QueryInfo& info) {
+  const uint32_t index =
+      table_.Allocate(SlotKind::kPrefetch, clock_.now() + settings_.query_timeout);
+  if (index == kNoSlot) return;
+  QuerySlot& slot = table_[index];
+  const size_t length = dns::BuildUpstreamQuery(query, info, settings_.query_options, slot.query);
+  slot.has_edns = info.has_edns;
+  slot.dnssec_ok = info.dnssec_ok;
+  slot.question_length = info.question_length;
+  slot.query_length = static_cast<uint16_t>(length);
+  Bump(stats_.cache_prefetches);
+  if (length == 0 || !Dispatch(index, -1, false)) Fail(index, stats_.cache_prefetches);
+}
+
+void Forwarder::MakeSlotKey(const QuerySlot& slot, cache::CacheKey& key) const {
+  cache::MakeKey(slot.query, slot.question_length, slot.has_edns, slot.dnssec_ok, key);
+}
+
+// RFC 8767: when upstreams fail, an expired answer beats SERVFAIL.
+bool Forwarder::TryServeStale(QuerySlot& slot) {
+  if (cache_ == nullptr || !slot.stale_candidate || slot.kind != SlotKind::kClient) return false;
+  cache::CacheKey key;
+  MakeSlotKey(slot, key);
+  const cache::Found found = cache_->Find(key, clock_.seconds());
+  if (found.freshness == cache::Freshness::kMiss) return false;
+  const bool stale = found.freshness == cache::Freshness::kStale;
+  if (!ServeFromCache(found.entry, slot.client, slot.client_id, key.question, slot.udp_limit,
+                      stale)) {
+    return false;
+  }
+  // Refreshed meanwhile (by another query): a plain hit, not a stale answer.
+  Bump(stale ? stats_.cache_stale_answers : stats_.cache_hits);
+  return true;
+}
+
+bool Forwarder::Dispatch(uint32_t index, int exclude, bool allow_excluded) {
+  QuerySlot& slot = table_[index];
+  upstream::Binding binding;
+  if (!router_.Send(index, {slot.query, slot.query_length}, exclude, allow_excluded, binding)) {
+    return false;
+  }
+  slot.binding = binding;
+  slot.sent_at = clock_.now();
+  table_.attempts().Remove(index);
+  if (settings_.retry_on_timeout && slot.attempt == 1 && slot.kind == SlotKind::kClient) {
+    // The first attempt gets half the budget so a retry elsewhere still fits.
+    slot.attempt_deadline = clock_.now() + settings_.query_timeout / 2;
+    table_.attempts().PushBack(index);
+  }
+  Bump(stats_.forwarded);
+  return true;
+}
+
+void Forwarder::DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
+                               std::atomic<uint64_t>& fail_counter) {
+  if (Dispatch(index, exclude, allow_excluded)) return;
+  if (router_.AnyAlive()) {
+    // Upstreams are up but every connection is at its cap: queue rather
+    // than fail; answers free capacity, and the deadline still applies.
+    table_.waiting().PushBack(index);
+    Bump(stats_.queued_for_capacity);
+  } else {
+    Fail(index, fail_counter);
+  }
+}
+
+void Forwarder::DispatchWaiting() {
+  while (!table_.waiting().empty()) {
+    const uint32_t index = table_.waiting().PopFront();
+    if (Dispatch(index, -1, false)) continue;
+    if (router_.AnyAlive()) {
+      table_.waiting().PushFront(index);  // still full: keep the order
+      return;
+    }
+    Fail(index, stats_.servfail_no_upstream);
+  }
+}
+
+void Forwarder::Unbind(uint32_t index) {
+  QuerySlot& slot = table_[index];
+  if (!slot.binding.bound()) return;
+  router_.Release(index, slot.binding);
+  slot.binding = {};
+}
+
+void Forwarder::Release(uint32_t index) {
+  QuerySlot& slot = table_[index];
+  if (!slot.in_use) return;
+  Unbind(index);
+  const bool had_client = slot.kind == SlotKind::kClient;
+  const ClientRef client = slot.client;
+  table_.Release(index);
+  if (had_client) replier_.QueryDone(client);
+}
+
+void Forwarder::Fail(uint32_t index, std::atomic<uint64_t>& counter) {
+  QuerySlot& slot = table_[index];
+  if (slot.kind == SlotKind::kPrefetch) {
+    if (cache_ != nullptr) {
+      cache::CacheKey key;
+      MakeSlotKey(slot, key);
+      cache_->PrefetchDone(key);
+    }
+    Release(index);
+    return;
+  }
+  if (!TryServeStale(slot)) {
+    Bump(counter);
+    dns::QueryInfo info;
+    info.id = slot.client_id;
+    info.question_length = slot.question_length;
+    info.has_edns = slot.has_edns;
+    info.dnssec_ok = slot.dnssec_ok;
+    ReplyError({slot.query, slot.query_length}, info, dns::Rcode::kServFail, slot.client);
+  }
+  Release(index);
+}
+
+upstream::AnswerSink::Outcome Forwarder::OnAnswer(uint32_t token, std::span<uint8_t> answer,
+                                                  const dns::ResponseInfo& info, int* keepalive) {
+  QuerySlot& slot = table_[token];
+  const std::span<const uint8_t> asked(slot.query + dns::kHeaderSize, slot.question_length);
+  const std::span<const uint8_t> answered(answer.data() + dns::kHeaderSize, info.question_length);
+  if (!slot.in_use || !dns::QuestionsMatch(asked, answered)) {
+    // Keep waiting: the right answer may still come, or the deadline fails it.
+    Bump(stats_.upstream_question_mismatch);
+    return {};
+  }
+  const Outcome outcome{Verdict::kAccepted, slot.sent_at};
+  slot.binding = {};  // the pool frees it on kAccepted
+
+  // Transport options (keepalive, padding) are for this hop only.
+  size_t length = dns::RewriteAnswerOpt(answer, answer.size(), slot.has_edns, keepalive);
+  if (cache_ != nullptr) {
+    cache::CacheKey key;
+    MakeSlotKey(slot, key);
+    const bool upstream_failed = dns::header::GetRcode(answer.data()) == dns::Rcode::kServFail;
+    if (upstream_failed && TryServeStale(slot)) {
+      Release(token);
+      return outcome;
+    }
+    if (!cache_->Insert(key, {answer.data(), length}, clock_.seconds()) &&
+        slot.kind == SlotKind::kPrefetch) {
+      cache_->PrefetchDone(key);
+    }
+    Set(stats_.cache_evictions, cache_->counters().evictions);
+    Set(stats_.cache_entries, cache_->counters().entries);
+  }
+  if (slot.kind == SlotKind::kPrefetch) {
+    Release(token);
+    return outcome;
+  }
+  // Give the answer back its client: client ID, client's question bytes
+  // (0x20 letter case) and, for UDP, the client's size limit.
+  dns::header::SetId(answer.data(), slot.client_id);
+  std::memcpy(answer.data() + dns::kHeaderSize, asked.data(), asked.size());
+  if (slot.client.transport == Transport::kUdp && length > slot.udp_limit) {
+    length = dns::TruncateResponse(answer, length, slot.udp_limit);
+    Bump(stats_.truncated);
+  }
+  replier_.Reply(slot.client, {answer.data(), length});
+  Bump(stats_.answered);
+  Release(token);
+  return outcome;
+}
+
+void Forwarder::OnQueryLost(uint32_t token, int upstream, bool upstream_failed) {
+  QuerySlot& slot = table_[token];
+  if (!slot.in_use) return;
+  slot.binding = {};  // released by the pool
+  std::atomic<uint64_t>& counter =
+      upstream_failed ? stats_.servfail_no_upstream : stats_.servfail_connection_lost;
+  if (slot.kind == SlotKind::kClient && slot.attempt == 1 && !draining_) {
+    slot.attempt = 2;
+    Bump(stats_.retried);
+    DispatchOrWait(token, upstream, /*allow_excluded=*/true, counter);
+  } else {
+    Fail(token, slot.kind == SlotKind::kClient ? counter : stats_.servfail_connection_lost);
+  }
+}
+
+void Forwarder::RunTimers(bool draining) {
+  const auto now = clock_.now();
+  // First attempts past half the budget: count a timeout against their
+  // upstream and retry once elsewhere if anything else is usable.
+  while (!table_.attempts().empty() && table_[table_.attempts().head()].attempt_deadline <= now) {
+    const uint32_t index = table_.attempts().PopFront();
+    QuerySlot& slot = table_[index];
+    const upstream::Binding timed_out = slot.binding;
+    if (!timed_out.bound()) continue;  // lost meanwhile and waiting for capacity
+    if (!draining && router_.CanSendElsewhere(timed_out.upstream)) {
+      Unbind(index);
+      slot.attempt = 2;
+      Bump(stats_.retried);
+      if (!Dispatch(index, timed_out.upstream, /*allow_excluded=*/false)) {
+        Fail(index, stats_.servfail_no_upstream);
+      }
+    }  // else nowhere else to go: keep waiting here
+    router_.NoteTimeout(timed_out, /*counts_against_upstream=*/true);
+  }
+  // Final deadlines: the list is in deadline order, so stop at the first
+  // live one. New queries never extend an old query's deadline.
+  while (!table_.deadlines().empty() && table_[table_.deadlines().head()].deadline <= now) {
+    const uint32_t index = table_.deadlines().head();
+    const QuerySlot& slot = table_[index];
+    const upstream::Binding timed_out = slot.binding;
+    // A first attempt that could be retried was counted at its attempt
+    // deadline already.
+    const bool counts = slot.kind == SlotKind::kClient &&
+                        (slot.attempt == 2 || !settings_.retry_on_timeout);
+    Fail(index, stats_.servfail_timeout);
+    if (timed_out.bound()) router_.NoteTimeout(timed_out, counts);
+  }
+}
+
+void Forwarder::BeginDrain() {
+  draining_ = true;
+  for (uint32_t index = table_.deadlines().head(); index != kNoSlot;) {
+    const uint32_t next = table_.deadlines().Next(index);
+    if (table_[index].kind != SlotKind::kClient) Fail(index, stats_.servfail_shutdown);
+    index = next;
+  }
+}
+
+void Forwarder::FailAll() {
+  while (!table_.deadlines().empty()) Fail(table_.deadlines().head(), stats_.servfail_shutdown);
+}
+
+io::Clock::time_point Forwarder::NextDeadline() const {
+  auto next = io::Clock::time_point::max();
+  if (!table_.deadlines().empty()) next = table_[table_.deadlines().head()].deadline;
+  if (!table_.attempts().empty()) {
+    next = std::min(next, table_[table_.attempts().head()].attempt_deadline);
+  }
+  return next;
+}
+
+}  // namespace dotproxy::shard

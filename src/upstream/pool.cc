@@ -1,0 +1,346 @@
+#include "dotproxy/upstream/pool.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "dotproxy/control/log.h"
+#include "dotproxy/upstream/backoff.h"
+
+namespace dotproxy::upstream {
+namespace {
+
+using control::Log;
+using control::Severity;
+using metrics::Bump;
+using metrics::Set;
+
+constexpr auto kFailureLogInterval = std::chrono::seconds(10);
+constexpr auto kHealthLogInterval = std::chrono::seconds(5);
+
+std::vector<int> Priorities(std::span<const config::UpstreamConfig> upstreams) {
+  std::vector<int> priorities;
+  for (const auto& upstream : upstreams) priorities.push_back(upstream.priority);
+  return priorities;
+}
+
+}  // namespace
+
+UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
+                           const PoolSettings& settings, io::Reactor& reactor,
+                           const io::LoopClock& clock, const tls::ClientContext& tls_context,
+                           metrics::ShardStats& stats, metrics::UpstreamStats* upstream_stats,
+                           int shard_index)
+    : settings_(settings),
+      reactor_(reactor),
+      clock_(clock),
+      tls_context_(tls_context),
+      stats_(stats),
+      shard_index_(shard_index),
+      health_(Priorities(upstreams), HealthPolicy{}),
+      upstreams_(upstreams.size()) {
+  for (size_t u = 0; u < upstreams.size(); ++u) {
+    const config::UpstreamConfig& config = upstreams[u];
+    Upstream& upstream = upstreams_[u];
+    upstream.target.address = &config.address;
+    upstream.target.policy = &config.peer;
+    upstream.target.stats = &upstream_stats[u];
+    upstream.spec = config.spec;
+    Set(upstream.target.stats->healthy, 1);
+    for (int c = 0; c < settings_.max_connections_per_upstream; ++c) {
+      const auto index = static_cast<uint32_t>(connections_.size());
+      upstream.connections.push_back(index);
+      connections_.push_back(std::make_unique<Connection>(
+          index, static_cast<int>(u), upstream.target, settings_.connection, reactor_, clock_,
+          tls_context_, rng_, static_cast<ConnectionObserver&>(*this), stats_));
+    }
+  }
+  // A probe asks for the root NS set; any matching answer proves the
+  // upstream serves again.
+  static constexpr uint8_t kProbe[] = {0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
+                                       0, 0, 2, 0, 1};  // ". IN NS", RD=1
+  dns::QueryInfo info;
+  dns::ParseQuery(kProbe, info);
+  probe_length_ = dns::BuildUpstreamQuery(kProbe, info, settings_.query_options, probe_query_);
+  probe_question_length_ = info.question_length;
+}
+
+UpstreamPool::~UpstreamPool() = default;
+
+void UpstreamPool::Start() {
+  for (Upstream& upstream : upstreams_) Connect(*connections_[upstream.connections.front()]);
+}
+
+void UpstreamPool::OnCompletion(uint32_t index, const io::Completion& completion) {
+  if (index < connections_.size()) connections_[index]->OnCompletion(completion);
+}
+
+void UpstreamPool::Flush() {
+  for (auto& connection : connections_) connection->Flush();
+}
+
+void UpstreamPool::Shutdown() {
+  for (auto& connection : connections_) connection->ShutdownSocket();
+}
+
+// An upstream can take a query when one of its connections is (being) set
+// up and below its in-flight cap, or when it may open another one.
+bool UpstreamPool::Usable(int u) const {
+  const Upstream& upstream = upstreams_[u];
+  bool can_open = false;
+  for (uint32_t index : upstream.connections) {
+    const Connection& connection = *connections_[index];
+    if (connection.alive()) {
+      if (connection.in_flight() < settings_.max_inflight_per_connection) return true;
+    } else if (connection.state() == ConnectionState::kIdle) {
+      can_open = true;
+    }
+  }
+  return can_open && clock_.now() >= upstream.retry_at;
+}
+
+Connection* UpstreamPool::Acquire(int u) {
+  const Upstream& upstream = upstreams_[u];
+  const size_t cap = settings_.max_inflight_per_connection;
+  // A verified connection first, then one being set up, then a new one.
+  for (uint32_t index : upstream.connections) {
+    Connection& connection = *connections_[index];
+    if (connection.state() == ConnectionState::kReady && connection.in_flight() < cap) {
+      return &connection;
+    }
+  }
+  for (uint32_t index : upstream.connections) {
+    Connection& connection = *connections_[index];
+    if (connection.alive() && connection.in_flight() < cap) return &connection;
+  }
+  if (clock_.now() < upstream.retry_at) return nullptr;
+  for (uint32_t index : upstream.connections) {
+    Connection& connection = *connections_[index];
+    if (connection.state() != ConnectionState::kIdle) continue;
+    Connect(connection);
+    return connection.alive() ? &connection : nullptr;
+  }
+  return nullptr;
+}
+
+void UpstreamPool::Connect(Connection& connection) {
+  if (auto status = connection.Connect(); !status.ok()) {
+    UpstreamFailed(connection.upstream(),
+                   std::string_view(status.message().data(), status.message().size()));
+  }
+}
+
+bool UpstreamPool::Send(uint32_t token, std::span<uint8_t> query, int exclude, bool allow_excluded,
+                        Binding& binding) {
+  int u = health_.Select([this](int i) { return Usable(i); }, exclude, rng_.Next());
+  if (u < 0 && allow_excluded && exclude >= 0 && Usable(exclude)) u = exclude;
+  if (u < 0) return false;
+  return SendOn(u, token, query, binding);
+}
+
+bool UpstreamPool::SendOn(int u, uint32_t token, std::span<uint8_t> query, Binding& binding) {
+  Connection* connection = Acquire(u);
+  uint16_t id = 0;
+  if (connection == nullptr || !connection->Queue(token, query, id)) return false;
+  binding = {u, connection->index(), id};
+  health_.AddInFlight(u);
+  Set(upstreams_[u].target.stats->in_flight, health_.get(u).in_flight);
+  Bump(upstreams_[u].target.stats->queries);
+  return true;
+}
+
+void UpstreamPool::Unbind(const Binding& binding) {
+  health_.RemoveInFlight(binding.upstream);
+  Set(upstreams_[binding.upstream].target.stats->in_flight, health_.get(binding.upstream).in_flight);
+}
+
+void UpstreamPool::Release(uint32_t token, const Binding& binding) {
+  if (!binding.bound()) return;
+  Connection& connection = *connections_[binding.connection];
+  if (connection.Lookup(binding.id) == token) connection.Erase(binding.id);
+  Unbind(binding);
+}
+
+void UpstreamPool::NoteTimeout(const Binding& binding, bool counts_against_upstream) {
+  if (binding.upstream < 0) return;
+  if (counts_against_upstream) {
+    Bump(upstreams_[binding.upstream].target.stats->timeouts);
+    NoteHealth(binding.upstream, health_.RecordFailure(binding.upstream, clock_.now()));
+  }
+  if (binding.bound()) connections_[binding.connection]->NoteTimeout();
+}
+
+bool UpstreamPool::CanSendElsewhere(int exclude) {
+  return health_.Select([this](int i) { return Usable(i); }, exclude, rng_.Next()) >= 0;
+}
+
+bool UpstreamPool::AnyAlive() const {
+  for (const auto& connection : connections_) {
+    if (connection->alive()) return true;
+  }
+  return false;
+}
+
+void UpstreamPool::OnReady(Connection& connection) {
+  Upstream& upstream = upstreams_[connection.upstream()];
+  if (upstream.connect_failures > 0 || !upstream.logged_first_connect) {
+    Log(Severity::kInfo, "shard %d: upstream %s: %s (%s)", shard_index_, upstream.spec,
+        upstream.logged_first_connect ? "connected again" : "connected", connection.Describe());
+    upstream.logged_first_connect = true;
+  }
+  // connect_failures is reset by the first answer, not here: an upstream
+  // that completes TLS but never answers must keep backing off.
+  upstream.reconnect_pending = false;
+}
+
+void UpstreamPool::OnMessage(Connection& connection, std::span<uint8_t> message) {
+  dns::ResponseInfo info;
+  if (!dns::ParseResponse(message, info)) {
+    Bump(stats_.upstream_malformed);
+    return;
+  }
+  const uint32_t token = connection.Lookup(info.id);
+  if (token == IdTable::kFree) {
+    Bump(stats_.upstream_unknown_id);
+    return;
+  }
+  const int u = connection.upstream();
+  if (token & kProbeToken) {
+    OnProbeAnswer(connection, u, message, info);
+    return;
+  }
+  int keepalive = -1;
+  const AnswerSink::Outcome outcome = sink_->OnAnswer(token, message, info, &keepalive);
+  if (outcome.verdict != AnswerSink::Verdict::kAccepted) return;  // counted by the sink
+  connection.Erase(info.id);
+  connection.NoteAnswered();
+  if (keepalive >= 0) connection.NoteKeepalive(keepalive);
+  Unbind({u, connection.index(), info.id});
+  Upstream& upstream = upstreams_[u];
+  upstream.connect_failures = 0;
+  const auto latency =
+      std::chrono::duration_cast<std::chrono::microseconds>(clock_.now() - outcome.sent_at);
+  NoteHealth(u, health_.RecordAnswer(u, latency, clock_.now()));
+  Bump(upstream.target.stats->answers);
+  Set(upstream.target.stats->latency_us,
+      static_cast<uint64_t>(health_.get(u).latency_ewma_ms * 1000));
+}
+
+void UpstreamPool::OnProbeAnswer(Connection& connection, int u, std::span<uint8_t> answer,
+                                 const dns::ResponseInfo& info) {
+  Upstream& upstream = upstreams_[u];
+  const std::span<const uint8_t> asked(probe_query_ + dns::kHeaderSize, probe_question_length_);
+  const std::span<const uint8_t> answered(answer.data() + dns::kHeaderSize, info.question_length);
+  if (!dns::QuestionsMatch(asked, answered)) {
+    Bump(stats_.upstream_question_mismatch);
+    return;
+  }
+  connection.Erase(info.id);
+  connection.NoteAnswered();
+  Unbind(upstream.probe);
+  upstream.probe_outstanding = false;
+  upstream.connect_failures = 0;
+  const auto latency =
+      std::chrono::duration_cast<std::chrono::microseconds>(clock_.now() - upstream.probe_sent_at);
+  NoteHealth(u, health_.RecordAnswer(u, latency, clock_.now()));
+  Bump(upstream.target.stats->answers);
+}
+
+void UpstreamPool::OnClosed(Connection& connection, CloseReason reason, std::string_view detail,
+                            std::span<const uint32_t> lost) {
+  const int u = connection.upstream();
+  const bool failure = IsFailure(reason);
+  if (failure) UpstreamFailed(u, detail);
+  // Queries bound to this connection are retried once (elsewhere when
+  // possible) or fail now rather than at their deadline.
+  for (uint32_t token : lost) {
+    Unbind({u, connection.index(), 0});
+    if (token & kProbeToken) {
+      upstreams_[u].probe_outstanding = false;
+      continue;
+    }
+    sink_->OnQueryLost(token, u, failure);
+  }
+}
+
+void UpstreamPool::UpstreamFailed(int u, std::string_view reason) {
+  Upstream& upstream = upstreams_[u];
+  const auto now = clock_.now();
+  Bump(stats_.upstream_connect_failures);
+  Bump(upstream.target.stats->connect_failures);
+  ++upstream.connect_failures;
+  upstream.retry_at = now + BackoffDelay(upstream.connect_failures, rng_.Next());
+  upstream.reconnect_pending = true;
+  if (upstream.connect_failures == 1 || now - upstream.last_failure_log >= kFailureLogInterval) {
+    Log(Severity::kWarning, "shard %d: upstream %s: %s (failure %d, retry in %d ms)", shard_index_,
+        upstream.spec, std::string(reason), upstream.connect_failures,
+        static_cast<int>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(upstream.retry_at - now).count()));
+    upstream.last_failure_log = now;
+  }
+  NoteHealth(u, health_.RecordFailure(u, now));
+}
+
+void UpstreamPool::NoteHealth(int u, bool changed) {
+  if (!changed) return;
+  Upstream& upstream = upstreams_[u];
+  const UpstreamHealth& health = health_.get(u);
+  const auto now = clock_.now();
+  Set(upstream.target.stats->healthy, health.state == HealthState::kHealthy ? 1 : 0);
+  // Rate-limited: a flapping upstream must not flood the log.
+  if (now - upstream.last_health_log < kHealthLogInterval) {
+    ++upstream.health_logs_suppressed;
+    return;
+  }
+  Log(Severity::kWarning,
+      "shard %d: upstream %s is now %s (%d consecutive failures, latency %.1f ms%s)", shard_index_,
+      upstream.spec, ToString(health.state), health.consecutive_failures, health.latency_ewma_ms,
+      upstream.health_logs_suppressed > 0
+          ? absl::StrCat(", ", upstream.health_logs_suppressed, " changes not logged")
+          : std::string());
+  upstream.last_health_log = now;
+  upstream.health_logs_suppressed = 0;
+}
+
+void UpstreamPool::SendProbe(int u) {
+  Upstream& upstream = upstreams_[u];
+  if (upstream.probe_outstanding || !Usable(u)) return;
+  Bump(stats_.probes);
+  std::memcpy(probe_wire_, probe_query_, probe_length_);
+  if (!SendOn(u, kProbeToken | static_cast<uint32_t>(u), {probe_wire_, probe_length_},
+              upstream.probe)) {
+    return;
+  }
+  upstream.probe_outstanding = true;
+  upstream.probe_sent_at = clock_.now();
+}
+
+void UpstreamPool::RunTimers(bool draining) {
+  for (auto& connection : connections_) connection->CheckTimers();
+  const auto now = clock_.now();
+  for (int u = 0; u < static_cast<int>(upstreams_.size()); ++u) {
+    Upstream& upstream = upstreams_[u];
+    if (upstream.probe_outstanding &&
+        (draining || now - upstream.probe_sent_at >= settings_.probe_timeout)) {
+      Release(kProbeToken | static_cast<uint32_t>(u), upstream.probe);
+      upstream.probe_outstanding = false;
+    }
+    if (draining) continue;
+    // After a failure, keep trying in the background (with backoff) so the
+    // upstream is ready again as soon as it comes back.
+    if (upstream.reconnect_pending && now >= upstream.retry_at) {
+      upstream.reconnect_pending = false;
+      bool any_open = false;
+      for (uint32_t index : upstream.connections) {
+        if (connections_[index]->state() != ConnectionState::kIdle) any_open = true;
+      }
+      if (!any_open) Connect(*connections_[upstream.connections.front()]);
+    }
+    if (health_.ProbeDue(u, now)) {
+      health_.ProbeSent(u, now);
+      SendProbe(u);
+    }
+  }
+}
+
+}  // namespace dotproxy::upstream

@@ -1,0 +1,258 @@
+// TcpClients against the real kernel on loopback: framing of pipelined
+// queries split across writes, the per-client pipelining limit, answers
+// going out length-prefixed, the bounded answer buffer and the idle timeout.
+// The forwarder is replaced by a sink that records what it is handed.
+
+#include "dotproxy/frontend/tcp_clients.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench/common/wire.h"
+
+namespace dotproxy::frontend {
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+using std::chrono::milliseconds;
+
+class RecordingSink final : public QuerySink {
+ public:
+  void OnQuery(std::span<uint8_t> wire, const ClientRef& client) override {
+    queries.emplace_back(wire.begin(), wire.end());
+    clients.push_back(client);
+  }
+  std::vector<Bytes> queries;
+  std::vector<ClientRef> clients;
+};
+
+uint16_t FreeLoopbackPort() {
+  io::UniqueFd probe(socket(AF_INET, SOCK_STREAM, 0));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  if (bind(probe.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) return 0;
+  getsockname(probe.get(), reinterpret_cast<sockaddr*>(&address), &length);
+  return ntohs(address.sin_port);
+}
+
+class TcpClientsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    io::ReactorOptions options;
+    options.submission_entries = 64;
+    options.completion_entries = 256;
+    options.datagram_buffers = 16;
+    auto reactor = io::Reactor::Create(options);
+    if (!reactor.ok()) GTEST_SKIP() << "io_uring unavailable: " << reactor.status();
+    reactor_ = *std::move(reactor);
+    port_ = FreeLoopbackPort();
+    ASSERT_NE(port_, 0);
+    auto address = io::ParseSocketAddress("127.0.0.1:" + std::to_string(port_), -1);
+    ASSERT_TRUE(address.ok());
+    listen_.push_back(*address);
+  }
+
+  void Open(TcpLimits limits = {}) {
+    tcp_ = std::make_unique<TcpClients>(*reactor_, clock_, acl_, stats_, 0);
+    ASSERT_TRUE(tcp_->Open(listen_, limits).ok());
+    tcp_->set_sink(&sink_);
+    tcp_->Start();
+  }
+
+  // One loop iteration of a shard, as far as TcpClients goes.
+  void Pump(int rounds = 5) {
+    for (int i = 0; i < rounds; ++i) {
+      clock_.Update();
+      tcp_->Flush();
+      ASSERT_TRUE(reactor_->SubmitAndWait(milliseconds(10)).ok());
+      reactor_->Reap([&](const io::Completion& c) {
+        switch (c.data.op) {
+          case io::Op::kAccept: tcp_->OnAccept(c.data.index, c); break;
+          case io::Op::kClientRecv: tcp_->OnReceive(c.data.index, c); break;
+          case io::Op::kClientSend: tcp_->OnSendDone(c.data.index, c); break;
+          default: break;
+        }
+      });
+    }
+  }
+
+  io::UniqueFd Connect() {
+    io::UniqueFd fd(socket(AF_INET, SOCK_STREAM, 0));
+    EXPECT_EQ(connect(fd.get(), listen_[0].get(), listen_[0].length), 0);
+    Pump();
+    return fd;
+  }
+  static void Write(int fd, const Bytes& bytes) {
+    ASSERT_EQ(send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
+  }
+  static Bytes Framed(const Bytes& message) {
+    Bytes out = {static_cast<uint8_t>(message.size() >> 8), static_cast<uint8_t>(message.size())};
+    out.insert(out.end(), message.begin(), message.end());
+    return out;
+  }
+  // Reads what has arrived within `wait`; empty on EOF or nothing.
+  static Bytes ReadSome(int fd, milliseconds wait, bool* eof = nullptr) {
+    pollfd p{fd, POLLIN, 0};
+    Bytes out;
+    if (poll(&p, 1, static_cast<int>(wait.count())) <= 0) return out;
+    uint8_t buffer[65536];
+    const ssize_t n = recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n == 0 && eof != nullptr) *eof = true;
+    if (n > 0) out.assign(buffer, buffer + n);
+    return out;
+  }
+
+  std::unique_ptr<io::Reactor> reactor_;
+  io::LoopClock clock_;
+  Acl acl_{DefaultAllowList()};
+  metrics::ShardStats stats_;
+  RecordingSink sink_;
+  std::unique_ptr<TcpClients> tcp_;
+  std::vector<io::SocketAddress> listen_;
+  uint16_t port_ = 0;
+};
+
+TEST_F(TcpClientsTest, FramesPipelinedQueriesSplitAcrossWrites) {
+  Open();
+  io::UniqueFd client = Connect();
+  const Bytes q1 = bench::MakeQuery("one.example", 1, true);
+  const Bytes q2 = bench::MakeQuery("two.example", 2, false);
+  Bytes stream = Framed(q1);
+  const Bytes f2 = Framed(q2);
+  stream.insert(stream.end(), f2.begin(), f2.begin() + 7);  // q2 cut inside its header
+  Write(client.get(), stream);
+  Pump();
+  ASSERT_EQ(sink_.queries.size(), 1u);
+  EXPECT_EQ(sink_.queries[0], q1);
+  Write(client.get(), Bytes(f2.begin() + 7, f2.end()));
+  Pump();
+  ASSERT_EQ(sink_.queries.size(), 2u);
+  EXPECT_EQ(sink_.queries[1], q2);
+  EXPECT_EQ(sink_.clients[0].transport, Transport::kTcp);
+  EXPECT_EQ(sink_.clients[0].tcp_client, sink_.clients[1].tcp_client);
+  EXPECT_EQ(stats_.tcp_queries.load(), 2u);
+}
+
+TEST_F(TcpClientsTest, AnswersLeaveLengthPrefixedInTheOrderCommitted) {
+  Open();
+  io::UniqueFd client = Connect();
+  Write(client.get(), Framed(bench::MakeQuery("a.example", 1, true)));
+  Pump();
+  ASSERT_EQ(sink_.clients.size(), 1u);
+  const ClientRef ref = sink_.clients[0];
+  for (const char* text : {"first", "second!"}) {
+    std::span<uint8_t> space = tcp_->BeginReply(ref, 100);
+    ASSERT_EQ(space.size(), 100u);
+    std::memcpy(space.data(), text, std::strlen(text));
+    tcp_->CommitReply(ref, std::strlen(text));
+  }
+  tcp_->QueryDone(ref);
+  Pump();
+  const Bytes got = ReadSome(client.get(), milliseconds(500));
+  const Bytes want = {0, 5, 'f', 'i', 'r', 's', 't', 0, 7, 's', 'e', 'c', 'o', 'n', 'd', '!'};
+  EXPECT_EQ(got, want);
+}
+
+TEST_F(TcpClientsTest, StopsReadingAtThePipeliningLimitUntilQueriesFinish) {
+  TcpLimits limits;
+  limits.max_queries_per_client = 2;
+  Open(limits);
+  io::UniqueFd client = Connect();
+  Bytes two = Framed(bench::MakeQuery("a.example", 1, true));
+  const Bytes b = Framed(bench::MakeQuery("b.example", 2, true));
+  two.insert(two.end(), b.begin(), b.end());
+  Write(client.get(), two);
+  Pump();
+  ASSERT_EQ(sink_.queries.size(), 2u);
+  Write(client.get(), Framed(bench::MakeQuery("c.example", 3, true)));
+  Pump();
+  EXPECT_EQ(sink_.queries.size(), 2u);  // two in flight: not read
+  tcp_->QueryDone(sink_.clients[0]);
+  Pump();
+  EXPECT_EQ(sink_.queries.size(), 3u);  // one finished: reading resumed
+}
+
+TEST_F(TcpClientsTest, AStaleClientRefReachesNothing) {
+  Open();
+  io::UniqueFd client = Connect();
+  Write(client.get(), Framed(bench::MakeQuery("a.example", 1, true)));
+  Pump();
+  ASSERT_EQ(sink_.clients.size(), 1u);
+  ClientRef stale = sink_.clients[0];
+  stale.tcp_generation += 1;  // as after the slot was recycled for another client
+  EXPECT_TRUE(tcp_->BeginReply(stale, 100).empty());
+  tcp_->QueryDone(stale);  // must not touch the live client's count
+  EXPECT_EQ(tcp_->open_clients(), 1u);
+}
+
+TEST_F(TcpClientsTest, ClientWhoseAnswersNoLongerFitIsClosedAsSlow) {
+  Open();
+  io::UniqueFd client = Connect();
+  Write(client.get(), Framed(bench::MakeQuery("a.example", 1, true)));
+  Pump();
+  const ClientRef ref = sink_.clients.at(0);
+  const size_t big = TcpClients::kOutCapacity / 2 + 1;
+  ASSERT_EQ(tcp_->BeginReply(ref, big).size(), big);
+  tcp_->CommitReply(ref, big);
+  // Nothing sent yet (no flush) and no room for another: bounded, not grown.
+  EXPECT_TRUE(tcp_->BeginReply(ref, big).empty());
+  EXPECT_EQ(stats_.tcp_slow_closed.load(), 1u);
+  Pump();
+  EXPECT_EQ(tcp_->open_clients(), 0u);
+}
+
+TEST_F(TcpClientsTest, IdleClientIsClosed) {
+  TcpLimits limits;
+  limits.idle_timeout = milliseconds(50);
+  Open(limits);
+  io::UniqueFd client = Connect();
+  EXPECT_EQ(tcp_->open_clients(), 1u);
+  bool eof = false;
+  for (int i = 0; i < 40 && !eof; ++i) {
+    Pump(1);
+    tcp_->ExpireIdle();
+    ReadSome(client.get(), milliseconds(5), &eof);
+  }
+  EXPECT_TRUE(eof);
+  EXPECT_EQ(stats_.tcp_idle_closed.load(), 1u);
+}
+
+TEST_F(TcpClientsTest, AcceptedSocketsDoNotDelayAnswers) {
+  Open();
+  io::UniqueFd client = Connect();
+  // The server side is the only accepted socket of this process on port_:
+  // find it through its peer, our client.
+  sockaddr_in local{};
+  socklen_t length = sizeof(local);
+  ASSERT_EQ(getsockname(client.get(), reinterpret_cast<sockaddr*>(&local), &length), 0);
+  bool found = false;
+  for (int fd = 3; fd < 1024 && !found; ++fd) {
+    sockaddr_in peer{};
+    socklen_t peer_length = sizeof(peer);
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_length) != 0) continue;
+    if (peer.sin_port != local.sin_port || fd == client.get()) continue;
+    int nodelay = 0;
+    socklen_t size = sizeof(nodelay);
+    ASSERT_EQ(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &size), 0);
+    EXPECT_EQ(nodelay, 1);  // without it a second small answer waits ~40 ms
+    found = true;
+  }
+  EXPECT_TRUE(found);
+}
+
+}  // namespace
+}  // namespace dotproxy::frontend

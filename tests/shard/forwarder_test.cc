@@ -1,0 +1,368 @@
+// The forwarder against fakes of its neighbours: a Replier that records what
+// reaches clients, a QueryRouter that records what goes upstream, and a
+// hand-driven LoopClock. The real PacketCache where caching matters.
+
+#include "dotproxy/shard/forwarder.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bench/common/wire.h"
+#include "dotproxy/cache/packet_cache.h"
+#include "dotproxy/dns/message.h"
+
+namespace dotproxy::shard {
+namespace {
+
+using bench::MakeAnswer;
+using bench::MakeQuery;
+using frontend::ClientRef;
+using std::chrono::milliseconds;
+using upstream::AnswerSink;
+using upstream::Binding;
+using Bytes = std::vector<uint8_t>;
+
+class FakeReplier final : public frontend::Replier {
+ public:
+  struct Reply {
+    ClientRef client;
+    Bytes wire;
+  };
+  std::span<uint8_t> BeginReply(const ClientRef&, size_t max_length) override {
+    EXPECT_FALSE(open_) << "two replies open at once";
+    open_ = true;
+    return {buffer_, std::min(max_length, sizeof(buffer_))};
+  }
+  void CommitReply(const ClientRef& client, size_t length) override {
+    open_ = false;
+    if (length > 0) replies.push_back({client, Bytes(buffer_, buffer_ + length)});
+  }
+  void QueryDone(const ClientRef& client) override { done.push_back(client); }
+
+  std::vector<Reply> replies;
+  std::vector<ClientRef> done;
+
+ private:
+  bool open_ = false;
+  uint8_t buffer_[65536];
+};
+
+class FakeRouter final : public upstream::QueryRouter {
+ public:
+  struct Sent {
+    uint32_t token;
+    Bytes wire;
+    int exclude;
+    bool allow_excluded;
+    Binding binding;
+  };
+  bool Send(uint32_t token, std::span<uint8_t> query, int exclude, bool allow_excluded,
+            Binding& binding) override {
+    if (!accept) return false;
+    binding = {exclude == 0 ? 1 : 0, 0, next_id++};
+    dns::header::SetId(query.data(), binding.id);
+    sent.push_back({token, Bytes(query.begin(), query.end()), exclude, allow_excluded, binding});
+    return true;
+  }
+  void Release(uint32_t token, const Binding& binding) override {
+    released.emplace_back(token, binding);
+  }
+  void NoteTimeout(const Binding& binding, bool counts) override {
+    timeouts.emplace_back(binding, counts);
+  }
+  bool CanSendElsewhere(int) override { return elsewhere; }
+  bool AnyAlive() const override { return alive; }
+
+  bool accept = true;
+  bool alive = true;
+  bool elsewhere = true;
+  uint16_t next_id = 100;
+  std::vector<Sent> sent;
+  std::vector<std::pair<uint32_t, Binding>> released;
+  std::vector<std::pair<Binding, bool>> timeouts;
+};
+
+class ForwarderTest : public ::testing::Test {
+ protected:
+  void Make(bool retry_on_timeout = false, size_t cache_entries = 0) {
+    settings_.query_timeout = milliseconds(2000);
+    settings_.retry_on_timeout = retry_on_timeout;
+    settings_.max_inflight = 64;
+    if (cache_entries > 0) {
+      cache::CacheConfig config;
+      config.entries = cache_entries;
+      auto made = cache::PacketCache::Create(config);
+      ASSERT_TRUE(made.ok()) << made.status();
+      cache_ = *std::move(made);
+    }
+    clock_.Set(start_);
+    forwarder_ = std::make_unique<Forwarder>(settings_, clock_, replier_, router_, cache_.get(),
+                                             stats_);
+  }
+  void Query(Bytes wire, const ClientRef& client) { forwarder_->OnQuery(wire, client); }
+  // The upstream answers the `n`th query sent, for `name`.
+  AnswerSink::Outcome Answer(size_t n, const std::string& name, Bytes answer = {}) {
+    const FakeRouter::Sent& sent = router_.sent.at(n);
+    if (answer.empty()) answer = MakeAnswer(name, sent.binding.id, true);
+    dns::ResponseInfo info;
+    EXPECT_TRUE(dns::ParseResponse(answer, info));
+    int keepalive = -1;
+    return forwarder_->OnAnswer(sent.token, answer, info, &keepalive);
+  }
+  void Advance(milliseconds by) {
+    now_ += by;
+    clock_.Set(start_ + now_);
+  }
+  static uint8_t Rcode(const Bytes& wire) { return wire[3] & 0x0f; }
+  static uint16_t Id(const Bytes& wire) { return dns::ReadU16(wire.data()); }
+  static uint16_t ArCount(const Bytes& wire) { return dns::ReadU16(wire.data() + 10); }
+
+  const io::Clock::time_point start_ = io::Clock::time_point() + std::chrono::hours(1000);
+  milliseconds now_{0};
+  ForwarderSettings settings_;
+  io::LoopClock clock_;
+  FakeReplier replier_;
+  FakeRouter router_;
+  metrics::ShardStats stats_;
+  std::unique_ptr<cache::PacketCache> cache_;
+  std::unique_ptr<Forwarder> forwarder_;
+  const ClientRef udp_client_ = [] {
+    sockaddr_in6 source{};
+    source.sin6_family = AF_INET6;
+    source.sin6_port = htons(5300);
+    return ClientRef::Udp(0, reinterpret_cast<const sockaddr*>(&source), sizeof(source));
+  }();
+  const ClientRef tcp_client_ = ClientRef::Tcp(3, 11);
+};
+
+TEST_F(ForwarderTest, ForwardsAndDeliversTheAnswerWithTheClientsIdOnce) {
+  Make();
+  Query(MakeQuery("a.example", 0x1234, true), udp_client_);
+  ASSERT_EQ(router_.sent.size(), 1u);
+  EXPECT_EQ(Id(router_.sent[0].wire), router_.sent[0].binding.id);  // upstream ID on the wire
+  EXPECT_TRUE(replier_.done.empty());
+  EXPECT_EQ(Answer(0, "a.example").verdict, AnswerSink::Verdict::kAccepted);
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  EXPECT_EQ(Id(replier_.replies[0].wire), 0x1234);
+  EXPECT_EQ(Rcode(replier_.replies[0].wire), 0);
+  EXPECT_EQ(replier_.done.size(), 1u);
+  EXPECT_EQ(forwarder_->in_flight(), 0u);
+  EXPECT_TRUE(router_.released.empty());  // the pool frees an accepted binding itself
+}
+
+// `a.example A` whose OPT option claims 8 bytes inside a 4-byte RDLENGTH.
+Bytes BadOptionQuery(uint16_t id) {
+  Bytes q = MakeQuery("a.example", id, false);
+  q[11] = 1;  // ARCOUNT
+  q.insert(q.end(), {0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 4, 0, 10, 0, 8});
+  return q;
+}
+
+TEST_F(ForwarderTest, MalformedOptionIsFormErrWithOptAndTheClientGoesOn) {
+  Make();
+  // On one TCP connection: a valid query, the malformed one, a valid one.
+  Query(MakeQuery("a.example", 1, true), tcp_client_);
+  Query(BadOptionQuery(2), tcp_client_);
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  EXPECT_EQ(Rcode(replier_.replies[0].wire), 1);  // FORMERR
+  EXPECT_EQ(ArCount(replier_.replies[0].wire), 1);  // with an OPT (RFC 6891 §7)
+  EXPECT_EQ(replier_.done.size(), 1u);            // the malformed one ended, once
+  Query(MakeQuery("b.example", 3, true), tcp_client_);
+  ASSERT_EQ(router_.sent.size(), 2u);
+  Answer(0, "a.example");
+  Answer(1, "b.example");
+  // Every query the front end handed over ended exactly once, so its
+  // in-flight count cannot wrap and the connection keeps being read.
+  EXPECT_EQ(replier_.done.size(), 3u);
+  for (const ClientRef& done : replier_.done) {
+    EXPECT_EQ(done.transport, frontend::Transport::kTcp);
+    EXPECT_EQ(done.tcp_client, 3u);
+    EXPECT_EQ(done.tcp_generation, 11u);
+  }
+  EXPECT_EQ(forwarder_->in_flight(), 0u);
+  EXPECT_EQ(stats_.formerr.load(), 1u);
+}
+
+Bytes WithEdnsVersion(Bytes query, uint8_t version) {
+  // The OPT is the last 11 bytes: owner, type, class, TTL (ext-rcode, version, flags), rdlen.
+  query[query.size() - 11 + 6] = version;
+  return query;
+}
+
+TEST_F(ForwarderTest, EdnsVersionAboveZeroIsBadVersEvenOnceCached) {
+  Make(false, 16);
+  Query(WithEdnsVersion(MakeQuery("v.example", 7, true), 1), udp_client_);
+  Query(MakeQuery("v.example", 8, true), udp_client_);
+  ASSERT_EQ(router_.sent.size(), 1u);  // only the version-0 query went upstream
+  Answer(0, "v.example");
+  Query(WithEdnsVersion(MakeQuery("v.example", 9, true), 1), udp_client_);
+  EXPECT_EQ(router_.sent.size(), 1u);
+  ASSERT_EQ(replier_.replies.size(), 3u);
+  for (size_t i : {0u, 2u}) {
+    const Bytes& reply = replier_.replies[i].wire;
+    EXPECT_EQ(Rcode(reply), 0) << i;  // BADVERS is 16: header bits 0...
+    ASSERT_EQ(ArCount(reply), 1) << i;
+    EXPECT_EQ(reply[reply.size() - 11 + 5], 1) << i;  // ...extended RCODE 1 in the OPT
+  }
+  EXPECT_EQ(stats_.badvers.load(), 2u);
+  EXPECT_EQ(replier_.done.size(), 3u);
+}
+
+TEST_F(ForwarderTest, CacheHitAnswersWithoutTheUpstreamKeepingTheClientsCase) {
+  Make(false, 16);
+  Query(MakeQuery("c.example", 1, true), udp_client_);
+  Answer(0, "c.example");
+  Query(MakeQuery("C.ExAmple", 2, true), udp_client_);
+  EXPECT_EQ(router_.sent.size(), 1u);
+  ASSERT_EQ(replier_.replies.size(), 2u);
+  const Bytes& hit = replier_.replies[1].wire;
+  EXPECT_EQ(Id(hit), 2);
+  EXPECT_EQ(std::memcmp(hit.data() + 13, "C", 1), 0);
+  EXPECT_EQ(std::memcmp(hit.data() + 15, "ExAmple", 7), 0);
+  EXPECT_EQ(stats_.cache_hits.load(), 1u);
+  EXPECT_EQ(replier_.done.size(), 2u);
+}
+
+TEST_F(ForwarderTest, NoUpstreamAliveIsAnImmediateServfail) {
+  Make();
+  router_.accept = false;
+  router_.alive = false;
+  Query(MakeQuery("d.example", 5, true), udp_client_);
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  EXPECT_EQ(Rcode(replier_.replies[0].wire), 2);
+  EXPECT_EQ(Id(replier_.replies[0].wire), 5);
+  EXPECT_EQ(ArCount(replier_.replies[0].wire), 1);
+  EXPECT_EQ(stats_.servfail_no_upstream.load(), 1u);
+  EXPECT_EQ(replier_.done.size(), 1u);
+  EXPECT_EQ(forwarder_->in_flight(), 0u);
+}
+
+TEST_F(ForwarderTest, WaitsForCapacityThenDispatchesInOrder) {
+  Make();
+  router_.accept = false;  // every connection at its cap, upstreams alive
+  Query(MakeQuery("e1.example", 1, true), udp_client_);
+  Query(MakeQuery("e2.example", 2, true), udp_client_);
+  EXPECT_TRUE(replier_.replies.empty());
+  EXPECT_EQ(forwarder_->in_flight(), 2u);
+  EXPECT_EQ(stats_.queued_for_capacity.load(), 2u);
+  forwarder_->DispatchWaiting();
+  EXPECT_TRUE(router_.sent.empty());
+  router_.accept = true;
+  forwarder_->DispatchWaiting();
+  ASSERT_EQ(router_.sent.size(), 2u);
+  Answer(1, "e2.example");
+  Answer(0, "e1.example");
+  ASSERT_EQ(replier_.replies.size(), 2u);
+  EXPECT_EQ(Id(replier_.replies[0].wire), 2);  // out of order is fine
+  EXPECT_EQ(Id(replier_.replies[1].wire), 1);
+}
+
+TEST_F(ForwarderTest, DeadlineGivesServfailAndCountsTheTimeout) {
+  Make(/*retry_on_timeout=*/false);
+  Query(MakeQuery("f.example", 9, true), tcp_client_);
+  const Binding binding = router_.sent.at(0).binding;
+  Advance(milliseconds(1999));
+  forwarder_->RunTimers(false);
+  EXPECT_TRUE(replier_.replies.empty());
+  Advance(milliseconds(1));
+  forwarder_->RunTimers(false);
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  EXPECT_EQ(Rcode(replier_.replies[0].wire), 2);
+  EXPECT_EQ(Id(replier_.replies[0].wire), 9);  // not the upstream ID the slot held
+  ASSERT_EQ(router_.released.size(), 1u);
+  EXPECT_EQ(router_.released[0].second.id, binding.id);
+  ASSERT_EQ(router_.timeouts.size(), 1u);
+  EXPECT_TRUE(router_.timeouts[0].second);  // a single upstream: counted at the deadline
+  EXPECT_EQ(stats_.servfail_timeout.load(), 1u);
+  EXPECT_EQ(replier_.done.size(), 1u);
+}
+
+TEST_F(ForwarderTest, RetriesOnceElsewhereAtHalfTheBudget) {
+  Make(/*retry_on_timeout=*/true);
+  Query(MakeQuery("g.example", 4, true), udp_client_);
+  const Binding first = router_.sent.at(0).binding;
+  Advance(milliseconds(1000));
+  forwarder_->RunTimers(false);
+  ASSERT_EQ(router_.sent.size(), 2u);
+  EXPECT_EQ(router_.sent[1].exclude, first.upstream);
+  EXPECT_FALSE(router_.sent[1].allow_excluded);
+  ASSERT_EQ(router_.timeouts.size(), 1u);
+  EXPECT_EQ(router_.timeouts[0].first.id, first.id);
+  EXPECT_EQ(stats_.retried.load(), 1u);
+  // A late answer to the first attempt no longer counts; the retry's does.
+  Answer(1, "g.example");
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  EXPECT_EQ(Id(replier_.replies[0].wire), 4);
+  // The final deadline of an answered query fires nothing.
+  Advance(milliseconds(2000));
+  forwarder_->RunTimers(false);
+  EXPECT_EQ(replier_.replies.size(), 1u);
+}
+
+TEST_F(ForwarderTest, LostQueryIsRetriedOnceThenFails) {
+  Make();
+  Query(MakeQuery("h.example", 6, true), udp_client_);
+  forwarder_->OnQueryLost(router_.sent.at(0).token, 0, /*upstream_failed=*/false);
+  ASSERT_EQ(router_.sent.size(), 2u);
+  EXPECT_EQ(router_.sent[1].exclude, 0);
+  EXPECT_TRUE(router_.sent[1].allow_excluded);  // the same upstream if nothing else
+  forwarder_->OnQueryLost(router_.sent.at(1).token, 0, /*upstream_failed=*/true);
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  EXPECT_EQ(Rcode(replier_.replies[0].wire), 2);
+  EXPECT_EQ(stats_.servfail_no_upstream.load(), 1u);
+  EXPECT_EQ(replier_.done.size(), 1u);
+}
+
+TEST_F(ForwarderTest, AnswerToAnotherQuestionKeepsWaiting) {
+  Make();
+  Query(MakeQuery("i.example", 6, true), udp_client_);
+  const Bytes other = MakeAnswer("j.example", router_.sent.at(0).binding.id, true);
+  EXPECT_EQ(Answer(0, "", other).verdict, AnswerSink::Verdict::kMismatch);
+  EXPECT_TRUE(replier_.replies.empty());
+  EXPECT_EQ(forwarder_->in_flight(), 1u);
+  EXPECT_EQ(stats_.upstream_question_mismatch.load(), 1u);
+  EXPECT_EQ(Answer(0, "i.example").verdict, AnswerSink::Verdict::kAccepted);
+  EXPECT_EQ(replier_.replies.size(), 1u);
+}
+
+TEST_F(ForwarderTest, UdpAnswerLargerThanTheClientTakesIsTruncated) {
+  Make();
+  Query(MakeQuery("k.example", 6, /*edns=*/false), udp_client_);  // 512-byte limit
+  Bytes big = MakeAnswer("k.example", router_.sent.at(0).binding.id, false);
+  for (int i = 0; i < 60; ++i) {  // 60 more A records: ~1 KB
+    big.insert(big.end(), {0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 1, 0x2c, 0, 4, 192, 0, 2,
+                           static_cast<uint8_t>(i)});
+  }
+  dns::WriteU16(big.data() + 6, 61);
+  Answer(0, "", big);
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  const Bytes& reply = replier_.replies[0].wire;
+  EXPECT_LE(reply.size(), 512u);
+  EXPECT_TRUE(dns::header::IsTruncated(reply.data()));
+  EXPECT_EQ(stats_.truncated.load(), 1u);
+}
+
+TEST_F(ForwarderTest, ServesStaleWhenTheUpstreamFailsAndCountsItAsStale) {
+  Make(false, 16);
+  Query(MakeQuery("s.example", 1, true), udp_client_);
+  Answer(0, "s.example");  // TTL 300
+  Advance(milliseconds(400 * 1000));
+  Query(MakeQuery("s.example", 2, true), udp_client_);
+  ASSERT_EQ(router_.sent.size(), 2u);  // expired: asked again
+  forwarder_->OnQueryLost(router_.sent[1].token, 0, true);
+  forwarder_->OnQueryLost(router_.sent.at(2).token, 0, true);
+  ASSERT_EQ(replier_.replies.size(), 2u);
+  EXPECT_EQ(Rcode(replier_.replies[1].wire), 0);  // the stale answer, not SERVFAIL
+  EXPECT_EQ(Id(replier_.replies[1].wire), 2);
+  EXPECT_EQ(stats_.cache_stale_answers.load(), 1u);
+  EXPECT_EQ(stats_.servfail_no_upstream.load(), 0u);
+}
+
+}  // namespace
+}  // namespace dotproxy::shard
