@@ -30,6 +30,8 @@ Environment (defaults in brackets):
   DOTPROXY       path to the dotproxy binary [build/dotproxy, relative to the repo]
   DOTPROXY_ARGS  extra arguments for dotproxy [--cache-size 100000]
   DOTPROXY_DEEP_ARGS  added for target dotproxy_deep [--max-inflight-per-connection 1000]
+  DOTPROXY_BASE  a second dotproxy binary for target dotproxy_base (same DOTPROXY_ARGS),
+                 to compare a change side by side with the build it replaces
   TARGETS        targets, space separated
                  [reflector dotproxy dotproxy_deep dnsdist unbound_fwd kresd]
                  reflector = bench/load/reflector.c (UDP only: hit-udp and burst), the
@@ -71,6 +73,8 @@ done
 
 DOTPROXY="${DOTPROXY:-build/dotproxy}"
 case "$DOTPROXY" in /*) ;; *) DOTPROXY="$REPO/$DOTPROXY" ;; esac
+DOTPROXY_BASE="${DOTPROXY_BASE:-}"
+case "$DOTPROXY_BASE" in /*|"") ;; *) DOTPROXY_BASE="$REPO/$DOTPROXY_BASE" ;; esac
 DOTPROXY_ARGS="${DOTPROXY_ARGS---cache-size 100000}"
 DOTPROXY_DEEP_ARGS="${DOTPROXY_DEEP_ARGS---max-inflight-per-connection 1000}"
 TARGETS="${TARGETS:-reflector dotproxy dotproxy_deep dnsdist unbound_fwd kresd}"
@@ -350,11 +354,18 @@ start_target_dotproxy() { start_dotproxy dotproxy "$DOTPROXY_ARGS"; }
 # upstream connection instead of 100), to tell configuration limits from code limits.
 start_target_dotproxy_deep() { start_dotproxy dotproxy_deep "$DOTPROXY_ARGS $DOTPROXY_DEEP_ARGS"; }
 
+# Another dotproxy binary (DOTPROXY_BASE, e.g. the previous commit's build) with the
+# same arguments, so a change is measured side by side with what it replaces.
+start_target_dotproxy_base() {
+    [ -n "$DOTPROXY_BASE" ] || { log "target dotproxy_base needs DOTPROXY_BASE=path"; return 1; }
+    DOTPROXY_BIN="$DOTPROXY_BASE" start_dotproxy dotproxy_base "$DOTPROXY_ARGS"
+}
+
 start_dotproxy() {
-    local name="$1" extra="$2"
-    [ -x "$DOTPROXY" ] || { log "dotproxy binary not found at $DOTPROXY (set DOTPROXY=)"; return 1; }
+    local name="$1" extra="$2" bin="${DOTPROXY_BIN:-$DOTPROXY}"
+    [ -x "$bin" ] || { log "dotproxy binary not found at $bin (set DOTPROXY= or DOTPROXY_BASE=)"; return 1; }
     TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
-    local cmd=("$DOTPROXY" --listen "127.0.0.1:$TARGET_PORT"
+    local cmd=("$bin" --listen "127.0.0.1:$TARGET_PORT"
                --upstream "127.0.0.1:$UPSTREAM_DOT_PORT#upstream.test"
                --ca-file "$CA" --threads 1)
     # shellcheck disable=SC2206

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
+#include <span>
 #include <vector>
 
 namespace dotproxy::dns {
@@ -108,6 +111,55 @@ TEST(LengthPrefixTest, FramerReadsWhatItWrites) {
   std::span<uint8_t> message;
   ASSERT_EQ(framer.NextMessage(512, message), StreamFramer::Next::kMessage);
   EXPECT_EQ(std::vector<uint8_t>(message.begin(), message.end()), body);
+}
+
+// Moved from tests/tls/session_test.cc: the framer on its own.
+
+TEST(StreamFramerTest, ReassemblesAcrossEveryPairOfSplitPoints) {
+  const std::vector<std::vector<uint8_t>> messages = {
+      std::vector<uint8_t>(300, 0x5a), {1}, {2, 3, 4, 5, 6}};
+  const auto stream = Frame(messages);
+  for (size_t first = 0; first <= stream.size(); ++first) {
+    for (size_t second = first; second <= stream.size(); second += 37) {
+      StreamFramer framer(300 + 2);
+      std::vector<std::vector<uint8_t>> seen;
+      size_t fed = 0;
+      auto feed_until = [&](size_t end) {
+        while (fed < end) {
+          auto space = framer.WritableSpace();
+          ASSERT_FALSE(space.empty());
+          const size_t n = std::min(space.size(), end - fed);
+          std::memcpy(space.data(), stream.data() + fed, n);
+          framer.Commit(n);
+          fed += n;
+          std::span<uint8_t> message;
+          while (framer.NextMessage(300, message) == StreamFramer::Next::kMessage) {
+            seen.emplace_back(message.begin(), message.end());
+          }
+          framer.Compact();
+        }
+      };
+      feed_until(first);
+      feed_until(second);
+      feed_until(stream.size());
+      ASSERT_EQ(seen, messages) << "split at " << first << " and " << second;
+      EXPECT_TRUE(framer.empty());
+    }
+  }
+}
+
+TEST(StreamFramerTest, AcceptsTheLargestStreamMessage) {
+  const std::vector<std::vector<uint8_t>> messages = {std::vector<uint8_t>(65535, 0xee)};
+  const auto stream = Frame(messages);
+  StreamFramer framer(65535 + 2);
+  auto space = framer.WritableSpace();
+  ASSERT_EQ(space.size(), stream.size());
+  std::memcpy(space.data(), stream.data(), stream.size());
+  framer.Commit(stream.size());
+  std::span<uint8_t> message;
+  ASSERT_EQ(framer.NextMessage(65535, message), StreamFramer::Next::kMessage);
+  EXPECT_EQ(message.size(), 65535u);
+  EXPECT_TRUE(framer.empty());
 }
 
 }  // namespace

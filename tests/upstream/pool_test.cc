@@ -1,0 +1,208 @@
+// UpstreamPool with real connections on loopback: each upstream is a TCP
+// listener that accepts (in the kernel backlog) but never speaks TLS, so
+// connections stay in their handshake and queries queue on them. That is
+// enough to see selection by priority, the per-connection in-flight cap and
+// its siblings, exclusion for retries, release of capacity, and queries
+// reported lost when a connection dies. The forwarder is a recording sink.
+
+#include "dotproxy/upstream/pool.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench/common/wire.h"
+
+namespace dotproxy::upstream {
+namespace {
+
+using std::chrono::milliseconds;
+
+class RecordingSink final : public AnswerSink {
+ public:
+  Outcome OnAnswer(uint32_t token, std::span<uint8_t>, const dns::ResponseInfo&, int*) override {
+    answered.push_back(token);
+    return {Verdict::kAccepted, {}};
+  }
+  void OnQueryLost(uint32_t token, int upstream, bool upstream_failed) override {
+    lost.push_back(token);
+    lost_upstream.push_back(upstream);
+    lost_failed.push_back(upstream_failed);
+  }
+  std::vector<uint32_t> answered, lost;
+  std::vector<int> lost_upstream;
+  std::vector<bool> lost_failed;
+};
+
+// A listening socket on 127.0.0.1 that never accepts: connects complete in
+// the kernel, and no TLS byte ever comes back.
+struct MuteUpstream {
+  io::UniqueFd fd;
+  io::SocketAddress address;
+};
+
+MuteUpstream ListenMute() {
+  MuteUpstream mute;
+  mute.fd = io::UniqueFd(socket(AF_INET, SOCK_STREAM, 0));
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&mute.address.storage);
+  v4->sin_family = AF_INET;
+  v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  mute.address.length = sizeof(sockaddr_in);
+  EXPECT_EQ(bind(mute.fd.get(), mute.address.get(), mute.address.length), 0);
+  EXPECT_EQ(listen(mute.fd.get(), 64), 0);
+  socklen_t length = sizeof(sockaddr_in);
+  getsockname(mute.fd.get(), reinterpret_cast<sockaddr*>(&mute.address.storage), &length);
+  return mute;
+}
+
+class PoolTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    io::ReactorOptions options;
+    options.submission_entries = 64;
+    options.completion_entries = 256;
+    options.datagram_buffers = 16;
+    auto reactor = io::Reactor::Create(options);
+    if (!reactor.ok()) GTEST_SKIP() << "io_uring unavailable: " << reactor.status();
+    reactor_ = *std::move(reactor);
+    tls::GlobalInit();
+    auto context = tls::ClientContext::Create("");
+    ASSERT_TRUE(context.ok()) << context.status();
+    tls_context_ = *std::move(context);
+    for (int priority : {0, 1}) {
+      mutes_.push_back(ListenMute());
+      config::UpstreamConfig upstream;
+      upstream.address = mutes_.back().address;
+      upstream.peer.auth_name = "upstream.test";
+      upstream.priority = priority;
+      upstream.spec = "mute" + std::to_string(priority);
+      upstreams_.push_back(upstream);
+    }
+    upstream_stats_ = std::make_unique<metrics::UpstreamStats[]>(upstreams_.size());
+  }
+
+  void Make(size_t cap, int connections) {
+    settings_.max_inflight_per_connection = cap;
+    settings_.max_connections_per_upstream = connections;
+    settings_.connection.connect_timeout = milliseconds(3000);
+    pool_ = std::make_unique<UpstreamPool>(upstreams_, settings_, *reactor_, clock_, *tls_context_,
+                                           stats_, upstream_stats_.get(), 0);
+    pool_->set_sink(&sink_);
+    pool_->Start();
+    Pump();
+  }
+
+  void Pump(int rounds = 5) {
+    for (int i = 0; i < rounds; ++i) {
+      clock_.Update();
+      pool_->Flush();
+      ASSERT_TRUE(reactor_->SubmitAndWait(milliseconds(5)).ok());
+      reactor_->Reap([&](const io::Completion& c) { pool_->OnCompletion(c.data.index, c); });
+    }
+  }
+
+  bool Send(uint32_t token, Binding& binding, int exclude = -1, bool allow_excluded = false) {
+    query_ = bench::MakeQuery("q.example", 0, true);
+    return pool_->Send(token, query_, exclude, allow_excluded, binding);
+  }
+
+  std::unique_ptr<io::Reactor> reactor_;
+  std::unique_ptr<tls::ClientContext> tls_context_;
+  io::LoopClock clock_;
+  metrics::ShardStats stats_;
+  std::unique_ptr<metrics::UpstreamStats[]> upstream_stats_;
+  std::vector<MuteUpstream> mutes_;
+  std::vector<config::UpstreamConfig> upstreams_;
+  PoolSettings settings_;
+  RecordingSink sink_;
+  std::unique_ptr<UpstreamPool> pool_;
+  std::vector<uint8_t> query_;
+};
+
+TEST_F(PoolTest, FillsTheBestUpstreamsConnectionsUpToTheCapThenTheNextPriority) {
+  Make(/*cap=*/2, /*connections=*/2);
+  std::vector<Binding> bindings(6);
+  for (uint32_t token = 0; token < 5; ++token) ASSERT_TRUE(Send(token, bindings[token]));
+  // Two per connection, two connections on upstream 0, then upstream 1.
+  EXPECT_EQ(bindings[0].upstream, 0);
+  EXPECT_EQ(bindings[1].connection, bindings[0].connection);
+  EXPECT_EQ(bindings[2].upstream, 0);
+  EXPECT_NE(bindings[2].connection, bindings[0].connection);  // a sibling opened at the cap
+  EXPECT_EQ(bindings[3].connection, bindings[2].connection);
+  EXPECT_EQ(bindings[4].upstream, 1);
+  // The ID written into the query is the binding's.
+  EXPECT_EQ(dns::ReadU16(query_.data()), bindings[4].id);
+  EXPECT_EQ(pool_->health().get(0).in_flight, 4u);
+  EXPECT_EQ(upstream_stats_[0].queries.load(), 4u);
+  EXPECT_TRUE(pool_->AnyAlive());
+}
+
+TEST_F(PoolTest, EveryConnectionAtItsCapRefusesUntilCapacityIsReleased) {
+  Make(/*cap=*/1, /*connections=*/1);
+  Binding a, b, c;
+  ASSERT_TRUE(Send(1, a));
+  ASSERT_TRUE(Send(2, b));
+  EXPECT_EQ(b.upstream, 1);
+  EXPECT_FALSE(Send(3, c));      // both upstreams full
+  EXPECT_TRUE(pool_->AnyAlive());  // ...but alive: the forwarder waits
+  pool_->Release(1, a);
+  EXPECT_EQ(pool_->health().get(0).in_flight, 0u);
+  ASSERT_TRUE(Send(3, c));
+  EXPECT_EQ(c.upstream, 0);
+  EXPECT_EQ(c.connection, a.connection);
+}
+
+TEST_F(PoolTest, ExcludesTheFailedUpstreamUnlessNothingElseIsUsable) {
+  Make(/*cap=*/1, /*connections=*/1);
+  Binding a, b, c;
+  ASSERT_TRUE(Send(1, a, /*exclude=*/0));
+  EXPECT_EQ(a.upstream, 1);
+  // Upstream 1 is now full: excluding 0 leaves nothing, unless allowed.
+  EXPECT_FALSE(Send(2, b, /*exclude=*/0, /*allow_excluded=*/false));
+  ASSERT_TRUE(Send(2, b, /*exclude=*/0, /*allow_excluded=*/true));
+  EXPECT_EQ(b.upstream, 0);
+  EXPECT_FALSE(pool_->CanSendElsewhere(0));
+  pool_->Release(1, a);
+  EXPECT_TRUE(pool_->CanSendElsewhere(0));
+  (void)c;
+}
+
+TEST_F(PoolTest, ADeadConnectionReportsEachOfItsQueriesLostOnce) {
+  Make(/*cap=*/10, /*connections=*/1);
+  std::vector<Binding> bindings(3);
+  for (uint32_t token = 0; token < 3; ++token) ASSERT_TRUE(Send(token, bindings[token]));
+  ASSERT_EQ(bindings[2].upstream, 0);
+  // The upstream accepts and hangs up mid-handshake.
+  const int accepted = accept(mutes_[0].fd.get(), nullptr, nullptr);
+  ASSERT_GE(accepted, 0);
+  close(accepted);
+  for (int i = 0; i < 100 && sink_.lost.size() < 3; ++i) Pump(1);
+  ASSERT_EQ(sink_.lost.size(), 3u);
+  std::vector<uint32_t> lost = sink_.lost;
+  std::sort(lost.begin(), lost.end());
+  EXPECT_EQ(lost, (std::vector<uint32_t>{0, 1, 2}));
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(sink_.lost_upstream[i], 0);
+    EXPECT_TRUE(sink_.lost_failed[i]);  // a failed setup, not an orderly close
+  }
+  EXPECT_EQ(pool_->health().get(0).in_flight, 0u);
+  EXPECT_EQ(pool_->health().get(0).consecutive_failures, 1);
+  EXPECT_EQ(upstream_stats_[0].connect_failures.load(), 1u);
+  EXPECT_EQ(upstream_stats_[0].verify_failures.load(), 0u);  // not a certificate problem
+  // Backing off: upstream 0 takes nothing now, upstream 1 does.
+  Binding next;
+  ASSERT_TRUE(Send(9, next));
+  EXPECT_EQ(next.upstream, 1);
+}
+
+}  // namespace
+}  // namespace dotproxy::upstream
