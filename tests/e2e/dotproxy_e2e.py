@@ -1900,9 +1900,16 @@ def main():
     return worst
 
 
-if __name__ == "__main__":
+def run_script(entry):
+    """Runs a case script's main() and exits with its status, ending every
+    child process the harness started whatever happens (the case files that
+    import this harness use it too)."""
     try:
-        rc = main()
+        rc = entry()
     finally:
         _cleanup()
     sys.exit(rc)
+
+
+if __name__ == "__main__":
+    run_script(main)

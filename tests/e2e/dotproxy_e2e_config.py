@@ -125,8 +125,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        rc = main()
-    finally:
-        E._cleanup()
-    sys.exit(rc)
+    E.run_script(main)

@@ -70,12 +70,7 @@ class UnboundHuge(F.UnboundX):
 
 
 def start_unbound_huge(h):
-    d = os.path.join(h.dir, "unbound%d" % len(h.unbounds))
-    os.mkdir(d)
-    u = UnboundHuge(d, h.pki)
-    h.unbounds.append(u)
-    u.start()
-    return u
+    return start_unbound_x(h, UnboundHuge)
 
 
 # --------------------------------------------------------------------------
@@ -817,8 +812,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        rc = main()
-    finally:
-        E._cleanup()
-    sys.exit(rc)
+    E.run_script(main)

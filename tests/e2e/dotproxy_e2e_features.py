@@ -77,10 +77,11 @@ class UnboundX(E.Unbound):
             f.write(text)
 
 
-def start_unbound_x(h):
+def start_unbound_x(h, cls=None):
+    """Starts an UnboundX (or the subclass `cls`) in its own directory."""
     d = os.path.join(h.dir, "unbound%d" % len(h.unbounds))
     os.mkdir(d)
-    u = UnboundX(d, h.pki)
+    u = (cls or UnboundX)(d, h.pki)
     h.unbounds.append(u)
     u.start()
     return u
@@ -1438,8 +1439,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        rc = main()
-    finally:
-        E._cleanup()
-    sys.exit(rc)
+    E.run_script(main)

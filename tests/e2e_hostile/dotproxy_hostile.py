@@ -1073,8 +1073,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        rc = main()
-    finally:
-        e2e._cleanup()
-    sys.exit(rc)
+    e2e.run_script(main)

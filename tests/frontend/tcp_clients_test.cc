@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "bench/common/wire.h"
+#include "tests/io/test_reactor.h"
 
 namespace dotproxy::frontend {
 namespace {
@@ -52,13 +53,8 @@ uint16_t FreeLoopbackPort() {
 class TcpClientsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    io::ReactorOptions options;
-    options.submission_entries = 64;
-    options.completion_entries = 256;
-    options.datagram_buffers = 16;
-    auto reactor = io::Reactor::Create(options);
-    if (!reactor.ok()) GTEST_SKIP() << "io_uring unavailable: " << reactor.status();
-    reactor_ = *std::move(reactor);
+    reactor_ = io::MakeTestReactor();
+    if (reactor_ == nullptr) GTEST_SKIP() << "io_uring unavailable";
     port_ = FreeLoopbackPort();
     ASSERT_NE(port_, 0);
     auto address = io::ParseSocketAddress("127.0.0.1:" + std::to_string(port_), -1);
@@ -78,15 +74,14 @@ class TcpClientsTest : public ::testing::Test {
     for (int i = 0; i < rounds; ++i) {
       clock_.Update();
       tcp_->Flush();
-      ASSERT_TRUE(reactor_->SubmitAndWait(milliseconds(10)).ok());
-      reactor_->Reap([&](const io::Completion& c) {
+      ASSERT_TRUE(io::TurnOnce(*reactor_, milliseconds(10), [&](const io::Completion& c) {
         switch (c.data.op) {
           case io::Op::kAccept: tcp_->OnAccept(c.data.index, c); break;
           case io::Op::kClientRecv: tcp_->OnReceive(c.data.index, c); break;
           case io::Op::kClientSend: tcp_->OnSendDone(c.data.index, c); break;
           default: break;
         }
-      });
+      }));
     }
   }
 

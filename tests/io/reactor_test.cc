@@ -17,6 +17,7 @@
 
 #include "dotproxy/io/socket.h"
 #include "dotproxy/io/user_data.h"
+#include "tests/io/test_reactor.h"
 
 namespace dotproxy::io {
 namespace {
@@ -33,16 +34,7 @@ TEST(UserDataTest, PacksAndUnpacksEveryField) {
   }
 }
 
-std::unique_ptr<Reactor> MakeReactor() {
-  ReactorOptions options;
-  options.submission_entries = 64;
-  options.completion_entries = 256;
-  options.datagram_buffers = 16;
-  options.datagram_buffer_size = 2048;
-  auto reactor = Reactor::Create(options);
-  if (!reactor.ok()) return nullptr;
-  return *std::move(reactor);
-}
+std::unique_ptr<Reactor> MakeReactor() { return MakeTestReactor(); }
 
 // Waits (bounded) until `want` completions arrived.
 std::vector<Completion> Collect(Reactor& reactor, size_t want) {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "bench/common/wire.h"
+#include "tests/io/test_reactor.h"
 
 namespace dotproxy::upstream {
 namespace {
@@ -67,13 +68,8 @@ MuteUpstream ListenMute() {
 class PoolTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    io::ReactorOptions options;
-    options.submission_entries = 64;
-    options.completion_entries = 256;
-    options.datagram_buffers = 16;
-    auto reactor = io::Reactor::Create(options);
-    if (!reactor.ok()) GTEST_SKIP() << "io_uring unavailable: " << reactor.status();
-    reactor_ = *std::move(reactor);
+    reactor_ = io::MakeTestReactor();
+    if (reactor_ == nullptr) GTEST_SKIP() << "io_uring unavailable";
     tls::GlobalInit();
     auto context = tls::ClientContext::Create("");
     ASSERT_TRUE(context.ok()) << context.status();
@@ -105,8 +101,9 @@ class PoolTest : public ::testing::Test {
     for (int i = 0; i < rounds; ++i) {
       clock_.Update();
       pool_->Flush();
-      ASSERT_TRUE(reactor_->SubmitAndWait(milliseconds(5)).ok());
-      reactor_->Reap([&](const io::Completion& c) { pool_->OnCompletion(c.data.index, c); });
+      ASSERT_TRUE(io::TurnOnce(*reactor_, milliseconds(5), [&](const io::Completion& c) {
+        pool_->OnCompletion(c.data.index, c);
+      }));
     }
   }
 
