@@ -348,6 +348,26 @@ TEST_F(ForwarderTest, UdpAnswerLargerThanTheClientTakesIsTruncated) {
   EXPECT_EQ(stats_.truncated.load(), 1u);
 }
 
+TEST_F(ForwarderTest, UdpAnswersAreCappedAt4096BytesWithTcEvenWhenTheClientTakesMore) {
+  Make();
+  Bytes query = MakeQuery("l.example", 6, true);
+  dns::WriteU16(query.data() + query.size() - 11 + 3, 65535);  // OPT CLASS: UDP payload size
+  Query(query, udp_client_);
+  Bytes big = MakeAnswer("l.example", router_.sent.at(0).binding.id, false);
+  for (int i = 0; i < 300; ++i) {  // 300 more A records: ~4.8 KB
+    big.insert(big.end(), {0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 1, 0x2c, 0, 4, 192, 0,
+                           static_cast<uint8_t>(i >> 8), static_cast<uint8_t>(i)});
+  }
+  dns::WriteU16(big.data() + 6, 301);
+  Answer(0, "", big);
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  const Bytes& reply = replier_.replies[0].wire;
+  EXPECT_LE(reply.size(), frontend::kMaxUdpReply);
+  EXPECT_TRUE(dns::header::IsTruncated(reply.data()));  // never cut silently
+  dns::ResponseInfo info;
+  EXPECT_TRUE(dns::ParseResponse(reply, info));  // and still a valid message
+}
+
 TEST_F(ForwarderTest, ServesStaleWhenTheUpstreamFailsAndCountsItAsStale) {
   Make(false, 16);
   Query(MakeQuery("s.example", 1, true), udp_client_);
