@@ -8,6 +8,8 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +25,7 @@
 #include "dotproxy/config/config.h"
 #include "dotproxy/control/alloc_counter.h"
 #include "dotproxy/control/log.h"
+#include "dotproxy/io/reactor.h"
 #include "dotproxy/metrics/stats_format.h"
 #include "dotproxy/shard/shard.h"
 #include "dotproxy/tls/client.h"
@@ -80,6 +83,34 @@ void PrintStats(const dotproxy::config::Config& config,
     Log(Severity::kInfo, "%s",
         dotproxy::metrics::FormatUpstream(config.upstreams[u].spec, u, counters));
   }
+}
+
+// Resolves --io-backend auto to what this host allows: io_uring unless ring
+// setup is refused (a container's default seccomp profile, the
+// kernel.io_uring_disabled sysctl, a kernel without io_uring), then epoll.
+// An explicit "uring" that cannot run is an error that says what to do.
+absl::Status ChooseIoBackend(dotproxy::config::Config& config, std::string& line) {
+  if (config.io_backend == "epoll") {
+    line = "io backend: epoll (as configured)";
+    return absl::OkStatus();
+  }
+  const int probe = dotproxy::io::ProbeIoUring();
+  if (probe == 0) {
+    line = config.io_backend == "uring" ? "io backend: uring (as configured)"
+                                        : "io backend: uring (auto: io_uring available)";
+    config.io_backend = "uring";
+    return absl::OkStatus();
+  }
+  const std::string reason = absl::StrCat("io_uring_queue_init: ", std::strerror(-probe));
+  const bool refused = probe == -EPERM || probe == -ENOSYS || probe == -EACCES;
+  if (config.io_backend == "uring" || !refused) {
+    return absl::UnavailableError(absl::StrCat(
+        "io_uring cannot run here (", reason, "); use --io-backend epoll, or allow "
+        "io_uring_setup, io_uring_enter and io_uring_register in the seccomp profile"));
+  }
+  line = absl::StrCat("io backend: epoll (auto: io_uring refused: ", reason, ")");
+  config.io_backend = "epoll";
+  return absl::OkStatus();
 }
 
 std::string Mib(size_t bytes) { return absl::StrFormat("%.1f MiB", bytes / 1048576.0); }
@@ -149,6 +180,13 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // The I/O engine, chosen once so that every shard runs the same one.
+  std::string backend_line;
+  if (auto status = ChooseIoBackend(*config, backend_line); !status.ok()) {
+    std::fprintf(stderr, "dotproxy: %s\n", std::string(status.message()).c_str());
+    return 2;
+  }
+
   // Refuse what this machine cannot hold, before binding anything.
   const dotproxy::shard::ShardMemory memory = dotproxy::shard::EstimateShardMemory(*config);
   if (auto status = CheckMemory(*config, memory); !status.ok()) {
@@ -175,9 +213,9 @@ int main(int argc, char** argv) {
     }
     std::string allow;
     for (const auto& cidr : config->allow) absl::StrAppend(&allow, allow.empty() ? "" : ", ", cidr.text);
-    std::printf("configuration OK: listen %s; upstreams %s; %d shards; allow %s\n%s\n",
+    std::printf("configuration OK: listen %s; upstreams %s; %d shards; allow %s\n%s\n%s\n",
                 listen.c_str(), upstreams.c_str(), config->threads, allow.c_str(),
-                memory_line.c_str());
+                backend_line.c_str(), memory_line.c_str());
     return 0;
   }
 
@@ -202,6 +240,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < config->threads; ++i) {
     shards.push_back(std::make_unique<dotproxy::shard::Shard>(i, shared_config));
   }
+  Log(Severity::kInfo, "%s", backend_line);
   Log(Severity::kInfo, "%s", memory_line);
   int started = 0;
   for (int i = 0; i < config->threads; ++i) {

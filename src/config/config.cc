@@ -45,6 +45,11 @@ constexpr Option kOptions[] = {
              "1.0.0.1#cloudflare-dns.com)"},
     {.flag = "ca-file", .toml_key = "ca_file", .kind = OptionKind::kPath, .field = &Config::ca_file,
      .value_name = "PEM", .help = "trust anchors (default: the system CA store)"},
+    {.flag = "io-backend", .toml_key = "io_backend", .env = "DOTPROXY_IO_BACKEND",
+     .kind = OptionKind::kChoice, .field = &Config::io_backend, .value_name = "auto|uring|epoll",
+     .choices = "auto|uring|epoll",
+     .help = "I/O engine (default auto: io_uring, or epoll where io_uring is\n"
+             "refused, e.g. by a container's seccomp profile)"},
     {.flag = "threads", .toml_key = "threads", .kind = OptionKind::kInteger,
      .field = &Config::threads, .min = 0, .max = 256, .value_name = "N",
      .help = "shards, one thread each, or 0 for one per usable CPU"},
@@ -274,6 +279,18 @@ absl::Status Option::SetFromText(Config& config, std::string_view text) const {
       if (auto status = CheckText(text, kMaxPathBytes); !status.ok()) return status;
       config.**f = std::string(text);
       return absl::OkStatus();
+    }
+    case OptionKind::kChoice: {
+      auto* f = std::get_if<std::string Config::*>(&field);
+      if (f == nullptr) break;
+      for (absl::string_view word : absl::StrSplit(Sv(choices), '|')) {
+        if (word == Sv(text)) {
+          config.**f = std::string(text);
+          return absl::OkStatus();
+        }
+      }
+      return absl::InvalidArgumentError(
+          absl::StrCat(Excerpt(text), " is not one of ", Sv(choices)));
     }
     case OptionKind::kAddressList: {
       auto* f = std::get_if<std::vector<io::SocketAddress> Config::*>(&field);

@@ -131,7 +131,8 @@ absl::Status ReadOption(const FileErrors& errors, const Option& option, std::str
       option.SetBool(config, value->get());
       return absl::OkStatus();
     }
-    case OptionKind::kPath: {
+    case OptionKind::kPath:
+    case OptionKind::kChoice: {
       const auto* value = node.as_string();
       if (value == nullptr || value->get().empty()) {
         return errors.At(node.source(), absl::StrCat(what, " must be a non-empty string"));

@@ -81,7 +81,7 @@ void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& complet
     Log(Severity::kWarning, "shard %d: accept failed: %s", shard_index_,
         std::strerror(-completion.result));
   }
-  if (!completion.more() && !intake_stopped_) {
+  if (!completion.more && !intake_stopped_) {
     reactor_.AcceptMultishot(listeners_[listener_index].get(), {io::Op::kAccept, listener_index, 0});
   }
 }

@@ -62,7 +62,7 @@ void UdpFrontend::OnReceive(uint32_t socket_index, const io::Completion& complet
         std::strerror(-completion.result));
   }
   // A multishot ends on an empty buffer ring or CQ overflow: re-arm.
-  if (!completion.more() && !intake_stopped_) {
+  if (!completion.more && !intake_stopped_) {
     reactor_.ReceiveDatagrams(sockets_[socket_index].get(), {io::Op::kUdpRecv, socket_index, 0});
   }
 }

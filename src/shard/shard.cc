@@ -103,7 +103,10 @@ class ShardLoop {
 };
 
 absl::Status ShardLoop::Setup() {
-  auto reactor = io::Reactor::Create(kReactorOptions);
+  io::ReactorOptions reactor_options = kReactorOptions;
+  reactor_options.backend =
+      config_.io_backend == "epoll" ? io::IoBackend::kEpoll : io::IoBackend::kUring;
+  auto reactor = io::Reactor::Create(reactor_options);
   if (!reactor.ok()) return reactor.status();
   reactor_ = *std::move(reactor);
   auto context = tls::ClientContext::Create(config_.ca_file);

@@ -387,6 +387,9 @@ TEST(OptionTableTest, RowsAreConsistent) {
         EXPECT_TRUE(std::holds_alternative<bool Config::*>(option.field));
         EXPECT_TRUE(option.env.empty()) << "switches have no variable syntax";
         break;
+      case OptionKind::kChoice:
+        EXPECT_FALSE(option.choices.empty());
+        [[fallthrough]];
       case OptionKind::kPath:
         EXPECT_TRUE(std::holds_alternative<std::string Config::*>(option.field));
         break;

@@ -50,11 +50,11 @@ uint16_t FreeLoopbackPort() {
   return ntohs(address.sin_port);
 }
 
-class TcpClientsTest : public ::testing::Test {
+class TcpClientsTest : public ::testing::TestWithParam<io::IoBackend> {
  protected:
   void SetUp() override {
-    reactor_ = io::MakeTestReactor();
-    if (reactor_ == nullptr) GTEST_SKIP() << "io_uring unavailable";
+    reactor_ = io::MakeTestReactor(GetParam());
+    if (reactor_ == nullptr) GTEST_SKIP() << io::ToString(GetParam()) << " unavailable";
     port_ = FreeLoopbackPort();
     ASSERT_NE(port_, 0);
     auto address = io::ParseSocketAddress("127.0.0.1:" + std::to_string(port_), -1);
@@ -121,7 +121,7 @@ class TcpClientsTest : public ::testing::Test {
   uint16_t port_ = 0;
 };
 
-TEST_F(TcpClientsTest, FramesPipelinedQueriesSplitAcrossWrites) {
+TEST_P(TcpClientsTest, FramesPipelinedQueriesSplitAcrossWrites) {
   Open();
   io::UniqueFd client = Connect();
   const Bytes q1 = bench::MakeQuery("one.example", 1, true);
@@ -142,7 +142,7 @@ TEST_F(TcpClientsTest, FramesPipelinedQueriesSplitAcrossWrites) {
   EXPECT_EQ(stats_.tcp_queries.load(), 2u);
 }
 
-TEST_F(TcpClientsTest, AnswersLeaveLengthPrefixedInTheOrderCommitted) {
+TEST_P(TcpClientsTest, AnswersLeaveLengthPrefixedInTheOrderCommitted) {
   Open();
   io::UniqueFd client = Connect();
   Write(client.get(), Framed(bench::MakeQuery("a.example", 1, true)));
@@ -162,7 +162,7 @@ TEST_F(TcpClientsTest, AnswersLeaveLengthPrefixedInTheOrderCommitted) {
   EXPECT_EQ(got, want);
 }
 
-TEST_F(TcpClientsTest, StopsReadingAtThePipeliningLimitUntilQueriesFinish) {
+TEST_P(TcpClientsTest, StopsReadingAtThePipeliningLimitUntilQueriesFinish) {
   TcpLimits limits;
   limits.max_queries_per_client = 2;
   Open(limits);
@@ -181,7 +181,7 @@ TEST_F(TcpClientsTest, StopsReadingAtThePipeliningLimitUntilQueriesFinish) {
   EXPECT_EQ(sink_.queries.size(), 3u);  // one finished: reading resumed
 }
 
-TEST_F(TcpClientsTest, AStaleClientRefReachesNothing) {
+TEST_P(TcpClientsTest, AStaleClientRefReachesNothing) {
   Open();
   io::UniqueFd client = Connect();
   Write(client.get(), Framed(bench::MakeQuery("a.example", 1, true)));
@@ -194,7 +194,7 @@ TEST_F(TcpClientsTest, AStaleClientRefReachesNothing) {
   EXPECT_EQ(tcp_->open_clients(), 1u);
 }
 
-TEST_F(TcpClientsTest, ClientWhoseAnswersNoLongerFitIsClosedAsSlow) {
+TEST_P(TcpClientsTest, ClientWhoseAnswersNoLongerFitIsClosedAsSlow) {
   Open();
   io::UniqueFd client = Connect();
   Write(client.get(), Framed(bench::MakeQuery("a.example", 1, true)));
@@ -210,7 +210,7 @@ TEST_F(TcpClientsTest, ClientWhoseAnswersNoLongerFitIsClosedAsSlow) {
   EXPECT_EQ(tcp_->open_clients(), 0u);
 }
 
-TEST_F(TcpClientsTest, IdleClientIsClosed) {
+TEST_P(TcpClientsTest, IdleClientIsClosed) {
   TcpLimits limits;
   limits.idle_timeout = milliseconds(50);
   Open(limits);
@@ -226,7 +226,7 @@ TEST_F(TcpClientsTest, IdleClientIsClosed) {
   EXPECT_EQ(stats_.tcp_idle_closed.load(), 1u);
 }
 
-TEST_F(TcpClientsTest, AcceptedSocketsDoNotDelayAnswers) {
+TEST_P(TcpClientsTest, AcceptedSocketsDoNotDelayAnswers) {
   Open();
   io::UniqueFd client = Connect();
   // The server side is the only accepted socket of this process on port_:
@@ -248,6 +248,10 @@ TEST_F(TcpClientsTest, AcceptedSocketsDoNotDelayAnswers) {
   }
   EXPECT_TRUE(found);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, TcpClientsTest,
+                         ::testing::Values(io::IoBackend::kUring, io::IoBackend::kEpoll),
+                         io::BackendName);
 
 }  // namespace
 }  // namespace dotproxy::frontend

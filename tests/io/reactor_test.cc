@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <vector>
@@ -34,7 +35,10 @@ TEST(UserDataTest, PacksAndUnpacksEveryField) {
   }
 }
 
-std::unique_ptr<Reactor> MakeReactor() { return MakeTestReactor(); }
+class ReactorTest : public ::testing::TestWithParam<IoBackend> {
+ protected:
+  std::unique_ptr<Reactor> MakeReactor() { return MakeTestReactor(GetParam()); }
+};
 
 // Waits (bounded) until `want` completions arrived.
 std::vector<Completion> Collect(Reactor& reactor, size_t want) {
@@ -46,9 +50,9 @@ std::vector<Completion> Collect(Reactor& reactor, size_t want) {
   return got;
 }
 
-TEST(ReactorTest, StreamReceiveAndSendCompleteWithTheirUserData) {
+TEST_P(ReactorTest, StreamReceiveAndSendCompleteWithTheirUserData) {
   auto reactor = MakeReactor();
-  if (reactor == nullptr) GTEST_SKIP() << "io_uring unavailable";
+  if (reactor == nullptr) GTEST_SKIP() << "backend unavailable";
   int pair[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, pair), 0);
   UniqueFd a(pair[0]), b(pair[1]);
@@ -78,9 +82,9 @@ TEST(ReactorTest, StreamReceiveAndSendCompleteWithTheirUserData) {
   EXPECT_TRUE(saw_recv && saw_send);
 }
 
-TEST(ReactorTest, DatagramIntakeYieldsPayloadAndSourceAndStaysArmed) {
+TEST_P(ReactorTest, DatagramIntakeYieldsPayloadAndSourceAndStaysArmed) {
   auto reactor = MakeReactor();
-  if (reactor == nullptr) GTEST_SKIP() << "io_uring unavailable";
+  if (reactor == nullptr) GTEST_SKIP() << "backend unavailable";
   SocketAddress address;  // 127.0.0.1, port 0: the kernel picks one
   auto* v4 = reinterpret_cast<sockaddr_in*>(&address.storage);
   v4->sin_family = AF_INET;
@@ -107,7 +111,7 @@ TEST(ReactorTest, DatagramIntakeYieldsPayloadAndSourceAndStaysArmed) {
   for (const Completion& c : got) {
     EXPECT_EQ(c.data.op, Op::kUdpRecv);
     EXPECT_EQ(c.data.index, 5u);
-    EXPECT_TRUE(c.more());  // multishot still armed
+    EXPECT_TRUE(c.more);  // multishot still armed
     Datagram datagram;
     ASSERT_TRUE(reactor->ReadDatagram(c, datagram));
     EXPECT_FALSE(datagram.truncated);
@@ -124,14 +128,69 @@ TEST(ReactorTest, DatagramIntakeYieldsPayloadAndSourceAndStaysArmed) {
   Collect(*reactor, 2);  // the cancel and the ended multishot
 }
 
-TEST(ReactorTest, SubmitAndWaitTimesOutWithoutError) {
+TEST_P(ReactorTest, CancelEndsAPendingReceiveWithEcanceled) {
   auto reactor = MakeReactor();
-  if (reactor == nullptr) GTEST_SKIP() << "io_uring unavailable";
+  if (reactor == nullptr) GTEST_SKIP() << "backend unavailable";
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, pair), 0);
+  UniqueFd a(pair[0]), b(pair[1]);
+  uint8_t into[16];
+  reactor->Recv(a.get(), into, {Op::kClientRecv, 9, 1});
+  Collect(*reactor, 0);  // armed, nothing to read
+  reactor->CancelFd(a.get());
+  bool cancelled = false;
+  for (int round = 0; round < 50 && !cancelled; ++round) {
+    for (const Completion& c : Collect(*reactor, 1)) {
+      if (c.data.op != Op::kClientRecv) continue;  // io_uring also completes the cancel itself
+      EXPECT_EQ(c.result, -ECANCELED);
+      EXPECT_FALSE(c.more);
+      cancelled = true;
+    }
+  }
+  EXPECT_TRUE(cancelled);
+}
+
+TEST_P(ReactorTest, ConnectCompletesOnceTheConnectionIsUp) {
+  auto reactor = MakeReactor();
+  if (reactor == nullptr) GTEST_SKIP() << "backend unavailable";
+  UniqueFd listener(socket(AF_INET, SOCK_STREAM, 0));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  ASSERT_EQ(bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  ASSERT_EQ(listen(listener.get(), 4), 0);
+  ASSERT_EQ(getsockname(listener.get(), reinterpret_cast<sockaddr*>(&address), &length), 0);
+  UniqueFd client(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+  reactor->Connect(client.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address),
+                   {Op::kUpstreamConnect, 3, 5});
+  const std::vector<Completion> got = Collect(*reactor, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data.op, Op::kUpstreamConnect);
+  EXPECT_EQ(got[0].data.generation, 5u);
+  EXPECT_EQ(got[0].result, 0);
+  // And a refused one reports the error.
+  sockaddr_in nobody = address;
+  listener.reset();  // the port is free now: connecting is refused
+  UniqueFd refused(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+  reactor->Connect(refused.get(), reinterpret_cast<const sockaddr*>(&nobody), sizeof(nobody),
+                   {Op::kUpstreamConnect, 4, 6});
+  const std::vector<Completion> failed = Collect(*reactor, 1);
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].result, -ECONNREFUSED);
+}
+
+TEST_P(ReactorTest, SubmitAndWaitTimesOutWithoutError) {
+  auto reactor = MakeReactor();
+  if (reactor == nullptr) GTEST_SKIP() << "backend unavailable";
   const auto start = std::chrono::steady_clock::now();
   EXPECT_TRUE(reactor->SubmitAndWait(milliseconds(10)).ok());
   EXPECT_EQ(reactor->Reap([](const Completion&) {}), 0u);
   EXPECT_GE(std::chrono::steady_clock::now() - start, milliseconds(5));
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, ReactorTest,
+                         ::testing::Values(IoBackend::kUring, IoBackend::kEpoll), BackendName);
 
 }  // namespace
 }  // namespace dotproxy::io

@@ -5,14 +5,18 @@
 
 #include <chrono>
 #include <memory>
+#include <string>
+
+#include <gtest/gtest.h>
 
 #include "dotproxy/io/reactor.h"
 
 namespace dotproxy::io {
 
-// Null when io_uring is unavailable here (tests then skip).
-inline std::unique_ptr<Reactor> MakeTestReactor() {
+// Null when the backend is unavailable here (tests then skip).
+inline std::unique_ptr<Reactor> MakeTestReactor(IoBackend backend = IoBackend::kUring) {
   ReactorOptions options;
+  options.backend = backend;
   options.submission_entries = 64;
   options.completion_entries = 256;
   options.datagram_buffers = 16;
@@ -28,6 +32,11 @@ bool TurnOnce(Reactor& reactor, std::chrono::milliseconds wait, Route&& route) {
   if (!reactor.SubmitAndWait(wait).ok()) return false;
   reactor.Reap([&](const Completion& c) { route(c); });
   return true;
+}
+
+// For INSTANTIATE_TEST_SUITE_P: every room test runs on both backends.
+inline std::string BackendName(const ::testing::TestParamInfo<IoBackend>& info) {
+  return ToString(info.param);
 }
 
 }  // namespace dotproxy::io

@@ -65,11 +65,11 @@ MuteUpstream ListenMute() {
   return mute;
 }
 
-class PoolTest : public ::testing::Test {
+class PoolTest : public ::testing::TestWithParam<io::IoBackend> {
  protected:
   void SetUp() override {
-    reactor_ = io::MakeTestReactor();
-    if (reactor_ == nullptr) GTEST_SKIP() << "io_uring unavailable";
+    reactor_ = io::MakeTestReactor(GetParam());
+    if (reactor_ == nullptr) GTEST_SKIP() << io::ToString(GetParam()) << " unavailable";
     tls::GlobalInit();
     auto context = tls::ClientContext::Create("");
     ASSERT_TRUE(context.ok()) << context.status();
@@ -125,7 +125,7 @@ class PoolTest : public ::testing::Test {
   std::vector<uint8_t> query_;
 };
 
-TEST_F(PoolTest, FillsTheBestUpstreamsConnectionsUpToTheCapThenTheNextPriority) {
+TEST_P(PoolTest, FillsTheBestUpstreamsConnectionsUpToTheCapThenTheNextPriority) {
   Make(/*cap=*/2, /*connections=*/2);
   std::vector<Binding> bindings(6);
   for (uint32_t token = 0; token < 5; ++token) ASSERT_TRUE(Send(token, bindings[token]));
@@ -143,7 +143,7 @@ TEST_F(PoolTest, FillsTheBestUpstreamsConnectionsUpToTheCapThenTheNextPriority) 
   EXPECT_TRUE(pool_->AnyAlive());
 }
 
-TEST_F(PoolTest, EveryConnectionAtItsCapRefusesUntilCapacityIsReleased) {
+TEST_P(PoolTest, EveryConnectionAtItsCapRefusesUntilCapacityIsReleased) {
   Make(/*cap=*/1, /*connections=*/1);
   Binding a, b, c;
   ASSERT_TRUE(Send(1, a));
@@ -158,7 +158,7 @@ TEST_F(PoolTest, EveryConnectionAtItsCapRefusesUntilCapacityIsReleased) {
   EXPECT_EQ(c.connection, a.connection);
 }
 
-TEST_F(PoolTest, ExcludesTheFailedUpstreamUnlessNothingElseIsUsable) {
+TEST_P(PoolTest, ExcludesTheFailedUpstreamUnlessNothingElseIsUsable) {
   Make(/*cap=*/1, /*connections=*/1);
   Binding a, b, c;
   ASSERT_TRUE(Send(1, a, /*exclude=*/0));
@@ -173,7 +173,7 @@ TEST_F(PoolTest, ExcludesTheFailedUpstreamUnlessNothingElseIsUsable) {
   (void)c;
 }
 
-TEST_F(PoolTest, ADeadConnectionReportsEachOfItsQueriesLostOnce) {
+TEST_P(PoolTest, ADeadConnectionReportsEachOfItsQueriesLostOnce) {
   Make(/*cap=*/10, /*connections=*/1);
   std::vector<Binding> bindings(3);
   for (uint32_t token = 0; token < 3; ++token) ASSERT_TRUE(Send(token, bindings[token]));
@@ -200,6 +200,10 @@ TEST_F(PoolTest, ADeadConnectionReportsEachOfItsQueriesLostOnce) {
   ASSERT_TRUE(Send(9, next));
   EXPECT_EQ(next.upstream, 1);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, PoolTest,
+                         ::testing::Values(io::IoBackend::kUring, io::IoBackend::kEpoll),
+                         io::BackendName);
 
 }  // namespace
 }  // namespace dotproxy::upstream

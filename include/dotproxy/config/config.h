@@ -56,6 +56,9 @@ struct Config {
   // (no reflection). Empty until parsing ends, then the default list.
   std::vector<frontend::Cidr> allow;
   std::string ca_file;  // empty: system CA store
+  // I/O engine: "uring", "epoll", or "auto" (io_uring unless this host
+  // refuses it, then epoll; main resolves it before the shards start).
+  std::string io_backend = "auto";
   int threads = 0;      // 0: one per CPU the process may run on
   // Entries for the whole proxy, split across shards; 0 turns the cache off.
   // 8192 entries take about 11 MiB.
@@ -124,6 +127,7 @@ enum class OptionKind {
   kSwitch,        // the flag takes no value and stores switch_value; the file
                   // takes true or false
   kPath,          // a non-empty file name
+  kChoice,        // one of the words in `choices` ("a|b|c")
   kAddressList,   // "ADDR:PORT" items
   kUpstreamList,  // upstream specs (ParseUpstream); the file uses [[upstream]]
   kCidrList,      // "NETWORK/LENGTH" items
@@ -149,6 +153,7 @@ struct Option {
   int64_t max = 0;
   bool switch_value = true;     // kSwitch: what the flag stores
   std::string_view value_name = {};  // for the usage text: "N", "MS", ...
+  std::string_view choices = {};     // kChoice: the accepted words, '|'-separated
   // For the usage text; '\n' starts a continuation line. Numeric rows get
   // their default appended from Config{}.
   std::string_view help = {};

@@ -2,15 +2,19 @@
 // The I/O engine of one shard: rooms ask it for operations (receive, send,
 // connect, accept, datagram intake) tagged with a UserData, and the shard's
 // loop reaps completions and routes each to the room named by its Op. Rooms
-// never see the backend: today io_uring (SINGLE_ISSUER, DEFER_TASKRUN,
-// multishot receives on a provided-buffer ring); the interface is what a
-// second backend (epoll + recvmmsg/sendmmsg) implements. No room includes
-// liburing.
+// never see the backend, as in Seastar's reactor backends:
+//   - io_uring (the default): SINGLE_ISSUER, DEFER_TASKRUN, multishot
+//     receives on a provided-buffer ring, one submit per iteration;
+//   - epoll (where io_uring is refused: default container seccomp profiles,
+//     kernel.io_uring_disabled): edge-triggered readiness, recvmmsg into the
+//     reactor's buffers, sendmmsg batches per socket at submit.
+// Both give the same completions for the same operations.
 //
 // Lifetime: created, used and destroyed by the shard's own thread. Memory an
 // operation points to (receive space, send bytes, MessageHeader) is borrowed
-// until that operation's completion arrives. Operations are queued and go to
-// the kernel at the next Submit()/SubmitAndWait(): one submit per iteration.
+// until that operation's completion arrives. Operations take effect at the
+// latest at the next Submit()/SubmitAndWait(), and their completions are
+// delivered only by Reap(), never from inside the call that asked.
 
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -21,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
@@ -29,16 +34,13 @@
 
 namespace dotproxy::io {
 
-class Ring;
-class BufferRing;
-
 // One finished operation.
 struct Completion {
   UserData data;
-  int32_t result = 0;  // bytes, a new fd, or -errno
-  uint32_t flags = 0;  // backend flags; ask more() / the reactor
-  // A multishot operation (datagram intake, accept) stays armed.
-  bool more() const;
+  int32_t result = 0;       // bytes, a new fd, or -errno
+  bool more = false;        // a multishot operation (datagrams, accept) stays armed
+  bool has_buffer = false;  // datagram intake: carries reactor buffer `buffer_id`
+  uint16_t buffer_id = 0;
 };
 
 // A datagram delivered by ReceiveDatagrams. Borrows a reactor buffer until
@@ -51,72 +53,77 @@ struct Datagram {
   uint16_t buffer_id = 0;
 };
 
-// Storage a SendTo may need while in flight (the sendmsg fallback's header).
+// Storage a SendTo may need while in flight (io_uring's sendmsg fallback).
 struct MessageHeader {
   msghdr message{};
   iovec iov{};
 };
 
+enum class IoBackend : uint8_t { kUring, kEpoll };
+const char* ToString(IoBackend backend);
+
 struct ReactorOptions {
+  IoBackend backend = IoBackend::kUring;
   unsigned submission_entries = 4096;
   unsigned completion_entries = 16384;
-  unsigned datagram_buffers = 2048;     // power of two
-  unsigned datagram_buffer_size = 2048;  // header + source address + payload
+  unsigned datagram_buffers = 2048;      // power of two
+  unsigned datagram_buffer_size = 2048;  // io_uring: header + source address + payload
 };
+
+// Whether this process may use io_uring here: creates and drops a small
+// ring. Returns 0, or the -errno of io_uring_queue_init (-EPERM under a
+// seccomp profile or kernel.io_uring_disabled, -ENOSYS without io_uring).
+int ProbeIoUring();
 
 class Reactor {
  public:
   static absl::StatusOr<std::unique_ptr<Reactor>> Create(const ReactorOptions& options);
-  ~Reactor();
+  virtual ~Reactor() = default;
   Reactor(const Reactor&) = delete;
   Reactor& operator=(const Reactor&) = delete;
 
-  // --- operations (queued until the next submit) ---
-  void Recv(int fd, std::span<uint8_t> into, UserData data);
+  virtual IoBackend backend() const = 0;
+
+  // --- operations ---
+  virtual void Recv(int fd, std::span<uint8_t> into, UserData data) = 0;
   // Stream send (MSG_NOSIGNAL). Keep one send in flight per socket: two sends
-  // on one stream socket may complete out of order.
-  void Send(int fd, std::span<const uint8_t> bytes, UserData data);
-  // Datagram send to `to`. `header` is used only by the fallback for kernels
-  // without IORING_OP_SEND addresses; it must live until the completion.
-  void SendTo(int fd, std::span<const uint8_t> bytes, const sockaddr* to, socklen_t to_length,
-              MessageHeader& header, UserData data);
-  // A SendTo completed with `result`: returns true (once) when the kernel
-  // rejected sendto-style sends and the reactor switched to sendmsg.
-  bool NoteSendToResult(int result);
-  void Connect(int fd, const sockaddr* to, socklen_t to_length, UserData data);
+  // on one stream socket may complete out of order (io_uring).
+  virtual void Send(int fd, std::span<const uint8_t> bytes, UserData data) = 0;
+  // Datagram send to `to`. `header` must live until the completion.
+  virtual void SendTo(int fd, std::span<const uint8_t> bytes, const sockaddr* to,
+                      socklen_t to_length, MessageHeader& header, UserData data) = 0;
+  // A SendTo completed with `result`: returns true (once) when the backend
+  // had to change how it sends datagrams (io_uring before Linux 6.0).
+  virtual bool NoteSendToResult(int result) = 0;
+  virtual void Connect(int fd, const sockaddr* to, socklen_t to_length, UserData data) = 0;
   // Multishot accept: one completion per connection (result: the new fd,
-  // non-blocking, close-on-exec) while more().
-  void AcceptMultishot(int fd, UserData data);
+  // non-blocking, close-on-exec) while `more`.
+  virtual void AcceptMultishot(int fd, UserData data) = 0;
   // Multishot datagram intake into the reactor's buffers: read each
   // completion with ReadDatagram, then RecycleDatagram.
-  void ReceiveDatagrams(int fd, UserData data);
-  bool ReadDatagram(const Completion& completion, Datagram& datagram);
-  void RecycleDatagram(uint16_t buffer_id);
+  virtual void ReceiveDatagrams(int fd, UserData data) = 0;
+  virtual bool ReadDatagram(const Completion& completion, Datagram& datagram) = 0;
+  virtual void RecycleDatagram(uint16_t buffer_id) = 0;
   // Cancels every operation on `fd`; their completions still arrive.
-  void CancelFd(int fd);
+  virtual void CancelFd(int fd) = 0;
   // Closing a socket with operations in flight: shut it down (so the peer
   // sees the close at once and blocked receives end) and cancel them. The
   // owner recycles it when their completions have arrived.
   void Abandon(int fd);
 
   // --- the loop ---
-  // Hands recycled datagram buffers back to the kernel, in bulk.
-  void PublishBuffers();
-  // Submits queued operations and waits up to `timeout` for one completion.
+  // Hands recycled datagram buffers back, in bulk.
+  virtual void PublishBuffers() = 0;
+  // Submits queued operations and waits up to `timeout` for a completion.
   // Transient conditions (timeout, signal, busy) are OK; anything else is
   // returned so the caller can count it and stop spinning on it.
-  absl::Status SubmitAndWait(std::chrono::milliseconds timeout);
-  absl::Status Submit();
+  virtual absl::Status SubmitAndWait(std::chrono::milliseconds timeout) = 0;
+  virtual absl::Status Submit() = 0;
   // Calls `handle` for every completion ready now; returns how many.
-  size_t Reap(absl::FunctionRef<void(const Completion&)> handle);
+  virtual size_t Reap(absl::FunctionRef<void(const Completion&)> handle) = 0;
 
- private:
-  Reactor();
-
-  std::unique_ptr<Ring> ring_;
-  std::unique_ptr<BufferRing> buffers_;
-  msghdr recv_template_{};
-  bool sendto_supported_ = true;  // cleared on the first -EINVAL
+ protected:
+  Reactor() = default;
 };
 
 }  // namespace dotproxy::io
