@@ -175,12 +175,12 @@ void EpollReactor::CancelFd(int fd) {
 // --- attempts ---
 
 void EpollReactor::Perform(int fd) {
-  FdState& state = fds_[fd];
-  if (state.connect && state.writable) DoConnect(fd, state);
-  if (state.send && state.writable) DoSend(fd, state);
-  if (state.recv && state.readable) DoRecv(fd, state);
-  if (state.accept && state.readable) DoAccept(fd, state);
-  if (state.datagrams && state.readable) DoDatagrams(fd, state);
+  // fds_[fd] is read afresh each time: accepting may grow the table.
+  if (fds_[fd].connect && fds_[fd].writable) DoConnect(fd, fds_[fd]);
+  if (fds_[fd].send && fds_[fd].writable) DoSend(fd, fds_[fd]);
+  if (fds_[fd].recv && fds_[fd].readable) DoRecv(fd, fds_[fd]);
+  if (fds_[fd].accept && fds_[fd].readable) DoAccept(fd, fds_[fd]);
+  if (fds_[fd].datagrams && fds_[fd].readable) DoDatagrams(fd, fds_[fd]);
 }
 
 void EpollReactor::DoRecv(int fd, FdState& state) {
@@ -234,19 +234,20 @@ void EpollReactor::DoConnect(int fd, FdState& state) {
   Post(state.connect_tag, -error);
 }
 
-void EpollReactor::DoAccept(int fd, FdState& state) {
+void EpollReactor::DoAccept(int fd, FdState&) {
   // Bounded per turn so one busy listener cannot starve the rest.
   for (unsigned i = 0; i < kBatch; ++i) {
     const int client = accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (client < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) Post(state.accept_tag, -errno, /*more=*/true);
-      state.readable = false;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) Post(fds_[fd].accept_tag, -errno, /*more=*/true);
+      fds_[fd].readable = false;
       return;
     }
     // A new socket may reuse the number of one closed earlier: start afresh.
+    // (This may grow fds_: the listener's state is read by index.)
     State(client) = FdState{};
-    Post(state.accept_tag, client, /*more=*/true);
+    Post(fds_[fd].accept_tag, client, /*more=*/true);
   }
   Queue(fd);  // more may be waiting
 }
