@@ -806,7 +806,8 @@ class Harness:
         out = []
         for i, p in enumerate(self.proxies):
             out.append("---- dotproxy%d %s\n---- exit: %s\n---- stderr (tail):\n%s" % (
-                i, " ".join(getattr(p, "prefix", []) + p.args), p.proc.returncode, p.stderr_text()))
+                i, " ".join((p.prefix + [p.exe] if getattr(p, "prefix", None) else []) + p.args),
+                p.proc.returncode, p.stderr_text()))
         for i, u in enumerate(self.unbounds):
             out.append("---- unbound%d log (tail):\n%s" % (i, tail(u.log, 30)))
         return "\n".join(out)

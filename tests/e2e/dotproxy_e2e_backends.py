@@ -259,7 +259,8 @@ def io_backend_bad_value(h):
     """`--io-backend poll --check-config` exits 2 naming the flag, while
     `auto` and `epoll` pass --check-config (so the refusal is of the value,
     not of an unknown flag); `io_backend = "poll"` in a TOML file names
-    FILE:LINE and DOTPROXY_IO_BACKEND=poll names the variable."""
+    FILE:LINE and DOTPROXY_IO_BACKEND=poll names the variable, while "epoll"
+    passes in both."""
     exe = h.need_exe()
     base = _serving_args(h, free_port(), free_port())
     problems = []
@@ -272,6 +273,16 @@ def io_backend_bad_value(h):
         rc, out, err = E.run_cmd([exe, "--io-backend", good, "--check-config"] + base, timeout=5)
         if rc != 0:
             problems.append("--io-backend %s --check-config: exit %s, want 0; stderr %r" % (good, rc, err[:300]))
+    good_conf = os.path.join(h.dir, "good-backend.toml")
+    with open(good_conf, "w") as f:
+        f.write("threads = 1\nio_backend = \"epoll\"\n")
+    rc, out, err = E.run_cmd([exe, "--config", good_conf, "--check-config"] + base, timeout=5)
+    if rc != 0:
+        problems.append("io_backend = \"epoll\" in a file: exit %s, want 0; stderr %r" % (rc, err[:300]))
+    rc, out, err = E.run_cmd([exe, "--check-config"] + base, timeout=5,
+                             env_extra={"DOTPROXY_IO_BACKEND": "epoll"})
+    if rc != 0:
+        problems.append("DOTPROXY_IO_BACKEND=epoll: exit %s, want 0; stderr %r" % (rc, err[:300]))
     conf = os.path.join(h.dir, "backend.toml")
     with open(conf, "w") as f:
         f.write("# bad backend\nthreads = 1\nio_backend = \"poll\"\n")
