@@ -11,6 +11,9 @@ PACKAGES=(
   ca-certificates
   # tests: a real DoT upstream, real clients, a test CA
   unbound bind9-dnsutils dnsperf openssl python3 python3-dnspython
+  # tests: tests/e2e/deny_io_uring (io_uring refused by seccomp, for the
+  # epoll fallback cases)
+  libseccomp-dev
 )
 
 SUDO=""

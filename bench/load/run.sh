@@ -34,6 +34,9 @@ Environment (defaults in brackets):
                  to compare a change side by side with the build it replaces
   TARGETS        targets, space separated
                  [reflector dotproxy dotproxy_deep dnsdist unbound_fwd kresd]
+                 also: dotproxy_base (see DOTPROXY_BASE), dotproxy_epoll = the dotproxy
+                 binary with DOTPROXY_ARGS plus --io-backend epoll (the epoll backend
+                 side by side with io_uring: TARGETS="dotproxy dotproxy_epoll")
                  reflector = bench/load/reflector.c (UDP only: hit-udp and burst), the
                  ceiling for the cache-hit path
   SCENARIOS      [hit-udp hit-tcp miss-udp miss-tcp burst]
@@ -354,6 +357,10 @@ start_target_dotproxy() { start_dotproxy dotproxy "$DOTPROXY_ARGS"; }
 # upstream connection instead of 100), to tell configuration limits from code limits.
 start_target_dotproxy_deep() { start_dotproxy dotproxy_deep "$DOTPROXY_ARGS $DOTPROXY_DEEP_ARGS"; }
 
+# The same binary on its epoll backend instead of io_uring (--io-backend epoll, the
+# backend it falls back to where rings are refused), to compare the two I/O paths.
+start_target_dotproxy_epoll() { start_dotproxy dotproxy_epoll "$DOTPROXY_ARGS --io-backend epoll"; }
+
 # Another dotproxy binary (DOTPROXY_BASE, e.g. the previous commit's build) with the
 # same arguments, so a change is measured side by side with what it replaces.
 start_target_dotproxy_base() {
@@ -595,7 +602,7 @@ log "results in $RESULTS_DIR"
     echo "date: $(date -Is)"
     echo "host: $(uname -srm), $(nproc) cores: $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "dnsperf: $(dnsperf -h 2>&1 | awk '/Version/ {print $2; exit}'), unbound: $(unbound -V | awk '/Version/ {print $2; exit}'), dnsdist: $(command -v dnsdist >/dev/null && dnsdist --version 2>&1 | awk '{print $2; exit}'), kresd: $(command -v kresd >/dev/null && kresd --version 2>&1 | awk '{print $NF; exit}')"
-    echo "dotproxy: $DOTPROXY $DOTPROXY_ARGS; dotproxy_deep: + $DOTPROXY_DEEP_ARGS ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet HEAD -- src include 2>/dev/null || echo '+dirty'))"
+    echo "dotproxy: $DOTPROXY $DOTPROXY_ARGS; dotproxy_deep: + $DOTPROXY_DEEP_ARGS; dotproxy_epoll: + --io-backend epoll ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet HEAD -- src include 2>/dev/null || echo '+dirty'))"
     echo "targets: $TARGETS; scenarios: $SCENARIOS; hit rates: $HIT_RATES; miss rates: $MISS_RATES; miss tcp rates: $MISS_TCP_RATES"
     echo "duration: ${DURATION}s; clients: $CLIENTS; outstanding: $OUTSTANDING; timeout: ${TIMEOUT}s; hit names: $HIT_NAMES; burst: $BURST_QUERIES queries / $BURST_SOCKETS sockets / ${BURST_WINDOW}s"
     echo "upstream: $UPSTREAM $( [ "$UPSTREAM" = unbound ] && unbound -V | awk '/Version/ {print $2; exit}' || dnsdist --version 2>&1 | awk '{print $2; exit}')"

@@ -98,7 +98,46 @@ def _on_signal(signum, _frame):
 def child_env():
     # DOTPROXY_LISTEN / DOTPROXY_UPSTREAMS would override the config; our flags
     # win anyway, but keep the children's view of the world to what we pass.
+    # The harness's own settings (DOTPROXY_E2E_*) are read from os.environ and
+    # go the same way: a child never sees them.
     return {k: v for k, v in os.environ.items() if not k.startswith("DOTPROXY_")}
+
+
+# --------------------------------------------------------------------------
+# I/O backend. meson registers every case twice: as is (dotproxy picks its
+# backend, io_uring here) and with DOTPROXY_E2E_IO_BACKEND=epoll (suite
+# e2e_epoll). Every dotproxy a case starts to serve gets `--io-backend VALUE`
+# from io_backend_args(); runs that stop at --check-config, --help or
+# --version need not. Unset or empty: no flag, exactly as before the variable
+# existed. The variable is a harness setting, never forwarded (child_env).
+
+IO_BACKEND_ENV = "DOTPROXY_E2E_IO_BACKEND"
+IO_BACKENDS = ("auto", "uring", "epoll")
+FROM_ENV = "<from %s>" % IO_BACKEND_ENV  # io_backend_args(): use the variable
+
+
+def io_backend():
+    """The backend DOTPROXY_E2E_IO_BACKEND names, or "" when it is unset/empty."""
+    value = os.environ.get(IO_BACKEND_ENV, "").strip()
+    if value and value not in IO_BACKENDS:
+        raise RuntimeError("%s=%r: want one of %s (or unset)" % (
+            IO_BACKEND_ENV, value, ", ".join(IO_BACKENDS)))
+    return value
+
+
+def io_backend_args(backend=FROM_ENV):
+    """["--io-backend", B] for B = `backend`, or the variable's value by
+    default; [] when that is "" or None (dotproxy's own default)."""
+    if backend == FROM_ENV:
+        backend = io_backend()
+    return ["--io-backend", backend] if backend else []
+
+
+def announce_io_backend():
+    """One stdout line saying which backend the cases force (meson's log)."""
+    if io_backend():
+        print("io backend: every dotproxy started with --io-backend %s (%s)" % (
+            io_backend(), IO_BACKEND_ENV))
 
 
 def spawn(argv, stdout, stderr):
@@ -641,14 +680,18 @@ def rcode_of(wire):
 
 
 class Proxy:
-    def __init__(self, exe, workdir, args, name="dotproxy"):
+    """dotproxy `exe` with `args`, run through `prefix` if given (a wrapper
+    such as deny_io_uring: argv = prefix + [exe] + args)."""
+
+    def __init__(self, exe, workdir, args, name="dotproxy", prefix=()):
         self.exe = exe
         self.args = args
+        self.prefix = list(prefix)
         self.stderr_path = os.path.join(workdir, name + ".stderr")
         self.stdout_path = os.path.join(workdir, name + ".stdout")
         self._err = open(self.stderr_path, "ab")
         self._out = open(self.stdout_path, "ab")
-        self.proc = spawn([exe] + args, self._out, self._err)
+        self.proc = spawn(self.prefix + [exe] + args, self._out, self._err)
 
     def alive(self):
         return self.proc.poll() is None
@@ -700,33 +743,38 @@ class Harness:
         self.silent.append(s)
         return s
 
-    def base_args(self, port, upstreams, threads=2, default_cache=False):
+    def base_args(self, port, upstreams, threads=2, default_cache=False, io_backend=FROM_ENV):
         """The cache is on by default in dotproxy; cases about upstream
         behaviour turn it off (--cache-size 0) unless `default_cache`, so a
         cached answer cannot hide what the upstream did. Cases about the
-        cache pass their own --cache-size after these (the last one wins)."""
+        cache pass their own --cache-size after these (the last one wins).
+        Ends with io_backend_args(io_backend): `--io-backend epoll` in the
+        e2e_epoll suite, nothing otherwise."""
         args = ["--listen", "%s:%d" % (LOOPBACK4, port)]
         for up in upstreams:
             args += ["--upstream", up]
         args += ["--ca-file", self.pki.ca_pem, "--threads", str(threads)]
         if not default_cache:
             args += ["--cache-size", "0"]
-        return args
+        return args + io_backend_args(io_backend)
 
     def start_proxy(self, upstream=None, upstreams=None, extra=(), ready="answer",
-                    listen_args=None, port=None, ready_timeout=10.0, default_cache=False):
+                    listen_args=None, port=None, ready_timeout=10.0, default_cache=False,
+                    io_backend=FROM_ENV, prefix=()):
         """Start dotproxy against `upstream` (an Unbound; #upstream.test) or the
         explicit `upstreams` strings. ready: "answer" waits for a correct NOERROR
-        answer, "any" for any response (bad-upstream cases), None for nothing."""
+        answer, "any" for any response (bad-upstream cases), None for nothing.
+        io_backend: see base_args; prefix: a wrapper to run it under (Proxy)."""
         exe = self.need_exe()
         self.proxy_port = port or free_port()
         if upstreams is None:
             upstreams = ["%s:%d#%s" % (LOOPBACK4, upstream.dot_port, TLS_NAME)]
-        args = self.base_args(self.proxy_port, upstreams, default_cache=default_cache)
+        args = self.base_args(self.proxy_port, upstreams, default_cache=default_cache,
+                              io_backend=io_backend)
         if listen_args is not None:
             args = listen_args + args[2:]
         args += list(extra)
-        p = Proxy(exe, self.dir, args, "dotproxy%d" % len(self.proxies))
+        p = Proxy(exe, self.dir, args, "dotproxy%d" % len(self.proxies), prefix=prefix)
         p.port = self.proxy_port
         self.proxies.append(p)
         if ready:
@@ -758,7 +806,8 @@ class Harness:
         out = []
         for i, p in enumerate(self.proxies):
             out.append("---- dotproxy%d %s\n---- exit: %s\n---- stderr (tail):\n%s" % (
-                i, " ".join(p.args), p.proc.returncode, p.stderr_text()))
+                i, " ".join((p.prefix + [p.exe] if getattr(p, "prefix", None) else []) + p.args),
+                p.proc.returncode, p.stderr_text()))
         for i, u in enumerate(self.unbounds):
             out.append("---- unbound%d log (tail):\n%s" % (i, tail(u.log, 30)))
         return "\n".join(out)
@@ -1648,7 +1697,7 @@ def config_file(h):
     rc, out, err = run_cmd([exe, "--config", conf, "--check-config"] + up, timeout=5)
     check(rc == 0, "--config (valid) --check-config: exit %s\n%s" % (rc, err))
 
-    p = Proxy(exe, h.dir, ["--config", conf] + up, "dotproxy%d" % len(h.proxies))
+    p = Proxy(exe, h.dir, ["--config", conf] + up + io_backend_args(), "dotproxy%d" % len(h.proxies))
     p.port = port_file
     h.proxies.append(p)
     h.wait_ready(p, "answer", 10.0)
@@ -1656,8 +1705,8 @@ def config_file(h):
     query_and_compare(h, u, p, "tcp", "a.example.test.", "AAAA")
     p.stop()
 
-    p = Proxy(exe, h.dir, ["--config", conf, "--listen", "%s:%d" % (LOOPBACK4, port_flag)] + up,
-              "dotproxy%d" % len(h.proxies))
+    p = Proxy(exe, h.dir, ["--config", conf, "--listen", "%s:%d" % (LOOPBACK4, port_flag)] + up
+              + io_backend_args(), "dotproxy%d" % len(h.proxies))
     p.port = port_flag
     h.proxies.append(p)
     h.wait_ready(p, "answer", 10.0)
@@ -1680,7 +1729,7 @@ def config_file(h):
         elif "%s:%d" % (name, line) not in err:
             problems.append("%s: stderr does not say %s:%d: %r" % (name, name, line, err))
     missing = os.path.join(h.dir, "missing.toml")
-    rc, out, err = run_cmd([exe, "--config", missing] + up, timeout=5)
+    rc, out, err = run_cmd([exe, "--config", missing] + up + io_backend_args(), timeout=5)
     if rc in (0, None):
         problems.append("missing config file: exit %s" % rc)
     elif "missing.toml" not in err:
@@ -1754,7 +1803,7 @@ def cli_bad_flags(h):
     """Each bad flag or value exits non-zero (quickly, without serving) with a
     message on stderr naming the flag."""
     exe = h.need_exe()
-    base = _cli_base(h)
+    base = _cli_base(h) + io_backend_args()
     problems = []
     for bad, name in BAD_FLAGS:
         rc, out, err = run_cmd([exe] + base + bad, timeout=5)
@@ -1776,7 +1825,7 @@ def cli_bad_ca_file(h):
     exe = h.need_exe()
     base = ["--listen", "%s:%d" % (LOOPBACK4, free_port()), "--upstream", "127.0.0.1:853#%s" % TLS_NAME]
     missing = os.path.join(h.dir, "does-not-exist.pem")
-    rc, out, err = run_cmd([exe] + base + ["--ca-file", missing], timeout=5)
+    rc, out, err = run_cmd([exe] + base + io_backend_args() + ["--ca-file", missing], timeout=5)
     check(rc not in (0, None), "--ca-file %s: exit %s (None = kept running)\nstderr: %s" % (missing, rc, err))
     check("ca-file" in err, "--ca-file missing: stderr does not name the flag: %r" % err)
 
@@ -1861,6 +1910,10 @@ def main():
     for c in args.case:
         if c not in CASES:
             ap.error("unknown case %r (see --list)" % c)
+    try:
+        announce_io_backend()
+    except RuntimeError as e:
+        ap.error(str(e))
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     worst = EXIT_PASS

@@ -54,7 +54,7 @@ def config_not_regular(h):
     problems = []
     for path, want in ((h.dir, "a directory"), ("/dev/zero", "a character device"),
                        (fifo, "a FIFO")):
-        for extra in (["--check-config"], []):
+        for extra in (["--check-config"], E.io_backend_args()):
             rc, out, err = E.run_cmd([exe, "--config", path] + _base(h) + extra, timeout=5)
             _refused("--config %s %s" % (path, " ".join(extra)), rc, err, want, problems)
     check(not problems, "non-regular --config:\n  " + "\n  ".join(problems))

@@ -629,7 +629,7 @@ def huge_sizes_refused(h):
         for check_only in (True, False):
             argv = [exe, "--listen", "%s:%d" % (LOOPBACK4, free_port()),
                     "--upstream", "%s:%d#%s" % (LOOPBACK4, free_port(), TLS_NAME),
-                    "--ca-file", h.pki.ca_pem] + bad + (["--check-config"] if check_only else [])
+                    "--ca-file", h.pki.ca_pem] + bad + (["--check-config"] if check_only else E.io_backend_args())
             runs.append((" ".join(bad) + (" --check-config" if check_only else ""), argv))
     # Run them two at a time (the machine has 2 cores) to keep the case short.
     problems = []

@@ -877,7 +877,7 @@ def env_overrides(h):
         check(want in out, "--check-config %s env %s: want %r in %r" % (args, env, want, out))
 
     def run(args, env, port, n_up, good_port):
-        p = EnvProxy(exe, h.dir, args, env, "dotproxy%d" % len(h.proxies))
+        p = EnvProxy(exe, h.dir, args + E.io_backend_args(), env, "dotproxy%d" % len(h.proxies))
         p.port = port
         h.proxies.append(p)
         h.wait_ready(p, "answer", 10.0)

@@ -16,7 +16,8 @@ on stderr).
 
 Exit status: 0 pass, 1 fail (what was sent, what came back, dotproxy's stderr),
 77 skip. Reuses the PKI, process and DNS helpers of tests/e2e/dotproxy_e2e.py
-(imported, not modified). Needs Debian's /usr/bin/python3 (python3-dnspython).
+(imported; its io_backend_args() adds `--io-backend` in the e2e_epoll suite).
+Needs Debian's /usr/bin/python3 (python3-dnspython).
 """
 
 import argparse
@@ -331,7 +332,7 @@ class World:
         args = ["--listen", "%s:%d" % (LOOPBACK4, port),
                 "--upstream", "%s:%d#%s" % (LOOPBACK4, self.up.port, TLS_NAME),
                 "--ca-file", self.h.pki.ca_pem, "--threads", "1",
-                "--query-timeout", str(query_timeout)] + list(extra)
+                "--query-timeout", str(query_timeout)] + e2e.io_backend_args() + list(extra)
         self.p = e2e.Proxy(self.h.need_exe(), self.h.dir, args, "dotproxy%d" % len(self.h.proxies))
         self.p.port = port
         self.h.proxies.append(self.p)
@@ -1034,6 +1035,10 @@ def main():
     for c in args.case:
         if c not in CASES:
             ap.error("unknown case %r (see --list)" % c)
+    try:
+        e2e.announce_io_backend()
+    except RuntimeError as e:
+        ap.error(str(e))
     signal.signal(signal.SIGTERM, e2e._on_signal)
     signal.signal(signal.SIGINT, e2e._on_signal)
     worst = e2e.EXIT_PASS
