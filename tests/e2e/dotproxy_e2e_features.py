@@ -933,7 +933,12 @@ def cache_hit_patches(h):
         resp, _ = udp_exchange(p.port, wire)
         msg = E.check_same_answer("fill edns=%s" % edns, resp, wire, u.reference("ttl300.example.test.", "A"))
         first[edns] = msg
-        check(ttl_of(msg) == [300], "fill edns=%s: TTL %s, want 300 (fresh from upstream)" % (edns, ttl_of(msg)))
+        # make_query(edns=None) still sends an OPT (dnspython adds one for the
+        # payload), so both fills share one cache key: the second may be a hit
+        # served a second after the first on a slow machine.
+        want = [[300]] if edns is None else [[300], [299]]
+        check(ttl_of(msg) in want, "fill edns=%s: TTL %s, want %s (fresh from upstream)" % (
+            edns, ttl_of(msg), " or ".join(map(str, want))))
     t_fill = time.monotonic()
     ref = u.reference("ttl300.example.test.", "A")
     u.stop()

@@ -180,13 +180,11 @@ TEST_P(ReactorTest, ConnectCompletesOnceTheConnectionIsUp) {
   EXPECT_EQ(failed[0].result, -ECONNREFUSED);
 }
 
-TEST_P(ReactorTest, SubmitAndWaitTimesOutWithoutError) {
+TEST_P(ReactorTest, SubmitAndWaitWithNothingToDoReturnsNoCompletion) {
   auto reactor = MakeReactor();
   if (reactor == nullptr) GTEST_SKIP() << "backend unavailable";
-  const auto start = std::chrono::steady_clock::now();
   EXPECT_TRUE(reactor->SubmitAndWait(milliseconds(10)).ok());
   EXPECT_EQ(reactor->Reap([](const Completion&) {}), 0u);
-  EXPECT_GE(std::chrono::steady_clock::now() - start, milliseconds(5));
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, ReactorTest,
