@@ -1,0 +1,49 @@
+# dotproxy container image (Debian 12).
+#
+#   docker build -t dotproxy .        (or: podman build -t dotproxy .)
+#   docker run --rm --network host dotproxy --listen 127.0.0.1:5353 \
+#       --upstream 1.1.1.1#cloudflare-dns.com
+#
+# The default CMD uses /etc/dotproxy/dotproxy.toml (systemd/dotproxy.toml, which
+# listens on 127.0.0.1:53 and [::1]:53). In a container with its own network
+# namespace pass e.g. `--listen 0.0.0.0:53` to be reachable through a published
+# port. dotproxy runs as the non-root user `dotproxy`; the binary carries
+# cap_net_bind_service so it can still bind port 53.
+#
+# io_uring: the default seccomp profiles of podman, Docker >= 25 and containerd
+# 2.0 deny io_uring_setup. dotproxy's default `--io-backend auto` then logs
+# `io backend: epoll (auto: io_uring refused: ...)` and serves on epoll. To use
+# io_uring, run with a seccomp profile that allows io_uring_setup,
+# io_uring_enter and io_uring_register.
+
+FROM debian:bookworm-slim AS build
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      g++ meson ninja-build pkg-config \
+      liburing-dev libwolfssl-dev libabsl-dev libsystemd-dev libtomlplusplus-dev \
+      libcap2-bin ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN meson setup /build -Dtests=false -Dbenchmarks=false --buildtype=release \
+ && meson compile -C /build \
+ && install -D -m 0755 /build/dotproxy /out/usr/local/bin/dotproxy \
+ && setcap cap_net_bind_service=+ep /out/usr/local/bin/dotproxy \
+ && install -D -m 0644 systemd/dotproxy.toml /out/etc/dotproxy/dotproxy.toml
+
+FROM debian:bookworm-slim
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      liburing2 libwolfssl35 libabsl20220623 libsystemd0 libtomlplusplus3 \
+      ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin dotproxy
+COPY --from=build /out/etc/dotproxy/dotproxy.toml /etc/dotproxy/dotproxy.toml
+COPY --from=build /out/usr/local/bin/dotproxy /usr/local/bin/dotproxy
+USER dotproxy
+EXPOSE 53/udp 53/tcp
+ENTRYPOINT ["/usr/local/bin/dotproxy"]
+CMD ["--config", "/etc/dotproxy/dotproxy.toml"]
