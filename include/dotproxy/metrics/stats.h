@@ -5,6 +5,10 @@
 // on the hot path); read by the control thread when it reports. Every
 // failure a client or upstream can cause has a counter here. Rooms get the
 // struct by reference and bump the fields they own.
+//
+// The same lists make the Prometheus exposition (prometheus.h): a row whose
+// help ends in "(gauge)" is a gauge, every other row a counter (name_total);
+// a name ending in _us is exported in seconds.
 
 #include <atomic>
 #include <cstdint>
@@ -63,7 +67,7 @@ namespace dotproxy::metrics {
   X(heap_allocations, "operator new calls on this shard's thread")                   \
   X(tls_allocations, "wolfSSL malloc/realloc calls on this shard's thread")
 
-// Per upstream, per shard. The last three are gauges.
+// Per upstream, per shard. The last four are gauges.
 #define DOTPROXY_UPSTREAM_COUNTERS(X)                                        \
   X(queries, "queries sent (retries and probes included)")                   \
   X(answers, "answers received and matched")                                 \
@@ -75,12 +79,18 @@ namespace dotproxy::metrics {
   X(pin_failures, "of which SPKI pin mismatches")                            \
   X(healthy, "1 when healthy, 0 when unhealthy (gauge)")                     \
   X(latency_us, "latency EWMA in microseconds (gauge)")                      \
-  X(in_flight, "queries in flight (gauge)")
+  X(in_flight, "queries in flight (gauge)")                                  \
+  X(connections, "TLS connections open and ready (gauge)")
 
 struct ShardStats {
 #define DOTPROXY_DECLARE_COUNTER(name, help) std::atomic<uint64_t> name{0};
   DOTPROXY_SHARD_COUNTERS(DOTPROXY_DECLARE_COUNTER)
 #undef DOTPROXY_DECLARE_COUNTER
+  // Liveness, for /health and /ready: the loop stores its iteration's time
+  // (steady clock, ns since its epoch) once per turn; `serving` is set once
+  // the shard has bound its sockets.
+  std::atomic<int64_t> loop_heartbeat_ns{0};
+  std::atomic<bool> serving{false};
 };
 
 struct UpstreamStats {
