@@ -66,12 +66,22 @@ ShardCollector::ShardCollector(std::vector<ShardCounters> shards,
 std::vector<prometheus::MetricFamily> ShardCollector::Collect() const {
   std::vector<prometheus::MetricFamily> families;
 
+  // A shard row that counts what an upstream row counts per upstream
+  // (upstream_connect_failures and connect_failures) would export the same
+  // name twice: the labelled series stands for both (sum() gives the total).
+  std::vector<std::string> upstream_names;
+#define DOTPROXY_UPSTREAM_NAME(field, help) \
+  upstream_names.push_back(MakeRow("upstream_", #field, help).name);
+  DOTPROXY_UPSTREAM_COUNTERS(DOTPROXY_UPSTREAM_NAME)
+#undef DOTPROXY_UPSTREAM_NAME
+
   // Shard rows: summed over shards (gauges too: entries, in flight).
-#define DOTPROXY_COLLECT_SHARD(name, help)                                 \
-  {                                                                        \
-    const Row row = MakeRow("", #name, help);                              \
+#define DOTPROXY_COLLECT_SHARD(field, help)                                \
+  if (const Row row = MakeRow("", #field, help);                           \
+      std::find(upstream_names.begin(), upstream_names.end(), row.name) == \
+      upstream_names.end()) {                                              \
     uint64_t total = 0;                                                    \
-    for (const ShardCounters& s : shards_) total += Load(s.shard->name);   \
+    for (const ShardCounters& s : shards_) total += Load(s.shard->field);  \
     families.push_back(Family(row));                                       \
     families.back().metric.push_back(Sample(row, static_cast<double>(total))); \
   }

@@ -117,6 +117,18 @@ TEST_F(ShardCollectorTest, EveryNameHasThePrefixAndAValidShape) {
   }
 }
 
+TEST_F(ShardCollectorTest, EveryFamilyNameIsExportedOnce) {
+  std::map<std::string, int> seen;
+  for (const auto& family : Collector().Collect()) ++seen[family.name];
+  for (const auto& [name, count] : seen) EXPECT_EQ(count, 1) << name;
+  // The shard total of upstream_connect_failures is the labelled series'.
+  Bump(shards_[0].upstreams[1].connect_failures, 4);
+  auto samples = Samples();
+  EXPECT_EQ(samples["dotproxy_upstream_connect_failures_total{upstream=\"127.0.0.2:853#b.test\"}"],
+            "4");
+  EXPECT_EQ(samples.count("dotproxy_upstream_connect_failures_total"), 0u);
+}
+
 TEST_F(ShardCollectorTest, HealthyWhileEveryLoopTurnsWithinASecond) {
   EXPECT_TRUE(Collector().Healthy(now_ + std::chrono::milliseconds(900)));
   Beat(shards_[1], now_ - std::chrono::milliseconds(1500));

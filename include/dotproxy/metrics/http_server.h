@@ -4,7 +4,9 @@
 // ShardCollector::Healthy and Ready). Served by prometheus-cpp's Exposer
 // (embedded civetweb) on its own few threads, never on a shard thread.
 // Bounded: kThreads worker threads, a queue of accepted connections, and a
-// request timeout, so junk and slow clients cannot hold it.
+// request timeout, so junk and slow clients cannot hold it: a client that
+// sends half a request holds one worker for kRequestTimeoutMs at most, so
+// with H such clients a scrape waits at worst ceil(H / kThreads) timeouts.
 //
 // Start and destroy on the control thread; at most one per process (the
 // civetweb callback finds it through a process-wide pointer).
@@ -23,8 +25,8 @@ namespace dotproxy::metrics {
 
 class MetricsServer {
  public:
-  static constexpr int kThreads = 4;
-  static constexpr int kRequestTimeoutMs = 2000;
+  static constexpr int kThreads = 8;
+  static constexpr int kRequestTimeoutMs = 1500;
 
   // Listens on `listen` ("127.0.0.1:9153", "[::1]:9153"). Errors (address in
   // use, a second server) are kUnavailable / kFailedPrecondition.
