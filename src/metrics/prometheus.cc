@@ -1,6 +1,8 @@
 #include "dotproxy/metrics/prometheus.h"
 
 #include <algorithm>
+#include <iterator>
+#include <limits>
 #include <string_view>
 
 #include <prometheus/metric_type.h>
@@ -20,7 +22,7 @@ struct Row {
   std::string name;  // dotproxy_..., with _total or _seconds
   std::string help;
   bool gauge = false;
-  double scale = 1.0;  // _us rows are exported in seconds
+  double divisor = 1.0;  // _us rows are exported in seconds
 };
 
 Row MakeRow(absl::string_view prefix, absl::string_view name, absl::string_view help) {
@@ -30,7 +32,7 @@ Row MakeRow(absl::string_view prefix, absl::string_view name, absl::string_view 
   if (absl::EndsWith(base, "_us")) {
     base.resize(base.size() - 3);
     base += "_seconds";
-    row.scale = 1e-6;
+    row.divisor = 1e6;
   }
   row.name = absl::StrCat("dotproxy_", prefix, base, row.gauge ? "" : "_total");
   row.help = std::string(help);
@@ -48,10 +50,30 @@ prometheus::MetricFamily Family(const Row& row) {
 prometheus::ClientMetric Sample(const Row& row, double value) {
   prometheus::ClientMetric metric;
   if (row.gauge) {
-    metric.gauge.value = value * row.scale;
+    metric.gauge.value = value / row.divisor;
   } else {
-    metric.counter.value = value * row.scale;
+    metric.counter.value = value / row.divisor;
   }
+  return metric;
+}
+
+// One histogram sample: the shards' buckets summed, then made cumulative.
+prometheus::ClientMetric HistogramSample(const std::vector<const LatencyHistogram*>& parts) {
+  prometheus::ClientMetric metric;
+  uint64_t cumulative = 0;
+  uint64_t sum_us = 0;
+  for (size_t b = 0; b < LatencyHistogram::kBuckets; ++b) {
+    for (const LatencyHistogram* h : parts) cumulative += Load(h->buckets[b]);
+    prometheus::ClientMetric::Bucket bucket;
+    bucket.cumulative_count = cumulative;
+    bucket.upper_bound = b < std::size(LatencyHistogram::kBoundsUs)
+                             ? static_cast<double>(LatencyHistogram::kBoundsUs[b]) / 1e6
+                             : std::numeric_limits<double>::infinity();
+    metric.histogram.bucket.push_back(bucket);
+  }
+  for (const LatencyHistogram* h : parts) sum_us += Load(h->sum_us);
+  metric.histogram.sample_count = cumulative;
+  metric.histogram.sample_sum = static_cast<double>(sum_us) / 1e6;
   return metric;
 }
 
@@ -109,6 +131,39 @@ std::vector<prometheus::MetricFamily> ShardCollector::Collect() const {
   }
   DOTPROXY_UPSTREAM_COUNTERS(DOTPROXY_COLLECT_UPSTREAM)
 #undef DOTPROXY_COLLECT_UPSTREAM
+
+  // Histograms: fixed buckets summed over shards, made cumulative here.
+  {
+    prometheus::MetricFamily family;
+    family.name = "dotproxy_query_duration_seconds";
+    family.help = "client-observed answer time, from reading the query to replying (loop clock)";
+    family.type = prometheus::MetricType::Histogram;
+    for (size_t t = 0; t < std::size(kTransportNames); ++t) {
+      for (size_t a = 0; a < std::size(kAnswerSourceNames); ++a) {
+        std::vector<const LatencyHistogram*> parts;
+        for (const ShardCounters& s : shards_) parts.push_back(&s.shard->query_duration[t][a]);
+        prometheus::ClientMetric metric = HistogramSample(parts);
+        metric.label.push_back({"transport", std::string(kTransportNames[t])});
+        metric.label.push_back({"source", std::string(kAnswerSourceNames[a])});
+        family.metric.push_back(std::move(metric));
+      }
+    }
+    families.push_back(std::move(family));
+  }
+  {
+    prometheus::MetricFamily family;
+    family.name = "dotproxy_upstream_response_duration_seconds";
+    family.help = "time from sending a query upstream to its accepted answer (probes included)";
+    family.type = prometheus::MetricType::Histogram;
+    for (size_t u = 0; u < upstream_specs_.size(); ++u) {
+      std::vector<const LatencyHistogram*> parts;
+      for (const ShardCounters& s : shards_) parts.push_back(&s.upstreams[u].response_time);
+      prometheus::ClientMetric metric = HistogramSample(parts);
+      metric.label.push_back({"upstream", upstream_specs_[u]});
+      family.metric.push_back(std::move(metric));
+    }
+    families.push_back(std::move(family));
+  }
 
   const Row shards_row{"dotproxy_shards", "shards (event loops, one thread each)", true, 1.0};
   families.push_back(Family(shards_row));

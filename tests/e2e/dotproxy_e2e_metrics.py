@@ -165,22 +165,38 @@ def metrics_promtool(h):
 
 @case
 def metrics_counters_exact(h):
-    """Cache off: N UDP and M TCP queries raise dotproxy_udp_queries_total by
-    exactly N, dotproxy_tcp_queries_total by M, forwarded/answered and the
-    upstream's answers by N+M; the SIGUSR1 report (same lists) agrees with the
-    scrape; gauges (shards, healthy, connections, build_info) make sense."""
+    """Cache off: N UDP and M TCP queries (plus one opcode-STATUS query the
+    proxy answers NOTIMP itself) raise dotproxy_udp_queries_total by exactly
+    N+1, dotproxy_tcp_queries_total by M, forwarded/answered and the
+    upstream's answers by N+M, and the histograms' _count by the same
+    (query_duration source=upstream N and M, source=local 1, source=cache 0;
+    upstream_response_duration N+M); the SIGUSR1 report (same lists) agrees
+    with the scrape; gauges (shards, healthy, connections, build_info) make
+    sense."""
     u = h.start_unbound()
     p = start_metrics_proxy(h, upstream=u)
     lab = up_label(p)
     _, before = scrape(p)
     n, m = 17, 9
     send_traffic(p, n, m, "traffic")
+    # One query the proxy answers itself: opcode STATUS gets NOTIMP.
+    wire = bytearray(make_query("a.example.test.", "A").to_wire())
+    wire[2] = (wire[2] & 0x87) | (2 << 3)
+    resp, _ = udp_exchange(p.port, bytes(wire), timeout=2.0)
+    check(resp is not None and rcode_of(resp) == 4, "opcode STATUS: %s" % E.describe(resp))
     _, after = scrape(p)
 
     def delta(name):
         return after.get(name, 0) - before.get(name, 0)
 
-    for name, want in [("dotproxy_udp_queries_total", n), ("dotproxy_tcp_queries_total", m),
+    hist = "dotproxy_query_duration_seconds_count"
+    for name, want in [("dotproxy_udp_queries_total", n + 1), ("dotproxy_tcp_queries_total", m),
+                       ("dotproxy_notimp_total", 1),
+                       (hist + '{transport="udp",source="upstream"}', n),
+                       (hist + '{transport="tcp",source="upstream"}', m),
+                       (hist + '{transport="udp",source="local"}', 1),
+                       (hist + '{transport="udp",source="cache"}', 0),
+                       ("dotproxy_upstream_response_duration_seconds_count" + lab, n + m),
                        ("dotproxy_forwarded_total", n + m), ("dotproxy_answered_total", n + m),
                        ("dotproxy_upstream_answers_total" + lab, n + m),
                        ("dotproxy_upstream_queries_total" + lab, n + m)]:
@@ -371,8 +387,9 @@ class PrometheusServer:
 def metrics_prometheus_scrape(h):
     """A real Prometheus server (loopback only, scrape_interval 1s) scrapes
     dotproxy; through its /api/v1/query, the target is up and
-    dotproxy_udp_queries_total / dotproxy_tcp_queries_total rise by exactly
-    the known traffic."""
+    dotproxy_udp_queries_total / dotproxy_tcp_queries_total and the UDP
+    upstream query_duration histogram's _count rise by exactly the known
+    traffic."""
     if not os.access(PROMETHEUS, os.X_OK):
         raise CaseSkip("prometheus not installed (Debian package prometheus)")
     u = h.start_unbound()
@@ -393,6 +410,11 @@ def metrics_prometheus_scrape(h):
         got = prom.wait_value("dotproxy_tcp_queries_total", base_tcp + m, 15.0)
         check(got and got[0][1] == base_tcp + m,
               "Prometheus: dotproxy_tcp_queries_total = %s, want %d" % (got, base_tcp + m))
+        hist = 'dotproxy_query_duration_seconds_count{transport="udp",source="upstream"}'
+        base_hist = before.get(hist, 0)
+        got = prom.wait_value(hist, base_hist + n, 15.0)
+        check(got and got[0][1] == base_hist + n,
+              "Prometheus: %s = %s, want %d" % (hist, got, base_hist + n))
         lab = up_label(p)
         got = prom.wait_value("dotproxy_upstream_healthy" + lab, 2.0, 5.0)
         check(got and got[0][1] == 2.0, "Prometheus: dotproxy_upstream_healthy = %s" % got)

@@ -129,6 +129,34 @@ TEST_F(ShardCollectorTest, EveryFamilyNameIsExportedOnce) {
   EXPECT_EQ(samples.count("dotproxy_upstream_connect_failures_total"), 0u);
 }
 
+TEST_F(ShardCollectorTest, HistogramsSumShardsIntoCumulativeBuckets) {
+  using std::chrono::microseconds;
+  auto udp_upstream = [](FakeShard& s) -> LatencyHistogram& {
+    return s.stats.query_duration[0][static_cast<size_t>(AnswerSource::kUpstream)];
+  };
+  udp_upstream(shards_[0]).Record(microseconds(50));     // <= 100 us
+  udp_upstream(shards_[1]).Record(microseconds(100));    // <= 100 us (bounds inclusive)
+  udp_upstream(shards_[1]).Record(microseconds(3000));   // <= 5 ms
+  udp_upstream(shards_[0]).Record(microseconds(9000000));  // +Inf
+  shards_[1].upstreams[1].response_time.Record(microseconds(700));
+  auto samples = Samples();
+  const std::string q = "dotproxy_query_duration_seconds";
+  const std::string l = "transport=\"udp\",source=\"upstream\"";
+  EXPECT_EQ(samples[q + "_count{" + l + "}"], "4") << text_;
+  EXPECT_EQ(samples[q + "_bucket{" + l + ",le=\"0.0001\"}"], "2");
+  EXPECT_EQ(samples[q + "_bucket{" + l + ",le=\"0.0025\"}"], "2");
+  EXPECT_EQ(samples[q + "_bucket{" + l + ",le=\"0.005\"}"], "3");
+  EXPECT_EQ(samples[q + "_bucket{" + l + ",le=\"5\"}"], "3");
+  EXPECT_EQ(samples[q + "_bucket{" + l + ",le=\"+Inf\"}"], "4");
+  EXPECT_EQ(samples[q + "_sum{" + l + "}"], "9.00315");
+  EXPECT_EQ(samples[q + "_count{transport=\"tcp\",source=\"cache\"}"], "0")
+      << "every label pair is exported";
+  const std::string r = "dotproxy_upstream_response_duration_seconds";
+  EXPECT_EQ(samples[r + "_count{upstream=\"127.0.0.2:853#b.test\"}"], "1");
+  EXPECT_EQ(samples[r + "_bucket{upstream=\"127.0.0.2:853#b.test\",le=\"0.0005\"}"], "0");
+  EXPECT_EQ(samples[r + "_bucket{upstream=\"127.0.0.2:853#b.test\",le=\"0.001\"}"], "1");
+}
+
 TEST_F(ShardCollectorTest, HealthyWhileEveryLoopTurnsWithinASecond) {
   EXPECT_TRUE(Collector().Healthy(now_ + std::chrono::milliseconds(900)));
   Beat(shards_[1], now_ - std::chrono::milliseconds(1500));

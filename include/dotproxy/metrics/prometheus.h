@@ -12,7 +12,9 @@
 //   upstream row healthy         -> dotproxy_upstream_healthy{upstream} (shards that
 //                                   see it healthy, out of dotproxy_shards)
 //   upstream row latency_us      -> dotproxy_upstream_latency_seconds{upstream} (worst shard)
-// plus dotproxy_shards and dotproxy_build_info{version} 1.
+// plus dotproxy_shards, dotproxy_build_info{version} 1, and two histograms:
+//   dotproxy_query_duration_seconds{transport=udp|tcp,source=cache|upstream|stale|local}
+//   dotproxy_upstream_response_duration_seconds{upstream}
 //
 //   auto collector = std::make_shared<ShardCollector>(views, specs, "0.1.0");
 //   exposer.RegisterCollectable(collector);
