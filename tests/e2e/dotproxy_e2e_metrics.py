@@ -222,8 +222,9 @@ def metrics_counters_exact(h):
 @case
 def metrics_health_ready(h):
     """/health is 200 while the loops turn; /ready is 200 once the upstream is
-    connected. Against a dead upstream with the cache off, /health is 200 but
-    /ready stays 503. Other paths are 404."""
+    connected, and 503 (with dotproxy_upstream_connections 0) once it stops.
+    Against a dead upstream with the cache off, /health is 200 but /ready
+    stays 503. Other paths are 404."""
     u = h.start_unbound()
     p = start_metrics_proxy(h, upstream=u)
     status, body = wait_status(p.metrics_port, "/health", 200, 5.0)
@@ -232,6 +233,16 @@ def metrics_health_ready(h):
     check(status == 200, "/ready with a live upstream: %s %s" % (status, body))
     status, _ = http_get(p.metrics_port, "/nothing-here")
     check(status == 404, "/nothing-here: %s, want 404" % status)
+    # The upstream goes away: its connections close, /ready turns 503 while
+    # /health stays 200 (the loops still turn).
+    u.stop()
+    status, body = wait_status(p.metrics_port, "/ready", 503, 10.0)
+    check(status == 503, "/ready after the upstream stopped: %s %s" % (status, body))
+    _, samples = scrape(p)
+    check(samples.get("dotproxy_upstream_connections" + up_label(p)) == 0,
+          "dotproxy_upstream_connections after the upstream stopped: %s" %
+          samples.get("dotproxy_upstream_connections" + up_label(p)))
+    check(http_get(p.metrics_port, "/health")[0] == 200, "/health not 200 with the upstream down")
 
     dead = free_port()  # nothing listens there
     q = start_metrics_proxy(h, upstreams=["%s:%d#%s" % (LOOPBACK4, dead, E.TLS_NAME)],
