@@ -113,15 +113,15 @@ std::vector<prometheus::MetricFamily> ShardCollector::Collect() const {
   // Upstream rows, one sample per upstream. Gauges are summed over shards
   // (healthy: how many shards see it healthy; in flight; connections)
   // except latency, the worst shard's EWMA.
-#define DOTPROXY_COLLECT_UPSTREAM(name, help)                                  \
+#define DOTPROXY_COLLECT_UPSTREAM(field, help)                                 \
   {                                                                            \
-    const Row row = MakeRow("upstream_", #name, help);                         \
-    const bool worst = std::string_view(#name) == "latency_us";                \
+    const Row row = MakeRow("upstream_", #field, help);                        \
+    const bool worst = std::string_view(#field) == "latency_us";               \
     families.push_back(Family(row));                                           \
     for (size_t u = 0; u < upstream_specs_.size(); ++u) {                      \
       uint64_t value = 0;                                                      \
       for (const ShardCounters& s : shards_) {                                 \
-        const uint64_t v = Load(s.upstreams[u].name);                          \
+        const uint64_t v = Load(s.upstreams[u].field);                         \
         value = worst ? std::max(value, v) : value + v;                        \
       }                                                                        \
       prometheus::ClientMetric metric = Sample(row, static_cast<double>(value)); \
