@@ -19,13 +19,13 @@ namespace {
 // the collector here. Set while a MetricsServer lives.
 std::atomic<const ShardCollector*> g_collector{nullptr};
 
-int Reply(mg_connection* connection, bool ok) {
+int Reply(mg_connection* connection, bool ok, bool head) {
   const int status = ok ? 200 : 503;
   const char* body = ok ? "ok\n" : "unavailable\n";
   mg_printf(connection,
             "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n%s",
-            status, ok ? "OK" : "Service Unavailable", std::strlen(body), body);
+            status, ok ? "OK" : "Service Unavailable", std::strlen(body), head ? "" : body);
   return status;
 }
 
@@ -35,16 +35,16 @@ int BeginRequest(mg_connection* connection) {
   const mg_request_info* info = mg_get_request_info(connection);
   const ShardCollector* collector = g_collector.load(std::memory_order_acquire);
   if (info == nullptr || info->local_uri == nullptr || collector == nullptr) return 0;
-  const bool get = info->request_method != nullptr &&
-                   (std::strcmp(info->request_method, "GET") == 0 ||
-                    std::strcmp(info->request_method, "HEAD") == 0);
+  const bool head = info->request_method != nullptr && std::strcmp(info->request_method, "HEAD") == 0;
+  const bool get =
+      head || (info->request_method != nullptr && std::strcmp(info->request_method, "GET") == 0);
   if (std::strcmp(info->local_uri, "/health") == 0) {
     if (!get) return 0;
-    return Reply(connection, collector->Healthy(std::chrono::steady_clock::now()));
+    return Reply(connection, collector->Healthy(std::chrono::steady_clock::now()), head);
   }
   if (std::strcmp(info->local_uri, "/ready") == 0) {
     if (!get) return 0;
-    return Reply(connection, collector->Ready());
+    return Reply(connection, collector->Ready(), head);
   }
   return 0;
 }
