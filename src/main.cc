@@ -26,6 +26,8 @@
 #include "dotproxy/control/alloc_counter.h"
 #include "dotproxy/control/log.h"
 #include "dotproxy/io/reactor.h"
+#include "dotproxy/metrics/http_server.h"
+#include "dotproxy/metrics/prometheus.h"
 #include "dotproxy/metrics/stats_format.h"
 #include "dotproxy/shard/shard.h"
 #include "dotproxy/tls/client.h"
@@ -242,6 +244,28 @@ int main(int argc, char** argv) {
   }
   Log(Severity::kInfo, "%s", backend_line);
   Log(Severity::kInfo, "%s", memory_line);
+  // The metrics endpoint runs on its own threads beside this one and reads
+  // the shards' counters at scrape time; it answers /ready with 503 until
+  // every shard has bound its sockets. Bound before the shards start, so a
+  // taken port fails the start at once.
+  std::unique_ptr<dotproxy::metrics::MetricsServer> metrics_server;
+  if (config->metrics_listen.has_value()) {
+    std::vector<dotproxy::metrics::ShardCounters> counters;
+    for (const auto& shard : shards) counters.push_back({&shard->stats(), shard->upstream_stats()});
+    std::vector<std::string> specs;
+    for (const auto& upstream : config->upstreams) specs.push_back(upstream.spec);
+    auto server = dotproxy::metrics::MetricsServer::Start(
+        config->metrics_listen->ToString(),
+        std::make_shared<dotproxy::metrics::ShardCollector>(std::move(counters), std::move(specs),
+                                                            DOTPROXY_VERSION));
+    if (!server.ok()) {
+      std::fprintf(stderr, "dotproxy: %s\n", std::string(server.status().message()).c_str());
+      return 1;
+    }
+    metrics_server = *std::move(server);
+    Log(Severity::kInfo, "metrics on http://%s/metrics (/health, /ready)",
+        config->metrics_listen->ToString());
+  }
   int started = 0;
   for (int i = 0; i < config->threads; ++i) {
     const int cpu = cpus.empty() ? -1 : cpus[i % cpus.size()];
@@ -304,6 +328,7 @@ int main(int argc, char** argv) {
   }
   for (auto& shard : shards) shard->Stop();
   for (auto& thread : threads) thread.join();
+  metrics_server.reset();
   for (const auto& shard : shards) {
     if (shard->failed()) {
       std::fprintf(stderr, "dotproxy: shard %d stopped on an I/O engine error\n", shard->index());

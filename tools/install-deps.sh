@@ -8,12 +8,17 @@ PACKAGES=(
   g++ meson ninja-build pkg-config
   liburing-dev libwolfssl-dev libabsl-dev libsystemd-dev libtomlplusplus-dev
   libgtest-dev libbenchmark-dev
+  # the metrics endpoint: prometheus-cpp (core + pull, with civetweb)
+  prometheus-cpp-dev libcivetweb-dev
   ca-certificates
   # tests: a real DoT upstream, real clients, a test CA
   unbound bind9-dnsutils dnsperf openssl python3 python3-dnspython
   # tests: tests/e2e/deny_io_uring (io_uring refused by seccomp, for the
   # epoll fallback cases)
   libseccomp-dev
+  # tests: promtool and a real Prometheus server scraping the metrics
+  # endpoint (dotproxy_e2e_metrics.py)
+  prometheus
 )
 
 SUDO=""

@@ -114,6 +114,10 @@ constexpr Option kOptions[] = {
      .value_name = "CIDR",
      .help = "client network allowed to query; repeatable (default:\n"
              "loopback and private ranges); others get no reply"},
+    {.flag = "metrics", .toml_key = "metrics_listen", .env = "DOTPROXY_METRICS",
+     .kind = OptionKind::kAddress, .field = &Config::metrics_listen, .value_name = "ADDR:PORT",
+     .help = "serve Prometheus /metrics, /health and /ready over HTTP,\n"
+             "e.g. 127.0.0.1:9153 (default: off)"},
     {.flag = "check-config", .kind = OptionKind::kSwitch, .field = &Config::check_config,
      .switch_value = true, .help = "validate the configuration and exit"},
     {.flag = "version", .kind = OptionKind::kVersion, .help = "print the version and exit"},
@@ -291,6 +295,15 @@ absl::Status Option::SetFromText(Config& config, std::string_view text) const {
       }
       return absl::InvalidArgumentError(
           absl::StrCat(Excerpt(text), " is not one of ", Sv(choices)));
+    }
+    case OptionKind::kAddress: {
+      auto* f = std::get_if<std::optional<io::SocketAddress> Config::*>(&field);
+      if (f == nullptr) break;
+      if (auto status = CheckText(text, kMaxAddressBytes); !status.ok()) return status;
+      auto address = io::ParseSocketAddress(text, -1);
+      if (!address.ok()) return address.status();
+      config.**f = *address;
+      return absl::OkStatus();
     }
     case OptionKind::kAddressList: {
       auto* f = std::get_if<std::vector<io::SocketAddress> Config::*>(&field);

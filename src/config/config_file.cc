@@ -132,7 +132,8 @@ absl::Status ReadOption(const FileErrors& errors, const Option& option, std::str
       return absl::OkStatus();
     }
     case OptionKind::kPath:
-    case OptionKind::kChoice: {
+    case OptionKind::kChoice:
+    case OptionKind::kAddress: {
       const auto* value = node.as_string();
       if (value == nullptr || value->get().empty()) {
         return errors.At(node.source(), absl::StrCat(what, " must be a non-empty string"));

@@ -12,6 +12,10 @@ using metrics::Set;
 
 namespace {
 constexpr size_t kMaxErrorReply = dns::kMaxErrorReplyLength;
+// query_duration is indexed by Transport.
+static_assert(static_cast<size_t>(Transport::kUdp) == 0 &&
+              static_cast<size_t>(Transport::kTcp) == 1 &&
+              std::size(metrics::kTransportNames) == 2);
 }  // namespace
 
 Forwarder::Forwarder(const ForwarderSettings& settings, const io::LoopClock& clock,
@@ -41,24 +45,24 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
       return false;
     case dns::QueryParse::kFormErr:
       Bump(stats_.formerr);
-      ReplyError(wire, info, dns::Rcode::kFormErr, client);
+      ReplyError(wire, info, dns::Rcode::kFormErr, client, clock_.now());
       return false;
     case dns::QueryParse::kNotImp:
       Bump(stats_.notimp);
-      ReplyError(wire, info, dns::Rcode::kNotImp, client);
+      ReplyError(wire, info, dns::Rcode::kNotImp, client, clock_.now());
       return false;
     case dns::QueryParse::kBadVers:
       // RFC 6891 §6.1.3: answered here, never forwarded nor served from a
       // cache filled by version-0 queries.
       Bump(stats_.badvers);
-      ReplyError(wire, info, dns::Rcode::kBadVers, client);
+      ReplyError(wire, info, dns::Rcode::kBadVers, client, clock_.now());
       return false;
     case dns::QueryParse::kOk:
       break;
   }
   if (wire.size() > frontend::kMaxQuerySize) {
     Bump(stats_.refused_oversized);
-    ReplyError(wire, info, dns::Rcode::kRefused, client);
+    ReplyError(wire, info, dns::Rcode::kRefused, client, clock_.now());
     return false;
   }
   bool stale_candidate = false;
@@ -68,7 +72,7 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
     const cache::Found found = cache_->Find(key, clock_.seconds());
     if (found.freshness == cache::Freshness::kFresh &&
         ServeFromCache(found.entry, client, info.id, key.question, info.udp_response_limit,
-                       /*stale=*/false)) {
+                       /*stale=*/false, clock_.now())) {
       Bump(stats_.cache_hits);
       if (found.prefetch_due) {
         cache_->MarkPrefetching(found.entry);
@@ -83,7 +87,7 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
       table_.Allocate(SlotKind::kClient, clock_.now() + settings_.query_timeout);
   if (index == kNoSlot) {
     Bump(stats_.servfail_overload);
-    ReplyError(wire, info, dns::Rcode::kServFail, client);
+    ReplyError(wire, info, dns::Rcode::kServFail, client, clock_.now());
     return false;
   }
   QuerySlot& slot = table_[index];
@@ -92,7 +96,7 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
   if (upstream_length == 0) {  // malformed EDNS options
     table_.Release(index);     // never owned the client: the caller ends it
     Bump(stats_.formerr);
-    ReplyError(wire, info, dns::Rcode::kFormErr, client);
+    ReplyError(wire, info, dns::Rcode::kFormErr, client, clock_.now());
     return false;
   }
   slot.client = client;
@@ -108,8 +112,15 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
   return true;
 }
 
+void Forwarder::ObserveReply(const ClientRef& client, metrics::AnswerSource source,
+                             io::Clock::time_point received) {
+  stats_.query_duration[static_cast<size_t>(client.transport)][static_cast<size_t>(source)]
+      .Record(std::chrono::duration_cast<std::chrono::microseconds>(clock_.now() - received));
+}
+
 void Forwarder::ReplyError(std::span<const uint8_t> query, const dns::QueryInfo& info,
-                           dns::Rcode rcode, const ClientRef& client) {
+                           dns::Rcode rcode, const ClientRef& client,
+                           io::Clock::time_point received) {
   std::span<uint8_t> reply = replier_.BeginReply(client, kMaxErrorReply);
   if (reply.empty()) return;
   const size_t length =
@@ -118,10 +129,12 @@ void Forwarder::ReplyError(std::span<const uint8_t> query, const dns::QueryInfo&
   // carries the upstream ID).
   if (length > 0) dns::header::SetId(reply.data(), info.id);
   replier_.CommitReply(client, length);
+  if (length > 0) ObserveReply(client, metrics::AnswerSource::kLocal, received);
 }
 
 bool Forwarder::ServeFromCache(uint32_t entry, const ClientRef& client, uint16_t id,
-                               std::span<const uint8_t> question, size_t udp_limit, bool stale) {
+                               std::span<const uint8_t> question, size_t udp_limit, bool stale,
+                               io::Clock::time_point received) {
   const size_t limit = client.transport == Transport::kUdp
                            ? std::min(udp_limit, frontend::kMaxUdpReply)
                            : cache::kMaxCachedAnswer;
@@ -131,6 +144,10 @@ bool Forwarder::ServeFromCache(uint32_t entry, const ClientRef& client, uint16_t
   const size_t length =
       cache_->Serve(entry, reply, id, question, limit, clock_.seconds(), stale);
   replier_.CommitReply(client, length);
+  if (length > 0) {
+    ObserveReply(client, stale ? metrics::AnswerSource::kStale : metrics::AnswerSource::kCache,
+                 received);
+  }
   return length > 0;
 }
 
@@ -162,7 +179,7 @@ bool Forwarder::TryServeStale(QuerySlot& slot) {
   if (found.freshness == cache::Freshness::kMiss) return false;
   const bool stale = found.freshness == cache::Freshness::kStale;
   if (!ServeFromCache(found.entry, slot.client, slot.client_id, key.question, slot.udp_limit,
-                      stale)) {
+                      stale, ReceivedAt(slot))) {
     return false;
   }
   // Refreshed meanwhile (by another query): a plain hit, not a stale answer.
@@ -248,7 +265,8 @@ void Forwarder::Fail(uint32_t index, std::atomic<uint64_t>& counter) {
     info.question_length = slot.question_length;
     info.has_edns = slot.has_edns;
     info.dnssec_ok = slot.dnssec_ok;
-    ReplyError({slot.query, slot.query_length}, info, dns::Rcode::kServFail, slot.client);
+    ReplyError({slot.query, slot.query_length}, info, dns::Rcode::kServFail, slot.client,
+               ReceivedAt(slot));
   }
   Release(index);
 }
@@ -296,6 +314,7 @@ upstream::AnswerSink::Outcome Forwarder::OnAnswer(uint32_t token, std::span<uint
     Bump(stats_.truncated);
   }
   replier_.Reply(slot.client, {answer.data(), length});
+  ObserveReply(slot.client, metrics::AnswerSource::kUpstream, ReceivedAt(slot));
   Bump(stats_.answered);
   Release(token);
   return outcome;

@@ -207,6 +207,11 @@ bool ShardLoop::Run() {
   bool healthy = true;
   while (true) {
     clock_.Update();
+    // /health reads this: an idle loop still turns every kMaxWait.
+    stats_.loop_heartbeat_ns.store(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(clock_.now().time_since_epoch())
+            .count(),
+        std::memory_order_relaxed);
     if (!draining_ && stop_requested_.load(std::memory_order_relaxed)) BeginDrain();
     // Timers.
     forwarder_->RunTimers(draining_);
@@ -299,9 +304,12 @@ void Shard::Run(const std::function<void(absl::Status)>& ready) {
   control::SetThreadAllocationCounters(&stats_.heap_allocations, &stats_.tls_allocations);
   ShardLoop loop(index_, *config_, stats_, upstream_stats_.get(), stop_requested_);
   absl::Status status = loop.Setup();
+  if (status.ok()) stats_.serving.store(true, std::memory_order_relaxed);
   ready(status);
   if (!status.ok()) return;
-  if (!loop.Run()) {
+  const bool clean = loop.Run();
+  stats_.serving.store(false, std::memory_order_relaxed);
+  if (!clean) {
     failed_.store(true, std::memory_order_relaxed);
     // The control thread waits for signals: tell it this shard is gone.
     kill(getpid(), SIGTERM);

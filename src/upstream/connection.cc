@@ -131,6 +131,7 @@ void Connection::DriveHandshake() {
   last_activity_ = clock_.now();
   Bump(stats_.upstream_connects);
   Bump(target_.stats->connection_opens);
+  Bump(target_.stats->connections);
   if (session_.resumed()) Bump(target_.stats->resumptions);
   observer_.OnReady(*this);
   // Queries that waited for the handshake go out with this iteration's
@@ -267,6 +268,9 @@ void Connection::OnSendDone(const io::Completion& completion) {
 
 void Connection::Close(CloseReason reason, std::string_view detail) {
   if (state_ == ConnectionState::kClosing || state_ == ConnectionState::kIdle) return;
+  if (state_ == ConnectionState::kReady) {
+    metrics::Set(target_.stats->connections, target_.stats->connections.load(std::memory_order_relaxed) - 1);
+  }
   state_ = ConnectionState::kClosing;
   // Collected and cleared before anyone retries: a retry may reopen this
   // very connection and bind new IDs in it.

@@ -222,6 +222,7 @@ void UpstreamPool::OnMessage(Connection& connection, std::span<uint8_t> message)
       std::chrono::duration_cast<std::chrono::microseconds>(clock_.now() - outcome.sent_at);
   NoteHealth(u, health_.RecordAnswer(u, latency, clock_.now()));
   Bump(upstream.target.stats->answers);
+  upstream.target.stats->response_time.Record(latency);
   Set(upstream.target.stats->latency_us,
       static_cast<uint64_t>(health_.get(u).latency_ewma_ms * 1000));
 }
@@ -244,6 +245,7 @@ void UpstreamPool::OnProbeAnswer(Connection& connection, int u, std::span<uint8_
       std::chrono::duration_cast<std::chrono::microseconds>(clock_.now() - upstream.probe_sent_at);
   NoteHealth(u, health_.RecordAnswer(u, latency, clock_.now()));
   Bump(upstream.target.stats->answers);
+  upstream.target.stats->response_time.Record(latency);
 }
 
 void UpstreamPool::OnClosed(Connection& connection, CloseReason reason, std::string_view detail,

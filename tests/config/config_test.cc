@@ -393,6 +393,9 @@ TEST(OptionTableTest, RowsAreConsistent) {
       case OptionKind::kPath:
         EXPECT_TRUE(std::holds_alternative<std::string Config::*>(option.field));
         break;
+      case OptionKind::kAddress:
+        EXPECT_TRUE(std::holds_alternative<std::optional<io::SocketAddress> Config::*>(option.field));
+        break;
       case OptionKind::kAddressList:
         EXPECT_TRUE(std::holds_alternative<std::vector<io::SocketAddress> Config::*>(option.field));
         break;
@@ -465,6 +468,48 @@ TEST(OptionTableTest, UsageListsEveryFlagWithItsDefault) {
                 std::string::npos);
     }
   }
+}
+
+// --metrics: one address (not a list), off by default, the same row for the
+// flag, DOTPROXY_METRICS and metrics_listen.
+TEST_F(CommandLineTest, MetricsIsOffByDefault) {
+  auto parsed = Parse({});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_FALSE(parsed->config.metrics_listen.has_value());
+}
+
+TEST_F(CommandLineTest, MetricsTakesOneAddressAndTheLastWins) {
+  auto parsed = Parse({"--metrics", "127.0.0.1:9153", "--metrics", "[::1]:9154"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  ASSERT_TRUE(parsed->config.metrics_listen.has_value());
+  EXPECT_EQ(parsed->config.metrics_listen->ToString(), "[::1]:9154");
+}
+
+TEST_F(CommandLineTest, MetricsNeedsAPortAndAnIp) {
+  EXPECT_TRUE(FailsMentioning(Parse({"--metrics", "127.0.0.1"}).status(), "--metrics: "));
+  EXPECT_TRUE(FailsMentioning(Parse({"--metrics", "localhost:9153"}).status(), "--metrics: "));
+  EXPECT_TRUE(FailsMentioning(Parse({"--metrics", ""}).status(), "--metrics: "));
+}
+
+TEST_F(CommandLineTest, MetricsFromFileEnvironmentAndFlagsInLayers) {
+  const std::string path = WriteFile("metrics.toml", "metrics_listen = \"127.0.0.1:9001\"\n");
+  auto from_file = Parse({"--config", path});
+  ASSERT_TRUE(from_file.ok()) << from_file.status();
+  EXPECT_EQ(from_file->config.metrics_listen->ToString(), "127.0.0.1:9001");
+  setenv("DOTPROXY_METRICS", "127.0.0.1:9002", 1);
+  auto from_env = Parse({"--config", path});
+  ASSERT_TRUE(from_env.ok()) << from_env.status();
+  EXPECT_EQ(from_env->config.metrics_listen->ToString(), "127.0.0.1:9002");
+  auto from_flag = Parse({"--config", path, "--metrics", "127.0.0.1:9003"});
+  ASSERT_TRUE(from_flag.ok()) << from_flag.status();
+  EXPECT_EQ(from_flag->config.metrics_listen->ToString(), "127.0.0.1:9003");
+  setenv("DOTPROXY_METRICS", "127.0.0.1", 1);
+  EXPECT_TRUE(FailsMentioning(Parse({}).status(), "DOTPROXY_METRICS: "));
+  unsetenv("DOTPROXY_METRICS");
+  const std::string list = WriteFile("metrics-list.toml", "metrics_listen = [\"127.0.0.1:9001\"]\n");
+  EXPECT_TRUE(FailsMentioning(Parse({"--config", list}).status(), list + ":1: 'metrics_listen'"));
+  const std::string bad = WriteFile("metrics-bad.toml", "metrics_listen = \"127.0.0.1\"\n");
+  EXPECT_TRUE(FailsMentioning(Parse({"--config", bad}).status(), bad + ":1: 'metrics_listen'"));
 }
 
 class OptionLayersTest : public CommandLineTest {};

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -87,6 +88,10 @@ struct Config {
   // per shard from cache_size, the proxy's total entries.
   cache::CacheConfig cache;
 
+  // The metrics endpoint (/metrics, /health, /ready), served by the control
+  // thread's HTTP server; unset: off.
+  std::optional<io::SocketAddress> metrics_listen;
+
   bool check_config = false;
   std::string config_file;  // where the file part came from, for messages
 };
@@ -128,6 +133,7 @@ enum class OptionKind {
                   // takes true or false
   kPath,          // a non-empty file name
   kChoice,        // one of the words in `choices` ("a|b|c")
+  kAddress,       // one "ADDR:PORT" (the port is required)
   kAddressList,   // "ADDR:PORT" items
   kUpstreamList,  // upstream specs (ParseUpstream); the file uses [[upstream]]
   kCidrList,      // "NETWORK/LENGTH" items
@@ -140,6 +146,7 @@ enum class OptionKind {
 using OptionField =
     std::variant<std::monostate, int Config::*, size_t Config::*, uint32_t Config::*,
                  std::chrono::milliseconds Config::*, bool Config::*, std::string Config::*,
+                 std::optional<io::SocketAddress> Config::*,
                  std::vector<io::SocketAddress> Config::*, std::vector<UpstreamConfig> Config::*,
                  std::vector<frontend::Cidr> Config::*, uint32_t cache::CacheConfig::*>;
 
@@ -170,8 +177,9 @@ struct Option {
   // REQUIRES: kind == kSwitch.
   void SetBool(Config& config, bool value) const;
   // Flag and environment syntax: a decimal number (numeric rows), a path
-  // (kPath), or one item appended to the list (list rows).
-  // REQUIRES: kind is numeric, kPath or a list.
+  // (kPath), an address (kAddress), or one item appended to the list (list
+  // rows).
+  // REQUIRES: kind is numeric, kPath, kChoice, kAddress or a list.
   absl::Status SetFromText(Config& config, std::string_view text) const;
   // REQUIRES: kind == kUpstreamList.
   absl::Status AppendUpstream(Config& config, UpstreamConfig upstream) const;

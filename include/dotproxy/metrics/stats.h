@@ -5,11 +5,19 @@
 // on the hot path); read by the control thread when it reports. Every
 // failure a client or upstream can cause has a counter here. Rooms get the
 // struct by reference and bump the fields they own.
+//
+// The same lists make the Prometheus exposition (prometheus.h): a row whose
+// help ends in "(gauge)" is a gauge, every other row a counter (name_total);
+// a name ending in _us is exported in seconds.
 
 #include <atomic>
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace dotproxy::metrics {
 
@@ -63,7 +71,7 @@ namespace dotproxy::metrics {
   X(heap_allocations, "operator new calls on this shard's thread")                   \
   X(tls_allocations, "wolfSSL malloc/realloc calls on this shard's thread")
 
-// Per upstream, per shard. The last three are gauges.
+// Per upstream, per shard. The last four are gauges.
 #define DOTPROXY_UPSTREAM_COUNTERS(X)                                        \
   X(queries, "queries sent (retries and probes included)")                   \
   X(answers, "answers received and matched")                                 \
@@ -75,19 +83,8 @@ namespace dotproxy::metrics {
   X(pin_failures, "of which SPKI pin mismatches")                            \
   X(healthy, "1 when healthy, 0 when unhealthy (gauge)")                     \
   X(latency_us, "latency EWMA in microseconds (gauge)")                      \
-  X(in_flight, "queries in flight (gauge)")
-
-struct ShardStats {
-#define DOTPROXY_DECLARE_COUNTER(name, help) std::atomic<uint64_t> name{0};
-  DOTPROXY_SHARD_COUNTERS(DOTPROXY_DECLARE_COUNTER)
-#undef DOTPROXY_DECLARE_COUNTER
-};
-
-struct UpstreamStats {
-#define DOTPROXY_DECLARE_COUNTER(name, help) std::atomic<uint64_t> name{0};
-  DOTPROXY_UPSTREAM_COUNTERS(DOTPROXY_DECLARE_COUNTER)
-#undef DOTPROXY_DECLARE_COUNTER
-};
+  X(in_flight, "queries in flight (gauge)")                                  \
+  X(connections, "TLS connections open and ready (gauge)")
 
 // Single-writer increment: no locked instruction on the hot path.
 inline void Bump(std::atomic<uint64_t>& counter, uint64_t n = 1) {
@@ -96,5 +93,56 @@ inline void Bump(std::atomic<uint64_t>& counter, uint64_t n = 1) {
 inline void Set(std::atomic<uint64_t>& gauge, uint64_t value) {
   gauge.store(value, std::memory_order_relaxed);
 }
+
+// A latency histogram with fixed buckets: one shard records (relaxed
+// load+store, a walk over 15 bounds, no allocation), the control thread sums
+// shards at scrape time. Buckets hold per-bucket counts, not cumulative ones.
+struct LatencyHistogram {
+  // Upper bounds in microseconds (100 µs .. 5 s); the last bucket is +Inf.
+  static constexpr uint64_t kBoundsUs[] = {100,    250,    500,     1000,    2500,
+                                           5000,   10000,  25000,   50000,   100000,
+                                           250000, 500000, 1000000, 2500000, 5000000};
+  static constexpr size_t kBuckets = std::size(kBoundsUs) + 1;
+
+  void Record(std::chrono::microseconds elapsed) {
+    const uint64_t us = elapsed.count() > 0 ? static_cast<uint64_t>(elapsed.count()) : 0;
+    size_t bucket = 0;
+    while (bucket < std::size(kBoundsUs) && us > kBoundsUs[bucket]) ++bucket;
+    Bump(buckets[bucket]);
+    Bump(sum_us, us);
+  }
+
+  std::atomic<uint64_t> buckets[kBuckets] = {};
+  std::atomic<uint64_t> sum_us{0};
+};
+
+// Labels of ShardStats::query_duration. Transport order is
+// frontend::Transport's (forwarder.cc checks it).
+inline constexpr std::string_view kTransportNames[] = {"udp", "tcp"};
+// Where a client's answer came from.
+enum class AnswerSource : uint8_t { kCache, kUpstream, kStale, kLocal };
+inline constexpr std::string_view kAnswerSourceNames[] = {"cache", "upstream", "stale", "local"};
+
+struct ShardStats {
+#define DOTPROXY_DECLARE_COUNTER(name, help) std::atomic<uint64_t> name{0};
+  DOTPROXY_SHARD_COUNTERS(DOTPROXY_DECLARE_COUNTER)
+#undef DOTPROXY_DECLARE_COUNTER
+  // Liveness, for /health and /ready: the loop stores its iteration's time
+  // (steady clock, ns since its epoch) once per turn; `serving` is set once
+  // the shard has bound its sockets.
+  std::atomic<int64_t> loop_heartbeat_ns{0};
+  std::atomic<bool> serving{false};
+  // Client-observed answer time, from the loop iteration that read the
+  // query to the one that replied, by transport and AnswerSource.
+  LatencyHistogram query_duration[std::size(kTransportNames)][std::size(kAnswerSourceNames)];
+};
+
+struct UpstreamStats {
+#define DOTPROXY_DECLARE_COUNTER(name, help) std::atomic<uint64_t> name{0};
+  DOTPROXY_UPSTREAM_COUNTERS(DOTPROXY_DECLARE_COUNTER)
+#undef DOTPROXY_DECLARE_COUNTER
+  // From sending a query to its accepted answer (probes included).
+  LatencyHistogram response_time;
+};
 
 }  // namespace dotproxy::metrics

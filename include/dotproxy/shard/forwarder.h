@@ -68,10 +68,21 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
  private:
   // True when a slot took the query (QueryDone comes at its release).
   bool Accept(std::span<uint8_t> wire, const frontend::ClientRef& client);
+  // `received`: the loop time the client's query was read, for the
+  // query_duration histogram.
   void ReplyError(std::span<const uint8_t> query, const dns::QueryInfo& info, dns::Rcode rcode,
-                  const frontend::ClientRef& client);
+                  const frontend::ClientRef& client, io::Clock::time_point received);
   bool ServeFromCache(uint32_t entry, const frontend::ClientRef& client, uint16_t id,
-                      std::span<const uint8_t> question, size_t udp_limit, bool stale);
+                      std::span<const uint8_t> question, size_t udp_limit, bool stale,
+                      io::Clock::time_point received);
+  // A reply left for `client`: its time since `received`, by source.
+  void ObserveReply(const frontend::ClientRef& client, metrics::AnswerSource source,
+                    io::Clock::time_point received);
+  // When a client slot's query was read (its deadline is that plus the
+  // query timeout, never extended).
+  io::Clock::time_point ReceivedAt(const QuerySlot& slot) const {
+    return slot.deadline - settings_.query_timeout;
+  }
   void StartPrefetch(std::span<const uint8_t> query, const dns::QueryInfo& info);
   bool TryServeStale(QuerySlot& slot);
   // Sends the slot upstream (first attempt or retry); false when nothing

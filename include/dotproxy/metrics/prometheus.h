@@ -1,0 +1,59 @@
+#pragma once
+// The shards' counters as Prometheus metrics, and the /health and /ready
+// verdicts. Control thread (or the HTTP server's threads) only: Collect()
+// reads the shards' relaxed single-writer atomics at scrape time and
+// allocates; the query path never touches prometheus-cpp.
+//
+// Names come from the lists in stats.h, so a new counter is exported
+// without further code:
+//   shard row udp_queries        -> dotproxy_udp_queries_total
+//   shard row cache_entries      -> dotproxy_cache_entries (gauge)
+//   upstream row answers         -> dotproxy_upstream_answers_total{upstream="SPEC"}
+//   upstream row healthy         -> dotproxy_upstream_healthy{upstream} (shards that
+//                                   see it healthy, out of dotproxy_shards)
+//   upstream row latency_us      -> dotproxy_upstream_latency_seconds{upstream} (worst shard)
+// plus dotproxy_shards, dotproxy_build_info{version} 1, and two histograms:
+//   dotproxy_query_duration_seconds{transport=udp|tcp,source=cache|upstream|stale|local}
+//   dotproxy_upstream_response_duration_seconds{upstream}
+//
+//   auto collector = std::make_shared<ShardCollector>(views, specs, "0.1.0");
+//   exposer.RegisterCollectable(collector);
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+
+#include "dotproxy/metrics/stats_format.h"
+
+namespace dotproxy::metrics {
+
+class ShardCollector : public prometheus::Collectable {
+ public:
+  // Borrows the shards' stats: they must outlive the collector's last
+  // Collect(). `upstream_specs[u]` labels upstream u of every shard.
+  ShardCollector(std::vector<ShardCounters> shards, std::vector<std::string> upstream_specs,
+                 std::string version);
+
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+  // /health: every shard's loop turned within `max_age` of `now` (steady
+  // clock). A stopped or stuck shard fails it.
+  bool Healthy(std::chrono::steady_clock::time_point now,
+               std::chrono::nanoseconds max_age = std::chrono::seconds(1)) const;
+
+  // /ready: every shard serves (sockets bound), and answers can be given:
+  // some shard has an upstream it sees healthy with a connection up, or
+  // some shard's cache has entries.
+  bool Ready() const;
+
+ private:
+  std::vector<ShardCounters> shards_;
+  std::vector<std::string> upstream_specs_;
+  std::string version_;
+};
+
+}  // namespace dotproxy::metrics
