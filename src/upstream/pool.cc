@@ -212,14 +212,21 @@ void UpstreamPool::OnMessage(Connection& connection, std::span<uint8_t> message)
   int keepalive = -1;
   const AnswerSink::Outcome outcome = sink_->OnAnswer(token, message, info, &keepalive);
   if (outcome.verdict != AnswerSink::Verdict::kAccepted) return;  // counted by the sink
-  connection.Erase(info.id);
-  connection.NoteAnswered();
   if (keepalive >= 0) connection.NoteKeepalive(keepalive);
-  Unbind({u, connection.index(), info.id});
+  Answered(connection, u, info.id, outcome.sent_at);
+}
+
+// An answer matched its query (or probe): free the ID and the in-flight
+// share, and let it count for the upstream's health and latency.
+void UpstreamPool::Answered(Connection& connection, int u, uint16_t id,
+                            io::Clock::time_point sent_at) {
+  connection.Erase(id);
+  connection.NoteAnswered();
+  Unbind({u, connection.index(), id});
   Upstream& upstream = upstreams_[u];
   upstream.connect_failures = 0;
   const auto latency =
-      std::chrono::duration_cast<std::chrono::microseconds>(clock_.now() - outcome.sent_at);
+      std::chrono::duration_cast<std::chrono::microseconds>(clock_.now() - sent_at);
   NoteHealth(u, health_.RecordAnswer(u, latency, clock_.now()));
   Bump(upstream.target.stats->answers);
   upstream.target.stats->response_time.Record(latency);
@@ -236,16 +243,8 @@ void UpstreamPool::OnProbeAnswer(Connection& connection, int u, std::span<uint8_
     Bump(stats_.upstream_question_mismatch);
     return;
   }
-  connection.Erase(info.id);
-  connection.NoteAnswered();
-  Unbind(upstream.probe);
   upstream.probe_outstanding = false;
-  upstream.connect_failures = 0;
-  const auto latency =
-      std::chrono::duration_cast<std::chrono::microseconds>(clock_.now() - upstream.probe_sent_at);
-  NoteHealth(u, health_.RecordAnswer(u, latency, clock_.now()));
-  Bump(upstream.target.stats->answers);
-  upstream.target.stats->response_time.Record(latency);
+  Answered(connection, u, info.id, upstream.probe_sent_at);
 }
 
 void UpstreamPool::OnClosed(Connection& connection, CloseReason reason, std::string_view detail,

@@ -106,6 +106,7 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   Connection* Acquire(int upstream);
   bool SendOn(int upstream, uint32_t token, std::span<uint8_t> query, Binding& binding);
   void Unbind(const Binding& binding);
+  void Answered(Connection& connection, int upstream, uint16_t id, io::Clock::time_point sent_at);
   void Connect(Connection& connection);
   void UpstreamFailed(int upstream, std::string_view reason);
   void NoteHealth(int upstream, bool changed);
