@@ -22,7 +22,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       g++ meson ninja-build pkg-config \
       liburing-dev libwolfssl-dev libabsl-dev libsystemd-dev libtomlplusplus-dev \
-      libcap2-bin ca-certificates \
+      prometheus-cpp-dev libcap2-bin ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -37,6 +37,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       liburing2 libwolfssl35 libabsl20220623 libsystemd0 libtomlplusplus3 \
+      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 \
       ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --home-dir /nonexistent \
