@@ -169,6 +169,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   auto config = std::make_shared<dotproxy::config::Config>(std::move(command_line->config));
+  dotproxy::control::ConfigureLogging(config->log_level, config->log_format);
   const std::vector<int> cpus = UsableCpus();
   if (config->threads == 0) config->threads = cpus.empty() ? 1 : static_cast<int>(cpus.size());
 

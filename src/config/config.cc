@@ -50,6 +50,15 @@ constexpr Option kOptions[] = {
      .choices = "auto|uring|epoll",
      .help = "I/O engine (default auto: io_uring, or epoll where io_uring is\n"
              "refused, e.g. by a container's seccomp profile)"},
+    {.flag = "log-level", .toml_key = "log_level", .env = "DOTPROXY_LOG_LEVEL",
+     .kind = OptionKind::kChoice, .field = &Config::log_level,
+     .value_name = "debug|info|warning|error", .choices = "debug|info|warning|error",
+     .help = "lowest severity logged (default info)"},
+    {.flag = "log-format", .toml_key = "log_format", .env = "DOTPROXY_LOG_FORMAT",
+     .kind = OptionKind::kChoice, .field = &Config::log_format, .value_name = "text|json",
+     .choices = "text|json",
+     .help = "log lines as text or one JSON object each (default text; under\n"
+             "systemd lines carry the journal's priority)"},
     {.flag = "threads", .toml_key = "threads", .kind = OptionKind::kInteger,
      .field = &Config::threads, .min = 0, .max = 256, .value_name = "N",
      .help = "shards, one thread each, or 0 for one per usable CPU"},

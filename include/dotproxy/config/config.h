@@ -60,6 +60,9 @@ struct Config {
   // I/O engine: "uring", "epoll", or "auto" (io_uring unless this host
   // refuses it, then epoll; main resolves it before the shards start).
   std::string io_backend = "auto";
+  // Logging: the lowest severity written, and the line format.
+  std::string log_level = "info";
+  std::string log_format = "text";
   int threads = 0;      // 0: one per CPU the process may run on
   // Entries for the whole proxy, split across shards; 0 turns the cache off.
   // 8192 entries take about 11 MiB.
