@@ -169,12 +169,10 @@ std::span<uint8_t> TcpClients::BeginReply(const ClientRef& ref, size_t max_lengt
       return {};
     }
   }
-  open_reply_ = ref.tcp_client;
   return {client->out.get() + client->out_end + 2, max_length};
 }
 
 void TcpClients::CommitReply(const ClientRef& ref, size_t length) {
-  open_reply_ = UINT32_MAX;
   Client* client = Find(ref);
   if (client == nullptr || length == 0) return;
   dns::WriteLengthPrefix(client->out.get() + client->out_end, length);

@@ -66,6 +66,10 @@ EpollReactor::FdState& EpollReactor::Adopt(int fd) {
   return state;
 }
 
+EpollReactor::FdState& EpollReactor::Watched(int fd) {
+  return State(fd).watched ? fds_[fd] : Adopt(fd);
+}
+
 void EpollReactor::Queue(int fd) {
   FdState& state = fds_[fd];
   if (state.queued) return;
@@ -84,7 +88,7 @@ void EpollReactor::Post(UserData data, int result, bool more) {
 // --- operations: recorded now, attempted at submit or on readiness ---
 
 void EpollReactor::Recv(int fd, std::span<uint8_t> into, UserData data) {
-  FdState& state = State(fd).watched ? fds_[fd] : Adopt(fd);
+  FdState& state = Watched(fd);
   state.recv = true;
   state.recv_into = into;
   state.recv_tag = data;
@@ -92,7 +96,7 @@ void EpollReactor::Recv(int fd, std::span<uint8_t> into, UserData data) {
 }
 
 void EpollReactor::Send(int fd, std::span<const uint8_t> bytes, UserData data) {
-  FdState& state = State(fd).watched ? fds_[fd] : Adopt(fd);
+  FdState& state = Watched(fd);
   state.send = true;
   state.send_bytes = bytes;
   state.send_tag = data;
@@ -121,7 +125,7 @@ void EpollReactor::Connect(int fd, const sockaddr* to, socklen_t to_length, User
 }
 
 void EpollReactor::AcceptMultishot(int fd, UserData data) {
-  FdState& state = State(fd).watched ? fds_[fd] : Adopt(fd);
+  FdState& state = Watched(fd);
   state.accept = true;
   state.accept_tag = data;
   state.readable = true;  // connections may be waiting since before we watched
@@ -129,7 +133,7 @@ void EpollReactor::AcceptMultishot(int fd, UserData data) {
 }
 
 void EpollReactor::ReceiveDatagrams(int fd, UserData data) {
-  FdState& state = State(fd).watched ? fds_[fd] : Adopt(fd);
+  FdState& state = Watched(fd);
   state.datagrams = true;
   state.datagram_tag = data;
   state.readable = true;  // datagrams may be queued since before we watched

@@ -86,6 +86,8 @@ class EpollReactor final : public Reactor {
   FdState& State(int fd);
   // A fresh state for a new socket, added to the epoll set.
   FdState& Adopt(int fd);
+  // The state of a socket we may not have seen yet (adopted on first use).
+  FdState& Watched(int fd);
   void Queue(int fd);
   void Perform(int fd);
   void DoRecv(int fd, FdState& state);

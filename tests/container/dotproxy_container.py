@@ -241,8 +241,7 @@ def container_default_seccomp_epoll(h):
 
 def main():
     global _image, _label
-    for name in _INHERITED:
-        E.CASES.pop(name, None)
+    E.own_cases_only(_INHERITED)
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--image", default=_image)
     ap.add_argument("--label")

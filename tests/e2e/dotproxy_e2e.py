@@ -1953,6 +1953,14 @@ def main():
     return worst
 
 
+def own_cases_only(inherited):
+    """Drops the cases a case file inherited by importing other case files
+    (`inherited`: the names registered before its own), so that it lists and
+    runs only its own."""
+    for name in inherited:
+        CASES.pop(name, None)
+
+
 def run_script(entry):
     """Runs a case script's main() and exits with its status, ending every
     child process the harness started whatever happens (the case files that

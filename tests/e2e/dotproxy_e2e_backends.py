@@ -305,8 +305,7 @@ def io_backend_bad_value(h):
 
 def main():
     global _deny_path
-    for name in _INHERITED:
-        E.CASES.pop(name, None)
+    E.own_cases_only(_INHERITED)
     # --deny-io-uring is ours; the harness's main() parses the rest.
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--deny-io-uring")

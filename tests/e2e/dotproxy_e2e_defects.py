@@ -806,8 +806,7 @@ def tcp_no_allocation_per_query(h):
 
 
 def main():
-    for name in _INHERITED:
-        E.CASES.pop(name, None)
+    E.own_cases_only(_INHERITED)
     return E.main()
 
 

@@ -90,8 +90,7 @@ def log_journal_priorities(h):
 
 
 def main():
-    for name in _INHERITED:
-        E.CASES.pop(name, None)
+    E.own_cases_only(_INHERITED)
     return E.main()
 
 

@@ -126,7 +126,6 @@ class TcpClients {
   std::vector<uint32_t> free_clients_;
   std::vector<uint32_t> dirty_;
   io::IndexList<Client, &Client::idle_links> idle_;
-  uint32_t open_reply_ = UINT32_MAX;
 };
 
 }  // namespace dotproxy::frontend
