@@ -79,14 +79,59 @@ prometheus::ClientMetric HistogramSample(const std::vector<const LatencyHistogra
 
 }  // namespace
 
+absl::StatusOr<std::vector<size_t>> UpstreamSlots::Assign(const std::vector<std::string>& specs) {
+  std::vector<size_t> slots;
+  std::vector<std::string> added;
+  for (const std::string& spec : specs) {
+    auto known = std::find(specs_.begin(), specs_.end(), spec);
+    if (known != specs_.end()) {
+      slots.push_back(static_cast<size_t>(known - specs_.begin()));
+      continue;
+    }
+    auto fresh = std::find(added.begin(), added.end(), spec);
+    if (fresh == added.end()) {
+      added.push_back(spec);
+      fresh = added.end() - 1;
+    }
+    slots.push_back(specs_.size() + static_cast<size_t>(fresh - added.begin()));
+  }
+  if (specs_.size() + added.size() > kMaxSlots) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "more than ", kMaxSlots, " different upstreams since start (their counters are kept); "
+        "restart to configure ", added.size(), " new ones"));
+  }
+  specs_.insert(specs_.end(), added.begin(), added.end());
+  return slots;
+}
+
 ShardCollector::ShardCollector(std::vector<ShardCounters> shards,
                                std::vector<std::string> upstream_specs, std::string version)
-    : shards_(std::move(shards)),
-      upstream_specs_(std::move(upstream_specs)),
-      version_(std::move(version)) {}
+    : shards_(std::move(shards)), version_(std::move(version)) {
+  upstreams_.configured.assign(upstream_specs.size(), true);
+  upstreams_.specs = std::move(upstream_specs);
+}
+
+void ShardCollector::SetUpstreams(std::vector<std::string> specs,
+                                  std::vector<size_t> configured) {
+  Upstreams next;
+  next.configured.assign(specs.size(), false);
+  for (size_t slot : configured) {
+    if (slot < next.configured.size()) next.configured[slot] = true;
+  }
+  next.specs = std::move(specs);
+  std::lock_guard lock(upstreams_mutex_);
+  upstreams_ = std::move(next);
+}
+
+ShardCollector::Upstreams ShardCollector::CurrentUpstreams() const {
+  std::lock_guard lock(upstreams_mutex_);
+  return upstreams_;
+}
 
 std::vector<prometheus::MetricFamily> ShardCollector::Collect() const {
   std::vector<prometheus::MetricFamily> families;
+  const Upstreams upstreams = CurrentUpstreams();
+  const std::vector<std::string>& upstream_specs = upstreams.specs;
 
   // A shard row that counts what an upstream row counts per upstream
   // (upstream_connect_failures and connect_failures) would export the same
@@ -118,14 +163,15 @@ std::vector<prometheus::MetricFamily> ShardCollector::Collect() const {
     const Row row = MakeRow("upstream_", #field, help);                        \
     const bool worst = std::string_view(#field) == "latency_us";               \
     families.push_back(Family(row));                                           \
-    for (size_t u = 0; u < upstream_specs_.size(); ++u) {                      \
+    for (size_t u = 0; u < upstream_specs.size(); ++u) {                      \
+      if (row.gauge && !upstreams.configured[u]) continue;                     \
       uint64_t value = 0;                                                      \
       for (const ShardCounters& s : shards_) {                                 \
         const uint64_t v = Load(s.upstreams[u].field);                         \
         value = worst ? std::max(value, v) : value + v;                        \
       }                                                                        \
       prometheus::ClientMetric metric = Sample(row, static_cast<double>(value)); \
-      metric.label.push_back({"upstream", upstream_specs_[u]});                \
+      metric.label.push_back({"upstream", upstream_specs[u]});                \
       families.back().metric.push_back(std::move(metric));                     \
     }                                                                          \
   }
@@ -155,14 +201,30 @@ std::vector<prometheus::MetricFamily> ShardCollector::Collect() const {
     family.name = "dotproxy_upstream_response_duration_seconds";
     family.help = "time from sending a query upstream to its accepted answer (probes included)";
     family.type = prometheus::MetricType::Histogram;
-    for (size_t u = 0; u < upstream_specs_.size(); ++u) {
+    for (size_t u = 0; u < upstream_specs.size(); ++u) {
       std::vector<const LatencyHistogram*> parts;
       for (const ShardCounters& s : shards_) parts.push_back(&s.upstreams[u].response_time);
       prometheus::ClientMetric metric = HistogramSample(parts);
-      metric.label.push_back({"upstream", upstream_specs_[u]});
+      metric.label.push_back({"upstream", upstream_specs[u]});
       family.metric.push_back(std::move(metric));
     }
     families.push_back(std::move(family));
+  }
+
+  if (control_ != nullptr) {
+    const Row reloads{"dotproxy_config_reloads_total",
+                      "configuration reloads applied (SIGHUP)", false, 1.0};
+    const Row failures{"dotproxy_config_reload_failures_total",
+                       "configuration reloads refused (the old configuration stayed)", false, 1.0};
+    const Row last{"dotproxy_config_last_reload_successful",
+                   "1 unless the last reload was refused", true, 1.0};
+    for (const auto& [row, value] :
+         {std::pair{reloads, Load(control_->reloads)},
+          std::pair{failures, Load(control_->reload_failures)},
+          std::pair{last, Load(control_->last_reload_successful)}}) {
+      families.push_back(Family(row));
+      families.back().metric.push_back(Sample(row, static_cast<double>(value)));
+    }
   }
 
   const Row shards_row{"dotproxy_shards", "shards (event loops, one thread each)", true, 1.0};
@@ -191,11 +253,13 @@ bool ShardCollector::Healthy(std::chrono::steady_clock::time_point now,
 
 bool ShardCollector::Ready() const {
   if (shards_.empty()) return false;
+  const Upstreams upstreams = CurrentUpstreams();
   bool answers = false;
   for (const ShardCounters& s : shards_) {
     if (!s.shard->serving.load(std::memory_order_relaxed)) return false;
     if (Load(s.shard->cache_entries) > 0) answers = true;
-    for (size_t u = 0; u < upstream_specs_.size(); ++u) {
+    for (size_t u = 0; u < upstreams.specs.size(); ++u) {
+      if (!upstreams.configured[u]) continue;
       if (Load(s.upstreams[u].healthy) > 0 && Load(s.upstreams[u].connections) > 0) answers = true;
     }
   }

@@ -2,12 +2,13 @@
 // together:
 //
 //   UdpFrontend ─┐                          ┌─> PacketCache
-//   TcpClients  ─┼─ QuerySink ─> Forwarder ─┼─> UpstreamPool ─> Connection
+//   TcpClients  ─┼─ QuerySink ─> Forwarder ─┼─> PoolSet ─> UpstreamPool ─> Connection
 //                └──── Replier (Frontends) <┘      AnswerSink <─┘
 //
-// One iteration: reap completions and route each by its Op to the room that
-// issued it → timers → flush batches (waiting queries, TLS writes, TCP
-// answers; UDP replies are already queued) → one submit-and-wait.
+// One iteration: apply a reloaded configuration if one was posted → reap
+// completions and route each by its Op to the room that issued it → timers
+// → flush batches (waiting queries, TLS writes, TCP answers; UDP replies
+// are already queued) → one submit-and-wait.
 
 #include "dotproxy/shard/shard.h"
 
@@ -30,6 +31,7 @@
 #include "dotproxy/tls/client.h"
 #include "dotproxy/upstream/id_table.h"
 #include "dotproxy/upstream/pool.h"
+#include "dotproxy/upstream/pool_set.h"
 
 namespace dotproxy::shard {
 namespace {
@@ -51,20 +53,77 @@ constexpr auto kMaxWait = std::chrono::milliseconds(100);
 // A reactor that fails this many times in a row is not coming back: stop
 // the process rather than spin.
 constexpr int kMaxConsecutiveSubmitErrors = 1000;
+// After a reload, queries in flight on the replaced pool get their own
+// timeout plus this to be answered there; then they are retried on the new.
+constexpr auto kRetireGrace = std::chrono::milliseconds(500);
+
+dns::UpstreamQueryOptions QueryOptions(const config::Config& config) {
+  dns::UpstreamQueryOptions options;
+  options.pad = config.pad_queries;
+  options.strip_client_subnet = config.strip_client_subnet;
+  options.request_keepalive = true;
+  return options;
+}
+
+ForwarderSettings MakeForwarderSettings(const config::Config& config) {
+  ForwarderSettings settings;
+  settings.query_timeout = config.query_timeout;
+  settings.retry_on_timeout = config.upstreams.size() > 1;
+  settings.edns_udp_size = config.edns_udp_size;
+  settings.query_options = QueryOptions(config);
+  settings.max_inflight = static_cast<size_t>(config.max_inflight);
+  return settings;
+}
+
+upstream::PoolSettings MakePoolSettings(const config::Config& config) {
+  upstream::PoolSettings settings;
+  settings.connection.connect_timeout = config.connect_timeout;
+  settings.connection.idle_timeout = config.upstream_idle_timeout;
+  settings.max_inflight_per_connection = static_cast<size_t>(config.max_inflight_per_connection);
+  settings.max_connections_per_upstream = config.max_connections_per_upstream;
+  settings.probe_timeout = config.query_timeout;
+  settings.query_options = QueryOptions(config);
+  return settings;
+}
+
+bool SameUpstream(const config::UpstreamConfig& a, const config::UpstreamConfig& b) {
+  return a.spec == b.spec && a.address.ToString() == b.address.ToString() &&
+         a.peer.auth_name == b.peer.auth_name && a.peer.pins == b.peer.pins &&
+         a.peer.pin_only == b.peer.pin_only && a.priority == b.priority &&
+         a.metrics_slot == b.metrics_slot;
+}
+
+// Whether a reload from `a` to `b` needs a new upstream pool: anything a
+// pool or its connections were built from.
+bool PoolChanged(const config::Config& a, const config::Config& b) {
+  if (a.upstreams.size() != b.upstreams.size()) return true;
+  for (size_t u = 0; u < a.upstreams.size(); ++u) {
+    if (!SameUpstream(a.upstreams[u], b.upstreams[u])) return true;
+  }
+  return a.ca_file != b.ca_file || a.connect_timeout != b.connect_timeout ||
+         a.upstream_idle_timeout != b.upstream_idle_timeout ||
+         a.max_inflight_per_connection != b.max_inflight_per_connection ||
+         a.max_connections_per_upstream != b.max_connections_per_upstream ||
+         a.query_timeout != b.query_timeout || a.pad_queries != b.pad_queries ||
+         a.strip_client_subnet != b.strip_client_subnet;
+}
 
 }  // namespace
 
 // All state of one shard. Private to this file.
 class ShardLoop {
  public:
-  ShardLoop(int index, const config::Config& config, ShardStats& stats,
-            UpstreamStats* upstream_stats, std::atomic<bool>& stop_requested)
+  ShardLoop(int index, std::shared_ptr<const config::Config> config, ShardStats& stats,
+            UpstreamStats* upstream_stats, std::atomic<bool>& stop_requested,
+            ConfigMailbox& mailbox, std::atomic<uint64_t>& applied_generation)
       : index_(index),
-        config_(config),
+        config_(std::move(config)),
         stats_(stats),
         upstream_stats_(upstream_stats),
         stop_requested_(stop_requested),
-        acl_(config.allow) {}
+        mailbox_(mailbox),
+        applied_generation_(applied_generation),
+        acl_(config_->allow) {}
   // The reactor goes first: closing the ring cancels every operation still
   // pointing into the rooms' buffers, before the rooms free them.
   ~ShardLoop() { reactor_.reset(); }
@@ -76,25 +135,34 @@ class ShardLoop {
  private:
   void Route(const io::Completion& completion);
   void BeginDrain();
+  // A pool (with its TLS context) for `config`'s upstreams, tagged for the
+  // PoolSet.
+  absl::StatusOr<upstream::PoolGeneration> MakePool(std::shared_ptr<const config::Config> config);
+  // The posted configuration, applied between iterations (see Shard::PostConfig).
+  void ApplyPostedConfig();
   // Submits and waits; false once errors persist.
   bool SubmitAndWait(std::chrono::milliseconds wait);
 
   int index_;
-  const config::Config& config_;
+  // The configuration in force; the pools keep the one they were built
+  // from (they borrow its addresses and policies).
+  std::shared_ptr<const config::Config> config_;
   ShardStats& stats_;
   UpstreamStats* upstream_stats_;
   std::atomic<bool>& stop_requested_;
-  frontend::Acl acl_;
+  ConfigMailbox& mailbox_;
+  std::atomic<uint64_t>& applied_generation_;
+  frontend::Acl acl_;  // the front ends hold a reference: reassigned on reload
   io::LoopClock clock_;
 
   // Rooms. Declared before the reactor, destroyed after it (see ~ShardLoop).
-  std::unique_ptr<tls::ClientContext> tls_context_;
   std::unique_ptr<cache::PacketCache> cache_;  // null when --cache-size 0
   std::unique_ptr<frontend::UdpFrontend> udp_;
   std::unique_ptr<frontend::TcpClients> tcp_;
   std::unique_ptr<frontend::Frontends> frontends_;
-  std::unique_ptr<upstream::UpstreamPool> pool_;
+  upstream::PoolSet pools_;
   std::unique_ptr<Forwarder> forwarder_;
+  upstream::PoolGeneration first_pool_;  // made by Setup, installed by Run
   std::unique_ptr<io::Reactor> reactor_;
 
   bool draining_ = false;
@@ -103,65 +171,81 @@ class ShardLoop {
 };
 
 absl::Status ShardLoop::Setup() {
+  const config::Config& config = *config_;
   io::ReactorOptions reactor_options = kReactorOptions;
   reactor_options.backend =
-      config_.io_backend == "epoll" ? io::IoBackend::kEpoll : io::IoBackend::kUring;
+      config.io_backend == "epoll" ? io::IoBackend::kEpoll : io::IoBackend::kUring;
   auto reactor = io::Reactor::Create(reactor_options);
   if (!reactor.ok()) return reactor.status();
   reactor_ = *std::move(reactor);
-  auto context = tls::ClientContext::Create(config_.ca_file);
-  if (!context.ok()) return context.status();
-  tls_context_ = *std::move(context);
 
   udp_ = std::make_unique<frontend::UdpFrontend>(*reactor_, acl_, stats_, index_);
-  if (auto status = udp_->Open(config_.listen, config_.udp_socket_buffer, kUdpReplySlots);
+  if (auto status = udp_->Open(config.listen, config.udp_socket_buffer, kUdpReplySlots);
       !status.ok()) {
     return status;
   }
   tcp_ = std::make_unique<frontend::TcpClients>(*reactor_, clock_, acl_, stats_, index_);
   frontend::TcpLimits tcp_limits;
-  tcp_limits.max_clients = config_.max_tcp_clients;
-  tcp_limits.idle_timeout = config_.tcp_idle_timeout;
-  if (auto status = tcp_->Open(config_.listen, tcp_limits); !status.ok()) return status;
+  tcp_limits.max_clients = config.max_tcp_clients;
+  tcp_limits.idle_timeout = config.tcp_idle_timeout;
+  if (auto status = tcp_->Open(config.listen, tcp_limits); !status.ok()) return status;
   frontends_ = std::make_unique<frontend::Frontends>(*udp_, *tcp_);
 
-  dns::UpstreamQueryOptions query_options;
-  query_options.pad = config_.pad_queries;
-  query_options.strip_client_subnet = config_.strip_client_subnet;
-  query_options.request_keepalive = true;
-
-  upstream::PoolSettings pool_settings;
-  pool_settings.connection.connect_timeout = config_.connect_timeout;
-  pool_settings.connection.idle_timeout = config_.upstream_idle_timeout;
-  pool_settings.max_inflight_per_connection =
-      static_cast<size_t>(config_.max_inflight_per_connection);
-  pool_settings.max_connections_per_upstream = config_.max_connections_per_upstream;
-  pool_settings.probe_timeout = config_.query_timeout;
-  pool_settings.query_options = query_options;
-  pool_ = std::make_unique<upstream::UpstreamPool>(config_.upstreams, pool_settings, *reactor_,
-                                                   clock_, *tls_context_, stats_,
-                                                   upstream_stats_, index_);
-
-  if (config_.cache_size > 0) {
-    cache::CacheConfig cache_config = config_.cache;
-    cache_config.entries = CacheEntriesPerShard(config_);
+  if (config.cache_size > 0) {
+    cache::CacheConfig cache_config = config.cache;
+    cache_config.entries = CacheEntriesPerShard(config);
     auto cache = cache::PacketCache::Create(cache_config);
     if (!cache.ok()) return cache.status();
     cache_ = *std::move(cache);
   }
 
-  ForwarderSettings forwarder_settings;
-  forwarder_settings.query_timeout = config_.query_timeout;
-  forwarder_settings.retry_on_timeout = config_.upstreams.size() > 1;
-  forwarder_settings.edns_udp_size = config_.edns_udp_size;
-  forwarder_settings.query_options = query_options;
-  forwarder_settings.max_inflight = static_cast<size_t>(config_.max_inflight);
-  forwarder_ = std::make_unique<Forwarder>(forwarder_settings, clock_, *frontends_, *pool_,
-                                           cache_.get(), stats_);
+  forwarder_ = std::make_unique<Forwarder>(MakeForwarderSettings(config), clock_, *frontends_,
+                                           pools_, cache_.get(), stats_);
+  auto pool = MakePool(config_);
+  if (!pool.ok()) return pool.status();
+  // Started by Run(): connections open once the loop turns.
+  first_pool_ = *std::move(pool);
   udp_->set_sink(forwarder_.get());
   tcp_->set_sink(forwarder_.get());
-  pool_->set_sink(forwarder_.get());
   return absl::OkStatus();
+}
+
+absl::StatusOr<upstream::PoolGeneration> ShardLoop::MakePool(
+    std::shared_ptr<const config::Config> config) {
+  upstream::PoolGeneration generation;
+  auto context = tls::ClientContext::Create(config->ca_file);
+  if (!context.ok()) return context.status();
+  generation.tls_context = *std::move(context);
+  generation.pool = std::make_unique<upstream::UpstreamPool>(
+      config->upstreams, MakePoolSettings(*config), *reactor_, clock_, *generation.tls_context,
+      stats_, upstream_stats_, index_, pools_.next_tag());
+  generation.pool->set_sink(forwarder_.get());
+  generation.config = std::move(config);
+  return generation;
+}
+
+void ShardLoop::ApplyPostedConfig() {
+  std::unique_ptr<ConfigMailbox::Letter> letter = mailbox_.Take();
+  if (!letter) return;
+  std::shared_ptr<const config::Config> next = std::move(letter->config);
+  acl_ = frontend::Acl(next->allow);
+  tcp_->SetIdleTimeout(next->tcp_idle_timeout);
+  if (cache_) cache_->SetPolicy(next->cache);
+  forwarder_->UpdateSettings(MakeForwarderSettings(*next));
+  if (PoolChanged(pools_.current_config(), *next)) {
+    auto pool = MakePool(next);
+    if (pool.ok()) {
+      // Queries in flight on the old pool finish there (or are retried on
+      // the new one when their time there is up).
+      pools_.Install(*std::move(pool),
+                     clock_.now() + pools_.current_config().query_timeout + kRetireGrace);
+    } else {
+      // main checked the trust store; if it changed since, keep serving.
+      Log(Severity::kError, "shard %d: reload: upstreams kept: %s", index_, pool.status().message());
+    }
+  }
+  config_ = std::move(next);
+  applied_generation_.store(letter->generation, std::memory_order_release);
 }
 
 void ShardLoop::Route(const io::Completion& completion) {
@@ -174,7 +258,7 @@ void ShardLoop::Route(const io::Completion& completion) {
     case io::Op::kClientSend: tcp_->OnSendDone(index, completion); break;
     case io::Op::kUpstreamConnect:
     case io::Op::kUpstreamRecv:
-    case io::Op::kUpstreamSend: pool_->OnCompletion(index, completion); break;
+    case io::Op::kUpstreamSend: pools_.OnCompletion(index, completion); break;
     case io::Op::kCancel:
     case io::Op::kNone: break;
   }
@@ -203,7 +287,7 @@ bool ShardLoop::SubmitAndWait(std::chrono::milliseconds wait) {
 bool ShardLoop::Run() {
   udp_->Start();
   tcp_->Start();
-  pool_->Start();
+  pools_.Install(std::move(first_pool_), clock_.now());
   bool healthy = true;
   while (true) {
     clock_.Update();
@@ -213,17 +297,20 @@ bool ShardLoop::Run() {
             .count(),
         std::memory_order_relaxed);
     if (!draining_ && stop_requested_.load(std::memory_order_relaxed)) BeginDrain();
+    // One reload at a time: the next waits until the pool the last one
+    // replaced has drained.
+    if (!draining_ && mailbox_.has_mail() && pools_.CanReplace()) ApplyPostedConfig();
     // Timers.
     forwarder_->RunTimers(draining_);
     tcp_->ExpireIdle();
-    pool_->RunTimers(draining_);
+    pools_.RunTimers(draining_);
     if (draining_ && (forwarder_->in_flight() == 0 || clock_.now() >= drain_deadline_)) break;
 
     // End of batch: waiting queries, one TLS write per upstream connection
     // with queued queries, answers to TCP clients, then one submit for
     // everything (UDP replies included).
     forwarder_->DispatchWaiting();
-    pool_->Flush();
+    pools_.Flush();
     tcp_->Flush();
     reactor_->PublishBuffers();
 
@@ -255,7 +342,7 @@ bool ShardLoop::Run() {
     if (!reactor_->SubmitAndWait(std::chrono::milliseconds(20)).ok()) break;
     reactor_->Reap([this](const io::Completion& c) { Route(c); });
   }
-  pool_->Shutdown();
+  pools_.Shutdown();
   return healthy;
 }
 
@@ -296,13 +383,14 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
 Shard::Shard(int index, std::shared_ptr<const config::Config> config)
     : index_(index),
       config_(std::move(config)),
-      upstream_stats_(new UpstreamStats[config_->upstreams.size()]) {}
+      upstream_stats_(new UpstreamStats[metrics::kMaxUpstreamSlots]) {}
 
 Shard::~Shard() = default;
 
 void Shard::Run(const std::function<void(absl::Status)>& ready) {
   control::SetThreadAllocationCounters(&stats_.heap_allocations, &stats_.tls_allocations);
-  ShardLoop loop(index_, *config_, stats_, upstream_stats_.get(), stop_requested_);
+  ShardLoop loop(index_, config_, stats_, upstream_stats_.get(), stop_requested_, mailbox_,
+                 applied_generation_);
   absl::Status status = loop.Setup();
   if (status.ok()) stats_.serving.store(true, std::memory_order_relaxed);
   ready(status);

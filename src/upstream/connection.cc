@@ -35,6 +35,7 @@ bool IsFailure(CloseReason reason) {
     case CloseReason::kPeerClosed:
     case CloseReason::kIdle:
     case CloseReason::kShutdown:
+    case CloseReason::kRetired:
       return false;
   }
   return true;

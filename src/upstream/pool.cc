@@ -30,8 +30,9 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
                            const PoolSettings& settings, io::Reactor& reactor,
                            const io::LoopClock& clock, const tls::ClientContext& tls_context,
                            metrics::ShardStats& stats, metrics::UpstreamStats* upstream_stats,
-                           int shard_index)
+                           int shard_index, uint32_t tag)
     : settings_(settings),
+      tag_(tag),
       reactor_(reactor),
       clock_(clock),
       tls_context_(tls_context),
@@ -44,14 +45,15 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
     Upstream& upstream = upstreams_[u];
     upstream.target.address = &config.address;
     upstream.target.policy = &config.peer;
-    upstream.target.stats = &upstream_stats[u];
+    upstream.target.stats = &upstream_stats[
+        config.metrics_slot == config::UpstreamConfig::kPositionSlot ? u : config.metrics_slot];
     upstream.spec = config.spec;
     Set(upstream.target.stats->healthy, 1);
     for (int c = 0; c < settings_.max_connections_per_upstream; ++c) {
-      const auto index = static_cast<uint32_t>(connections_.size());
-      upstream.connections.push_back(index);
+      const auto local = static_cast<uint32_t>(connections_.size());
+      upstream.connections.push_back(local);
       connections_.push_back(std::make_unique<Connection>(
-          index, static_cast<int>(u), upstream.target, settings_.connection, reactor_, clock_,
+          tag_ << kConnectionTagShift | local, static_cast<int>(u), upstream.target, settings_.connection, reactor_, clock_,
           tls_context_, rng_, static_cast<ConnectionObserver&>(*this), stats_));
     }
   }
@@ -71,8 +73,43 @@ void UpstreamPool::Start() {
   for (Upstream& upstream : upstreams_) Connect(*connections_[upstream.connections.front()]);
 }
 
+int UpstreamPool::LocalUpstream(int upstream) const {
+  if (upstream < 0 || TagOfUpstream(upstream) != tag_) return -1;
+  const int u = upstream & ((1 << kUpstreamTagShift) - 1);
+  return u < static_cast<int>(upstreams_.size()) ? u : -1;
+}
+
+uint32_t UpstreamPool::LocalConnection(uint32_t index) const {
+  if (index == kNoConnection || TagOfConnection(index) != tag_) return kNoConnection;
+  const uint32_t local = index & ((1u << kConnectionTagShift) - 1);
+  return local < connections_.size() ? local : kNoConnection;
+}
+
 void UpstreamPool::OnCompletion(uint32_t index, const io::Completion& completion) {
-  if (index < connections_.size()) connections_[index]->OnCompletion(completion);
+  if (const uint32_t local = LocalConnection(index); local != kNoConnection) {
+    connections_[local]->OnCompletion(completion);
+  }
+}
+
+void UpstreamPool::Retire(io::Clock::time_point deadline) {
+  retiring_ = true;
+  retire_deadline_ = deadline;
+  for (int u = 0; u < static_cast<int>(upstreams_.size()); ++u) {
+    Upstream& upstream = upstreams_[u];
+    if (upstream.probe_outstanding) {
+      Release(kProbeToken | static_cast<uint32_t>(u), upstream.probe);
+      upstream.probe_outstanding = false;
+    }
+    upstream.reconnect_pending = false;
+  }
+}
+
+bool UpstreamPool::Quiescent() const {
+  if (!retiring_) return false;
+  for (const auto& connection : connections_) {
+    if (connection->state() != ConnectionState::kIdle) return false;
+  }
+  return true;
 }
 
 void UpstreamPool::Flush() {
@@ -132,6 +169,9 @@ void UpstreamPool::Connect(Connection& connection) {
 
 bool UpstreamPool::Send(uint32_t token, std::span<uint8_t> query, int exclude, bool allow_excluded,
                         Binding& binding) {
+  // An upstream number of the other pool (a query retried across a
+  // reload) excludes nothing here.
+  exclude = LocalUpstream(exclude);
   int u = health_.Select([this](int i) { return Usable(i); }, exclude, rng_.Next());
   if (u < 0 && allow_excluded && exclude >= 0 && Usable(exclude)) u = exclude;
   if (u < 0) return false;
@@ -142,36 +182,43 @@ bool UpstreamPool::SendOn(int u, uint32_t token, std::span<uint8_t> query, Bindi
   Connection* connection = Acquire(u);
   uint16_t id = 0;
   if (connection == nullptr || !connection->Queue(token, query, id)) return false;
-  binding = {u, connection->index(), id};
+  binding = {Tagged(u), connection->index(), id};
   health_.AddInFlight(u);
-  Set(upstreams_[u].target.stats->in_flight, health_.get(u).in_flight);
+  SetGauge(upstreams_[u].target.stats->in_flight, health_.get(u).in_flight);
   Bump(upstreams_[u].target.stats->queries);
   return true;
 }
 
 void UpstreamPool::Unbind(const Binding& binding) {
-  health_.RemoveInFlight(binding.upstream);
-  Set(upstreams_[binding.upstream].target.stats->in_flight, health_.get(binding.upstream).in_flight);
+  const int u = LocalUpstream(binding.upstream);
+  if (u < 0) return;
+  health_.RemoveInFlight(u);
+  SetGauge(upstreams_[u].target.stats->in_flight, health_.get(u).in_flight);
 }
 
 void UpstreamPool::Release(uint32_t token, const Binding& binding) {
-  if (!binding.bound()) return;
-  Connection& connection = *connections_[binding.connection];
+  const uint32_t local = LocalConnection(binding.connection);
+  if (local == kNoConnection) return;
+  Connection& connection = *connections_[local];
   if (connection.Lookup(binding.id) == token) connection.Erase(binding.id);
   Unbind(binding);
 }
 
 void UpstreamPool::NoteTimeout(const Binding& binding, bool counts_against_upstream) {
-  if (binding.upstream < 0) return;
+  const int u = LocalUpstream(binding.upstream);
+  if (u < 0) return;
   if (counts_against_upstream) {
-    Bump(upstreams_[binding.upstream].target.stats->timeouts);
-    NoteHealth(binding.upstream, health_.RecordFailure(binding.upstream, clock_.now()));
+    Bump(upstreams_[u].target.stats->timeouts);
+    NoteHealth(u, health_.RecordFailure(u, clock_.now()));
   }
-  if (binding.bound()) connections_[binding.connection]->NoteTimeout();
+  if (const uint32_t local = LocalConnection(binding.connection); local != kNoConnection) {
+    connections_[local]->NoteTimeout();
+  }
 }
 
 bool UpstreamPool::CanSendElsewhere(int exclude) {
-  return health_.Select([this](int i) { return Usable(i); }, exclude, rng_.Next()) >= 0;
+  return health_.Select([this](int i) { return Usable(i); }, LocalUpstream(exclude),
+                        rng_.Next()) >= 0;
 }
 
 bool UpstreamPool::AnyAlive() const {
@@ -222,7 +269,7 @@ void UpstreamPool::Answered(Connection& connection, int u, uint16_t id,
                             io::Clock::time_point sent_at) {
   connection.Erase(id);
   connection.NoteAnswered();
-  Unbind({u, connection.index(), id});
+  Unbind({Tagged(u), connection.index(), id});
   Upstream& upstream = upstreams_[u];
   upstream.connect_failures = 0;
   const auto latency =
@@ -230,7 +277,7 @@ void UpstreamPool::Answered(Connection& connection, int u, uint16_t id,
   NoteHealth(u, health_.RecordAnswer(u, latency, clock_.now()));
   Bump(upstream.target.stats->answers);
   upstream.target.stats->response_time.Record(latency);
-  Set(upstream.target.stats->latency_us,
+  SetGauge(upstream.target.stats->latency_us,
       static_cast<uint64_t>(health_.get(u).latency_ewma_ms * 1000));
 }
 
@@ -251,16 +298,16 @@ void UpstreamPool::OnClosed(Connection& connection, CloseReason reason, std::str
                             std::span<const uint32_t> lost) {
   const int u = connection.upstream();
   const bool failure = IsFailure(reason);
-  if (failure) UpstreamFailed(u, detail);
+  if (failure && !retiring_) UpstreamFailed(u, detail);
   // Queries bound to this connection are retried once (elsewhere when
   // possible) or fail now rather than at their deadline.
   for (uint32_t token : lost) {
-    Unbind({u, connection.index(), 0});
+    Unbind({Tagged(u), connection.index(), 0});
     if (token & kProbeToken) {
       upstreams_[u].probe_outstanding = false;
       continue;
     }
-    sink_->OnQueryLost(token, u, failure);
+    sink_->OnQueryLost(token, Tagged(u), failure);
   }
 }
 
@@ -287,7 +334,7 @@ void UpstreamPool::NoteHealth(int u, bool changed) {
   Upstream& upstream = upstreams_[u];
   const UpstreamHealth& health = health_.get(u);
   const auto now = clock_.now();
-  Set(upstream.target.stats->healthy, health.state == HealthState::kHealthy ? 1 : 0);
+  SetGauge(upstream.target.stats->healthy, health.state == HealthState::kHealthy ? 1 : 0);
   // Rate-limited: a flapping upstream must not flood the log.
   if (now - upstream.last_health_log < kHealthLogInterval) {
     ++upstream.health_logs_suppressed;
@@ -319,6 +366,16 @@ void UpstreamPool::SendProbe(int u) {
 void UpstreamPool::RunTimers(bool draining) {
   for (auto& connection : connections_) connection->CheckTimers();
   const auto now = clock_.now();
+  if (retiring_) {
+    // A connection goes once nothing waits on it; at the deadline the
+    // rest go too, and their queries are retried on the new pool.
+    for (auto& connection : connections_) {
+      if (connection->alive() && (connection->in_flight() == 0 || now >= retire_deadline_)) {
+        connection->Close(CloseReason::kRetired, "retired by a configuration reload");
+      }
+    }
+    return;
+  }
   for (int u = 0; u < static_cast<int>(upstreams_.size()); ++u) {
     Upstream& upstream = upstreams_[u];
     if (upstream.probe_outstanding &&

@@ -91,6 +91,13 @@ class PacketCache {
   // M cache entries: <strerror>") when the memory cannot be had;
   // kUnavailable when the hash seed could not be read (getrandom(2)).
   static absl::StatusOr<std::unique_ptr<PacketCache>> Create(const CacheConfig& config);
+  // A reload: new TTL bounds and stale policy for what is stored and served
+  // from now on; the entries (and their count) are kept.
+  void SetPolicy(const CacheConfig& policy) {
+    const size_t entries = config_.entries;
+    config_ = policy;
+    config_.entries = entries;
+  }
 
   // Bytes a cache of `entries` entries commits: entry records, the index and
   // answer storage, each rounded up to whole pages (what Create maps). 0 for

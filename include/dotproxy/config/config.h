@@ -44,6 +44,11 @@ struct UpstreamConfig {
   int priority = 0;
   // As given by the operator, for logs.
   std::string spec;
+  // Which of a shard's UpstreamStats this upstream counts in. main assigns
+  // it by spec (metrics::UpstreamLabels), so an upstream kept across a
+  // reload keeps its counters; unassigned (tests): its position.
+  static constexpr size_t kPositionSlot = SIZE_MAX;
+  size_t metrics_slot = kPositionSlot;
 };
 
 // Parses a base64 SHA-256 pin (44 characters, as printed by

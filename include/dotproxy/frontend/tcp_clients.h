@@ -66,6 +66,8 @@ class TcpClients {
   void Flush();
   // Closes clients idle for longer than the idle timeout (RFC 7766 §6.2.3).
   void ExpireIdle();
+  // A reload: the idle timeout applies from the next expiry check.
+  void SetIdleTimeout(std::chrono::milliseconds timeout) { limits_.idle_timeout = timeout; }
 
   // Replier half (through Frontends).
   std::span<uint8_t> BeginReply(const ClientRef& client, size_t max_length);

@@ -21,8 +21,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
+
+#include "absl/status/statusor.h"
 
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
@@ -31,12 +34,39 @@
 
 namespace dotproxy::metrics {
 
+// Which of a shard's UpstreamStats each upstream counts in, for the life
+// of the process: an upstream keeps its slot (and its counters) across
+// reloads by its spec, a new one takes the next free slot. Control thread.
+class UpstreamSlots {
+ public:
+  // Shards hold this many UpstreamStats.
+  static constexpr size_t kMaxSlots = kMaxUpstreamSlots;
+
+  // The slot of each spec, in order; an error (and no change) when the new
+  // specs would not fit.
+  absl::StatusOr<std::vector<size_t>> Assign(const std::vector<std::string>& specs);
+  // Slot -> spec, for every slot ever assigned.
+  const std::vector<std::string>& specs() const { return specs_; }
+
+ private:
+  std::vector<std::string> specs_;
+};
+
 class ShardCollector : public prometheus::Collectable {
  public:
   // Borrows the shards' stats: they must outlive the collector's last
-  // Collect(). `upstream_specs[u]` labels upstream u of every shard.
+  // Collect(). `upstream_specs[u]` labels slot u of every shard's
+  // UpstreamStats; all are configured until SetUpstreams().
   ShardCollector(std::vector<ShardCounters> shards, std::vector<std::string> upstream_specs,
                  std::string version);
+
+  // After a reload: `specs` labels every slot ever assigned (their counters
+  // stay exported: counters never go back), `configured` the slots in the
+  // configuration now (only they export gauges and count for /ready).
+  // Callable while scrapes run.
+  void SetUpstreams(std::vector<std::string> specs, std::vector<size_t> configured);
+  // The control thread's counters (reloads); borrowed, outlives the collector.
+  void set_control(const ControlStats* control) { control_ = control; }
 
   std::vector<prometheus::MetricFamily> Collect() const override;
 
@@ -51,8 +81,16 @@ class ShardCollector : public prometheus::Collectable {
   bool Ready() const;
 
  private:
+  struct Upstreams {
+    std::vector<std::string> specs;  // by slot
+    std::vector<bool> configured;    // by slot
+  };
+  Upstreams CurrentUpstreams() const;
+
   std::vector<ShardCounters> shards_;
-  std::vector<std::string> upstream_specs_;
+  mutable std::mutex upstreams_mutex_;  // scrape threads vs SetUpstreams
+  Upstreams upstreams_;
+  const ControlStats* control_ = nullptr;
   std::string version_;
 };
 

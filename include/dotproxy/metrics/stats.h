@@ -137,6 +137,17 @@ struct ShardStats {
   LatencyHistogram query_duration[std::size(kTransportNames)][std::size(kAnswerSourceNames)];
 };
 
+// UpstreamStats per shard: one per upstream configured since start (see
+// UpstreamSlots), so that reloads never resize what scrapes read.
+inline constexpr size_t kMaxUpstreamSlots = 256;
+
+// The control thread's own counters: configuration reloads.
+struct ControlStats {
+  std::atomic<uint64_t> reloads{0};          // applied
+  std::atomic<uint64_t> reload_failures{0};  // refused: the old config stayed
+  std::atomic<uint64_t> last_reload_successful{1};
+};
+
 struct UpstreamStats {
 #define DOTPROXY_DECLARE_COUNTER(name, help) std::atomic<uint64_t> name{0};
   DOTPROXY_UPSTREAM_COUNTERS(DOTPROXY_DECLARE_COUNTER)

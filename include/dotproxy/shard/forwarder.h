@@ -51,6 +51,14 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
                    int* keepalive) override;
   void OnQueryLost(uint32_t token, int upstream, bool upstream_failed) override;
 
+  // A reload: new timeouts, retry and EDNS policy for queries from now on
+  // (max_inflight sized the table at start and is kept).
+  void UpdateSettings(const ForwarderSettings& settings) {
+    const size_t max_inflight = settings_.max_inflight;
+    settings_ = settings;
+    settings_.max_inflight = max_inflight;
+  }
+
   // Before the end-of-iteration flush: queries that waited for capacity.
   void DispatchWaiting();
   // Attempt and final deadlines.

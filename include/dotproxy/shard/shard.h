@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstddef>
 #include <functional>
+#include <cstdint>
 #include <memory>
 
 #include "absl/status/status.h"
@@ -36,6 +37,31 @@ ShardMemory EstimateShardMemory(const config::Config& config);
 // This shard's share of --cache-size (0: caching off).
 size_t CacheEntriesPerShard(const config::Config& config);
 
+// A configuration on its way from the control thread to a shard: one slot,
+// the latest wins. Post() and Take() are lock-free (an atomic exchange), so
+// the shard's loop only ever loads one pointer per iteration.
+class ConfigMailbox {
+ public:
+  struct Letter {
+    std::shared_ptr<const config::Config> config;
+    uint64_t generation = 0;
+  };
+  ~ConfigMailbox() { delete slot_.exchange(nullptr); }
+
+  // Control thread. A letter the shard had not taken yet is replaced.
+  void Post(std::shared_ptr<const config::Config> config, uint64_t generation) {
+    delete slot_.exchange(new Letter{std::move(config), generation}, std::memory_order_acq_rel);
+  }
+  bool has_mail() const { return slot_.load(std::memory_order_relaxed) != nullptr; }
+  // Shard thread: the letter, or null.
+  std::unique_ptr<Letter> Take() {
+    return std::unique_ptr<Letter>(slot_.exchange(nullptr, std::memory_order_acq_rel));
+  }
+
+ private:
+  std::atomic<Letter*> slot_{nullptr};
+};
+
 class Shard {
  public:
   Shard(int index, std::shared_ptr<const config::Config> config);
@@ -49,12 +75,23 @@ class Shard {
   // SERVFAIL the rest. Callable from any thread.
   void Stop() { stop_requested_.store(true, std::memory_order_relaxed); }
 
+  // A reload (control thread): the shard applies `config` between two loop
+  // iterations, at most 100 ms later, or once the pool a previous reload
+  // replaced has drained. Parts that size the shard's tables at start
+  // (threads, max_inflight, max_tcp_clients, cache_size, udp_buffer,
+  // io_backend, metrics_listen) must be equal to the running ones: main
+  // keeps them. applied_generation() tells when it is in force.
+  void PostConfig(std::shared_ptr<const config::Config> config, uint64_t generation) {
+    mailbox_.Post(std::move(config), generation);
+  }
+  uint64_t applied_generation() const { return applied_generation_.load(std::memory_order_acquire); }
+
   // True when the loop ended on an I/O engine error rather than Stop().
   bool failed() const { return failed_.load(std::memory_order_relaxed); }
 
   const ShardStats& stats() const { return stats_; }
-  // One per configured upstream, in configuration order.
-  const UpstreamStats& upstream_stats(size_t upstream) const { return upstream_stats_[upstream]; }
+  // metrics::kMaxUpstreamSlots of them, indexed by UpstreamConfig::metrics_slot.
+  const UpstreamStats& upstream_stats(size_t slot) const { return upstream_stats_[slot]; }
   const UpstreamStats* upstream_stats() const { return upstream_stats_.get(); }
   int index() const { return index_; }
 
@@ -63,6 +100,8 @@ class Shard {
   std::shared_ptr<const config::Config> config_;
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> failed_{false};
+  ConfigMailbox mailbox_;
+  std::atomic<uint64_t> applied_generation_{0};
   ShardStats stats_;
   std::unique_ptr<UpstreamStats[]> upstream_stats_;
 };

@@ -50,6 +50,7 @@ enum class CloseReason : uint8_t {
   kPeerClosed,      // upstream closed an established connection (routine)
   kIdle,            // we closed it for idleness
   kShutdown,        // the shard stops
+  kRetired,         // a reload replaced its pool (routine)
 };
 bool IsFailure(CloseReason reason);
 

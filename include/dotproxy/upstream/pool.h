@@ -10,6 +10,11 @@
 // queries: they never take a forwarder slot.
 //
 // Shard thread only. Connections and ID tables are made at construction.
+//
+// After a reload a shard runs two pools for a while (see PoolSet): the new
+// one takes new queries, the retiring one lets its queries in flight finish
+// and then closes. A pool's `tag` (0 or 1) is in every connection index and
+// upstream number it hands out, so a completion or a Binding names its pool.
 
 #include <chrono>
 #include <cstdint>
@@ -42,12 +47,34 @@ struct PoolSettings {
 
 class UpstreamPool final : public QueryRouter, public ConnectionObserver {
  public:
-  // `upstream_stats` has one entry per upstream and outlives the pool.
+  // Connection indices carry the tag from this bit up; upstream numbers
+  // (Binding::upstream, exclude) from kUpstreamTagShift up.
+  static constexpr uint32_t kConnectionTagShift = 23;
+  static constexpr int kUpstreamTagShift = 16;
+  static uint32_t TagOfConnection(uint32_t index) { return index >> kConnectionTagShift; }
+  static uint32_t TagOfUpstream(int upstream) {
+    return static_cast<uint32_t>(upstream) >> kUpstreamTagShift;
+  }
+
+  // `upstream_stats` is indexed by UpstreamConfig::metrics_slot (or the
+  // position when unassigned) and outlives the pool; so do `upstreams`.
   UpstreamPool(std::span<const config::UpstreamConfig> upstreams, const PoolSettings& settings,
                io::Reactor& reactor, const io::LoopClock& clock,
                const tls::ClientContext& tls_context, metrics::ShardStats& stats,
-               metrics::UpstreamStats* upstream_stats, int shard_index);
+               metrics::UpstreamStats* upstream_stats, int shard_index, uint32_t tag = 0);
   ~UpstreamPool() override;
+
+  uint32_t tag() const { return tag_; }
+  // After a reload: takes no new queries (the PoolSet stops sending them),
+  // sends no probes and opens nothing; each connection closes once its
+  // queries are answered, released or (at `deadline`) lost, which reports
+  // them to the sink for a retry on the new pool. Gauges are left to the
+  // new pool.
+  void Retire(io::Clock::time_point deadline);
+  bool retiring() const { return retiring_; }
+  // Retired and nothing left: every connection closed and recycled (no
+  // operation points into the pool), no probe out. Safe to destroy.
+  bool Quiescent() const;
 
   void set_sink(AnswerSink* sink) { sink_ = sink; }
 
@@ -114,7 +141,20 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   void OnProbeAnswer(Connection& connection, int upstream, std::span<uint8_t> answer,
                      const dns::ResponseInfo& info);
 
+  // Upstream numbers and connection indices as handed out (tagged) and as
+  // used inside (positions). Local*() return -1 / kNoConnection for another
+  // pool's values.
+  int Tagged(int u) const { return static_cast<int>(tag_ << kUpstreamTagShift) | u; }
+  int LocalUpstream(int upstream) const;
+  uint32_t LocalConnection(uint32_t index) const;
+  void SetGauge(std::atomic<uint64_t>& gauge, uint64_t value) {
+    if (!retiring_) metrics::Set(gauge, value);
+  }
+
   PoolSettings settings_;
+  uint32_t tag_ = 0;
+  bool retiring_ = false;
+  io::Clock::time_point retire_deadline_{};
   io::Reactor& reactor_;
   const io::LoopClock& clock_;
   const tls::ClientContext& tls_context_;
