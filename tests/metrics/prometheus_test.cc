@@ -42,8 +42,9 @@ class ShardCollectorTest : public ::testing::Test {
                           {"127.0.0.1:853#a.test", "127.0.0.2:853#b.test"}, "1.2.3");
   }
   // "name{labels}" -> value, from the text exposition.
-  std::map<std::string, std::string> Samples() {
-    const auto families = Collector().Collect();
+  std::map<std::string, std::string> Samples() { return Samples(Collector()); }
+  std::map<std::string, std::string> Samples(const ShardCollector& collector) {
+    const auto families = collector.Collect();
     std::ostringstream out;
     prometheus::TextSerializer().Serialize(out, families);
     text_ = out.str();
@@ -178,6 +179,58 @@ TEST_F(ShardCollectorTest, ReadyNeedsAHealthyConnectedUpstreamOrACache) {
   EXPECT_TRUE(Collector().Ready()) << "the cache can answer";
   shards_[1].stats.serving.store(false);
   EXPECT_FALSE(Collector().Ready()) << "every shard must have bound its sockets";
+}
+
+TEST(UpstreamSlotsTest, AKnownSpecKeepsItsSlotANewOneTakesTheNext) {
+  UpstreamSlots slots;
+  auto first = slots.Assign({"a", "b"});
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(*first, (std::vector<size_t>{0, 1}));
+  auto second = slots.Assign({"c", "a", "c"});
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(*second, (std::vector<size_t>{2, 0, 2}));
+  EXPECT_EQ(slots.specs(), (std::vector<std::string>{"a", "b", "c"}));
+}
+
+TEST(UpstreamSlotsTest, FullTableIsAnErrorAndChangesNothing) {
+  UpstreamSlots slots;
+  std::vector<std::string> many;
+  for (size_t i = 0; i < UpstreamSlots::kMaxSlots; ++i) many.push_back("u" + std::to_string(i));
+  ASSERT_TRUE(slots.Assign(many).ok());
+  auto refused = slots.Assign({"u0", "new"});
+  EXPECT_FALSE(refused.ok());
+  EXPECT_EQ(slots.specs().size(), UpstreamSlots::kMaxSlots);
+  EXPECT_TRUE(slots.Assign({"u0", "u1"}).ok());  // known ones still fit
+}
+
+TEST_F(ShardCollectorTest, AfterAReloadRemovedUpstreamsKeepCountersButNoGauges) {
+  ShardCollector collector = Collector();
+  Bump(shards_[0].upstreams[0].answers, 4);
+  Set(shards_[0].upstreams[0].healthy, 1);
+  Set(shards_[0].upstreams[0].connections, 1);
+  Set(shards_[0].upstreams[1].healthy, 1);
+  // Upstream a removed, b kept.
+  collector.SetUpstreams({"127.0.0.1:853#a.test", "127.0.0.2:853#b.test"}, {1});
+  auto samples = Samples(collector);
+  EXPECT_EQ(samples["dotproxy_upstream_answers_total{upstream=\"127.0.0.1:853#a.test\"}"], "4");
+  EXPECT_EQ(samples.count("dotproxy_upstream_healthy{upstream=\"127.0.0.1:853#a.test\"}"), 0u)
+      << text_;
+  EXPECT_EQ(samples["dotproxy_upstream_healthy{upstream=\"127.0.0.2:853#b.test\"}"], "1");
+  // /ready no longer counts the removed upstream's connection.
+  EXPECT_FALSE(collector.Ready());
+}
+
+TEST_F(ShardCollectorTest, ReloadCountersAreExportedWhenGiven) {
+  ShardCollector collector = Collector();
+  ControlStats control;
+  Bump(control.reloads, 3);
+  Bump(control.reload_failures, 1);
+  Set(control.last_reload_successful, 0);
+  collector.set_control(&control);
+  auto samples = Samples(collector);
+  EXPECT_EQ(samples["dotproxy_config_reloads_total"], "3") << text_;
+  EXPECT_EQ(samples["dotproxy_config_reload_failures_total"], "1");
+  EXPECT_EQ(samples["dotproxy_config_last_reload_successful"], "0");
 }
 
 }  // namespace

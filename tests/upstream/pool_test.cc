@@ -4,8 +4,11 @@
 // enough to see selection by priority, the per-connection in-flight cap and
 // its siblings, exclusion for retries, release of capacity, and queries
 // reported lost when a connection dies. The forwarder is a recording sink.
+// The PoolSet cases at the end (a reload's current and retiring pools) use
+// the same upstreams.
 
 #include "dotproxy/upstream/pool.h"
+#include "dotproxy/upstream/pool_set.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -200,6 +203,95 @@ TEST_P(PoolTest, ADeadConnectionReportsEachOfItsQueriesLostOnce) {
   ASSERT_TRUE(Send(9, next));
   EXPECT_EQ(next.upstream, 1);
 }
+
+// A reload in miniature: pool A (tag 0) has queries in flight when pool B
+// (tag 1) replaces it.
+class PoolSetTest : public PoolTest {
+ protected:
+  PoolGeneration Generation(uint32_t tag) {
+    PoolGeneration generation;
+    settings_.max_inflight_per_connection = 10;
+    settings_.max_connections_per_upstream = 1;
+    generation.pool = std::make_unique<UpstreamPool>(upstreams_, settings_, *reactor_, clock_,
+                                                     *tls_context_, stats_, upstream_stats_.get(),
+                                                     0, tag);
+    generation.pool->set_sink(&sink_);
+    return generation;
+  }
+
+  void PumpSet(int rounds) {
+    for (int i = 0; i < rounds; ++i) {
+      clock_.Update();
+      pools_.RunTimers(false);
+      pools_.Flush();
+      ASSERT_TRUE(io::TurnOnce(*reactor_, milliseconds(5), [&](const io::Completion& c) {
+        pools_.OnCompletion(c.data.index, c);
+      }));
+    }
+  }
+
+  bool SendSet(uint32_t token, Binding& binding, int exclude = -1) {
+    query_ = bench::MakeQuery("q.example", 0, true);
+    return pools_.Send(token, query_, exclude, false, binding);
+  }
+
+  PoolSet pools_;
+};
+
+TEST_P(PoolSetTest, NewQueriesGoToTheNewPoolAndTheOldOneGoesOnceItsQueriesAreDone) {
+  ASSERT_EQ(pools_.next_tag(), 0u);
+  pools_.Install(Generation(0), clock_.now());
+  PumpSet(3);
+  Binding old_binding;
+  ASSERT_TRUE(SendSet(1, old_binding));
+  EXPECT_EQ(UpstreamPool::TagOfConnection(old_binding.connection), 0u);
+  ASSERT_EQ(pools_.next_tag(), 1u);
+  pools_.Install(Generation(1), clock_.now() + std::chrono::seconds(30));
+  EXPECT_FALSE(pools_.CanReplace());
+  Binding new_binding;
+  ASSERT_TRUE(SendSet(2, new_binding));
+  EXPECT_EQ(UpstreamPool::TagOfConnection(new_binding.connection), 1u);
+  EXPECT_EQ(UpstreamPool::TagOfUpstream(new_binding.upstream), 1u);
+  // The old pool waits for its query...
+  PumpSet(10);
+  EXPECT_TRUE(pools_.has_retiring());
+  EXPECT_TRUE(sink_.lost.empty());
+  // ...and goes once it is released (answered elsewhere, say).
+  pools_.Release(1, old_binding);
+  for (int i = 0; i < 100 && pools_.has_retiring(); ++i) PumpSet(1);
+  EXPECT_FALSE(pools_.has_retiring());
+  EXPECT_TRUE(pools_.CanReplace());
+  EXPECT_TRUE(sink_.lost.empty());
+  // The new pool's query is untouched.
+  EXPECT_EQ(pools_.current().health().get(0).in_flight, 1u);
+  EXPECT_EQ(pools_.next_tag(), 0u);
+}
+
+TEST_P(PoolSetTest, AtItsDeadlineTheOldPoolReportsWhatIsLeftLostForARetry) {
+  pools_.Install(Generation(0), clock_.now());
+  PumpSet(3);
+  std::vector<Binding> bindings(3);
+  for (uint32_t token = 0; token < 3; ++token) ASSERT_TRUE(SendSet(token, bindings[token]));
+  pools_.Install(Generation(1), clock_.now() + milliseconds(30));
+  for (int i = 0; i < 200 && sink_.lost.size() < 3; ++i) PumpSet(1);
+  ASSERT_EQ(sink_.lost.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(UpstreamPool::TagOfUpstream(sink_.lost_upstream[i]), 0u);
+    EXPECT_FALSE(sink_.lost_failed[i]);  // routine: the upstream did nothing wrong
+  }
+  for (int i = 0; i < 100 && pools_.has_retiring(); ++i) PumpSet(1);
+  EXPECT_FALSE(pools_.has_retiring());
+  // A retry names the old pool's upstream as the one to avoid: in the new
+  // pool that excludes nothing, so the preferred upstream takes it.
+  Binding retry;
+  ASSERT_TRUE(SendSet(0, retry, sink_.lost_upstream[0]));
+  EXPECT_EQ(retry.upstream & 0xffff, 0);
+  EXPECT_EQ(upstream_stats_[0].connect_failures.load(), 0u);  // retiring is not a failure
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, PoolSetTest,
+                         ::testing::Values(io::IoBackend::kUring, io::IoBackend::kEpoll),
+                         io::BackendName);
 
 INSTANTIATE_TEST_SUITE_P(Backends, PoolTest,
                          ::testing::Values(io::IoBackend::kUring, io::IoBackend::kEpoll),
