@@ -37,6 +37,11 @@ Environment (defaults in brackets):
                  also: dotproxy_base (see DOTPROXY_BASE), dotproxy_epoll = the dotproxy
                  binary with DOTPROXY_ARGS plus --io-backend epoll (the epoll backend
                  side by side with io_uring: TARGETS="dotproxy dotproxy_epoll")
+                 dotproxy_metrics = DOTPROXY_ARGS plus --metrics on a loopback port, never
+                 scraped; dotproxy_scraped = the same, scraped (GET /metrics) every
+                 second while it runs: TARGETS="dotproxy_metrics dotproxy_scraped" gives
+                 the cost of a scrape per query (the endpoint's threads share the
+                 target's core, so their CPU is in the target's CPU-µs per query)
                  reflector = bench/load/reflector.c (UDP only: hit-udp and burst), the
                  ceiling for the cache-hit path
   SCENARIOS      [hit-udp hit-tcp miss-udp miss-tcp burst]
@@ -361,6 +366,26 @@ start_target_dotproxy_deep() { start_dotproxy dotproxy_deep "$DOTPROXY_ARGS $DOT
 # backend it falls back to where rings are refused), to compare the two I/O paths.
 start_target_dotproxy_epoll() { start_dotproxy dotproxy_epoll "$DOTPROXY_ARGS --io-backend epoll"; }
 
+# Metrics on; dotproxy_scraped is also scraped every second by a loop on LOAD_CPU
+# (stopped with the target), so the pair shows what scraping costs per query.
+SCRAPER_PID=""
+start_target_dotproxy_metrics() {
+    METRICS_PORT="$("$PY" "$HELPER" freeports 1)"
+    start_dotproxy dotproxy_metrics "$DOTPROXY_ARGS --metrics 127.0.0.1:$METRICS_PORT"
+}
+start_target_dotproxy_scraped() {
+    METRICS_PORT="$("$PY" "$HELPER" freeports 1)"
+    start_dotproxy dotproxy_scraped "$DOTPROXY_ARGS --metrics 127.0.0.1:$METRICS_PORT" || return 1
+    local url="http://127.0.0.1:$METRICS_PORT/metrics" out="$RESULTS_DIR/dotproxy_scraped.scrapes"
+    taskset -c "$LOAD_CPU" bash -c '
+        for i in $(seq 1 7200); do
+            curl -s -o /dev/null -m 2 -w "%{http_code} %{size_download} %{time_total}\n" "$0" >> "$1"
+            sleep 1
+        done' "$url" "$out" </dev/null >/dev/null 2>&1 &
+    SCRAPER_PID=$!
+    STARTED_PIDS+=("$SCRAPER_PID")
+}
+
 # Another dotproxy binary (DOTPROXY_BASE, e.g. the previous commit's build) with the
 # same arguments, so a change is measured side by side with what it replaces.
 start_target_dotproxy_base() {
@@ -481,6 +506,8 @@ target_supports() {
 }
 
 stop_target() {
+    [ -n "$SCRAPER_PID" ] && stop_pid "$SCRAPER_PID"
+    SCRAPER_PID=""
     [ -n "$TARGET_PID" ] && stop_pid "$TARGET_PID"
     TARGET_PID=""
 }
