@@ -114,7 +114,8 @@ absl::Status ShardLoop::Setup() {
   tls_context_ = *std::move(context);
 
   udp_ = std::make_unique<frontend::UdpFrontend>(*reactor_, acl_, stats_, index_);
-  if (auto status = udp_->Open(config_.listen, config_.udp_socket_buffer, kUdpReplySlots);
+  if (auto status = udp_->Open(config_.listen, config_.udp_socket_buffer, kUdpReplySlots,
+                              config_.freebind);
       !status.ok()) {
     return status;
   }
@@ -122,6 +123,7 @@ absl::Status ShardLoop::Setup() {
   frontend::TcpLimits tcp_limits;
   tcp_limits.max_clients = config_.max_tcp_clients;
   tcp_limits.idle_timeout = config_.tcp_idle_timeout;
+  tcp_limits.freebind = config_.freebind;
   if (auto status = tcp_->Open(config_.listen, tcp_limits); !status.ok()) return status;
   frontends_ = std::make_unique<frontend::Frontends>(*udp_, *tcp_);
 
