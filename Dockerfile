@@ -42,6 +42,7 @@ RUN apt-get update \
       liburing2 libwolfssl35 libabsl20220623 libsystemd0 libtomlplusplus3 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 \
       ca-certificates \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 953 dotproxy \
  && useradd --system --uid 953 --gid 953 --no-create-home --home-dir /nonexistent \
