@@ -4,17 +4,20 @@
 #   docker run --rm --network host dotproxy --listen 127.0.0.1:5353 \
 #       --upstream 1.1.1.1#cloudflare-dns.com
 #
-# The default CMD uses /etc/dotproxy/dotproxy.toml (systemd/dotproxy.toml, which
-# listens on 127.0.0.1:53 and [::1]:53). In a container with its own network
-# namespace pass e.g. `--listen 0.0.0.0:53` to be reachable through a published
-# port. dotproxy runs as the non-root user `dotproxy`; the binary carries
-# cap_net_bind_service so it can still bind port 53.
+# The default CMD uses /etc/dotproxy/dotproxy.toml (deploy/container/dotproxy.toml:
+# DNS on 0.0.0.0:53, metrics /metrics, /health and /ready on 0.0.0.0:9153,
+# Cloudflare upstreams); mount another file there, or override with flags or
+# DOTPROXY_* variables. dotproxy runs as the non-root user `dotproxy`, uid and
+# gid 953 (numeric in USER, so Kubernetes can check runAsNonRoot); the binary
+# carries cap_net_bind_service so it can still bind port 53, also under
+# no-new-privileges when the runtime grants NET_BIND_SERVICE.
 #
 # io_uring: the default seccomp profiles of podman, Docker >= 25 and containerd
 # 2.0 deny io_uring_setup. dotproxy's default `--io-backend auto` then logs
 # `io backend: epoll (auto: io_uring refused: ...)` and serves on epoll. To use
-# io_uring, run with a seccomp profile that allows io_uring_setup,
-# io_uring_enter and io_uring_register.
+# io_uring, run with deploy/seccomp/dotproxy.json (the default profile plus
+# io_uring_setup, io_uring_enter and io_uring_register):
+#   podman run --security-opt seccomp=deploy/seccomp/dotproxy.json ...
 
 FROM debian:bookworm-slim AS build
 ARG DEBIAN_FRONTEND=noninteractive
@@ -30,7 +33,7 @@ RUN meson setup /build -Dtests=false -Dbenchmarks=false --buildtype=release \
  && meson compile -C /build \
  && install -D -m 0755 /build/dotproxy /out/usr/local/bin/dotproxy \
  && setcap cap_net_bind_service=+ep /out/usr/local/bin/dotproxy \
- && install -D -m 0644 systemd/dotproxy.toml /out/etc/dotproxy/dotproxy.toml
+ && install -D -m 0644 deploy/container/dotproxy.toml /out/etc/dotproxy/dotproxy.toml
 
 FROM debian:bookworm-slim
 ARG DEBIAN_FRONTEND=noninteractive
@@ -39,12 +42,14 @@ RUN apt-get update \
       liburing2 libwolfssl35 libabsl20220623 libsystemd0 libtomlplusplus3 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 \
       ca-certificates \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --no-create-home --home-dir /nonexistent \
+ && groupadd --system --gid 953 dotproxy \
+ && useradd --system --uid 953 --gid 953 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin dotproxy
 COPY --from=build /out/etc/dotproxy/dotproxy.toml /etc/dotproxy/dotproxy.toml
 COPY --from=build /out/usr/local/bin/dotproxy /usr/local/bin/dotproxy
-USER dotproxy
-EXPOSE 53/udp 53/tcp
+USER 953:953
+EXPOSE 53/udp 53/tcp 9153/tcp
 ENTRYPOINT ["/usr/local/bin/dotproxy"]
 CMD ["--config", "/etc/dotproxy/dotproxy.toml"]

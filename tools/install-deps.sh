@@ -19,6 +19,9 @@ PACKAGES=(
   # tests: promtool and a real Prometheus server scraping the metrics
   # endpoint (dotproxy_e2e_metrics.py)
   prometheus
+  # tests: deploy/ (tests/deploy): yamllint and python3-yaml for the
+  # Kubernetes manifests (kubectl itself is not a Debian package here)
+  yamllint python3-yaml
 )
 
 SUDO=""

@@ -34,6 +34,11 @@ constexpr Option kOptions[] = {
      .kind = OptionKind::kAddressList, .field = &Config::listen, .value_name = "ADDR:PORT",
      .help = "UDP and TCP listen address, e.g. 127.0.0.1:53 or [::1]:53;\n"
              "repeatable (default: 127.0.0.1:53 and [::1]:53)"},
+    // A switch: no variable (switches have no variable syntax).
+    {.flag = "freebind", .toml_key = "freebind", .kind = OptionKind::kSwitch,
+     .field = &Config::freebind,
+     .help = "bind listen addresses this host does not have (yet):\n"
+             "IP_FREEBIND, e.g. a link-local 169.254.20.10 added later"},
     {.flag = "upstream", .toml_key = "upstream", .env = "DOTPROXY_UPSTREAMS",
      .kind = OptionKind::kUpstreamList, .field = &Config::upstreams,
      .value_name = "IP[:PORT][#NAME][^PIN]...",

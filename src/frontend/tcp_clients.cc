@@ -21,7 +21,7 @@ TcpClients::TcpClients(io::Reactor& reactor, const io::LoopClock& clock, const A
 absl::Status TcpClients::Open(std::span<const io::SocketAddress> listen, const TcpLimits& limits) {
   limits_ = limits;
   for (const io::SocketAddress& address : listen) {
-    auto listener = io::OpenTcpListener(address, 1024);
+    auto listener = io::OpenTcpListener(address, 1024, limits.freebind);
     if (!listener.ok()) return listener.status();
     listeners_.push_back(*std::move(listener));
   }

@@ -16,9 +16,9 @@ UdpFrontend::UdpFrontend(io::Reactor& reactor, const Acl& acl, metrics::ShardSta
     : reactor_(reactor), acl_(acl), stats_(stats), shard_index_(shard_index) {}
 
 absl::Status UdpFrontend::Open(std::span<const io::SocketAddress> listen, int socket_buffer_bytes,
-                               size_t reply_slots) {
+                               size_t reply_slots, bool freebind) {
   for (const io::SocketAddress& address : listen) {
-    auto socket = io::OpenUdpListener(address, socket_buffer_bytes);
+    auto socket = io::OpenUdpListener(address, socket_buffer_bytes, freebind);
     if (!socket.ok()) return socket.status();
     sockets_.push_back(*std::move(socket));
   }

@@ -41,6 +41,29 @@ void SetBufferSizes(int fd, int bytes) {
   }
 }
 
+// IP_FREEBIND / IPV6_FREEBIND: bind an address this host does not have (yet),
+// e.g. a link-local service address added to an interface after we start.
+absl::Status SetFreebind(int fd, const SocketAddress& address) {
+  const int one = 1;
+  if (address.family() == AF_INET6) {
+    // IPV6_FREEBIND needs Linux 4.15; older kernels honour IP_FREEBIND on v6.
+    if (setsockopt(fd, IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof(one)) == 0) return absl::OkStatus();
+  }
+  if (setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof(one)) != 0) {
+    return ErrnoStatus(absl::StrCat("IP_FREEBIND on ", address.ToString()), errno);
+  }
+  return absl::OkStatus();
+}
+
+// bind()'s error, with the way out when the address is not (yet) on this host.
+absl::Status BindError(absl::string_view what, const SocketAddress& address, int err,
+                       bool freebind) {
+  absl::Status status = ErrnoStatus(absl::StrCat("bind ", what, " ", address.ToString()), err);
+  if (err != EADDRNOTAVAIL || freebind) return status;
+  return absl::UnavailableError(absl::StrCat(
+      status.message(), " (not an address of this host; --freebind binds it anyway)"));
+}
+
 }  // namespace
 
 uint16_t SocketAddress::port() const {
@@ -117,7 +140,8 @@ absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text, int defa
   return address;
 }
 
-absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffer_bytes) {
+absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffer_bytes,
+                                         bool freebind) {
   UniqueFd fd(socket(address.family(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd) return ErrnoStatus("socket(UDP)", errno);
   const int one = 1;
@@ -126,13 +150,17 @@ absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffe
     setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
   }
   SetBufferSizes(fd.get(), buffer_bytes);
+  if (freebind) {
+    if (auto status = SetFreebind(fd.get(), address); !status.ok()) return status;
+  }
   if (bind(fd.get(), address.get(), address.length) != 0) {
-    return ErrnoStatus(absl::StrCat("bind UDP ", address.ToString()), errno);
+    return BindError("UDP", address, errno, freebind);
   }
   return fd;
 }
 
-absl::StatusOr<UniqueFd> OpenTcpListener(const SocketAddress& address, int backlog) {
+absl::StatusOr<UniqueFd> OpenTcpListener(const SocketAddress& address, int backlog,
+                                         bool freebind) {
   UniqueFd fd(socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd) return ErrnoStatus("socket(TCP)", errno);
   const int one = 1;
@@ -141,8 +169,11 @@ absl::StatusOr<UniqueFd> OpenTcpListener(const SocketAddress& address, int backl
   if (address.family() == AF_INET6) {
     setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
   }
+  if (freebind) {
+    if (auto status = SetFreebind(fd.get(), address); !status.ok()) return status;
+  }
   if (bind(fd.get(), address.get(), address.length) != 0) {
-    return ErrnoStatus(absl::StrCat("bind TCP ", address.ToString()), errno);
+    return BindError("TCP", address, errno, freebind);
   }
   if (listen(fd.get(), backlog) != 0) {
     return ErrnoStatus(absl::StrCat("listen TCP ", address.ToString()), errno);

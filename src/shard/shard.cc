@@ -180,7 +180,8 @@ absl::Status ShardLoop::Setup() {
   reactor_ = *std::move(reactor);
 
   udp_ = std::make_unique<frontend::UdpFrontend>(*reactor_, acl_, stats_, index_);
-  if (auto status = udp_->Open(config.listen, config.udp_socket_buffer, kUdpReplySlots);
+  if (auto status = udp_->Open(config.listen, config.udp_socket_buffer, kUdpReplySlots,
+                              config.freebind);
       !status.ok()) {
     return status;
   }
@@ -188,6 +189,7 @@ absl::Status ShardLoop::Setup() {
   frontend::TcpLimits tcp_limits;
   tcp_limits.max_clients = config.max_tcp_clients;
   tcp_limits.idle_timeout = config.tcp_idle_timeout;
+  tcp_limits.freebind = config.freebind;
   if (auto status = tcp_->Open(config.listen, tcp_limits); !status.ok()) return status;
   frontends_ = std::make_unique<frontend::Frontends>(*udp_, *tcp_);
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the dotproxy image from the repo's Dockerfile with podman and runs the
-# container case (dotproxy_container.py container_default_seccomp_epoll):
-# under podman's default seccomp profile io_uring is refused, dotproxy must
-# fall back to epoll and answer.
+# container cases of dotproxy_container.py: container_default_seccomp_epoll
+# (under podman's default seccomp profile io_uring is refused, dotproxy must
+# fall back to epoll and answer) and container_seccomp_profile_uring (with
+# deploy/seccomp/dotproxy.json and the Kubernetes hardening it runs on
+# io_uring). Both check the metrics endpoint.
 #
-#   tests/container/run_container_test.sh [SOURCE_ROOT]
+#   tests/container/run_container_test.sh [SOURCE_ROOT [CASE...]]   (default: both cases)
 #
 # The steps follow the platform notes (PLATFORM.md) "Operations tooling" for this sandbox:
 #   1. root only; `apt-get install -y podman runc mmdebstrap` if podman is missing
@@ -25,6 +27,9 @@ set -uo pipefail
 SKIP=77
 SRC="${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 SRC="$(cd "$SRC" && pwd)" || { echo "FAIL: no source root $1"; exit 1; }
+shift || true
+CASES=("$@")
+[ "${#CASES[@]}" -gt 0 ] || CASES=(container_default_seccomp_epoll container_seccomp_profile_uring)
 IMAGE_REPO="dotproxy-test"
 BASE_IMAGE="debian:bookworm-slim"
 RUN_ID="dotproxy-test-run=$$-$(date +%s)"
@@ -134,13 +139,15 @@ else
 fi
 timeout 30 "${PODMAN[@]}" image inspect --format 'image {{.Id}}: {{.Size}} bytes' "$IMAGE"
 
-# 4. the case (it removes its own containers; cleanup() catches leftovers)
-step "case container_default_seccomp_epoll"
+# 4. the cases (they remove their own containers; cleanup() catches leftovers)
+step "cases ${CASES[*]}"
+case_args=()
+for c in "${CASES[@]}"; do case_args+=(--case "$c"); done
 timeout 300 /usr/bin/python3 "$SRC/tests/container/dotproxy_container.py" \
-  --image "$IMAGE" --label "$RUN_ID" --case container_default_seccomp_epoll &
+  --image "$IMAGE" --label "$RUN_ID" "${case_args[@]}" &
 CASE_PID=$!
 wait "$CASE_PID"
 rc=$?
 CASE_PID=""
-[ "$rc" -eq 124 ] && echo "FAIL: the case timed out after 300 s"
+[ "$rc" -eq 124 ] && echo "FAIL: the cases timed out after 300 s"
 exit "$rc"

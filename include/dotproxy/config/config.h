@@ -57,6 +57,9 @@ absl::StatusOr<SpkiPin> ParsePin(std::string_view base64);
 
 struct Config {
   std::vector<io::SocketAddress> listen;
+  // IP_FREEBIND on every listener: listen addresses may not exist yet (a
+  // link-local service address, NodeLocal DNSCache style).
+  bool freebind = false;
   std::vector<UpstreamConfig> upstreams;
   // Client networks allowed to query; others are dropped without a reply
   // (no reflection). Empty until parsing ends, then the default list.

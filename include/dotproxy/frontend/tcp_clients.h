@@ -37,6 +37,8 @@ struct TcpLimits {
   // RFC 7766 §6.2.1.1 lets a client pipeline; past this many unanswered
   // queries its socket is not read until answers drain.
   uint32_t max_queries_per_client = 128;
+  // IP_FREEBIND on the listeners: bind addresses the host does not have yet.
+  bool freebind = false;
 };
 
 class TcpClients {

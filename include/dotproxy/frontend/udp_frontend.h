@@ -24,9 +24,10 @@ class UdpFrontend {
  public:
   UdpFrontend(io::Reactor& reactor, const Acl& acl, metrics::ShardStats& stats, int shard_index);
 
-  // Binds one socket per address (SO_REUSEPORT) and sizes `reply_slots`.
+  // Binds one socket per address (SO_REUSEPORT; IP_FREEBIND with
+  // `freebind`) and sizes `reply_slots`.
   absl::Status Open(std::span<const io::SocketAddress> listen, int socket_buffer_bytes,
-                    size_t reply_slots);
+                    size_t reply_slots, bool freebind = false);
   void set_sink(QuerySink* sink) { sink_ = sink; }
 
   // Arms the datagram receives.

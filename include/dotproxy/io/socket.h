@@ -65,11 +65,14 @@ class UniqueFd {
 // A UDP socket bound to `address` with SO_REUSEPORT, so every shard binds its
 // own and the kernel spreads clients across them. `buffer_bytes` sizes
 // SO_RCVBUF/SO_SNDBUF (forced past rmem_max when privileged) so bursts are
-// queued rather than dropped.
-absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffer_bytes);
+// queued rather than dropped. `freebind` (both listeners) sets IP_FREEBIND /
+// IPV6_FREEBIND, so an address the host does not have yet can be bound.
+absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffer_bytes,
+                                         bool freebind = false);
 
 // A listening TCP socket with SO_REUSEPORT.
-absl::StatusOr<UniqueFd> OpenTcpListener(const SocketAddress& address, int backlog);
+absl::StatusOr<UniqueFd> OpenTcpListener(const SocketAddress& address, int backlog,
+                                         bool freebind = false);
 
 // A non-blocking TCP socket for an upstream connection: TCP_NODELAY, and
 // TCP_USER_TIMEOUT so a half-open connection fails instead of hanging.
