@@ -191,6 +191,7 @@ void KeepRestartOnly(const dotproxy::config::Config& running, dotproxy::config::
   keep("udp_buffer", next.udp_socket_buffer, running.udp_socket_buffer, equal);
   keep("metrics_listen", next.metrics_listen, running.metrics_listen, same_text);
   keep("listen", next.listen, running.listen, same_text);
+  keep("freebind", next.freebind, running.freebind, equal);
 }
 
 // Resolves --io-backend auto to what this host allows: io_uring unless ring
