@@ -25,6 +25,7 @@
 #include "dotproxy/config/config.h"
 #include "dotproxy/control/alloc_counter.h"
 #include "dotproxy/control/log.h"
+#include "dotproxy/control/socket_activation.h"
 #include "dotproxy/io/reactor.h"
 #include "dotproxy/metrics/http_server.h"
 #include "dotproxy/metrics/prometheus.h"
@@ -204,6 +205,19 @@ int main(int argc, char** argv) {
       dotproxy::shard::CacheEntriesPerShard(*config) * config->threads,
       Mib(memory.fixed_bytes * config->threads), config->threads,
       Mib(memory.tcp_worst_bytes * config->threads));
+  // --- socket activation (systemd/dotproxy.socket): passed sockets replace
+  // --listen; see control/socket_activation.h. ---
+  if (auto inherited = dotproxy::control::TakeInheritedListeners(); inherited.ok()) {
+    config->inherited_listeners = *std::move(inherited);
+    // For the logs and --check-config; the front ends use the sockets.
+    if (!config->inherited_listeners.empty()) {
+      config->listen = dotproxy::control::InheritedAddresses(config->inherited_listeners);
+    }
+  } else {
+    std::fprintf(stderr, "dotproxy: %s\n", std::string(inherited.status().message()).c_str());
+    return 2;
+  }
+  // --- end socket activation ---
   if (config->check_config) {
     std::string upstreams;
     for (const auto& upstream : config->upstreams) {

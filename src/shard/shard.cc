@@ -114,7 +114,9 @@ absl::Status ShardLoop::Setup() {
   tls_context_ = *std::move(context);
 
   udp_ = std::make_unique<frontend::UdpFrontend>(*reactor_, acl_, stats_, index_);
-  if (auto status = udp_->Open(config_.listen, config_.udp_socket_buffer, kUdpReplySlots);
+  // Inherited sockets (socket activation), when any, replace --listen.
+  if (auto status = udp_->Open(config_.listen, config_.inherited_listeners,
+                               config_.udp_socket_buffer, kUdpReplySlots);
       !status.ok()) {
     return status;
   }
@@ -122,7 +124,10 @@ absl::Status ShardLoop::Setup() {
   frontend::TcpLimits tcp_limits;
   tcp_limits.max_clients = config_.max_tcp_clients;
   tcp_limits.idle_timeout = config_.tcp_idle_timeout;
-  if (auto status = tcp_->Open(config_.listen, tcp_limits); !status.ok()) return status;
+  if (auto status = tcp_->Open(config_.listen, config_.inherited_listeners, tcp_limits);
+      !status.ok()) {
+    return status;
+  }
   frontends_ = std::make_unique<frontend::Frontends>(*udp_, *tcp_);
 
   dns::UpstreamQueryOptions query_options;
