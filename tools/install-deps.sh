@@ -19,6 +19,9 @@ PACKAGES=(
   # tests: promtool and a real Prometheus server scraping the metrics
   # endpoint (dotproxy_e2e_metrics.py)
   prometheus
+  # tests: systemd-socket-activate and systemd-analyze (socket activation
+  # cases, the offline check of systemd/*.service and *.socket)
+  systemd
 )
 
 SUDO=""
