@@ -144,6 +144,9 @@ absl::Status TcpClients::SetListeners(std::span<const io::SocketAddress> listen)
     if (index == listeners_.size()) listeners_.emplace_back();
     Listener& listener = listeners_[index];
     listener.state = State::kOpen;
+    // The number may be one the reactor remembers from a socket closed
+    // without Release (a TCP client): start afresh.
+    reactor_.Release(fd.get());
     listener.fd = std::move(fd);
     listener.address = address;
     listener.shared = listener.accepting = false;

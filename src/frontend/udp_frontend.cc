@@ -128,6 +128,9 @@ absl::Status UdpFrontend::SetListeners(std::span<const io::SocketAddress> listen
     Socket& socket = sockets_[index];
     socket = Socket{};
     socket.state = SocketState::kOpen;
+    // The number may be one the reactor remembers from a socket closed
+    // without Release (a TCP client): start afresh.
+    reactor_.Release(fd.get());
     socket.fd = std::move(fd);
     socket.address = address;
     if (started_) Arm(index);

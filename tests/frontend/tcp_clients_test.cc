@@ -306,6 +306,29 @@ TEST_P(TcpClientsTest, SetListenersAddsAndRemovesWhileServing) {
   EXPECT_EQ(tcp_->open_clients(), 4u);
 }
 
+// A listener added after a client closed likely gets the client's fd
+// number: the reactor must not mistake it for the old socket (epoll).
+TEST_P(TcpClientsTest, AddedListenerOnTheNumberOfAClosedClientAccepts) {
+  Open();
+  {
+    io::UniqueFd client = Connect();
+    ASSERT_EQ(tcp_->open_clients(), 1u);
+  }
+  for (int i = 0; i < 20 && tcp_->open_clients() > 0; ++i) Pump(1);
+  ASSERT_EQ(tcp_->open_clients(), 0u);
+  auto other = io::ParseSocketAddress("127.0.0.1:" + std::to_string(FreeLoopbackPort()), -1);
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(tcp_->SetListeners(std::vector{listen_[0], *other}).ok());
+  Pump();
+  io::UniqueFd added(socket(AF_INET, SOCK_STREAM, 0));
+  ASSERT_EQ(connect(added.get(), other->get(), other->length), 0);
+  Pump();
+  EXPECT_EQ(tcp_->open_clients(), 1u);
+  Write(added.get(), Framed(bench::MakeQuery("reused.example", 1, true)));
+  Pump();
+  EXPECT_EQ(sink_.queries.size(), 1u);
+}
+
 TEST_P(TcpClientsTest, SetListenersIsAllOrNothingOnABindError) {
   Open();
   // Listening without SO_REUSEPORT: nobody else may bind it.
