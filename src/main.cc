@@ -28,17 +28,18 @@
 #include "dotproxy/config/config.h"
 #include "dotproxy/control/alloc_counter.h"
 #include "dotproxy/control/log.h"
+#include "dotproxy/control/socket_activation.h"
+#include "dotproxy/daemon/reload.h"
+#include "dotproxy/daemon/systemd.h"
 #include "dotproxy/io/reactor.h"
 #include "dotproxy/metrics/http_server.h"
 #include "dotproxy/metrics/prometheus.h"
 #include "dotproxy/metrics/stats_format.h"
+#include "dotproxy/metrics/upstream_slots.h"
 #include "dotproxy/shard/shard.h"
 #include "dotproxy/tls/client.h"
 #include "dotproxy_build_config.h"
 
-#if DOTPROXY_HAVE_SYSTEMD
-#include <systemd/sd-daemon.h>
-#endif
 
 // Every C++ allocation is counted when it happens on a shard thread; the
 // query path is meant to make none (see control/alloc_counter.h).
@@ -57,83 +58,8 @@ namespace {
 
 using dotproxy::control::Log;
 using dotproxy::control::Severity;
-
-void Notify(const std::string& state) {
-#if DOTPROXY_HAVE_SYSTEMD
-  sd_notify(0, state.c_str());
-#else
-  (void)state;
-#endif
-}
-
-// systemd's watchdog interval (WatchdogSec=), or zero when it is off.
-std::chrono::microseconds WatchdogInterval() {
-#if DOTPROXY_HAVE_SYSTEMD
-  uint64_t usec = 0;
-  if (sd_watchdog_enabled(0, &usec) > 0) return std::chrono::microseconds(usec);
-#endif
-  return std::chrono::microseconds(0);
-}
-
-uint64_t MonotonicMicroseconds() {
-  timespec now{};
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return static_cast<uint64_t>(now.tv_sec) * 1000000 + static_cast<uint64_t>(now.tv_nsec) / 1000;
-}
-
-using ShardList = std::vector<std::unique_ptr<dotproxy::shard::Shard>>;
-
-// The first shard whose loop has not turned within `max_age`, or -1. An
-// idle loop turns every 100 ms; the same rule as /health.
-int StuckShard(const ShardList& shards, std::chrono::nanoseconds max_age) {
-  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          std::chrono::steady_clock::now().time_since_epoch())
-                          .count();
-  for (const auto& shard : shards) {
-    const int64_t beat = shard->stats().loop_heartbeat_ns.load(std::memory_order_relaxed);
-    if (now - beat > max_age.count()) return shard->index();
-  }
-  return -1;
-}
-
-std::string Join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& item : items) absl::StrAppend(&out, out.empty() ? "" : ", ", item);
-  return out.empty() ? "none" : out;
-}
-
-std::string ListenSummary(const dotproxy::config::Config& config) {
-  std::vector<std::string> items;
-  for (const auto& address : config.listen) items.push_back(address.ToString());
-  return Join(items);
-}
-
-std::string UpstreamSummary(const dotproxy::config::Config& config) {
-  std::vector<std::string> items;
-  for (const auto& upstream : config.upstreams) {
-    items.push_back(absl::StrCat(upstream.address.ToString(), "#", upstream.peer.auth_name,
-                                 upstream.peer.pins.empty() ? "" : " (pinned)",
-                                 upstream.priority != 0 ? absl::StrCat(" priority ", upstream.priority) : ""));
-  }
-  return Join(items);
-}
-
-std::string AllowSummary(const dotproxy::config::Config& config) {
-  std::vector<std::string> items;
-  for (const auto& cidr : config.allow) items.push_back(cidr.text);
-  return Join(items);
-}
-
-// The effective configuration in one line, for the start and reload logs.
-std::string ConfigSummary(const dotproxy::config::Config& config) {
-  return absl::StrFormat(
-      "listen %s; upstreams %s; allow %s; cache %d entries (ttl %d..%d s, negative %d s, stale "
-      "%d s); query timeout %d ms; %d shards; log level %s",
-      ListenSummary(config), UpstreamSummary(config), AllowSummary(config), config.cache_size,
-      config.cache.min_ttl, config.cache.max_ttl, config.cache.negative_max_ttl,
-      config.cache.stale_window, static_cast<int>(config.query_timeout.count()), config.threads,
-      config.log_level);
-}
+using dotproxy::daemon::Notify;
+using dotproxy::daemon::ShardList;
 
 // CPUs this process may run on (respects taskset/cgroups), in order.
 std::vector<int> UsableCpus() {
@@ -159,39 +85,6 @@ void PrintStats(const dotproxy::config::Config& config, const ShardList& shards,
     Log(Severity::kInfo, "%s",
         dotproxy::metrics::FormatUpstream(upstream.spec, upstream.metrics_slot, counters));
   }
-}
-
-// Settings that size a shard's tables and sockets at start. A reload that
-// changes them keeps the running values and says so.
-void KeepRestartOnly(const dotproxy::config::Config& running, dotproxy::config::Config& next,
-                     std::vector<std::string>& kept) {
-  auto keep = [&](const char* name, auto& field, const auto& value, auto same) {
-    if (!same(field, value)) {
-      kept.push_back(name);
-      field = value;
-    }
-  };
-  auto equal = [](const auto& a, const auto& b) { return a == b; };
-  auto same_text = [](const auto& a, const auto& b) {
-    if constexpr (requires { a.has_value(); }) {
-      return a.has_value() == b.has_value() && (!a.has_value() || a->ToString() == b->ToString());
-    } else {
-      if (a.size() != b.size()) return false;
-      for (size_t i = 0; i < a.size(); ++i) {
-        if (a[i].ToString() != b[i].ToString()) return false;
-      }
-      return true;
-    }
-  };
-  keep("threads", next.threads, running.threads, equal);
-  keep("io_backend", next.io_backend, running.io_backend, equal);
-  keep("max_inflight", next.max_inflight, running.max_inflight, equal);
-  keep("max_tcp_clients", next.max_tcp_clients, running.max_tcp_clients, equal);
-  keep("cache_size", next.cache_size, running.cache_size, equal);
-  keep("udp_buffer", next.udp_socket_buffer, running.udp_socket_buffer, equal);
-  keep("metrics_listen", next.metrics_listen, running.metrics_listen, same_text);
-  keep("listen", next.listen, running.listen, same_text);
-  keep("freebind", next.freebind, running.freebind, equal);
 }
 
 // Resolves --io-backend auto to what this host allows: io_uring unless ring
@@ -257,89 +150,6 @@ absl::Status CheckMemory(const dotproxy::config::Config& config,
     }
   }
   return absl::OkStatus();
-}
-
-// What the control thread needs to apply a SIGHUP: how the process was
-// started (to re-read flags, file and environment the same way) and what
-// runs now.
-struct ReloadContext {
-  int argc = 0;
-  char** argv = nullptr;
-  std::string requested_backend;  // before "auto" was resolved
-  int default_threads = 1;
-  std::shared_ptr<const dotproxy::config::Config> running;
-  const ShardList* shards = nullptr;
-  dotproxy::metrics::UpstreamSlots* slots = nullptr;
-  dotproxy::metrics::ShardCollector* collector = nullptr;  // null: no metrics endpoint
-  dotproxy::metrics::ControlStats* control = nullptr;
-  uint64_t generation = 0;
-};
-
-// Builds the next configuration, or says why not (the message names the
-// flag, variable or FILE:LINE). Nothing changes on error.
-absl::StatusOr<std::shared_ptr<const dotproxy::config::Config>> LoadNextConfig(
-    ReloadContext& context, std::vector<std::string>& kept) {
-  auto command_line = dotproxy::config::ParseCommandLine(context.argc, context.argv);
-  if (!command_line.ok()) return command_line.status();
-  auto next = std::make_shared<dotproxy::config::Config>(std::move(command_line->config));
-  const dotproxy::config::Config& running = *context.running;
-  if (next->threads == 0) next->threads = context.default_threads;
-  if (next->io_backend == context.requested_backend) next->io_backend = running.io_backend;
-  KeepRestartOnly(running, *next, kept);
-  // The shards build their TLS contexts from it: catch a bad trust store here.
-  if (auto tls = dotproxy::tls::ClientContext::Create(next->ca_file); !tls.ok()) {
-    return tls.status();
-  }
-  std::vector<std::string> specs;
-  for (const auto& upstream : next->upstreams) specs.push_back(upstream.spec);
-  auto slots = context.slots->Assign(specs);
-  if (!slots.ok()) return slots.status();
-  for (size_t u = 0; u < next->upstreams.size(); ++u) next->upstreams[u].metrics_slot = (*slots)[u];
-  return std::shared_ptr<const dotproxy::config::Config>(std::move(next));
-}
-
-// SIGHUP: re-read and apply while serving, or refuse and keep the old
-// configuration. Either way one log line and a counter say what happened.
-void Reload(ReloadContext& context) {
-  Notify(absl::StrFormat("RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=%d", MonotonicMicroseconds()));
-  std::vector<std::string> kept;
-  auto next = LoadNextConfig(context, kept);
-  if (!next.ok()) {
-    dotproxy::metrics::Bump(context.control->reload_failures);
-    dotproxy::metrics::Set(context.control->last_reload_successful, 0);
-    Log(Severity::kError, "reload refused, configuration unchanged: %s", next.status().message());
-    Notify(absl::StrCat("READY=1\nSTATUS=reload refused: ", next.status().message()));
-    return;
-  }
-  const uint64_t generation = ++context.generation;
-  dotproxy::control::ConfigureLogging((*next)->log_level, (*next)->log_format);
-  for (const auto& shard : *context.shards) shard->PostConfig(*next, generation);
-  // A shard applies it within a loop turn, or once the pool the previous
-  // reload replaced has drained (a query timeout at most).
-  const auto deadline = std::chrono::steady_clock::now() + (*next)->query_timeout +
-                        context.running->query_timeout + std::chrono::seconds(2);
-  std::vector<int> late;
-  for (const auto& shard : *context.shards) {
-    while (shard->applied_generation() < generation && !shard->failed() &&
-           std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    if (shard->applied_generation() < generation) late.push_back(shard->index());
-  }
-  if (context.collector != nullptr) {
-    std::vector<size_t> configured;
-    for (const auto& upstream : (*next)->upstreams) configured.push_back(upstream.metrics_slot);
-    context.collector->SetUpstreams(context.slots->specs(), std::move(configured));
-  }
-  context.running = *next;
-  dotproxy::metrics::Bump(context.control->reloads);
-  dotproxy::metrics::Set(context.control->last_reload_successful, 1);
-  Log(Severity::kInfo, "reload applied (generation %d): %s%s%s", generation,
-      ConfigSummary(*context.running),
-      kept.empty() ? "" : absl::StrCat("; not applied until restart: ", Join(kept)),
-      late.empty() ? ""
-                   : absl::StrCat("; shards still draining the old upstreams: ", late.size()));
-  Notify(absl::StrCat("READY=1\nSTATUS=serving; reloaded (generation ", generation, ")"));
 }
 
 }  // namespace
@@ -410,6 +220,19 @@ int main(int argc, char** argv) {
       dotproxy::shard::CacheEntriesPerShard(*config) * config->threads,
       Mib(memory.fixed_bytes * config->threads), config->threads,
       Mib(memory.tcp_worst_bytes * config->threads));
+  // --- socket activation (systemd/dotproxy.socket): passed sockets replace
+  // --listen; see control/socket_activation.h. ---
+  if (auto inherited = dotproxy::control::TakeInheritedListeners(); inherited.ok()) {
+    config->inherited_listeners = *std::move(inherited);
+    // For the logs and --check-config; the front ends use the sockets.
+    if (!config->inherited_listeners.empty()) {
+      config->listen = dotproxy::control::InheritedAddresses(config->inherited_listeners);
+    }
+  } else {
+    std::fprintf(stderr, "dotproxy: %s\n", std::string(inherited.status().message()).c_str());
+    return 2;
+  }
+  // --- end socket activation ---
   if (config->check_config) {
     std::string upstreams;
     for (const auto& upstream : config->upstreams) {
@@ -518,10 +341,10 @@ int main(int argc, char** argv) {
     }
     Log(Severity::kInfo, "serving on %s with %d shards, %d upstreams", listen, config->threads,
         static_cast<int>(config->upstreams.size()));
-    Log(Severity::kInfo, "configuration: %s", ConfigSummary(*config));
+    Log(Severity::kInfo, "configuration: %s", dotproxy::daemon::ConfigSummary(*config));
     Notify(absl::StrFormat("READY=1\nSTATUS=serving on %s with %d shards, %d upstreams", listen,
                            config->threads, static_cast<int>(config->upstreams.size())));
-    ReloadContext reload;
+    dotproxy::daemon::ReloadContext reload;
     reload.argc = argc;
     reload.argv = argv;
     reload.requested_backend = requested_backend;
@@ -529,12 +352,17 @@ int main(int argc, char** argv) {
     reload.running = config;
     reload.shards = &shards;
     reload.slots = &upstream_slots;
-    reload.collector = collector.get();
+    if (collector) {
+      reload.upstreams_changed = [&collector](const std::vector<std::string>& specs,
+                                              std::vector<size_t> configured) {
+        collector->SetUpstreams(specs, std::move(configured));
+      };
+    }
     reload.control = &control_stats;
     // Under WatchdogSec= the keep-alive is sent at half the interval, and
     // only while every shard's loop turns: a stuck shard gets the service
     // restarted. Signals are waited for in between.
-    const std::chrono::microseconds watchdog = WatchdogInterval();
+    const std::chrono::microseconds watchdog = dotproxy::daemon::WatchdogInterval();
     const auto wait = watchdog.count() > 0
                           ? std::min<std::chrono::microseconds>(watchdog / 2, std::chrono::seconds(1))
                           : std::chrono::microseconds(std::chrono::seconds(1));
@@ -545,7 +373,7 @@ int main(int argc, char** argv) {
     int last_stuck = -1;
     while (true) {
       if (watchdog.count() > 0) {
-        const int stuck = StuckShard(shards, std::chrono::seconds(1));
+        const int stuck = dotproxy::daemon::StuckShard(shards, std::chrono::seconds(1));
         if (stuck < 0) Notify("WATCHDOG=1");
         if (stuck >= 0 && stuck != last_stuck) {
           Log(Severity::kError, "shard %d: loop has not turned for over 1 s; watchdog withheld",
@@ -563,7 +391,7 @@ int main(int argc, char** argv) {
         continue;
       }
       if (signal_number == SIGHUP) {
-        Reload(reload);
+        dotproxy::daemon::Reload(reload);
         continue;
       }
       Log(Severity::kInfo, "signal %d: stopping", signal_number);

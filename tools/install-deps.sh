@@ -22,6 +22,9 @@ PACKAGES=(
   # tests: deploy/ (tests/deploy): yamllint and python3-yaml for the
   # Kubernetes manifests (kubectl itself is not a Debian package here)
   yamllint python3-yaml
+  # tests: systemd-socket-activate and systemd-analyze (socket activation
+  # cases, the offline check of systemd/*.service and *.socket)
+  systemd
 )
 
 SUDO=""

@@ -2,6 +2,7 @@
 
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -18,12 +19,25 @@ TcpClients::TcpClients(io::Reactor& reactor, const io::LoopClock& clock, const A
                        metrics::ShardStats& stats, int shard_index)
     : reactor_(reactor), clock_(clock), acl_(acl), stats_(stats), shard_index_(shard_index) {}
 
-absl::Status TcpClients::Open(std::span<const io::SocketAddress> listen, const TcpLimits& limits) {
+absl::Status TcpClients::Open(std::span<const io::SocketAddress> listen,
+                              std::span<const io::InheritedListener> inherited,
+                              const TcpLimits& limits) {
   limits_ = limits;
-  for (const io::SocketAddress& address : listen) {
-    auto listener = io::OpenTcpListener(address, 1024, limits.freebind);
-    if (!listener.ok()) return listener.status();
-    listeners_.push_back(*std::move(listener));
+  inherited_ = !inherited.empty();
+  if (inherited_) {
+    for (const io::InheritedListener& listener : inherited) {
+      if (listener.datagram()) continue;
+      if (auto status = AddInherited(listener); !status.ok()) return status;
+    }
+  } else {
+    for (const io::SocketAddress& address : listen) {
+      auto fd = io::OpenTcpListener(address, 1024, limits.freebind);
+      if (!fd.ok()) return fd.status();
+      Listener& listener = listeners_.emplace_back();
+      listener.state = State::kOpen;
+      listener.fd = *std::move(fd);
+      listener.address = address;
+    }
   }
   clients_ = std::vector<Client>(static_cast<size_t>(limits.max_clients));
   idle_.Bind(&clients_);
@@ -33,18 +47,145 @@ absl::Status TcpClients::Open(std::span<const io::SocketAddress> listen, const T
   return absl::OkStatus();
 }
 
+// As UdpFrontend::AddInherited: shard 0 accepts on the passed socket, the
+// others on a reuseport sibling, or on the passed socket when there is none.
+absl::Status TcpClients::AddInherited(const io::InheritedListener& inherited) {
+  Listener& listener = listeners_.emplace_back();
+  listener.state = State::kOpen;
+  listener.address = inherited.address;
+  if (inherited.reuseport && shard_index_ > 0) {
+    auto sibling = io::OpenReusePortSibling(inherited, 0);
+    if (sibling.ok()) {
+      listener.fd = *std::move(sibling);
+      return absl::OkStatus();
+    }
+    Log(Severity::kWarning, "shard %d: %s; sharing the inherited socket instead", shard_index_,
+        sibling.status().message());
+  }
+  auto duplicate = io::DuplicateListener(inherited);
+  if (!duplicate.ok()) return duplicate.status();
+  listener.fd = *std::move(duplicate);
+  listener.shared = true;
+  return absl::OkStatus();
+}
+
+// A shared listener is left to the other shards while this one's client
+// table is full: accepting a connection only to reject it would starve the
+// clients of shards that have room (a woken accept on io_uring is
+// exclusive: one shard takes each connection).
+bool TcpClients::ShouldAccept(const Listener& listener) const {
+  return started_ && !intake_stopped_ && listener.state == State::kOpen &&
+         !(listener.shared && free_clients_.empty());
+}
+
+void TcpClients::ArmAccept(uint32_t index) {
+  Listener& listener = listeners_[index];
+  listener.accepting = true;
+  reactor_.AcceptMultishot(listener.fd.get(), {io::Op::kAccept, index, listener.generation});
+}
+
 void TcpClients::Start() {
+  started_ = true;
   for (uint32_t i = 0; i < listeners_.size(); ++i) {
-    reactor_.AcceptMultishot(listeners_[i].get(), {io::Op::kAccept, i, 0});
+    if (ShouldAccept(listeners_[i])) ArmAccept(i);
   }
 }
 
 void TcpClients::StopIntake() {
   intake_stopped_ = true;
-  for (const io::UniqueFd& listener : listeners_) reactor_.Abandon(listener.get());
+  for (const Listener& listener : listeners_) {
+    if (!listener.accepting) continue;
+    // shutdown() would stop the inherited socket for every shard and for
+    // the service manager that passed it: only cancel.
+    if (listener.shared) {
+      reactor_.CancelFd(listener.fd.get());
+    } else {
+      reactor_.Abandon(listener.fd.get());
+    }
+  }
+}
+
+absl::Status TcpClients::SetListeners(std::span<const io::SocketAddress> listen) {
+  if (inherited_) {
+    return absl::FailedPreconditionError(
+        "TCP listeners came from socket activation: change the socket unit instead");
+  }
+  if (intake_stopped_) return absl::FailedPreconditionError("TCP front end is stopping");
+  auto open_now = [&](const io::SocketAddress& address) {
+    for (const Listener& listener : listeners_) {
+      if (listener.state == State::kOpen && listener.address == address) return true;
+    }
+    return false;
+  };
+  // Bind every new address before changing anything.
+  std::vector<std::pair<io::SocketAddress, io::UniqueFd>> added;
+  for (const io::SocketAddress& address : listen) {
+    if (open_now(address)) continue;
+    bool twice = false;
+    for (const auto& [seen, fd] : added) twice = twice || seen == address;
+    if (twice) continue;
+    auto fd = io::OpenTcpListener(address, 1024, limits_.freebind);
+    if (!fd.ok()) return fd.status();
+    added.emplace_back(address, *std::move(fd));
+  }
+  for (uint32_t i = 0; i < listeners_.size(); ++i) {
+    Listener& listener = listeners_[i];
+    if (listener.state != State::kOpen) continue;
+    bool kept = false;
+    for (const io::SocketAddress& address : listen) kept = kept || listener.address == address;
+    if (kept) continue;
+    listener.state = State::kClosing;
+    if (listener.accepting) reactor_.CancelFd(listener.fd.get());
+    MaybeCloseListener(i);
+  }
+  for (auto& [address, fd] : added) {
+    uint32_t index = 0;
+    while (index < listeners_.size() && listeners_[index].state != State::kFree) ++index;
+    if (index == listeners_.size()) listeners_.emplace_back();
+    Listener& listener = listeners_[index];
+    listener.state = State::kOpen;
+    // The number may be one the reactor remembers from a socket closed
+    // without Release (a TCP client): start afresh.
+    reactor_.Release(fd.get());
+    listener.fd = std::move(fd);
+    listener.address = address;
+    listener.shared = listener.accepting = false;
+    if (ShouldAccept(listener)) ArmAccept(index);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<io::SocketAddress> TcpClients::listen_addresses() const {
+  std::vector<io::SocketAddress> out;
+  for (const Listener& listener : listeners_) {
+    if (listener.state == State::kOpen) out.push_back(listener.address);
+  }
+  return out;
+}
+
+size_t TcpClients::closing_listeners() const {
+  size_t n = 0;
+  for (const Listener& listener : listeners_) n += listener.state == State::kClosing;
+  return n;
+}
+
+// Closed once its accept has delivered its last completion: until then the
+// kernel may still hand over a connection tagged with this slot.
+void TcpClients::MaybeCloseListener(uint32_t index) {
+  Listener& listener = listeners_[index];
+  if (listener.state != State::kClosing || listener.accepting) return;
+  reactor_.Release(listener.fd.get());
+  listener.fd.reset();
+  listener.state = State::kFree;
+  ++listener.generation;
 }
 
 void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& completion) {
+  if (listener_index >= listeners_.size() ||
+      listeners_[listener_index].generation != completion.data.generation) {
+    if (completion.result >= 0) ::close(completion.result);  // cannot happen: see MaybeCloseListener
+    return;
+  }
   if (completion.result >= 0) {
     io::UniqueFd fd(completion.result);
     sockaddr_storage peer{};
@@ -76,13 +217,24 @@ void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       Bump(stats_.tcp_accepted);
       Touch(index);
       ArmReceive(index);
+      if (free_clients_.empty()) {
+        // Full: leave shared listeners to the other shards (ShouldAccept).
+        for (const Listener& listener : listeners_) {
+          if (listener.shared && listener.accepting) reactor_.CancelFd(listener.fd.get());
+        }
+      }
     }
   } else if (completion.result != -ECANCELED && completion.result != -EINVAL) {
     Log(Severity::kWarning, "shard %d: accept failed: %s", shard_index_,
         std::strerror(-completion.result));
   }
-  if (!completion.more && !intake_stopped_) {
-    reactor_.AcceptMultishot(listeners_[listener_index].get(), {io::Op::kAccept, listener_index, 0});
+  if (completion.more) return;
+  Listener& listener = listeners_[listener_index];
+  listener.accepting = false;
+  if (ShouldAccept(listener)) {
+    ArmAccept(listener_index);
+  } else {
+    MaybeCloseListener(listener_index);
   }
 }
 
@@ -261,6 +413,12 @@ void TcpClients::MaybeRecycle(uint32_t index) {
   client.state = State::kFree;
   ++client.generation;
   free_clients_.push_back(index);
+  if (free_clients_.size() == 1) {
+    // Room again: take connections from shared listeners once more.
+    for (uint32_t i = 0; i < listeners_.size(); ++i) {
+      if (!listeners_[i].accepting && ShouldAccept(listeners_[i])) ArmAccept(i);
+    }
+  }
 }
 
 void TcpClients::Touch(uint32_t index) {

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "dotproxy/control/log.h"
 
 namespace dotproxy::frontend {
@@ -15,12 +16,26 @@ UdpFrontend::UdpFrontend(io::Reactor& reactor, const Acl& acl, metrics::ShardSta
                          int shard_index)
     : reactor_(reactor), acl_(acl), stats_(stats), shard_index_(shard_index) {}
 
-absl::Status UdpFrontend::Open(std::span<const io::SocketAddress> listen, int socket_buffer_bytes,
-                               size_t reply_slots, bool freebind) {
-  for (const io::SocketAddress& address : listen) {
-    auto socket = io::OpenUdpListener(address, socket_buffer_bytes, freebind);
-    if (!socket.ok()) return socket.status();
-    sockets_.push_back(*std::move(socket));
+absl::Status UdpFrontend::Open(std::span<const io::SocketAddress> listen,
+                               std::span<const io::InheritedListener> inherited,
+                               int socket_buffer_bytes, size_t reply_slots, bool freebind) {
+  socket_buffer_bytes_ = socket_buffer_bytes;
+  freebind_ = freebind;
+  inherited_ = !inherited.empty();
+  if (inherited_) {
+    for (const io::InheritedListener& listener : inherited) {
+      if (!listener.datagram()) continue;
+      if (auto status = AddInherited(listener, socket_buffer_bytes); !status.ok()) return status;
+    }
+  } else {
+    for (const io::SocketAddress& address : listen) {
+      auto socket = io::OpenUdpListener(address, socket_buffer_bytes, freebind);
+      if (!socket.ok()) return socket.status();
+      Socket& slot = sockets_.emplace_back();
+      slot.state = SocketState::kOpen;
+      slot.fd = *std::move(socket);
+      slot.address = address;
+    }
   }
   replies_ = std::vector<Reply>(reply_slots);
   free_replies_.reserve(reply_slots);
@@ -28,28 +43,143 @@ absl::Status UdpFrontend::Open(std::span<const io::SocketAddress> listen, int so
   return absl::OkStatus();
 }
 
+// Shard 0 reads the passed socket itself; the others a sibling on the same
+// address when the kernel lets them join its reuseport group, else the
+// passed socket too (each shard's reactor arms its own receive on it; one
+// datagram is read by one of them).
+absl::Status UdpFrontend::AddInherited(const io::InheritedListener& listener,
+                                       int socket_buffer_bytes) {
+  Socket& slot = sockets_.emplace_back();
+  slot.state = SocketState::kOpen;
+  slot.address = listener.address;
+  if (listener.reuseport && shard_index_ > 0) {
+    auto sibling = io::OpenReusePortSibling(listener, socket_buffer_bytes);
+    if (sibling.ok()) {
+      slot.fd = *std::move(sibling);
+      return absl::OkStatus();
+    }
+    Log(Severity::kWarning, "shard %d: %s; sharing the inherited socket instead", shard_index_,
+        sibling.status().message());
+  }
+  auto duplicate = io::DuplicateListener(listener);
+  if (!duplicate.ok()) return duplicate.status();
+  slot.fd = *std::move(duplicate);
+  slot.inherited = true;
+  reactor_.WatchSharedDatagrams(slot.fd.get());
+  return absl::OkStatus();
+}
+
+void UdpFrontend::Arm(uint32_t index) {
+  sockets_[index].receiving = true;
+  reactor_.ReceiveDatagrams(sockets_[index].fd.get(), {io::Op::kUdpRecv, index, 0});
+}
+
 void UdpFrontend::Start() {
+  started_ = true;
   for (uint32_t i = 0; i < sockets_.size(); ++i) {
-    reactor_.ReceiveDatagrams(sockets_[i].get(), {io::Op::kUdpRecv, i, 0});
+    if (sockets_[i].state == SocketState::kOpen) Arm(i);
   }
 }
 
 void UdpFrontend::StopIntake() {
   intake_stopped_ = true;
-  for (const io::UniqueFd& socket : sockets_) reactor_.CancelFd(socket.get());
+  for (const Socket& socket : sockets_) {
+    if (socket.receiving) reactor_.CancelFd(socket.fd.get());
+  }
+}
+
+absl::Status UdpFrontend::SetListeners(std::span<const io::SocketAddress> listen) {
+  if (inherited_) {
+    return absl::FailedPreconditionError(
+        "UDP listeners came from socket activation: change the socket unit instead");
+  }
+  if (intake_stopped_) return absl::FailedPreconditionError("UDP front end is stopping");
+  auto open_now = [&](const io::SocketAddress& address) {
+    for (const Socket& socket : sockets_) {
+      if (socket.state == SocketState::kOpen && socket.address == address) return true;
+    }
+    return false;
+  };
+  // Bind every new address before changing anything.
+  std::vector<std::pair<io::SocketAddress, io::UniqueFd>> added;
+  for (const io::SocketAddress& address : listen) {
+    if (open_now(address)) continue;
+    bool twice = false;
+    for (const auto& [seen, fd] : added) twice = twice || seen == address;
+    if (twice) continue;
+    auto socket = io::OpenUdpListener(address, socket_buffer_bytes_, freebind_);
+    if (!socket.ok()) return socket.status();
+    added.emplace_back(address, *std::move(socket));
+  }
+  // Removed addresses: no more intake; closed once nothing refers to them.
+  for (uint32_t i = 0; i < sockets_.size(); ++i) {
+    Socket& socket = sockets_[i];
+    if (socket.state != SocketState::kOpen) continue;
+    bool kept = false;
+    for (const io::SocketAddress& address : listen) kept = kept || socket.address == address;
+    if (kept) continue;
+    socket.state = SocketState::kClosing;
+    if (socket.receiving) reactor_.CancelFd(socket.fd.get());
+    MaybeClose(i);
+  }
+  for (auto& [address, fd] : added) {
+    uint32_t index = 0;
+    while (index < sockets_.size() && sockets_[index].state != SocketState::kFree) ++index;
+    if (index == sockets_.size()) sockets_.emplace_back();
+    Socket& socket = sockets_[index];
+    socket = Socket{};
+    socket.state = SocketState::kOpen;
+    // The number may be one the reactor remembers from a socket closed
+    // without Release (a TCP client): start afresh.
+    reactor_.Release(fd.get());
+    socket.fd = std::move(fd);
+    socket.address = address;
+    if (started_) Arm(index);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<io::SocketAddress> UdpFrontend::listen_addresses() const {
+  std::vector<io::SocketAddress> out;
+  for (const Socket& socket : sockets_) {
+    if (socket.state == SocketState::kOpen) out.push_back(socket.address);
+  }
+  return out;
+}
+
+size_t UdpFrontend::closing_sockets() const {
+  size_t n = 0;
+  for (const Socket& socket : sockets_) n += socket.state == SocketState::kClosing;
+  return n;
+}
+
+// A removed socket closes when its receive has ended, its replies have left
+// and every query it received is done: until then an SQE or a ClientRef may
+// name it.
+void UdpFrontend::MaybeClose(uint32_t index) {
+  Socket& socket = sockets_[index];
+  if (socket.state != SocketState::kClosing || socket.receiving || socket.sends_in_flight > 0 ||
+      socket.queries_in_flight > 0) {
+    return;
+  }
+  reactor_.Release(socket.fd.get());
+  socket.fd.reset();
+  socket.state = SocketState::kFree;
 }
 
 void UdpFrontend::OnReceive(uint32_t socket_index, const io::Completion& completion) {
+  Socket& socket = sockets_[socket_index];
   // Data first: the last completion of a multishot may still carry a datagram.
   io::Datagram datagram;
   if (reactor_.ReadDatagram(completion, datagram)) {
-    if (!intake_stopped_) {
+    if (!intake_stopped_ && socket.state == SocketState::kOpen) {
       if (datagram.truncated) {
         Bump(stats_.dropped_oversized);
       } else if (!acl_.Allows(datagram.source)) {
         Bump(stats_.dropped_acl);  // no reply: a spoofed source gets nothing
       } else {
         Bump(stats_.udp_queries);
+        ++socket.queries_in_flight;
         sink_->OnQuery(datagram.payload,
                        ClientRef::Udp(static_cast<uint16_t>(socket_index), datagram.source,
                                       datagram.source_length));
@@ -61,9 +191,14 @@ void UdpFrontend::OnReceive(uint32_t socket_index, const io::Completion& complet
     Log(Severity::kWarning, "shard %d: UDP receive failed: %s", shard_index_,
         std::strerror(-completion.result));
   }
-  // A multishot ends on an empty buffer ring or CQ overflow: re-arm.
-  if (!completion.more && !intake_stopped_) {
-    reactor_.ReceiveDatagrams(sockets_[socket_index].get(), {io::Op::kUdpRecv, socket_index, 0});
+  if (completion.more) return;
+  // A multishot ends on an empty buffer ring or CQ overflow: re-arm, unless
+  // intake stopped or the address was removed.
+  socket.receiving = false;
+  if (socket.state == SocketState::kOpen && !intake_stopped_) {
+    Arm(socket_index);
+  } else {
+    MaybeClose(socket_index);
   }
 }
 
@@ -89,9 +224,19 @@ void UdpFrontend::CommitReply(const ClientRef& client, size_t length) {
     return;
   }
   Reply& reply = replies_[index];
-  reactor_.SendTo(sockets_[client.udp_socket].get(), {reply.data, length},
+  reply.socket = client.udp_socket;
+  // The socket is open: a removed one stays so while this query is not done.
+  Socket& socket = sockets_[client.udp_socket];
+  ++socket.sends_in_flight;
+  reactor_.SendTo(socket.fd.get(), {reply.data, length},
                   reinterpret_cast<const sockaddr*>(&reply.destination), reply.destination_length,
                   reply.header, {io::Op::kUdpSend, index, 0});
+}
+
+void UdpFrontend::QueryDone(const ClientRef& client) {
+  Socket& socket = sockets_[client.udp_socket];
+  --socket.queries_in_flight;
+  if (socket.state == SocketState::kClosing) MaybeClose(client.udp_socket);
 }
 
 void UdpFrontend::OnSendDone(uint32_t reply_index, const io::Completion& completion) {
@@ -100,6 +245,9 @@ void UdpFrontend::OnSendDone(uint32_t reply_index, const io::Completion& complet
   }
   if (completion.result < 0) Bump(stats_.udp_send_errors);
   free_replies_.push_back(reply_index);
+  const uint16_t socket = replies_[reply_index].socket;
+  --sockets_[socket].sends_in_flight;
+  if (sockets_[socket].state == SocketState::kClosing) MaybeClose(socket);
 }
 
 }  // namespace dotproxy::frontend

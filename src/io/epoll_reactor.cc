@@ -176,6 +176,37 @@ void EpollReactor::CancelFd(int fd) {
   state.recv = state.send = state.connect = state.accept = state.datagrams = false;
 }
 
+void EpollReactor::Release(int fd) {
+  if (fd < 0 || static_cast<size_t>(fd) >= fds_.size() || !fds_[fd].watched) return;
+  // Needed for duplicates: the kernel drops an epoll registration only when
+  // the last descriptor of the socket closes.
+  epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  fds_[fd] = FdState{};  // a stale entry on work_ finds nothing to do
+  datagram_fds_.erase(std::remove(datagram_fds_.begin(), datagram_fds_.end(), fd),
+                      datagram_fds_.end());
+}
+
+void EpollReactor::WatchSharedDatagrams(int fd) {
+  FdState& state = State(fd);
+  state = FdState{};
+  // Input only: replies leave through sendmmsg without waiting for
+  // readiness. EPOLLEXCLUSIVE wakes one of the shards waiting on the socket;
+  // a busy shard's registration is still marked ready without counting as
+  // the wake-up, so an idle shard is woken too and nothing waits unseen.
+  // Every woken shard reads until EAGAIN (edge-triggered), as for its own
+  // sockets; a shard that loses the race gets EAGAIN and waits for the next
+  // edge.
+  epoll_event event{};
+  event.events = EPOLLIN | EPOLLET | EPOLLEXCLUSIVE;
+  event.data.fd = fd;
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) != 0 && errno == EEXIST) {
+    // EPOLLEXCLUSIVE cannot be set by EPOLL_CTL_MOD.
+    epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+    epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event);
+  }
+  state.watched = true;
+}
+
 // --- attempts ---
 
 void EpollReactor::Perform(int fd) {

@@ -43,6 +43,8 @@ class EpollReactor final : public Reactor {
   bool ReadDatagram(const Completion& completion, Datagram& datagram) override;
   void RecycleDatagram(uint16_t buffer_id) override;
   void CancelFd(int fd) override;
+  void Release(int fd) override;
+  void WatchSharedDatagrams(int fd) override;
   void PublishBuffers() override;
   absl::Status SubmitAndWait(std::chrono::milliseconds timeout) override;
   absl::Status Submit() override;

@@ -87,6 +87,18 @@ std::string SocketAddress::ToString() const {
   return absl::StrCat(HostString(), ":", port());
 }
 
+bool SocketAddress::operator==(const SocketAddress& other) const {
+  if (family() != other.family() || port() != other.port()) return false;
+  if (family() == AF_INET) {
+    return reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in*>(&other.storage)->sin_addr.s_addr;
+  }
+  const auto* a = reinterpret_cast<const sockaddr_in6*>(&storage);
+  const auto* b = reinterpret_cast<const sockaddr_in6*>(&other.storage);
+  return std::memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0 &&
+         a->sin6_scope_id == b->sin6_scope_id;
+}
+
 absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text, int default_port) {
   std::string_view host = text;
   std::string_view port_text;
@@ -177,6 +189,41 @@ absl::StatusOr<UniqueFd> OpenTcpListener(const SocketAddress& address, int backl
   }
   if (listen(fd.get(), backlog) != 0) {
     return ErrnoStatus(absl::StrCat("listen TCP ", address.ToString()), errno);
+  }
+  return fd;
+}
+
+std::string InheritedListener::ToString() const {
+  return absl::StrCat(datagram() ? "udp " : "tcp ", address.ToString());
+}
+
+absl::StatusOr<UniqueFd> DuplicateListener(const InheritedListener& listener) {
+  UniqueFd fd(fcntl(listener.fd, F_DUPFD_CLOEXEC, 3));
+  if (!fd) return ErrnoStatus(absl::StrCat("dup inherited ", listener.ToString()), errno);
+  return fd;
+}
+
+absl::StatusOr<UniqueFd> OpenReusePortSibling(const InheritedListener& listener,
+                                              int buffer_bytes) {
+  const SocketAddress& address = listener.address;
+  UniqueFd fd(socket(address.family(), listener.type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return ErrnoStatus(absl::StrCat("socket for ", listener.ToString()), errno);
+  const int one = 1;
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (!listener.datagram()) setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (address.family() == AF_INET6) {
+    // As the inherited socket has it: members of one reuseport group must agree.
+    int v6only = 1;
+    socklen_t length = sizeof(v6only);
+    getsockopt(listener.fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &length);
+    setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
+  }
+  if (listener.datagram()) SetBufferSizes(fd.get(), buffer_bytes);
+  if (bind(fd.get(), address.get(), address.length) != 0) {
+    return ErrnoStatus(absl::StrCat("bind SO_REUSEPORT sibling of ", listener.ToString()), errno);
+  }
+  if (!listener.datagram() && listen(fd.get(), 1024) != 0) {
+    return ErrnoStatus(absl::StrCat("listen ", listener.ToString()), errno);
   }
   return fd;
 }

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
 #include "dotproxy/cache/packet_cache.h"
 #include "dotproxy/control/alloc_counter.h"
 #include "dotproxy/control/log.h"
@@ -86,6 +87,15 @@ upstream::PoolSettings MakePoolSettings(const config::Config& config) {
   return settings;
 }
 
+bool SameAddresses(const std::vector<io::SocketAddress>& a,
+                   const std::vector<io::SocketAddress>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].ToString() != b[i].ToString()) return false;
+  }
+  return true;
+}
+
 bool SameUpstream(const config::UpstreamConfig& a, const config::UpstreamConfig& b) {
   return a.spec == b.spec && a.address.ToString() == b.address.ToString() &&
          a.peer.auth_name == b.peer.auth_name && a.peer.pins == b.peer.pins &&
@@ -115,7 +125,8 @@ class ShardLoop {
  public:
   ShardLoop(int index, std::shared_ptr<const config::Config> config, ShardStats& stats,
             UpstreamStats* upstream_stats, std::atomic<bool>& stop_requested,
-            ConfigMailbox& mailbox, std::atomic<uint64_t>& applied_generation)
+            ConfigMailbox& mailbox, std::atomic<uint64_t>& applied_generation,
+            const std::function<void(std::string)>& report_reload_error)
       : index_(index),
         config_(std::move(config)),
         stats_(stats),
@@ -123,6 +134,7 @@ class ShardLoop {
         stop_requested_(stop_requested),
         mailbox_(mailbox),
         applied_generation_(applied_generation),
+        report_reload_error_(report_reload_error),
         acl_(config_->allow) {}
   // The reactor goes first: closing the ring cancels every operation still
   // pointing into the rooms' buffers, before the rooms free them.
@@ -152,6 +164,7 @@ class ShardLoop {
   std::atomic<bool>& stop_requested_;
   ConfigMailbox& mailbox_;
   std::atomic<uint64_t>& applied_generation_;
+  const std::function<void(std::string)>& report_reload_error_;
   frontend::Acl acl_;  // the front ends hold a reference: reassigned on reload
   io::LoopClock clock_;
 
@@ -180,8 +193,9 @@ absl::Status ShardLoop::Setup() {
   reactor_ = *std::move(reactor);
 
   udp_ = std::make_unique<frontend::UdpFrontend>(*reactor_, acl_, stats_, index_);
-  if (auto status = udp_->Open(config.listen, config.udp_socket_buffer, kUdpReplySlots,
-                              config.freebind);
+  // Inherited sockets (socket activation), when any, replace --listen.
+  if (auto status = udp_->Open(config.listen, config.inherited_listeners,
+                               config.udp_socket_buffer, kUdpReplySlots, config.freebind);
       !status.ok()) {
     return status;
   }
@@ -190,7 +204,10 @@ absl::Status ShardLoop::Setup() {
   tcp_limits.max_clients = config.max_tcp_clients;
   tcp_limits.idle_timeout = config.tcp_idle_timeout;
   tcp_limits.freebind = config.freebind;
-  if (auto status = tcp_->Open(config.listen, tcp_limits); !status.ok()) return status;
+  if (auto status = tcp_->Open(config.listen, config.inherited_listeners, tcp_limits);
+      !status.ok()) {
+    return status;
+  }
   frontends_ = std::make_unique<frontend::Frontends>(*udp_, *tcp_);
 
   if (config.cache_size > 0) {
@@ -230,6 +247,23 @@ void ShardLoop::ApplyPostedConfig() {
   std::unique_ptr<ConfigMailbox::Letter> letter = mailbox_.Take();
   if (!letter) return;
   std::shared_ptr<const config::Config> next = std::move(letter->config);
+  std::string error;
+  if (!SameAddresses(config_->listen, next->listen)) {
+    // All or nothing per front end: a UDP failure changes nothing; a TCP
+    // failure after UDP succeeded puts UDP back.
+    absl::Status status = udp_->SetListeners(next->listen);
+    if (status.ok()) {
+      status = tcp_->SetListeners(next->listen);
+      if (!status.ok()) (void)udp_->SetListeners(config_->listen);
+    }
+    if (!status.ok()) {
+      error = absl::StrCat("listen addresses kept: ", status.message());
+      Log(Severity::kError, "shard %d: reload: %s", index_, error);
+      auto kept = std::make_shared<config::Config>(*next);
+      kept->listen = config_->listen;
+      next = std::move(kept);
+    }
+  }
   acl_ = frontend::Acl(next->allow);
   tcp_->SetIdleTimeout(next->tcp_idle_timeout);
   if (cache_) cache_->SetPolicy(next->cache);
@@ -247,6 +281,7 @@ void ShardLoop::ApplyPostedConfig() {
     }
   }
   config_ = std::move(next);
+  report_reload_error_(std::move(error));
   applied_generation_.store(letter->generation, std::memory_order_release);
 }
 
@@ -391,8 +426,12 @@ Shard::~Shard() = default;
 
 void Shard::Run(const std::function<void(absl::Status)>& ready) {
   control::SetThreadAllocationCounters(&stats_.heap_allocations, &stats_.tls_allocations);
+  const std::function<void(std::string)> report_reload_error = [this](std::string error) {
+    std::lock_guard lock(reload_error_mutex_);
+    reload_error_ = std::move(error);
+  };
   ShardLoop loop(index_, config_, stats_, upstream_stats_.get(), stop_requested_, mailbox_,
-                 applied_generation_);
+                 applied_generation_, report_reload_error);
   absl::Status status = loop.Setup();
   if (status.ok()) stats_.serving.store(true, std::memory_order_relaxed);
   ready(status);

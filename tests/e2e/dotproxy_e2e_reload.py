@@ -43,13 +43,24 @@ def write_config(path, upstreams, extra=""):
     os.replace(tmp, path)
 
 
-def start_reloadable(h, upstreams, extra_flags=(), cache=False, prefix=(), file_extra=""):
-    """dotproxy --config FILE (the upstreams) with --metrics; p.config_path."""
+def listen_line(ports):
+    return "listen = [%s]" % ", ".join('"%s:%d"' % (LOOPBACK4, port) for port in ports)
+
+
+def start_reloadable(h, upstreams, extra_flags=(), cache=False, prefix=(), file_extra="",
+                     listen_in_file=False):
+    """dotproxy --config FILE (the upstreams) with --metrics; p.config_path.
+    listen_in_file: the listen address is in the file (so a reload can
+    change it), not a flag."""
     path = os.path.join(h.dir, "reload%d.toml" % len(h.proxies))
-    write_config(path, upstreams, file_extra)
     port, metrics_port = free_port(), free_port()
-    args = ["--config", path, "--listen", "%s:%d" % (LOOPBACK4, port), "--ca-file",
+    if listen_in_file:
+        file_extra = "\n".join(x for x in (listen_line([port]), file_extra) if x)
+    write_config(path, upstreams, file_extra)
+    args = ["--config", path, "--ca-file",
             h.pki.ca_pem, "--threads", "2", "--metrics", "%s:%d" % (LOOPBACK4, metrics_port)]
+    if not listen_in_file:
+        args += ["--listen", "%s:%d" % (LOOPBACK4, port)]
     if not cache:
         args += ["--cache-size", "0"]
     args += E.io_backend_args() + list(extra_flags)
@@ -217,6 +228,57 @@ def reload_keeps_cache_applies_acl(h):
     reload(p, [u2], 3)
     query_and_compare(h, u2, p, "udp", "a.example.test.", "A")
     print("cache hit kept across reload; ACL applied and lifted")
+
+
+def tcp_refused(port):
+    try:
+        socket.create_connection((LOOPBACK4, port), timeout=1.0).close()
+    except OSError:
+        return True
+    return False
+
+
+@case
+def reload_listen_addresses(h):
+    """listen in the file: a reload that adds an address serves it over UDP
+    and TCP at once; one that removes the first closes it (no UDP answer,
+    TCP refused) while the other keeps serving; an address taken by another
+    socket is refused as a whole (`reload partly applied`, the old addresses
+    stay, dotproxy_config_reload_failures_total 1)."""
+    u = h.start_unbound()
+    p = start_reloadable(h, [u], listen_in_file=True)
+    a, b = p.port, free_port()
+    reload(p, [u], 1, file_extra=listen_line([a, b]))
+    for port in (a, b):
+        p.port = port
+        query_and_compare(h, u, p, "udp", "a.example.test.", "A")
+        query_and_compare(h, u, p, "tcp", "txt.example.test.", "TXT")
+    reload(p, [u], 2, file_extra=listen_line([b]))
+    p.port = b
+    query_and_compare(h, u, p, "udp", "a.example.test.", "A")
+    query_and_compare(h, u, p, "tcp", "a.example.test.", "A")
+    deadline = time.monotonic() + 3.0
+    for _ in range(30):
+        gone = udp_exchange(a, make_query("a.example.test.").to_wire(), timeout=0.3)[0] is None
+        if (gone and tcp_refused(a)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    check(gone and tcp_refused(a), "removed address %d still served" % a)
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind((LOOPBACK4, 0))
+    try:
+        c = taken.getsockname()[1]
+        write_config(p.config_path, [u], listen_line([b, c]))
+        p.proc.send_signal(signal.SIGHUP)
+        lines = wait_log(p, "reload partly applied")
+        check("listen addresses kept" in lines[0], "no reason: %r" % lines[0])
+    finally:
+        taken.close()
+    query_and_compare(h, u, p, "udp", "a.example.test.", "A")
+    _, samples = M.scrape(p)
+    check(samples.get("dotproxy_config_reload_failures_total") == 1, "failures: %s" %
+          samples.get("dotproxy_config_reload_failures_total"))
+    print("listen %d,%d -> %d; taken %d refused" % (a, b, b, c))
 
 
 @case

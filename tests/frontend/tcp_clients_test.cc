@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -64,7 +65,7 @@ class TcpClientsTest : public ::testing::TestWithParam<io::IoBackend> {
 
   void Open(TcpLimits limits = {}) {
     tcp_ = std::make_unique<TcpClients>(*reactor_, clock_, acl_, stats_, 0);
-    ASSERT_TRUE(tcp_->Open(listen_, limits).ok());
+    ASSERT_TRUE(tcp_->Open(listen_, {}, limits).ok());
     tcp_->set_sink(&sink_);
     tcp_->Start();
   }
@@ -247,6 +248,174 @@ TEST_P(TcpClientsTest, AcceptedSocketsDoNotDelayAnswers) {
     found = true;
   }
   EXPECT_TRUE(found);
+}
+
+// Reload: an added address accepts, a kept one keeps its listener (a
+// connection waiting in its backlog across the change is accepted), a
+// removed one stops accepting while its clients keep being served.
+TEST_P(TcpClientsTest, SetListenersAddsAndRemovesWhileServing) {
+  Open();
+  io::UniqueFd first = Connect();
+  ASSERT_EQ(tcp_->open_clients(), 1u);
+  const uint16_t other_port = FreeLoopbackPort();
+  auto other = io::ParseSocketAddress("127.0.0.1:" + std::to_string(other_port), -1);
+  ASSERT_TRUE(other.ok());
+  // Waits in the kept listener's backlog while the listeners change.
+  io::UniqueFd waiting(socket(AF_INET, SOCK_STREAM, 0));
+  ASSERT_EQ(connect(waiting.get(), listen_[0].get(), listen_[0].length), 0);
+  const std::vector both{listen_[0], *other};
+  ASSERT_TRUE(tcp_->SetListeners(both).ok());
+  EXPECT_EQ(tcp_->listen_addresses(), both);
+  Pump();
+  EXPECT_EQ(tcp_->open_clients(), 2u);
+  io::UniqueFd added(socket(AF_INET, SOCK_STREAM, 0));
+  ASSERT_EQ(connect(added.get(), other->get(), other->length), 0);
+  Pump();
+  EXPECT_EQ(tcp_->open_clients(), 3u);
+
+  // Remove the first address while `first` has a query in flight.
+  Write(first.get(), Framed(bench::MakeQuery("in-flight.example", 1, true)));
+  Pump();
+  ASSERT_EQ(sink_.clients.size(), 1u);
+  ASSERT_TRUE(tcp_->SetListeners(std::vector{*other}).ok());
+  EXPECT_EQ(tcp_->listen_addresses(), std::vector{*other});
+  Pump();
+  EXPECT_EQ(tcp_->closing_listeners(), 0u);  // its accept's last completion arrived
+  io::UniqueFd refused(socket(AF_INET, SOCK_STREAM, 0));
+  EXPECT_NE(connect(refused.get(), listen_[0].get(), listen_[0].length), 0);
+  EXPECT_EQ(errno, ECONNREFUSED);
+  // Clients accepted on the removed listener are still served.
+  const ClientRef ref = sink_.clients[0];
+  std::span<uint8_t> space = tcp_->BeginReply(ref, 4);
+  ASSERT_EQ(space.size(), 4u);
+  std::memcpy(space.data(), "done", 4);
+  tcp_->CommitReply(ref, 4);
+  tcp_->QueryDone(ref);
+  Pump();
+  EXPECT_EQ(ReadSome(first.get(), milliseconds(500)), (Bytes{0, 4, 'd', 'o', 'n', 'e'}));
+  Write(first.get(), Framed(bench::MakeQuery("still.example", 2, true)));
+  Pump();
+  EXPECT_EQ(sink_.queries.size(), 2u);
+  EXPECT_EQ(tcp_->open_clients(), 3u);
+  // Re-adding the address binds it afresh.
+  ASSERT_TRUE(tcp_->SetListeners(both).ok());
+  Pump();
+  io::UniqueFd again(socket(AF_INET, SOCK_STREAM, 0));
+  ASSERT_EQ(connect(again.get(), listen_[0].get(), listen_[0].length), 0);
+  Pump();
+  EXPECT_EQ(tcp_->open_clients(), 4u);
+}
+
+// A listener added after a client closed likely gets the client's fd
+// number: the reactor must not mistake it for the old socket (epoll).
+TEST_P(TcpClientsTest, AddedListenerOnTheNumberOfAClosedClientAccepts) {
+  Open();
+  {
+    io::UniqueFd client = Connect();
+    ASSERT_EQ(tcp_->open_clients(), 1u);
+  }
+  for (int i = 0; i < 20 && tcp_->open_clients() > 0; ++i) Pump(1);
+  ASSERT_EQ(tcp_->open_clients(), 0u);
+  auto other = io::ParseSocketAddress("127.0.0.1:" + std::to_string(FreeLoopbackPort()), -1);
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(tcp_->SetListeners(std::vector{listen_[0], *other}).ok());
+  Pump();
+  io::UniqueFd added(socket(AF_INET, SOCK_STREAM, 0));
+  ASSERT_EQ(connect(added.get(), other->get(), other->length), 0);
+  Pump();
+  EXPECT_EQ(tcp_->open_clients(), 1u);
+  Write(added.get(), Framed(bench::MakeQuery("reused.example", 1, true)));
+  Pump();
+  EXPECT_EQ(sink_.queries.size(), 1u);
+}
+
+TEST_P(TcpClientsTest, SetListenersIsAllOrNothingOnABindError) {
+  Open();
+  // Listening without SO_REUSEPORT: nobody else may bind it.
+  io::UniqueFd holder(socket(AF_INET, SOCK_STREAM, 0));
+  sockaddr_in any{};
+  any.sin_family = AF_INET;
+  any.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(any);
+  ASSERT_EQ(bind(holder.get(), reinterpret_cast<sockaddr*>(&any), sizeof(any)), 0);
+  ASSERT_EQ(listen(holder.get(), 4), 0);
+  getsockname(holder.get(), reinterpret_cast<sockaddr*>(&any), &length);
+  auto taken = io::ParseSocketAddress("127.0.0.1:" + std::to_string(ntohs(any.sin_port)), -1);
+  ASSERT_TRUE(taken.ok());
+  const absl::Status status = tcp_->SetListeners(std::vector{*taken});
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find(taken->ToString()), std::string::npos) << status;
+  EXPECT_EQ(tcp_->listen_addresses(), listen_);  // the old listener was not removed
+  io::UniqueFd client = Connect();
+  EXPECT_EQ(tcp_->open_clients(), 1u);
+}
+
+// Two shards accepting on one inherited listener (no SO_REUSEPORT), with
+// room for one client each: a shard that is full leaves the next
+// connection to the other instead of accepting and dropping it.
+TEST_P(TcpClientsTest, ShardsSharingAnInheritedListenerLeaveConnectionsToOneWithRoom) {
+  io::UniqueFd passed(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+  ASSERT_EQ(bind(passed.get(), listen_[0].get(), listen_[0].length), 0);
+  ASSERT_EQ(listen(passed.get(), 16), 0);
+  const std::vector inherited{
+      io::InheritedListener{passed.get(), SOCK_STREAM, listen_[0], false}};
+  TcpLimits limits;
+  limits.max_clients = 1;
+  auto second_reactor = io::MakeTestReactor(GetParam());
+  ASSERT_NE(second_reactor, nullptr);
+  metrics::ShardStats second_stats;
+  tcp_ = std::make_unique<TcpClients>(*reactor_, clock_, acl_, stats_, 0);
+  TcpClients second(*second_reactor, clock_, acl_, second_stats, 1);
+  ASSERT_TRUE(tcp_->Open({}, inherited, limits).ok());
+  ASSERT_TRUE(second.Open({}, inherited, limits).ok());
+  EXPECT_FALSE(second.SetListeners(listen_).ok());  // the socket unit owns them
+  tcp_->set_sink(&sink_);
+  second.set_sink(&sink_);
+  tcp_->Start();
+  second.Start();
+  auto pump_both = [&] {
+    for (int i = 0; i < 5; ++i) {
+      Pump(1);
+      clock_.Update();
+      second.Flush();
+      ASSERT_TRUE(io::TurnOnce(*second_reactor, milliseconds(5), [&](const io::Completion& c) {
+        if (c.data.op == io::Op::kAccept) second.OnAccept(c.data.index, c);
+        if (c.data.op == io::Op::kClientRecv) second.OnReceive(c.data.index, c);
+        if (c.data.op == io::Op::kClientSend) second.OnSendDone(c.data.index, c);
+      }));
+    }
+  };
+  io::UniqueFd one(socket(AF_INET, SOCK_STREAM, 0));
+  ASSERT_EQ(connect(one.get(), listen_[0].get(), listen_[0].length), 0);
+  pump_both();
+  EXPECT_EQ(tcp_->open_clients() + second.open_clients(), 1u);
+  io::UniqueFd two(socket(AF_INET, SOCK_STREAM, 0));
+  ASSERT_EQ(connect(two.get(), listen_[0].get(), listen_[0].length), 0);
+  pump_both();
+  EXPECT_EQ(tcp_->open_clients(), 1u);
+  EXPECT_EQ(second.open_clients(), 1u);
+  EXPECT_EQ(stats_.tcp_rejected.load() + second_stats.tcp_rejected.load(), 0u);
+  // Both connections answer their queries.
+  Write(one.get(), Framed(bench::MakeQuery("one.example", 1, true)));
+  Write(two.get(), Framed(bench::MakeQuery("two.example", 2, true)));
+  pump_both();
+  EXPECT_EQ(sink_.queries.size(), 2u);
+  // The first to close frees its shard, which accepts again.
+  one.reset();
+  pump_both();
+  io::UniqueFd three(socket(AF_INET, SOCK_STREAM, 0));
+  ASSERT_EQ(connect(three.get(), listen_[0].get(), listen_[0].length), 0);
+  pump_both();
+  EXPECT_EQ(tcp_->open_clients() + second.open_clients(), 2u);
+  EXPECT_EQ(stats_.tcp_rejected.load() + second_stats.tcp_rejected.load(), 0u);
+  second.StopIntake();
+  tcp_->StopIntake();
+  pump_both();
+  // StopIntake cancels, never shuts the inherited socket down.
+  int accepting = 0;
+  socklen_t size = sizeof(accepting);
+  ASSERT_EQ(getsockopt(passed.get(), SOL_SOCKET, SO_ACCEPTCONN, &accepting, &size), 0);
+  EXPECT_EQ(accepting, 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, TcpClientsTest,

@@ -2,6 +2,7 @@
 // gauges, and the /health and /ready verdicts.
 
 #include "dotproxy/metrics/prometheus.h"
+#include "dotproxy/metrics/upstream_slots.h"
 
 #include <prometheus/text_serializer.h>
 

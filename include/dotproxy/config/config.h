@@ -60,6 +60,13 @@ struct Config {
   // IP_FREEBIND on every listener: listen addresses may not exist yet (a
   // link-local service address, NodeLocal DNSCache style).
   bool freebind = false;
+  // Sockets passed by the service manager (systemd socket activation; main
+  // fills this from control::TakeInheritedListeners before the shards
+  // start). When not empty they replace `listen` for both transports (main
+  // then sets `listen` to their addresses, for logs only). The descriptors
+  // belong to the process for its whole life; a Config built on reload must
+  // carry them over unchanged (front ends refuse SetListeners then).
+  std::vector<io::InheritedListener> inherited_listeners;
   std::vector<UpstreamConfig> upstreams;
   // Client networks allowed to query; others are dropped without a reply
   // (no reflection). Empty until parsing ends, then the default list.

@@ -24,7 +24,11 @@ class Frontends final : public Replier {
     }
   }
   void QueryDone(const ClientRef& client) override {
-    if (client.transport == Transport::kTcp) tcp_.QueryDone(client);
+    if (client.transport == Transport::kTcp) {
+      tcp_.QueryDone(client);
+    } else {
+      udp_.QueryDone(client);  // a removed UDP socket closes once its queries are done
+    }
   }
 
  private:

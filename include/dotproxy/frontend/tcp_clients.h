@@ -1,8 +1,8 @@
 #pragma once
-// The TCP front end of a shard (RFC 7766): SO_REUSEPORT listeners with
-// multishot accept, and a fixed table of client connections. Each client has
-// a framer for its queries (pipelined, any split of the byte stream) and a
-// fixed, preallocated answer buffer; one send in flight at a time. Reading
+// The TCP front end of a shard (RFC 7766): SO_REUSEPORT listeners (or the
+// sockets inherited from systemd) with multishot accept, and a fixed table
+// of client connections. Each client has a framer for its queries
+// (pipelined, any split of the byte stream) and a fixed, preallocated answer buffer; one send in flight at a time. Reading
 // pauses while a client has too many queries in flight or unsent answers
 // (back-pressure instead of unbounded buffering); a client whose answers no
 // longer fit is closed as slow. Idle clients are closed oldest first.
@@ -53,11 +53,40 @@ class TcpClients {
   TcpClients(io::Reactor& reactor, const io::LoopClock& clock, const Acl& acl,
              metrics::ShardStats& stats, int shard_index);
 
-  absl::Status Open(std::span<const io::SocketAddress> listen, const TcpLimits& limits);
+  // Binds a listener per `listen` address (SO_REUSEPORT) and sizes the
+  // client table. When `inherited` holds any socket (socket activation, of
+  // either transport), those replace `listen`: this room accepts on the
+  // stream ones, shard 0 on a duplicate of the passed socket, other shards
+  // on a sibling SO_REUSEPORT listener when the passed one has SO_REUSEPORT
+  // (else, or when the kernel refuses the sibling, on a duplicate: every
+  // shard then accepts from the one shared socket, and a shard whose client
+  // table is full stops accepting from it so that another shard takes the
+  // connection).
+  absl::Status Open(std::span<const io::SocketAddress> listen,
+                    std::span<const io::InheritedListener> inherited, const TcpLimits& limits);
   void set_sink(QuerySink* sink) { sink_ = sink; }
 
   void Start();       // arms the accepts
   void StopIntake();  // no new connections or queries; answers still go out
+
+  // Changes the listen addresses of a running room (SIGHUP reload).
+  // Listeners of addresses in both lists are kept as they are. New
+  // addresses are bound first, all or nothing: on an error nothing changed
+  // and the error names the address. Removed listeners stop accepting at
+  // once (the multishot accept is cancelled) and are closed when its last
+  // completion has arrived; connections not yet accepted from a removed
+  // listener are reset by the kernel, and clients accepted on it earlier
+  // keep being served until they or the idle timeout close them.
+  // REQUIRES: shard thread, between loop iterations (not from inside a
+  // completion handler), after Open(); takes effect in the reactor at the
+  // next submit. FailedPrecondition when the listeners were inherited
+  // (socket activation: the socket unit owns the addresses) or intake has
+  // stopped. Allocates (control plane), never on the query path.
+  absl::Status SetListeners(std::span<const io::SocketAddress> listen);
+  // Addresses currently accepting or able to (not the ones still closing).
+  std::vector<io::SocketAddress> listen_addresses() const;
+  // Listeners removed by SetListeners that are not closed yet.
+  size_t closing_listeners() const;
 
   // Completions routed by the shard.
   void OnAccept(uint32_t listener_index, const io::Completion& completion);
@@ -80,6 +109,16 @@ class TcpClients {
 
  private:
   enum class State : uint8_t { kFree, kOpen, kClosing };
+  // One listening socket; its index is the accept's UserData index, its
+  // generation changes when the slot is reused.
+  struct Listener {
+    State state = State::kFree;
+    uint32_t generation = 1;
+    io::UniqueFd fd;
+    io::SocketAddress address;
+    bool shared = false;     // a duplicate of an inherited socket other shards accept on
+    bool accepting = false;  // a multishot accept is armed (its last completion not seen)
+  };
   struct Client {
     Client() : framer(kInCapacity), out(new uint8_t[kOutCapacity]) {}
     State state = State::kFree;
@@ -102,6 +141,10 @@ class TcpClients {
     io::IndexLinks idle_links;  // ordered by last activity, oldest first
   };
 
+  bool ShouldAccept(const Listener& listener) const;
+  void ArmAccept(uint32_t listener_index);
+  void MaybeCloseListener(uint32_t listener_index);
+  absl::Status AddInherited(const io::InheritedListener& listener);
   Client* Find(const ClientRef& ref);
   void ArmReceive(uint32_t index);
   void StartSend(uint32_t index);
@@ -123,9 +166,11 @@ class TcpClients {
   int shard_index_;
   QuerySink* sink_ = nullptr;
   TcpLimits limits_;
+  bool started_ = false;
   bool intake_stopped_ = false;
+  bool inherited_ = false;
 
-  std::vector<io::UniqueFd> listeners_;
+  std::vector<Listener> listeners_;
   std::vector<Client> clients_;
   std::vector<uint32_t> free_clients_;
   std::vector<uint32_t> dirty_;

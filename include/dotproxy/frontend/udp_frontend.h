@@ -1,5 +1,6 @@
 #pragma once
-// The UDP front end of a shard: one SO_REUSEPORT socket per listen address,
+// The UDP front end of a shard: one SO_REUSEPORT socket per listen address
+// (or the sockets inherited from systemd),
 // a multishot datagram receive on each (the reactor's provided buffers), the
 // client ACL, and a fixed pool of reply slots sent as one datagram each.
 // Queries go to the QuerySink; answers come back through the Replier half.
@@ -24,9 +25,16 @@ class UdpFrontend {
  public:
   UdpFrontend(io::Reactor& reactor, const Acl& acl, metrics::ShardStats& stats, int shard_index);
 
-  // Binds one socket per address (SO_REUSEPORT; IP_FREEBIND with
-  // `freebind`) and sizes `reply_slots`.
-  absl::Status Open(std::span<const io::SocketAddress> listen, int socket_buffer_bytes,
+  // Binds one socket per `listen` address (SO_REUSEPORT; IP_FREEBIND with
+  // `freebind`, also for sockets SetListeners adds) and sizes
+  // `reply_slots`. When `inherited` holds any socket (socket activation, of
+  // either transport), those replace `listen`: this front end reads the
+  // datagram ones, shard 0 through a duplicate of the passed socket, other
+  // shards through a sibling SO_REUSEPORT socket when the passed one has
+  // SO_REUSEPORT (else, or when the kernel refuses the sibling, through a
+  // duplicate too: every shard then reads the one shared socket).
+  absl::Status Open(std::span<const io::SocketAddress> listen,
+                    std::span<const io::InheritedListener> inherited, int socket_buffer_bytes,
                     size_t reply_slots, bool freebind = false);
   void set_sink(QuerySink* sink) { sink_ = sink; }
 
@@ -36,6 +44,26 @@ class UdpFrontend {
   void StopIntake();
   bool idle() const { return free_replies_.size() == replies_.size(); }
 
+  // Changes the listen addresses of a running front end (SIGHUP reload).
+  // Sockets of addresses in both the old and the new list are kept as they
+  // are. New addresses are bound first, all or nothing: on an error nothing
+  // changed and the error names the address. Then removed addresses stop
+  // intake at once (their receive is cancelled); each such socket still
+  // carries the answers to queries it received and is closed only once its
+  // receive has completed, its replies are sent and its queries are done
+  // (QueryDone), so nothing in flight points at a closed descriptor.
+  // REQUIRES: shard thread, between loop iterations (not from inside a
+  // completion handler), after Open(); takes effect in the reactor at the
+  // next submit. FailedPrecondition when the listeners were inherited
+  // (socket activation: the socket unit owns the addresses) or intake has
+  // stopped. Allocates (control plane), never on the query path.
+  absl::Status SetListeners(std::span<const io::SocketAddress> listen);
+  // Addresses currently receiving (not the ones still closing), for tests
+  // and logs.
+  std::vector<io::SocketAddress> listen_addresses() const;
+  // Sockets removed by SetListeners that are not closed yet.
+  size_t closing_sockets() const;
+
   // Completions routed by the shard.
   void OnReceive(uint32_t socket_index, const io::Completion& completion);
   void OnSendDone(uint32_t reply_index, const io::Completion& completion);
@@ -43,23 +71,45 @@ class UdpFrontend {
   // Replier half (through Frontends).
   std::span<uint8_t> BeginReply(const ClientRef& client, size_t max_length);
   void CommitReply(const ClientRef& client, size_t length);
+  void QueryDone(const ClientRef& client);
 
  private:
   struct Reply {
     io::MessageHeader header;
     sockaddr_in6 destination{};
     socklen_t destination_length = 0;
+    uint16_t socket = 0;
     uint8_t data[kMaxUdpReply];
   };
+  enum class SocketState : uint8_t { kFree, kOpen, kClosing };
+  // One listening socket. ClientRef::udp_socket is its index; a slot is
+  // reused only once nothing refers to it (see SetListeners).
+  struct Socket {
+    SocketState state = SocketState::kFree;
+    io::UniqueFd fd;
+    io::SocketAddress address;
+    bool inherited = false;  // from socket activation: never shut down here
+    bool receiving = false;  // a receive is armed (its last completion not seen)
+    uint32_t sends_in_flight = 0;
+    uint32_t queries_in_flight = 0;
+  };
+
+  void Arm(uint32_t index);
+  void MaybeClose(uint32_t index);
+  absl::Status AddInherited(const io::InheritedListener& listener, int socket_buffer_bytes);
 
   io::Reactor& reactor_;
   const Acl& acl_;
   metrics::ShardStats& stats_;
   int shard_index_;
   QuerySink* sink_ = nullptr;
+  bool started_ = false;
   bool intake_stopped_ = false;
+  bool inherited_ = false;
+  int socket_buffer_bytes_ = 0;
+  bool freebind_ = false;
 
-  std::vector<io::UniqueFd> sockets_;
+  std::vector<Socket> sockets_;
   std::vector<Reply> replies_;
   std::vector<uint32_t> free_replies_;
   uint32_t open_reply_ = UINT32_MAX;  // between BeginReply and CommitReply

@@ -106,6 +106,17 @@ class Reactor {
   virtual void RecycleDatagram(uint16_t buffer_id) = 0;
   // Cancels every operation on `fd`; their completions still arrive.
   virtual void CancelFd(int fd) = 0;
+  // The owner is about to close `fd` and has seen the completions of all
+  // its operations: the backend forgets it (epoll: leaves the epoll set, so
+  // a socket opened later under the same number starts afresh, even when
+  // `fd` was a duplicate of a socket that stays open). io_uring: nothing.
+  virtual void Release(int fd) { (void)fd; }
+  // `fd` is a datagram socket that other shards' reactors read too (one
+  // inherited socket shared by all shards). Call before the first
+  // operation on it. epoll: an exclusive wake-up (EPOLLEXCLUSIVE), so a
+  // datagram wakes one waiting shard rather than all of them; io_uring:
+  // nothing to do (a shard that loses the race re-polls inside the kernel).
+  virtual void WatchSharedDatagrams(int fd) { (void)fd; }
   // Closing a socket with operations in flight: shut it down (so the peer
   // sees the close at once and blocked receives end) and cancel them. The
   // owner recycles it when their completions have arrived.

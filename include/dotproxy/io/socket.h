@@ -27,6 +27,8 @@ struct SocketAddress {
   std::string ToString() const;
   // The address alone, without brackets or port: "::1".
   std::string HostString() const;
+  // Same family, address and port (IPv6: and scope).
+  bool operator==(const SocketAddress& other) const;
 };
 
 // Parses an IP literal (no names: a proxy must not need DNS to start).
@@ -73,6 +75,37 @@ absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffe
 // A listening TCP socket with SO_REUSEPORT.
 absl::StatusOr<UniqueFd> OpenTcpListener(const SocketAddress& address, int backlog,
                                          bool freebind = false);
+
+// A listening socket the process inherited from its service manager
+// (systemd socket activation, see control/socket_activation.h): UDP
+// (SOCK_DGRAM) or listening TCP (SOCK_STREAM), bound to `address`. The
+// process owns `fd` for its whole life; shards take duplicates of it
+// (DuplicateListener) or, when `reuseport`, may open sibling sockets on the
+// same address (OpenReusePortSibling). Non-blocking once taken.
+struct InheritedListener {
+  int fd = -1;
+  int type = SOCK_DGRAM;  // SOCK_DGRAM or SOCK_STREAM
+  SocketAddress address;
+  bool reuseport = false;  // SO_REUSEPORT was set on it
+
+  bool datagram() const { return type == SOCK_DGRAM; }
+  // "udp 127.0.0.1:53" or "tcp [::1]:53".
+  std::string ToString() const;
+};
+
+// A new descriptor for the inherited socket (same socket, close-on-exec):
+// closing it leaves the socket open for the rest of the process and for
+// the service manager.
+absl::StatusOr<UniqueFd> DuplicateListener(const InheritedListener& listener);
+
+// A socket of the same type, family and IPV6_V6ONLY setting, bound with
+// SO_REUSEPORT to the inherited one's address, so the kernel spreads clients
+// over both. Fails with EADDRINUSE when the inherited socket was created by
+// another user (the kernel admits only one effective UID to a reuseport
+// group: systemd binds as root, the service may run as a DynamicUser).
+// `buffer_bytes` as for OpenUdpListener (UDP only).
+absl::StatusOr<UniqueFd> OpenReusePortSibling(const InheritedListener& listener,
+                                              int buffer_bytes);
 
 // A non-blocking TCP socket for an upstream connection: TCP_NODELAY, and
 // TCP_USER_TIMEOUT so a half-open connection fails instead of hanging.

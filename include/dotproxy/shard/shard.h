@@ -13,6 +13,8 @@
 #include <functional>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <string>
 
 #include "absl/status/status.h"
 #include "dotproxy/config/config.h"
@@ -85,6 +87,13 @@ class Shard {
     mailbox_.Post(std::move(config), generation);
   }
   uint64_t applied_generation() const { return applied_generation_.load(std::memory_order_acquire); }
+  // What the shard could not apply of the last configuration (empty: all
+  // of it), e.g. a new listen address that cannot be bound (the old
+  // addresses then stay). Read after applied_generation() reached it.
+  std::string reload_error() const {
+    std::lock_guard lock(reload_error_mutex_);
+    return reload_error_;
+  }
 
   // True when the loop ended on an I/O engine error rather than Stop().
   bool failed() const { return failed_.load(std::memory_order_relaxed); }
@@ -102,6 +111,10 @@ class Shard {
   std::atomic<bool> failed_{false};
   ConfigMailbox mailbox_;
   std::atomic<uint64_t> applied_generation_{0};
+  // Written by the shard when it applies a configuration, read by the
+  // control thread: never on the query path.
+  mutable std::mutex reload_error_mutex_;
+  std::string reload_error_;
   ShardStats stats_;
   std::unique_ptr<UpstreamStats[]> upstream_stats_;
 };

@@ -1,0 +1,170 @@
+#include "dotproxy/daemon/reload.h"
+
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "dotproxy/control/log.h"
+#include "dotproxy/tls/client.h"
+
+namespace dotproxy::daemon {
+namespace {
+
+using control::Log;
+using control::Severity;
+
+std::string Join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) absl::StrAppend(&out, out.empty() ? "" : ", ", item);
+  return out.empty() ? "none" : out;
+}
+
+std::string ListenSummary(const config::Config& config) {
+  std::vector<std::string> items;
+  for (const auto& address : config.listen) items.push_back(address.ToString());
+  return Join(items);
+}
+
+std::string UpstreamSummary(const config::Config& config) {
+  std::vector<std::string> items;
+  for (const auto& upstream : config.upstreams) {
+    items.push_back(absl::StrCat(upstream.address.ToString(), "#", upstream.peer.auth_name,
+                                 upstream.peer.pins.empty() ? "" : " (pinned)",
+                                 upstream.priority != 0 ? absl::StrCat(" priority ", upstream.priority) : ""));
+  }
+  return Join(items);
+}
+
+std::string AllowSummary(const config::Config& config) {
+  std::vector<std::string> items;
+  for (const auto& cidr : config.allow) items.push_back(cidr.text);
+  return Join(items);
+}
+
+// Builds the next configuration, or says why not (the message names the
+// flag, variable or FILE:LINE). Nothing changes on error.
+absl::StatusOr<std::shared_ptr<const config::Config>> LoadNextConfig(
+    ReloadContext& context, std::vector<std::string>& kept) {
+  auto command_line = config::ParseCommandLine(context.argc, context.argv);
+  if (!command_line.ok()) return command_line.status();
+  auto next = std::make_shared<config::Config>(std::move(command_line->config));
+  const config::Config& running = *context.running;
+  if (next->threads == 0) next->threads = context.default_threads;
+  if (next->io_backend == context.requested_backend) next->io_backend = running.io_backend;
+  // Passed sockets are the process's for life: they stay the listeners.
+  next->inherited_listeners = running.inherited_listeners;
+  if (!next->inherited_listeners.empty()) next->listen = running.listen;
+  KeepRestartOnly(running, *next, kept);
+  // The shards build their TLS contexts from it: catch a bad trust store here.
+  if (auto tls = tls::ClientContext::Create(next->ca_file); !tls.ok()) {
+    return tls.status();
+  }
+  std::vector<std::string> specs;
+  for (const auto& upstream : next->upstreams) specs.push_back(upstream.spec);
+  auto slots = context.slots->Assign(specs);
+  if (!slots.ok()) return slots.status();
+  for (size_t u = 0; u < next->upstreams.size(); ++u) next->upstreams[u].metrics_slot = (*slots)[u];
+  return std::shared_ptr<const config::Config>(std::move(next));
+}
+
+}  // namespace
+
+void KeepRestartOnly(const config::Config& running, config::Config& next,
+                     std::vector<std::string>& kept) {
+  auto keep = [&](const char* name, auto& field, const auto& value, auto same) {
+    if (!same(field, value)) {
+      kept.push_back(name);
+      field = value;
+    }
+  };
+  auto equal = [](const auto& a, const auto& b) { return a == b; };
+  auto same_text = [](const auto& a, const auto& b) {
+    if constexpr (requires { a.has_value(); }) {
+      return a.has_value() == b.has_value() && (!a.has_value() || a->ToString() == b->ToString());
+    } else {
+      if (a.size() != b.size()) return false;
+      for (size_t i = 0; i < a.size(); ++i) {
+        if (a[i].ToString() != b[i].ToString()) return false;
+      }
+      return true;
+    }
+  };
+  keep("threads", next.threads, running.threads, equal);
+  keep("io_backend", next.io_backend, running.io_backend, equal);
+  keep("max_inflight", next.max_inflight, running.max_inflight, equal);
+  keep("max_tcp_clients", next.max_tcp_clients, running.max_tcp_clients, equal);
+  keep("cache_size", next.cache_size, running.cache_size, equal);
+  keep("udp_buffer", next.udp_socket_buffer, running.udp_socket_buffer, equal);
+  keep("metrics_listen", next.metrics_listen, running.metrics_listen, same_text);
+  keep("freebind", next.freebind, running.freebind, equal);
+}
+
+std::string ConfigSummary(const config::Config& config) {
+  return absl::StrFormat(
+      "listen %s; upstreams %s; allow %s; cache %d entries (ttl %d..%d s, negative %d s, stale "
+      "%d s); query timeout %d ms; %d shards; log level %s",
+      ListenSummary(config), UpstreamSummary(config), AllowSummary(config), config.cache_size,
+      config.cache.min_ttl, config.cache.max_ttl, config.cache.negative_max_ttl,
+      config.cache.stale_window, static_cast<int>(config.query_timeout.count()), config.threads,
+      config.log_level);
+}
+
+void Reload(ReloadContext& context) {
+  Notify(absl::StrFormat("RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=%d", MonotonicMicroseconds()));
+  std::vector<std::string> kept;
+  auto next = LoadNextConfig(context, kept);
+  if (!next.ok()) {
+    metrics::Bump(context.control->reload_failures);
+    metrics::Set(context.control->last_reload_successful, 0);
+    Log(Severity::kError, "reload refused, configuration unchanged: %s", next.status().message());
+    Notify(absl::StrCat("READY=1\nSTATUS=reload refused: ", next.status().message()));
+    return;
+  }
+  const uint64_t generation = ++context.generation;
+  control::ConfigureLogging((*next)->log_level, (*next)->log_format);
+  for (const auto& shard : *context.shards) shard->PostConfig(*next, generation);
+  // A shard applies it within a loop turn, or once the pool the previous
+  // reload replaced has drained (a query timeout at most).
+  const auto deadline = std::chrono::steady_clock::now() + (*next)->query_timeout +
+                        context.running->query_timeout + std::chrono::seconds(2);
+  std::vector<int> late;
+  std::vector<std::string> errors;
+  for (const auto& shard : *context.shards) {
+    while (shard->applied_generation() < generation && !shard->failed() &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (shard->applied_generation() < generation) {
+      late.push_back(shard->index());
+    } else if (std::string error = shard->reload_error(); !error.empty()) {
+      errors.push_back(absl::StrCat("shard ", shard->index(), ": ", error));
+    }
+  }
+  if (context.upstreams_changed) {
+    std::vector<size_t> configured;
+    for (const auto& upstream : (*next)->upstreams) configured.push_back(upstream.metrics_slot);
+    context.upstreams_changed(context.slots->specs(), std::move(configured));
+  }
+  if (!errors.empty()) {
+    // The rest is in force; what failed is named (and counted).
+    auto partial = std::make_shared<config::Config>(**next);
+    partial->listen = context.running->listen;
+    context.running = std::move(partial);
+    metrics::Bump(context.control->reload_failures);
+    metrics::Set(context.control->last_reload_successful, 0);
+    Log(Severity::kError, "reload partly applied: %s", Join(errors));
+  } else {
+    context.running = *next;
+    metrics::Set(context.control->last_reload_successful, 1);
+  }
+  metrics::Bump(context.control->reloads);
+  Log(Severity::kInfo, "reload applied (generation %d): %s%s%s", generation,
+      ConfigSummary(*context.running),
+      kept.empty() ? "" : absl::StrCat("; not applied until restart: ", Join(kept)),
+      late.empty() ? ""
+                   : absl::StrCat("; shards still draining the old upstreams: ", late.size()));
+  Notify(absl::StrCat("READY=1\nSTATUS=serving; reloaded (generation ", generation, ")"));
+}
+
+}  // namespace dotproxy::daemon
