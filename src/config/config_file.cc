@@ -133,6 +133,7 @@ absl::Status ReadOption(const FileErrors& errors, const Option& option, std::str
     }
     case OptionKind::kPath:
     case OptionKind::kChoice:
+    case OptionKind::kPrefixLengths:
     case OptionKind::kAddress: {
       const auto* value = node.as_string();
       if (value == nullptr || value->get().empty()) {

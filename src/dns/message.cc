@@ -257,6 +257,26 @@ size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
   return total;
 }
 
+size_t BuildMinimalAnyReply(std::span<const uint8_t> query, const QueryInfo& info,
+                            uint16_t our_udp_size, std::span<uint8_t> out) {
+  const size_t base = BuildErrorReply(query, info, Rcode::kNoError, our_udp_size, out);
+  const size_t question_end = kHeaderSize + EchoableQuestionLength(query);
+  if (base == 0 || question_end == kHeaderSize || out.size() < base + kMinimalAnyRrSize) return 0;
+  uint8_t* h = out.data();
+  // The OPT RR (if any) moves after the answer.
+  std::memmove(h + question_end + kMinimalAnyRrSize, h + question_end, base - question_end);
+  uint8_t* rr = h + question_end;
+  WriteU16(rr, 0xc000 | kHeaderSize);  // the QNAME
+  WriteU16(rr + 2, 13);                // HINFO
+  std::memcpy(rr + 4, h + question_end - 2, 2);  // QCLASS
+  WriteU32(rr + 6, kMinimalAnyTtl);
+  WriteU16(rr + 10, 9);                // RDLENGTH: <7>"RFC8482" <0>""
+  static constexpr uint8_t kRdata[] = {7, 'R', 'F', 'C', '8', '4', '8', '2', 0};
+  std::memcpy(rr + 12, kRdata, sizeof(kRdata));
+  WriteU16(h + 6, 1);  // ANCOUNT
+  return base + kMinimalAnyRrSize;
+}
+
 size_t TruncateResponse(std::span<uint8_t> msg, size_t length, size_t limit) {
   std::span<const uint8_t> wire(msg.data(), length);
   uint8_t* h = msg.data();

@@ -214,6 +214,8 @@ void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       client.read_closed = client.reading_paused = false;
       client.queries_in_flight = 0;
       client.ops_in_flight = 0;
+      std::memcpy(&client.peer, &peer, sizeof(peer));
+      client.peer_length = peer_length;
       Bump(stats_.tcp_accepted);
       Touch(index);
       ArmReceive(index);
@@ -276,7 +278,9 @@ void TcpClients::OnReceive(uint32_t index, const io::Completion& completion) {
     }
     Bump(stats_.tcp_queries);
     ++client.queries_in_flight;
-    sink_->OnQuery(message, ClientRef::Tcp(index, generation));
+    sink_->OnQuery(message, ClientRef::Tcp(index, generation,
+                                           reinterpret_cast<const sockaddr*>(&client.peer),
+                                           client.peer_length));
     if (client.state != State::kOpen) return;  // closed while answering (slow client)
   }
   client.framer.Compact();
@@ -433,6 +437,17 @@ void TcpClients::ExpireIdle() {
     Bump(stats_.tcp_idle_closed);
     Close(idle_.head());
   }
+}
+
+absl::Status TcpClients::SteerByClientPrefix(uint32_t group_size, int v4_prefix, int v6_prefix) {
+  for (const auto& socket : listeners_) {
+    if (socket.state == State::kFree || !socket.fd) continue;
+    if (auto status = io::AttachPrefixSteering(socket.fd.get(), group_size, v4_prefix, v6_prefix);
+        !status.ok()) {
+      return status;
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace dotproxy::frontend

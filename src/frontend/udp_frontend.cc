@@ -250,4 +250,15 @@ void UdpFrontend::OnSendDone(uint32_t reply_index, const io::Completion& complet
   if (sockets_[socket].state == SocketState::kClosing) MaybeClose(socket);
 }
 
+absl::Status UdpFrontend::SteerByClientPrefix(uint32_t group_size, int v4_prefix, int v6_prefix) {
+  for (const auto& socket : sockets_) {
+    if (socket.state == SocketState::kFree || !socket.fd) continue;
+    if (auto status = io::AttachPrefixSteering(socket.fd.get(), group_size, v4_prefix, v6_prefix);
+        !status.ok()) {
+      return status;
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace dotproxy::frontend

@@ -1,6 +1,7 @@
 #include "dotproxy/io/socket.h"
 
 #include <arpa/inet.h>
+#include <linux/filter.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
 
@@ -237,6 +238,42 @@ absl::StatusOr<UniqueFd> OpenTcpClient(int family, int user_timeout_ms) {
     setsockopt(fd.get(), IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
   }
   return fd;
+}
+
+absl::Status AttachPrefixSteering(int fd, uint32_t group_size, int v4_prefix, int v6_prefix) {
+  if (group_size <= 1) return absl::OkStatus();
+  auto top = [](int bits) -> uint32_t {
+    if (bits <= 0) return 0;
+    return bits >= 32 ? 0xffffffffu : ~uint32_t{0} << (32 - bits);
+  };
+  const int v6 = std::min(v6_prefix, 64);
+  // The program runs with the packet's data at the transport payload; the
+  // IP header is reached through SKF_NET_OFF. X holds the first word.
+  const uint32_t net = static_cast<uint32_t>(SKF_NET_OFF);
+  sock_filter code[] = {
+      /* 0 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, net + 0),  // version/IHL
+      /* 1 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 4),
+      /* 2 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 3),  // IPv4? else to 6
+      /* 3 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, net + 12),  // IPv4 source
+      /* 4 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, top(v4_prefix)),
+      /* 5 */ BPF_JUMP(BPF_JMP | BPF_JA, 6, 0, 0),  // to 12
+      /* 6 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, net + 8),  // IPv6 source, first word
+      /* 7 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, top(v6)),
+      /* 8 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),
+      /* 9 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, net + 12),  // second word
+      /* 10 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, top(v6 - 32)),
+      /* 11 */ BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0),
+      /* 12 */ BPF_STMT(BPF_ALU | BPF_MUL | BPF_K, 0x9e3779b1u),  // spread the prefix bits
+      /* 13 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16),
+      /* 14 */ BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, group_size),
+      /* 15 */ BPF_STMT(BPF_RET | BPF_A, 0),
+  };
+  sock_fprog program{static_cast<unsigned short>(std::size(code)), code};
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &program, sizeof(program)) != 0) {
+    return absl::InternalError(
+        absl::StrCat("SO_ATTACH_REUSEPORT_CBPF: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace dotproxy::io

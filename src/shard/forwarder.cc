@@ -65,6 +65,21 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
     ReplyError(wire, info, dns::Rcode::kRefused, client, clock_.now());
     return false;
   }
+  if (rate_limiter_ != nullptr && Limited(wire, info, client)) return false;
+  if (settings_.minimal_any && info.qtype == dns::kTypeAny && client.transport == Transport::kUdp) {
+    // RFC 8482 §4.2: a small answer instead of everything there is (ANY is
+    // the classic amplification query); a client that needs it all asks
+    // over TCP, where it is forwarded.
+    std::span<uint8_t> reply = replier_.BeginReply(client, kMaxErrorReply + dns::kMinimalAnyRrSize);
+    if (reply.empty()) return false;
+    const size_t length = dns::BuildMinimalAnyReply(wire, info, settings_.edns_udp_size, reply);
+    replier_.CommitReply(client, length);
+    if (length > 0) {
+      Bump(stats_.minimal_any);
+      ObserveReply(client, metrics::AnswerSource::kLocal, clock_.now());
+    }
+    return false;
+  }
   bool stale_candidate = false;
   if (cache_ != nullptr) {
     cache::CacheKey key;
@@ -130,6 +145,36 @@ void Forwarder::ReplyError(std::span<const uint8_t> query, const dns::QueryInfo&
   if (length > 0) dns::header::SetId(reply.data(), info.id);
   replier_.CommitReply(client, length);
   if (length > 0) ObserveReply(client, metrics::AnswerSource::kLocal, received);
+}
+
+bool Forwarder::Limited(std::span<const uint8_t> query, const dns::QueryInfo& info,
+                        const ClientRef& client) {
+  const int64_t now_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(clock_.now().time_since_epoch()).count();
+  const frontend::RateVerdict verdict = rate_limiter_->Check(client.source(), now_ns);
+  if (verdict == frontend::RateVerdict::kAllow) return false;
+  if (client.transport == Transport::kTcp) {
+    // A TCP source is no spoof (the handshake proved it) and the answer is
+    // not amplified: a short REFUSED tells the client to go elsewhere and
+    // frees its pipelining slot at once, where slowing the connection would
+    // hold its buffers.
+    Bump(stats_.rate_limit_refused);
+    ReplyError(query, info, dns::Rcode::kRefused, client, clock_.now());
+  } else if (verdict == frontend::RateVerdict::kSlip) {
+    // An empty TC=1 answer: no larger than the query, and a real client
+    // behind a spoofed source retries over TCP, which is not limited by
+    // spoofed traffic.
+    Bump(stats_.rate_limit_slipped);
+    std::span<uint8_t> reply = replier_.BeginReply(client, kMaxErrorReply);
+    if (reply.empty()) return true;
+    const size_t length =
+        dns::BuildErrorReply(query, info, dns::Rcode::kNoError, settings_.edns_udp_size, reply);
+    if (length > 0) dns::header::SetTruncated(reply.data());
+    replier_.CommitReply(client, length);
+  } else {
+    Bump(stats_.rate_limit_dropped);
+  }
+  return true;
 }
 
 bool Forwarder::ServeFromCache(uint32_t entry, const ClientRef& client, uint16_t id,

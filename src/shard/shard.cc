@@ -24,6 +24,7 @@
 #include "dotproxy/control/log.h"
 #include "dotproxy/frontend/acl.h"
 #include "dotproxy/frontend/frontends.h"
+#include "dotproxy/frontend/rate_limiter.h"
 #include "dotproxy/frontend/tcp_clients.h"
 #include "dotproxy/frontend/udp_frontend.h"
 #include "dotproxy/io/clock.h"
@@ -73,7 +74,17 @@ ForwarderSettings MakeForwarderSettings(const config::Config& config) {
   settings.edns_udp_size = config.edns_udp_size;
   settings.query_options = QueryOptions(config);
   settings.max_inflight = static_cast<size_t>(config.max_inflight);
+  settings.minimal_any = config.minimal_any;
   return settings;
+}
+
+bool SameRateLimit(const config::Config& a, const config::Config& b) {
+  if (a.rate_limit_exempt.size() != b.rate_limit_exempt.size()) return false;
+  for (size_t i = 0; i < a.rate_limit_exempt.size(); ++i) {
+    if (a.rate_limit_exempt[i].text != b.rate_limit_exempt[i].text) return false;
+  }
+  return a.rate_limit == b.rate_limit && a.rate_limit_burst == b.rate_limit_burst &&
+         a.rate_limit_prefix == b.rate_limit_prefix && a.rate_limit_slip == b.rate_limit_slip;
 }
 
 upstream::PoolSettings MakePoolSettings(const config::Config& config) {
@@ -152,6 +163,9 @@ class ShardLoop {
   absl::StatusOr<upstream::PoolGeneration> MakePool(std::shared_ptr<const config::Config> config);
   // The posted configuration, applied between iterations (see Shard::PostConfig).
   void ApplyPostedConfig();
+  // The rate limiter `config` asks for (none when rate_limit is 0), and
+  // the listeners steered for it.
+  void MakeRateLimiter(const config::Config& config);
   // Submits and waits; false once errors persist.
   bool SubmitAndWait(std::chrono::milliseconds wait);
 
@@ -175,6 +189,7 @@ class ShardLoop {
   std::unique_ptr<frontend::Frontends> frontends_;
   upstream::PoolSet pools_;
   std::unique_ptr<Forwarder> forwarder_;
+  std::unique_ptr<frontend::RateLimiter> rate_limiter_;  // null: no limit
   upstream::PoolGeneration first_pool_;  // made by Setup, installed by Run
   std::unique_ptr<io::Reactor> reactor_;
 
@@ -220,6 +235,7 @@ absl::Status ShardLoop::Setup() {
 
   forwarder_ = std::make_unique<Forwarder>(MakeForwarderSettings(config), clock_, *frontends_,
                                            pools_, cache_.get(), stats_);
+  MakeRateLimiter(config);
   auto pool = MakePool(config_);
   if (!pool.ok()) return pool.status();
   // Started by Run(): connections open once the loop turns.
@@ -227,6 +243,32 @@ absl::Status ShardLoop::Setup() {
   udp_->set_sink(forwarder_.get());
   tcp_->set_sink(forwarder_.get());
   return absl::OkStatus();
+}
+
+void ShardLoop::MakeRateLimiter(const config::Config& config) {
+  rate_limiter_.reset();
+  if (config.rate_limit > 0) {
+    frontend::RateLimitSettings settings;
+    settings.qps = static_cast<uint32_t>(config.rate_limit);
+    settings.burst = static_cast<uint32_t>(config.rate_limit_burst);
+    (void)config::ParsePrefixLengths(config.rate_limit_prefix, settings.v4_prefix,
+                                     settings.v6_prefix);  // validated by the config layer
+    settings.slip = static_cast<uint32_t>(config.rate_limit_slip);
+    settings.exempt = config.rate_limit_exempt;
+    rate_limiter_ = std::make_unique<frontend::RateLimiter>(settings, &stats_.rate_limit_evictions);
+    // One shard sees all of a client's queries, so its budget is exact.
+    for (absl::Status status :
+         {udp_->SteerByClientPrefix(static_cast<uint32_t>(config.threads), settings.v4_prefix,
+                                    settings.v6_prefix),
+          tcp_->SteerByClientPrefix(static_cast<uint32_t>(config.threads), settings.v4_prefix,
+                                    settings.v6_prefix)}) {
+      if (!status.ok()) {
+        Log(Severity::kWarning, "shard %d: clients not steered by prefix (%s): each shard "
+            "limits the share of a client's queries it receives", index_, status.message());
+      }
+    }
+  }
+  forwarder_->set_rate_limiter(rate_limiter_.get());
 }
 
 absl::StatusOr<upstream::PoolGeneration> ShardLoop::MakePool(
@@ -265,6 +307,9 @@ void ShardLoop::ApplyPostedConfig() {
     }
   }
   acl_ = frontend::Acl(next->allow);
+  if (!SameRateLimit(*config_, *next) || !SameAddresses(config_->listen, next->listen)) {
+    MakeRateLimiter(*next);
+  }
   tcp_->SetIdleTimeout(next->tcp_idle_timeout);
   if (cache_) cache_->SetPolicy(next->cache);
   forwarder_->UpdateSettings(MakeForwarderSettings(*next));
@@ -411,7 +456,8 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
   memory.fixed_bytes =
       static_cast<size_t>(config.max_inflight) * sizeof(QuerySlot) +
       size_t{kReactorOptions.datagram_buffers} * kReactorOptions.datagram_buffer_size +
-      kUdpReplySlots * (frontend::kMaxUdpReply + 128) + connections * per_connection;
+      kUdpReplySlots * (frontend::kMaxUdpReply + 128) + connections * per_connection +
+      (config.rate_limit > 0 ? frontend::RateLimiter::kMemoryBytes : 0);
   memory.tcp_worst_bytes = static_cast<size_t>(config.max_tcp_clients) *
                            (frontend::TcpClients::kOutCapacity + frontend::TcpClients::kInCapacity);
   return memory;

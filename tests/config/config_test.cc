@@ -390,6 +390,7 @@ TEST(OptionTableTest, RowsAreConsistent) {
       case OptionKind::kChoice:
         EXPECT_FALSE(option.choices.empty());
         [[fallthrough]];
+      case OptionKind::kPrefixLengths:
       case OptionKind::kPath:
         EXPECT_TRUE(std::holds_alternative<std::string Config::*>(option.field));
         break;

@@ -51,6 +51,9 @@ struct UpstreamConfig {
   size_t metrics_slot = kPositionSlot;
 };
 
+// Parses "V4/V6" prefix lengths ("24/56"): IPv4 8..32, IPv6 16..128.
+absl::Status ParsePrefixLengths(std::string_view text, int& v4, int& v6);
+
 // Parses a base64 SHA-256 pin (44 characters, as printed by
 // tools/spki-pin.sh).
 absl::StatusOr<SpkiPin> ParsePin(std::string_view base64);
@@ -102,6 +105,20 @@ struct Config {
   bool pad_queries = true;            // RFC 8467 block padding to 128 bytes
   bool strip_client_subnet = true;    // drop EDNS client-subnet (RFC 7871) options
 
+  // Per-client rate limit (frontend::RateLimiter): queries per second per
+  // client prefix, 0 = off; `rate_limit_burst` queries at once on top (0: as
+  // many as the rate); a client is its address cut to `rate_limit_prefix`
+  // ("V4/V6" prefix lengths); over the limit over UDP every
+  // `rate_limit_slip`-th query gets an empty TC=1 answer (0: all dropped),
+  // over TCP REFUSED; `rate_limit_exempt` networks are never limited.
+  int rate_limit = 0;
+  int rate_limit_burst = 0;
+  std::string rate_limit_prefix = "24/56";
+  int rate_limit_slip = 2;
+  std::vector<frontend::Cidr> rate_limit_exempt;
+  // RFC 8482: ANY over UDP gets a synthesized HINFO instead of everything.
+  bool minimal_any = true;
+
   // Cache policy, used as is by each shard's cache; `cache.entries` is set
   // per shard from cache_size, the proxy's total entries.
   cache::CacheConfig cache;
@@ -151,6 +168,7 @@ enum class OptionKind {
                   // takes true or false
   kPath,          // a non-empty file name
   kChoice,        // one of the words in `choices` ("a|b|c")
+  kPrefixLengths, // "V4/V6": an IPv4 (8..32) and an IPv6 (16..128) prefix length
   kAddress,       // one "ADDR:PORT" (the port is required)
   kAddressList,   // "ADDR:PORT" items
   kUpstreamList,  // upstream specs (ParseUpstream); the file uses [[upstream]]

@@ -177,6 +177,15 @@ size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
                        Rcode rcode, uint16_t our_udp_size,
                        std::span<uint8_t> out);
 
+// RFC 8482 §4.2: the answer to an ANY query over UDP, one synthesized
+// HINFO RR (CPU "RFC8482", OS "", TTL kMinimalAnyTtl) for the QNAME,
+// otherwise as BuildErrorReply(NOERROR). 0 when `out` is too small.
+inline constexpr uint32_t kMinimalAnyTtl = 3600;
+inline constexpr uint16_t kTypeAny = 255;
+inline constexpr size_t kMinimalAnyRrSize = 2 + 10 + 9;  // pointer, fixed part, RDATA
+size_t BuildMinimalAnyReply(std::span<const uint8_t> query, const QueryInfo& info,
+                            uint16_t our_udp_size, std::span<uint8_t> out);
+
 // Shrinks the response in `msg[0, length)` to fit `limit` bytes as a valid
 // message with TC=1: header, question and (if it fits) the OPT RR; no other
 // records (RFC 2181 §9: a client that sees TC retries over TCP). Returns the

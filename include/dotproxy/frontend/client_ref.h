@@ -34,12 +34,15 @@ inline constexpr size_t kMaxUdpReply = 4096;
 struct ClientRef {
   Transport transport = Transport::kUdp;
   uint16_t udp_socket = 0;              // UDP: index of the receiving socket
-  socklen_t address_length = 0;         // UDP: source address
-  sockaddr_in6 address{};               //   (IPv4 sources fit in it)
+  socklen_t address_length = 0;         // the client's address (UDP: where the
+  sockaddr_in6 address{};               //   answer goes; IPv4 fits in it)
   uint32_t tcp_client = 0;              // TCP: client table index
   uint32_t tcp_generation = 0;          //   and generation (stale after close)
 
   const sockaddr* udp_address() const { return reinterpret_cast<const sockaddr*>(&address); }
+  // The client's address on either transport (rate limiting); family
+  // AF_UNSPEC when unknown.
+  const sockaddr* source() const { return reinterpret_cast<const sockaddr*>(&address); }
 
   static ClientRef Udp(uint16_t socket, const sockaddr* source, socklen_t length) {
     ClientRef client;
@@ -49,11 +52,16 @@ struct ClientRef {
     std::memcpy(&client.address, source, client.address_length);
     return client;
   }
-  static ClientRef Tcp(uint32_t client_index, uint32_t generation) {
+  static ClientRef Tcp(uint32_t client_index, uint32_t generation,
+                       const sockaddr* peer = nullptr, socklen_t length = 0) {
     ClientRef client;
     client.transport = Transport::kTcp;
     client.tcp_client = client_index;
     client.tcp_generation = generation;
+    if (peer != nullptr) {
+      client.address_length = length <= sizeof(client.address) ? length : sizeof(client.address);
+      std::memcpy(&client.address, peer, client.address_length);
+    }
     return client;
   }
 };

@@ -83,6 +83,10 @@ class TcpClients {
   // (socket activation: the socket unit owns the addresses) or intake has
   // stopped. Allocates (control plane), never on the query path.
   absl::Status SetListeners(std::span<const io::SocketAddress> listen);
+  // Per-client rate limiting: each client prefix to one shard's socket of
+  // every listen address (io::AttachPrefixSteering). Call after Open and
+  // after SetListeners; `group_size` is the number of shards.
+  absl::Status SteerByClientPrefix(uint32_t group_size, int v4_prefix, int v6_prefix);
   // Addresses currently accepting or able to (not the ones still closing).
   std::vector<io::SocketAddress> listen_addresses() const;
   // Listeners removed by SetListeners that are not closed yet.
@@ -137,6 +141,8 @@ class TcpClients {
     bool read_closed = false;     // client sent FIN: answer what is pending, then close
     bool reading_paused = false;  // back-pressure, see TcpLimits
     uint32_t queries_in_flight = 0;
+    sockaddr_storage peer{};  // for the forwarder's rate limiter
+    socklen_t peer_length = 0;
     io::Clock::time_point last_activity{};
     io::IndexLinks idle_links;  // ordered by last activity, oldest first
   };

@@ -58,6 +58,10 @@ class UdpFrontend {
   // (socket activation: the socket unit owns the addresses) or intake has
   // stopped. Allocates (control plane), never on the query path.
   absl::Status SetListeners(std::span<const io::SocketAddress> listen);
+  // Per-client rate limiting: each client prefix to one shard's socket of
+  // every listen address (io::AttachPrefixSteering). Call after Open and
+  // after SetListeners; `group_size` is the number of shards.
+  absl::Status SteerByClientPrefix(uint32_t group_size, int v4_prefix, int v6_prefix);
   // Addresses currently receiving (not the ones still closing), for tests
   // and logs.
   std::vector<io::SocketAddress> listen_addresses() const;

@@ -76,6 +76,16 @@ absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffe
 absl::StatusOr<UniqueFd> OpenTcpListener(const SocketAddress& address, int backlog,
                                          bool freebind = false);
 
+// Steers the datagrams (or connections) of one client prefix to one socket
+// of `fd`'s SO_REUSEPORT group, so that one shard sees all of a client's
+// queries (the rate limiter's budget is then exact). A classic BPF program
+// (SO_ATTACH_REUSEPORT_CBPF) hashes the source address cut to `v4_prefix`
+// (IPv4, and IPv4 on a dual-stack socket) or min(`v6_prefix`, 64) (IPv6)
+// and picks socket hash % `group_size`; the kernel falls back to its own
+// hash when the group has fewer sockets. The program belongs to the group:
+// attaching it from every member is harmless.
+absl::Status AttachPrefixSteering(int fd, uint32_t group_size, int v4_prefix, int v6_prefix);
+
 // A listening socket the process inherited from its service manager
 // (systemd socket activation, see control/socket_activation.h): UDP
 // (SOCK_DGRAM) or listening TCP (SOCK_STREAM), bound to `address`. The

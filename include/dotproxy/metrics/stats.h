@@ -38,6 +38,11 @@ namespace dotproxy::metrics {
   X(notimp, "non-QUERY opcodes answered NOTIMP")                                     \
   X(badvers, "queries with an EDNS version above 0 answered BADVERS (RFC 6891)")      \
   X(refused_oversized, "queries over the size limit answered REFUSED")               \
+  X(rate_limit_dropped, "UDP queries over the client's rate limit, dropped")         \
+  X(rate_limit_slipped, "UDP queries over the rate limit answered empty with TC=1")  \
+  X(rate_limit_refused, "TCP queries over the client's rate limit answered REFUSED") \
+  X(rate_limit_evictions, "rate-limiter entries replaced while still limited")       \
+  X(minimal_any, "ANY queries over UDP answered with a synthesized HINFO (RFC 8482)") \
   X(servfail_timeout, "queries that hit their deadline (SERVFAIL)")                  \
   X(servfail_no_upstream, "queries with no usable upstream (SERVFAIL)")              \
   X(servfail_connection_lost, "queries lost with an upstream connection (SERVFAIL)") \

@@ -19,6 +19,7 @@
 #include "dotproxy/dns/edns.h"
 #include "dotproxy/dns/message.h"
 #include "dotproxy/frontend/client_ref.h"
+#include "dotproxy/frontend/rate_limiter.h"
 #include "dotproxy/io/clock.h"
 #include "dotproxy/metrics/stats.h"
 #include "dotproxy/shard/query_table.h"
@@ -34,6 +35,8 @@ struct ForwarderSettings {
   uint16_t edns_udp_size = 1232;  // advertised in the replies we build
   dns::UpstreamQueryOptions query_options;
   size_t max_inflight = 16384;
+  // RFC 8482: ANY over UDP answered here with a synthesized HINFO.
+  bool minimal_any = true;
 };
 
 class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink {
@@ -59,6 +62,10 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
     settings_.max_inflight = max_inflight;
   }
 
+  // Asked before anything is answered (cache hits too); null: no limit.
+  // Borrowed; replaced on reload.
+  void set_rate_limiter(frontend::RateLimiter* limiter) { rate_limiter_ = limiter; }
+
   // Before the end-of-iteration flush: queries that waited for capacity.
   void DispatchWaiting();
   // Attempt and final deadlines.
@@ -80,6 +87,10 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   // query_duration histogram.
   void ReplyError(std::span<const uint8_t> query, const dns::QueryInfo& info, dns::Rcode rcode,
                   const frontend::ClientRef& client, io::Clock::time_point received);
+  // Over the rate limit: true when the query is finished (dropped, slipped
+  // or refused).
+  bool Limited(std::span<const uint8_t> query, const dns::QueryInfo& info,
+               const frontend::ClientRef& client);
   bool ServeFromCache(uint32_t entry, const frontend::ClientRef& client, uint16_t id,
                       std::span<const uint8_t> question, size_t udp_limit, bool stale,
                       io::Clock::time_point received);
@@ -109,6 +120,7 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   frontend::Replier& replier_;
   upstream::QueryRouter& router_;
   cache::PacketCache* cache_;
+  frontend::RateLimiter* rate_limiter_ = nullptr;
   metrics::ShardStats& stats_;
   QueryTable table_;
   bool draining_ = false;
