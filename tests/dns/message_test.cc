@@ -384,6 +384,34 @@ TEST(ErrorReplyTest, AddsOptWhenQueryHadEdns) {
   EXPECT_EQ(opt[7] & 0x80, 0x80);  // DO echoed
 }
 
+TEST(MinimalAnyTest, OneSynthesizedHinfoThenTheOpt) {
+  const Bytes q = MakeQuery("example.com", kTypeAny, 7, 4096);
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kOk);
+  uint8_t out[512];
+  const size_t n = BuildMinimalAnyReply(q, info, 1232, out);
+  ASSERT_EQ(n, kHeaderSize + info.question_length + kMinimalAnyRrSize + 11);
+  EXPECT_EQ(header::Id(out), 7);
+  EXPECT_TRUE(header::IsResponse(out));
+  EXPECT_EQ(header::GetRcode(out), Rcode::kNoError);
+  EXPECT_EQ(header::AnCount(out), 1);
+  EXPECT_EQ(header::ArCount(out), 1);
+  const uint8_t* rr = out + kHeaderSize + info.question_length;
+  EXPECT_EQ(ReadU16(rr), 0xc000 | kHeaderSize);  // owner: the QNAME
+  EXPECT_EQ(ReadU16(rr + 2), 13);                // HINFO
+  EXPECT_EQ(ReadU16(rr + 4), 1);                 // IN, as asked
+  EXPECT_EQ(ReadU32(rr + 6), kMinimalAnyTtl);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(rr + 13), 7), "RFC8482");
+  const uint8_t* opt = rr + kMinimalAnyRrSize;
+  EXPECT_EQ(ReadU16(opt + 1), kTypeOpt);
+  // Without EDNS: no OPT; too small a buffer: nothing.
+  const Bytes plain = MakeQuery("example.com", kTypeAny, 8);
+  ASSERT_EQ(ParseQuery(plain, info), QueryParse::kOk);
+  EXPECT_EQ(BuildMinimalAnyReply(plain, info, 1232, out),
+            kHeaderSize + info.question_length + kMinimalAnyRrSize);
+  EXPECT_EQ(BuildMinimalAnyReply(plain, info, 1232, std::span<uint8_t>(out, 20)), 0u);
+}
+
 TEST(ErrorReplyTest, FormErrWithoutParseableQuestionHasNoQuestion) {
   Bytes q = {0xab, 0xcd, 1, 0, 0, 2, 0, 0, 0, 0, 0, 0};
   QueryInfo info;
