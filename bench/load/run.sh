@@ -37,6 +37,8 @@ Environment (defaults in brackets):
                  also: dotproxy_base (see DOTPROXY_BASE), dotproxy_epoll = the dotproxy
                  binary with DOTPROXY_ARGS plus --io-backend epoll (the epoll backend
                  side by side with io_uring: TARGETS="dotproxy dotproxy_epoll")
+                 dotproxy_ratelimit = DOTPROXY_ARGS plus --rate-limit 10000000 (the
+                 limiter on, never reached: its cost per query, next to dotproxy)
                  dotproxy_metrics = DOTPROXY_ARGS plus --metrics on a loopback port, never
                  scraped; dotproxy_scraped = the same, scraped (GET /metrics) every
                  second while it runs: TARGETS="dotproxy_metrics dotproxy_scraped" gives
@@ -365,6 +367,10 @@ start_target_dotproxy_deep() { start_dotproxy dotproxy_deep "$DOTPROXY_ARGS $DOT
 # The same binary on its epoll backend instead of io_uring (--io-backend epoll, the
 # backend it falls back to where rings are refused), to compare the two I/O paths.
 start_target_dotproxy_epoll() { start_dotproxy dotproxy_epoll "$DOTPROXY_ARGS --io-backend epoll"; }
+
+# The rate limiter on at a rate dnsperf never reaches (all of its queries come
+# from one prefix), to measure what checking every query costs.
+start_target_dotproxy_ratelimit() { start_dotproxy dotproxy_ratelimit "$DOTPROXY_ARGS --rate-limit 10000000"; }
 
 # Metrics on; dotproxy_scraped is also scraped every second by a loop on LOAD_CPU
 # (stopped with the target), so the pair shows what scraping costs per query.
