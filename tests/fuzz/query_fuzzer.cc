@@ -133,7 +133,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(dns::kHeaderSize + info.question_length <= size);
   }
   if (info.has_edns) {
-    FUZZ_CHECK(info.opt_offset >= dns::kHeaderSize && info.opt_offset + 11 <= size);
+    FUZZ_CHECK(info.opt_offset >= dns::kHeaderSize && size_t{info.opt_offset} + 11 <= size);
     FUZZ_CHECK(info.udp_response_limit >= dns::kClassicUdpLimit);
   } else {
     FUZZ_CHECK(info.udp_response_limit == dns::kClassicUdpLimit);
