@@ -53,6 +53,20 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+// The nothrow forms too (PacketCache::Create uses one). The library's own
+// call operator new(size) above, but AddressSanitizer replaces them with its
+// allocator, and their blocks then reached our operator delete (free):
+// alloc-dealloc-mismatch at shard exit. With the whole set replaced, new and
+// delete stay paired in every build, sanitized or not.
+void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
+  dotproxy::control::CountHeapAllocation();
+  return std::malloc(size == 0 ? 1 : size);
+}
+void* operator new[](std::size_t size, const std::nothrow_t& tag) noexcept {
+  return operator new(size, tag);
+}
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 namespace {
 

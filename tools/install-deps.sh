@@ -16,6 +16,9 @@ PACKAGES=(
   # tests: tests/e2e/deny_io_uring (io_uring refused by seccomp, for the
   # epoll fallback cases)
   libseccomp-dev
+  # tests: the fuzz targets (tests/fuzz: clang's libFuzzer and sanitizer
+  # runtimes; llvm-14 for llvm-symbolizer, readable sanitizer stacks)
+  clang-14 libclang-rt-14-dev llvm-14
   # tests: promtool and a real Prometheus server scraping the metrics
   # endpoint (dotproxy_e2e_metrics.py)
   prometheus

@@ -236,12 +236,16 @@ absl::StatusOr<std::string> ReadConfigText(const std::string& path, const std::s
 }  // namespace
 
 absl::Status LoadConfigFile(const std::string& path, Config& config) {
-  const std::string shown = EscapeForMessage(path);
-  auto text = ReadConfigText(path, shown);
+  auto text = ReadConfigText(path, EscapeForMessage(path));
   if (!text.ok()) return text.status();
+  return LoadConfigText(*text, path, config);
+}
+
+absl::Status LoadConfigText(std::string_view text, const std::string& path, Config& config) {
+  const std::string shown = EscapeForMessage(path);
   toml::table root;
   try {
-    root = toml::parse(*text, path);
+    root = toml::parse(text, path);
   } catch (const toml::parse_error& error) {
     // toml++ may quote the offending text; keep the line short.
     return absl::InvalidArgumentError(absl::StrCat(shown, ":", error.source().begin.line, ": ",

@@ -137,6 +137,11 @@ struct Config {
 // blocking. Errors read "FILE: problem" or "FILE:LINE: problem".
 absl::Status LoadConfigFile(const std::string& path, Config& config);
 
+// LoadConfigFile's parsing step: `text` is the file's content, `path` only
+// names it in errors. Also the entry point of the config_file fuzz target
+// (tests/fuzz), which has no file to read.
+absl::Status LoadConfigText(std::string_view text, const std::string& path, Config& config);
+
 // Large enough for any real file (they are a few KB), small enough that
 // reading one cannot exhaust memory.
 inline constexpr size_t kMaxConfigFileBytes = size_t{16} << 20;
