@@ -103,6 +103,43 @@ ShardCollector::Upstreams ShardCollector::CurrentUpstreams() const {
   return upstreams_;
 }
 
+void ShardCollector::AddShardFamily(const char* field, const char* help,
+                                    std::atomic<uint64_t> ShardStats::*member,
+                                    const std::vector<std::string>& upstream_names,
+                                    std::vector<prometheus::MetricFamily>& families) const {
+  const Row row = MakeRow("", field, help);
+  if (std::find(upstream_names.begin(), upstream_names.end(), row.name) != upstream_names.end()) {
+    return;
+  }
+  uint64_t total = 0;
+  for (const ShardCounters& s : shards_) total += Load(s.shard->*member);
+  families.push_back(Family(row));
+  families.back().metric.push_back(Sample(row, static_cast<double>(total)));
+}
+
+// Gauges are summed over shards (healthy: how many shards see it healthy;
+// in flight; connections) except latency, the worst shard's EWMA; only
+// configured upstreams export gauges.
+void ShardCollector::AddUpstreamFamily(const char* field, const char* help,
+                                       std::atomic<uint64_t> UpstreamStats::*member,
+                                       const Upstreams& upstreams,
+                                       std::vector<prometheus::MetricFamily>& families) const {
+  const Row row = MakeRow("upstream_", field, help);
+  const bool worst = std::string_view(field) == "latency_us";
+  families.push_back(Family(row));
+  for (size_t u = 0; u < upstreams.specs.size(); ++u) {
+    if (row.gauge && !upstreams.configured[u]) continue;
+    uint64_t value = 0;
+    for (const ShardCounters& s : shards_) {
+      const uint64_t v = Load(s.upstreams[u].*member);
+      value = worst ? std::max(value, v) : value + v;
+    }
+    prometheus::ClientMetric metric = Sample(row, static_cast<double>(value));
+    metric.label.push_back({"upstream", upstreams.specs[u]});
+    families.back().metric.push_back(std::move(metric));
+  }
+}
+
 std::vector<prometheus::MetricFamily> ShardCollector::Collect() const {
   std::vector<prometheus::MetricFamily> families;
   const Upstreams upstreams = CurrentUpstreams();
@@ -111,6 +148,9 @@ std::vector<prometheus::MetricFamily> ShardCollector::Collect() const {
   // A shard row that counts what an upstream row counts per upstream
   // (upstream_connect_failures and connect_failures) would export the same
   // name twice: the labelled series stands for both (sum() gives the total).
+  // Each row is a call with a pointer to its member, not code expanded in
+  // place: this frame stays small (under ASan the expanded form overflowed
+  // the HTTP server's worker stack).
   std::vector<std::string> upstream_names;
 #define DOTPROXY_UPSTREAM_NAME(field, help) \
   upstream_names.push_back(MakeRow("upstream_", #field, help).name);
@@ -118,38 +158,14 @@ std::vector<prometheus::MetricFamily> ShardCollector::Collect() const {
 #undef DOTPROXY_UPSTREAM_NAME
 
   // Shard rows: summed over shards (gauges too: entries, in flight).
-#define DOTPROXY_COLLECT_SHARD(field, help)                                \
-  if (const Row row = MakeRow("", #field, help);                           \
-      std::find(upstream_names.begin(), upstream_names.end(), row.name) == \
-      upstream_names.end()) {                                              \
-    uint64_t total = 0;                                                    \
-    for (const ShardCounters& s : shards_) total += Load(s.shard->field);  \
-    families.push_back(Family(row));                                       \
-    families.back().metric.push_back(Sample(row, static_cast<double>(total))); \
-  }
+#define DOTPROXY_COLLECT_SHARD(field, help) \
+  AddShardFamily(#field, help, &ShardStats::field, upstream_names, families);
   DOTPROXY_SHARD_COUNTERS(DOTPROXY_COLLECT_SHARD)
 #undef DOTPROXY_COLLECT_SHARD
 
-  // Upstream rows, one sample per upstream. Gauges are summed over shards
-  // (healthy: how many shards see it healthy; in flight; connections)
-  // except latency, the worst shard's EWMA.
-#define DOTPROXY_COLLECT_UPSTREAM(field, help)                                 \
-  {                                                                            \
-    const Row row = MakeRow("upstream_", #field, help);                        \
-    const bool worst = std::string_view(#field) == "latency_us";               \
-    families.push_back(Family(row));                                           \
-    for (size_t u = 0; u < upstream_specs.size(); ++u) {                      \
-      if (row.gauge && !upstreams.configured[u]) continue;                     \
-      uint64_t value = 0;                                                      \
-      for (const ShardCounters& s : shards_) {                                 \
-        const uint64_t v = Load(s.upstreams[u].field);                         \
-        value = worst ? std::max(value, v) : value + v;                        \
-      }                                                                        \
-      prometheus::ClientMetric metric = Sample(row, static_cast<double>(value)); \
-      metric.label.push_back({"upstream", upstream_specs[u]});                \
-      families.back().metric.push_back(std::move(metric));                     \
-    }                                                                          \
-  }
+  // Upstream rows, one sample per upstream.
+#define DOTPROXY_COLLECT_UPSTREAM(field, help) \
+  AddUpstreamFamily(#field, help, &UpstreamStats::field, upstreams, families);
   DOTPROXY_UPSTREAM_COUNTERS(DOTPROXY_COLLECT_UPSTREAM)
 #undef DOTPROXY_COLLECT_UPSTREAM
 

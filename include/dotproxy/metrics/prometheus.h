@@ -67,6 +67,14 @@ class ShardCollector : public prometheus::Collectable {
     std::vector<bool> configured;    // by slot
   };
   Upstreams CurrentUpstreams() const;
+  // One family per row of the lists in stats.h (see Collect).
+  void AddShardFamily(const char* field, const char* help,
+                      std::atomic<uint64_t> ShardStats::*member,
+                      const std::vector<std::string>& upstream_names,
+                      std::vector<prometheus::MetricFamily>& families) const;
+  void AddUpstreamFamily(const char* field, const char* help,
+                         std::atomic<uint64_t> UpstreamStats::*member, const Upstreams& upstreams,
+                         std::vector<prometheus::MetricFamily>& families) const;
 
   std::vector<ShardCounters> shards_;
   mutable std::mutex upstreams_mutex_;  // scrape threads vs SetUpstreams
