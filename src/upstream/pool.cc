@@ -317,7 +317,10 @@ void UpstreamPool::UpstreamFailed(int u, std::string_view reason) {
   Bump(stats_.upstream_connect_failures);
   Bump(upstream.target.stats->connect_failures);
   ++upstream.connect_failures;
-  upstream.retry_at = now + BackoffDelay(upstream.connect_failures, rng_.Next());
+  // With another upstream up, this one can wait; with none, every query
+  // fails until one is back, so try again soon (OutageBackoffDelay).
+  upstream.retry_at = now + (AnyAlive() ? BackoffDelay(upstream.connect_failures, rng_.Next())
+                                        : OutageBackoffDelay(upstream.connect_failures, rng_.Next()));
   upstream.reconnect_pending = true;
   if (upstream.connect_failures == 1 || now - upstream.last_failure_log >= kFailureLogInterval) {
     Log(Severity::kWarning, "shard %d: upstream %s: %s (failure %d, retry in %d ms)", shard_index_,
@@ -395,7 +398,8 @@ void UpstreamPool::RunTimers(bool draining) {
       if (!any_open) Connect(*connections_[upstream.connections.front()]);
     }
     if (health_.ProbeDue(u, now)) {
-      health_.ProbeSent(u, now);
+      // No healthy upstream at all: probe at the shortest interval.
+      health_.ProbeSent(u, now, /*fast=*/!health_.AnyHealthy());
       SendProbe(u);
     }
   }
