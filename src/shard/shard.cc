@@ -71,6 +71,7 @@ ForwarderSettings MakeForwarderSettings(const config::Config& config) {
   settings.query_timeout = config.query_timeout;
   settings.retry_on_timeout = config.upstreams.size() > 1;
   settings.edns_udp_size = config.edns_udp_size;
+  settings.max_udp_size = static_cast<uint16_t>(config.max_udp_size);
   settings.query_options = QueryOptions(config);
   settings.max_inflight = static_cast<size_t>(config.max_inflight);
   return settings;
@@ -203,6 +204,7 @@ absl::Status ShardLoop::Setup() {
   frontend::TcpLimits tcp_limits;
   tcp_limits.max_clients = config.max_tcp_clients;
   tcp_limits.idle_timeout = config.tcp_idle_timeout;
+  tcp_limits.message_timeout = config.tcp_message_timeout;
   tcp_limits.freebind = config.freebind;
   if (auto status = tcp_->Open(config.listen, config.inherited_listeners, tcp_limits);
       !status.ok()) {
@@ -266,6 +268,7 @@ void ShardLoop::ApplyPostedConfig() {
   }
   acl_ = frontend::Acl(next->allow);
   tcp_->SetIdleTimeout(next->tcp_idle_timeout);
+  tcp_->SetMessageTimeout(next->tcp_message_timeout);
   if (cache_) cache_->SetPolicy(next->cache);
   forwarder_->UpdateSettings(MakeForwarderSettings(*next));
   if (PoolChanged(pools_.current_config(), *next)) {
@@ -412,8 +415,8 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
       static_cast<size_t>(config.max_inflight) * sizeof(QuerySlot) +
       size_t{kReactorOptions.datagram_buffers} * kReactorOptions.datagram_buffer_size +
       kUdpReplySlots * (frontend::kMaxUdpReply + 128) + connections * per_connection;
-  memory.tcp_worst_bytes = static_cast<size_t>(config.max_tcp_clients) *
-                           (frontend::TcpClients::kOutCapacity + frontend::TcpClients::kInCapacity);
+  memory.tcp_worst_bytes =
+      static_cast<size_t>(config.max_tcp_clients) * frontend::TcpClients::kClientBytes;
   return memory;
 }
 

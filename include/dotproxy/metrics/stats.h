@@ -38,6 +38,7 @@ namespace dotproxy::metrics {
   X(notimp, "non-QUERY opcodes answered NOTIMP")                                     \
   X(badvers, "queries with an EDNS version above 0 answered BADVERS (RFC 6891)")      \
   X(refused_oversized, "queries over the size limit answered REFUSED")               \
+  X(notauth_tsig, "TSIG-signed queries answered NOTAUTH/BADKEY (RFC 8945: no keys here)") \
   X(servfail_timeout, "queries that hit their deadline (SERVFAIL)")                  \
   X(servfail_no_upstream, "queries with no usable upstream (SERVFAIL)")              \
   X(servfail_connection_lost, "queries lost with an upstream connection (SERVFAIL)") \
@@ -59,6 +60,7 @@ namespace dotproxy::metrics {
   X(tcp_idle_closed, "client TCP connections closed for idleness")                   \
   X(tcp_bad_frame, "client TCP connections closed for an oversized frame")           \
   X(tcp_slow_closed, "client TCP connections closed for not reading answers")         \
+  X(tcp_message_timeout_closed, "client TCP connections closed with a message incomplete past --tcp-message-timeout") \
   X(cache_hits, "queries answered from the cache")                                   \
   X(cache_misses, "queries the cache could not answer")                              \
   X(cache_stale_answers, "expired answers served because upstreams failed (RFC 8767)") \

@@ -32,6 +32,9 @@ struct ForwarderSettings {
   // its whole deadline on its first attempt.
   bool retry_on_timeout = false;
   uint16_t edns_udp_size = 1232;  // advertised in the replies we build
+  // Largest UDP answer, whatever the client advertises (DNS Flag Day 2020):
+  // a client's limit is min(its EDNS size or 512, this, kMaxUdpReply).
+  uint16_t max_udp_size = 1232;
   dns::UpstreamQueryOptions query_options;
   size_t max_inflight = 16384;
 };
@@ -91,6 +94,7 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   io::Clock::time_point ReceivedAt(const QuerySlot& slot) const {
     return slot.deadline - settings_.query_timeout;
   }
+  uint16_t UdpLimit(const dns::QueryInfo& info) const;
   void StartPrefetch(std::span<const uint8_t> query, const dns::QueryInfo& info);
   bool TryServeStale(QuerySlot& slot);
   // Sends the slot upstream (first attempt or retry); false when nothing
