@@ -352,7 +352,30 @@ void Forwarder::OnQueryLost(uint32_t token, int upstream, bool upstream_failed) 
   }
 }
 
+// Overload: the wait list is in arrival order (a retried query re-enters
+// at the back, older than its neighbours only by its first attempt), so
+// shedding from the front until a young enough query keeps the time any
+// query waits for capacity bounded.
+void Forwarder::ShedWaiting() {
+  const auto now = clock_.now();
+  while (!table_.waiting().empty()) {
+    const uint32_t index = table_.waiting().head();
+    QuerySlot& slot = table_[index];
+    if (now - ReceivedAt(slot) < settings_.max_queue_wait) return;
+    table_.waiting().PopFront();
+    Bump(stats_.shed_waiting);
+    if (slot.kind == SlotKind::kClient && slot.client.transport == Transport::kTcp) {
+      Fail(index, stats_.servfail_overload);
+    } else if (slot.kind == SlotKind::kPrefetch) {
+      Fail(index, stats_.cache_prefetches);
+    } else {
+      Release(index);  // UDP: no reply; the client's retry finds a shorter queue
+    }
+  }
+}
+
 void Forwarder::RunTimers(bool draining) {
+  if (!draining) ShedWaiting();
   const auto now = clock_.now();
   // First attempts past half the budget: count a timeout against their
   // upstream and retry once elsewhere if anything else is usable.

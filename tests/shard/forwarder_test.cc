@@ -461,6 +461,31 @@ TEST_F(ForwarderTest, TsigSignedQueryIsNotAuthAndNotForwarded) {
   EXPECT_EQ(stats_.notauth_tsig.load(), 1u);
 }
 
+// Overload: a query waiting for capacity past max_queue_wait is shed, a UDP
+// one silently, a TCP one with SERVFAIL; younger ones keep waiting.
+TEST_F(ForwarderTest, QueriesWaitingPastMaxQueueWaitAreShed) {
+  settings_.max_queue_wait = milliseconds(200);
+  Make();
+  router_.accept = false;  // every connection at its cap, upstreams alive
+  Query(MakeQuery("r.example", 13, false), udp_client_);
+  Query(MakeQuery("s.example", 14, false), tcp_client_);
+  Advance(milliseconds(150));
+  Query(MakeQuery("t.example", 15, false), udp_client_);
+  forwarder_->RunTimers(false);
+  EXPECT_TRUE(replier_.replies.empty());
+  Advance(milliseconds(60));  // the first two have waited 210 ms
+  forwarder_->RunTimers(false);
+  EXPECT_EQ(stats_.shed_waiting.load(), 2u);
+  ASSERT_EQ(replier_.replies.size(), 1u) << "UDP dropped, TCP answered";
+  EXPECT_EQ(replier_.replies[0].client.transport, frontend::Transport::kTcp);
+  EXPECT_EQ(Rcode(replier_.replies[0].wire), 2);
+  EXPECT_EQ(replier_.done.size(), 2u);
+  EXPECT_EQ(forwarder_->in_flight(), 1u);
+  router_.accept = true;
+  forwarder_->DispatchWaiting();
+  ASSERT_EQ(router_.sent.size(), 1u) << "the young query goes out";
+}
+
 TEST_F(ForwarderTest, ServesStaleWhenTheUpstreamFailsAndCountsItAsStale) {
   Make(false, 16);
   Query(MakeQuery("s.example", 1, true), udp_client_);

@@ -37,6 +37,13 @@ struct ForwarderSettings {
   uint16_t max_udp_size = 1232;
   dns::UpstreamQueryOptions query_options;
   size_t max_inflight = 16384;
+  // A query waiting for upstream capacity longer than this (since it was
+  // read) is shed: dropped over UDP (the client retries after its own
+  // timeout, as Unbound's request list and dnsdist do under overload),
+  // SERVFAIL over TCP (a stream cannot lose a query silently). Under
+  // overload this keeps the queue, and so the latency of what is answered,
+  // bounded, instead of serving queries whose clients have given up.
+  std::chrono::milliseconds max_queue_wait{200};
 };
 
 class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink {
@@ -103,6 +110,8 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   // Dispatch, else wait for capacity while upstreams live, else SERVFAIL.
   void DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
                       std::atomic<uint64_t>& fail_counter);
+  // Drops (UDP) or fails (TCP) queries waiting longer than max_queue_wait.
+  void ShedWaiting();
   void Unbind(uint32_t index);
   void Release(uint32_t index);
   void Fail(uint32_t index, std::atomic<uint64_t>& counter);
