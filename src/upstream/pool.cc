@@ -17,6 +17,8 @@ using metrics::Set;
 
 constexpr auto kFailureLogInterval = std::chrono::seconds(10);
 constexpr auto kHealthLogInterval = std::chrono::seconds(5);
+// Consecutive failures an upstream is left with by a total outage.
+constexpr int kOutageFailureCap = 3;
 
 std::vector<int> Priorities(std::span<const config::UpstreamConfig> upstreams) {
   std::vector<int> priorities;
@@ -318,9 +320,16 @@ void UpstreamPool::UpstreamFailed(int u, std::string_view reason) {
   Bump(upstream.target.stats->connect_failures);
   ++upstream.connect_failures;
   // With another upstream up, this one can wait; with none, every query
-  // fails until one is back, so try again soon (OutageBackoffDelay).
-  upstream.retry_at = now + (AnyAlive() ? BackoffDelay(upstream.connect_failures, rng_.Next())
-                                        : OutageBackoffDelay(upstream.connect_failures, rng_.Next()));
+  // fails until one is back, so try again soon (OutageBackoffDelay). The
+  // fast retries of an outage do not pile up failures: when another
+  // upstream comes back first, this one's backoff starts again from a few
+  // failures, not from the 10 s cap.
+  if (AnyAlive()) {
+    upstream.retry_at = now + BackoffDelay(upstream.connect_failures, rng_.Next());
+  } else {
+    upstream.connect_failures = std::min(upstream.connect_failures, kOutageFailureCap);
+    upstream.retry_at = now + OutageBackoffDelay(upstream.connect_failures, rng_.Next());
+  }
   upstream.reconnect_pending = true;
   if (upstream.connect_failures == 1 || now - upstream.last_failure_log >= kFailureLogInterval) {
     Log(Severity::kWarning, "shard %d: upstream %s: %s (failure %d, retry in %d ms)", shard_index_,
