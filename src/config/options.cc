@@ -80,6 +80,11 @@ constexpr Option kOptions[] = {
     {.flag = "tcp-idle-timeout", .toml_key = "tcp_idle_timeout_ms", .kind = OptionKind::kMilliseconds,
      .field = &Config::tcp_idle_timeout, .min = 100, .max = 3600000, .value_name = "MS",
      .help = "idle client TCP connections are closed after"},
+    {.flag = "tcp-message-timeout", .toml_key = "tcp_message_timeout_ms",
+     .kind = OptionKind::kMilliseconds, .field = &Config::tcp_message_timeout, .min = 100,
+     .max = 3600000, .value_name = "MS",
+     .help = "a client TCP message still incomplete after this closes\n"
+             "its connection (slowloris), whatever the idle timeout"},
     {.flag = "connect-timeout", .toml_key = "connect_timeout_ms", .kind = OptionKind::kMilliseconds,
      .field = &Config::connect_timeout, .min = 100, .max = 60000, .value_name = "MS",
      .help = "upstream connect+handshake budget; TCP_USER_TIMEOUT"},
@@ -92,6 +97,10 @@ constexpr Option kOptions[] = {
     {.flag = "udp-buffer", .toml_key = "udp_buffer", .kind = OptionKind::kInteger,
      .field = &Config::udp_socket_buffer, .min = 0, .max = 1 << 30, .value_name = "BYTES",
      .help = "UDP socket receive/send buffer"},
+    {.flag = "max-udp-size", .toml_key = "max_udp_size", .kind = OptionKind::kInteger,
+     .field = &Config::max_udp_size, .min = 512, .max = 4096, .value_name = "BYTES",
+     .help = "largest UDP answer, whatever the client's EDNS size;\n"
+             "larger ones go TC=1 (over TCP)"},
     {.flag = "max-inflight-per-connection", .toml_key = "max_inflight_per_connection",
      .kind = OptionKind::kInteger, .field = &Config::max_inflight_per_connection, .min = 1,
      .max = 65535, .value_name = "N", .help = "queries in flight on one upstream connection"},

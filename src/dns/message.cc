@@ -23,6 +23,11 @@ bool IsOpt(std::span<const uint8_t> wire, size_t start) {
   return wire[start] == 0 && ReadU16(&wire[start + 1]) == kTypeOpt;
 }
 
+// The TYPE of the record at `start`. REQUIRES: as IsOpt.
+uint16_t RecordType(std::span<const uint8_t> wire, size_t start) {
+  return ReadU16(&wire[SkipName(wire, start)]);
+}
+
 // Offset just past the question section (QDCOUNT entries, names possibly
 // compressed), or 0 if it is malformed. Used only where the one-question
 // fast path failed but the OPT is still wanted for the error reply.
@@ -44,6 +49,8 @@ struct RecordScan {
   size_t end = 0;
   // The first OPT RR of the additional section, 0 if none was reached.
   size_t opt_offset = 0;
+  // The TSIG RR, which may only be the last additional record.
+  size_t tsig_offset = 0;
 };
 
 RecordScan ScanRecords(std::span<const uint8_t> wire, size_t pos) {
@@ -52,9 +59,14 @@ RecordScan ScanRecords(std::span<const uint8_t> wire, size_t pos) {
   // SkipRecord returns 0 on failure; every result is checked before reuse so
   // the walk never restarts at offset 0.
   const unsigned before_additional = header::AnCount(h) + header::NsCount(h);
+  // OPT and TSIG are pseudo-records of the additional section only (RFC
+  // 6891 §6.1.1, RFC 8945 §5.1).
   for (unsigned i = 0; i < before_additional; ++i) {
+    const size_t start = pos;
     pos = SkipRecord(wire, pos);
     if (pos == 0) return scan;
+    const uint16_t type = RecordType(wire, start);
+    if (type == kTypeOpt || type == kTypeTsig) return scan;
   }
   for (unsigned i = 0, n = header::ArCount(h); i < n; ++i) {
     const size_t start = pos;
@@ -63,6 +75,9 @@ RecordScan ScanRecords(std::span<const uint8_t> wire, size_t pos) {
     if (IsOpt(wire, start)) {
       if (scan.opt_offset != 0) return scan;
       scan.opt_offset = start;
+    } else if (RecordType(wire, start) == kTypeTsig) {
+      if (i + 1 != n) return scan;  // not last: FORMERR (RFC 8945 §5.1)
+      scan.tsig_offset = start;
     }
   }
   scan.end = pos;
@@ -178,16 +193,24 @@ QueryParse ParseQuery(std::span<const uint8_t> wire, QueryInfo& info) {
   // reply to a query with an OPT must carry one (RFC 6891 §7).
   if (!question_ok) records = SkipQuestions(wire);
 
-  // Queries normally carry no answer or authority records; tolerate them
-  // (skip) but require every record to be well-formed.
+  // Every record must be well-formed, also where the verdict is NOTIMP.
   RecordScan scan;
   if (records != 0) scan = ScanRecords(wire, records);
   if (scan.opt_offset != 0) RecordEdns(wire, scan.opt_offset, info);
 
   if (!question_ok) return QueryParse::kFormErr;
   if (header::Opcode(h) != 0) return QueryParse::kNotImp;
-  // A malformed record, a second OPT, or trailing garbage.
+  // A malformed record, a misplaced OPT or TSIG, a second OPT, or trailing
+  // garbage.
   if (scan.end != wire.size()) return QueryParse::kFormErr;
+  // A standard query asks; it carries no answers and no authority (RFC
+  // 1035 §4.1.1): forwarding them would let a client smuggle records to the
+  // upstream, whose FORMERR we would only relay.
+  if (header::AnCount(h) != 0 || header::NsCount(h) != 0) return QueryParse::kFormErr;
+  if (scan.tsig_offset != 0) {
+    info.tsig_offset = static_cast<uint16_t>(scan.tsig_offset);
+    return QueryParse::kNotAuth;
+  }
   if (!info.has_edns) return QueryParse::kOk;
   // We implement EDNS version 0 only (RFC 6891 §6.1.3): a higher version is
   // answered here, never forwarded, and its RDATA is not ours to judge.
@@ -216,6 +239,45 @@ bool ParseResponse(std::span<const uint8_t> wire, ResponseInfo& info) {
   info.question_length = static_cast<uint16_t>(name_length + 4);
   return true;
 }
+
+namespace {
+
+// Appends the unsigned TSIG error record for the query's TSIG at `tsig` to
+// `out` (RFC 8945 §5.3.2): returns its length, or 0 when the names are
+// compressed or it does not fit in `room`.
+size_t AppendTsigError(std::span<const uint8_t> query, size_t tsig, uint8_t* out, size_t room) {
+  if (tsig < kHeaderSize || SkipRecord(query, tsig) == 0) return 0;
+  const size_t owner = UncompressedNameLength(query, tsig);
+  if (owner == 0 || ReadU16(&query[tsig + owner]) != kTypeTsig) return 0;
+  const size_t rdata = tsig + owner + kRecordFixedSize;
+  const size_t rdata_end = rdata + ReadU16(&query[rdata - 2]);
+  const size_t algorithm = UncompressedNameLength(query.first(rdata_end), rdata);
+  // Time Signed (6), Fudge (2), MAC Size (2), MAC, Original ID (2).
+  if (algorithm == 0 || rdata + algorithm + 10 > rdata_end) return 0;
+  const size_t mac_length = ReadU16(&query[rdata + algorithm + 8]);
+  const size_t original_id = rdata + algorithm + 10 + mac_length;
+  if (original_id + 2 > rdata_end) return 0;
+  const size_t rdata_length = algorithm + 16;
+  const size_t total = owner + kRecordFixedSize + rdata_length;
+  if (total > room) return 0;
+  uint8_t* p = out;
+  std::memcpy(p, &query[tsig], owner);  // key name
+  p += owner;
+  WriteU16(p, kTypeTsig);
+  WriteU16(p + 2, 255);  // CLASS ANY
+  WriteU32(p + 4, 0);    // TTL 0
+  WriteU16(p + 8, static_cast<uint16_t>(rdata_length));
+  p += kRecordFixedSize;
+  std::memcpy(p, &query[rdata], algorithm + 8);  // algorithm, Time Signed, Fudge
+  p += algorithm + 8;
+  WriteU16(p, 0);  // MAC Size: unsigned
+  std::memcpy(p + 2, &query[original_id], 2);
+  WriteU16(p + 4, kTsigErrorBadKey);
+  WriteU16(p + 6, 0);  // Other Len
+  return total;
+}
+
+}  // namespace
 
 size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
                        Rcode rcode, uint16_t our_udp_size, std::span<uint8_t> out) {
@@ -253,6 +315,14 @@ size_t BuildErrorReply(std::span<const uint8_t> query, const QueryInfo& info,
     opt[kOptVersion] = 0;
     WriteU16(opt + kOptFlags, dnssec_ok ? 0x8000 : 0);
     WriteU16(opt + kOptRdLength, 0);
+  }
+  if (rcode == Rcode::kNotAuth && info.tsig_offset != 0) {
+    const size_t room = std::min(out.size(), size_t{kClassicUdpLimit}) - total;
+    const size_t tsig = AppendTsigError(query, info.tsig_offset, h + total, room);
+    if (tsig > 0) {
+      WriteU16(h + 10, static_cast<uint16_t>((add_opt ? 1 : 0) + 1));
+      return total + tsig;
+    }
   }
   return total;
 }

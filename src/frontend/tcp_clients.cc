@@ -1,12 +1,15 @@
 #include "dotproxy/frontend/tcp_clients.h"
 
 #include <netinet/tcp.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "dotproxy/control/log.h"
 
 namespace dotproxy::frontend {
@@ -18,6 +21,11 @@ using metrics::Bump;
 TcpClients::TcpClients(io::Reactor& reactor, const io::LoopClock& clock, const Acl& acl,
                        metrics::ShardStats& stats, int shard_index)
     : reactor_(reactor), clock_(clock), acl_(acl), stats_(stats), shard_index_(shard_index) {}
+
+TcpClients::~TcpClients() {
+  clients_.clear();  // the framers borrow the region
+  if (region_ != nullptr) munmap(region_, region_bytes_);
+}
 
 absl::Status TcpClients::Open(std::span<const io::SocketAddress> listen,
                               std::span<const io::InheritedListener> inherited,
@@ -39,8 +47,26 @@ absl::Status TcpClients::Open(std::span<const io::SocketAddress> listen,
       listener.address = address;
     }
   }
+  // One reservation for every client's buffers: untouched pages cost
+  // nothing, and a closed client's pages can be handed back (Recycle).
+  region_bytes_ = static_cast<size_t>(limits.max_clients) * kClientBytes;
+  void* region = mmap(nullptr, region_bytes_, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (region == MAP_FAILED) {
+    region_bytes_ = 0;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "TCP client buffers: mmap of ", limits.max_clients, " x ", kClientBytes,
+        " bytes failed: ", std::strerror(errno), " (lower --max-tcp-clients)"));
+  }
+  region_ = static_cast<uint8_t*>(region);
   clients_ = std::vector<Client>(static_cast<size_t>(limits.max_clients));
+  for (size_t i = 0; i < clients_.size(); ++i) {
+    uint8_t* slot = region_ + i * kClientBytes;
+    clients_[i].out = slot;
+    clients_[i].framer = dns::StreamFramer(std::span<uint8_t>(slot + kOutSlot, kInCapacity));
+  }
   idle_.Bind(&clients_);
+  partial_.Bind(&clients_);
   free_clients_.reserve(clients_.size());
   for (uint32_t i = static_cast<uint32_t>(clients_.size()); i-- > 0;) free_clients_.push_back(i);
   dirty_.reserve(clients_.size());
@@ -208,7 +234,7 @@ void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       client.state = State::kOpen;
       client.fd = std::move(fd);
       client.framer.Clear();
-      client.send_end = client.out_end = 0;
+      client.send_end = client.out_end = client.out_high = 0;
       client.send.Reset();
       client.recv_in_flight = client.dirty = false;
       client.read_closed = client.reading_paused = false;
@@ -260,6 +286,7 @@ void TcpClients::OnReceive(uint32_t index, const io::Completion& completion) {
   if (completion.result <= 0) {
     // EOF: the client is done sending; answer what it asked, then close.
     client.read_closed = true;
+    partial_.Remove(index);  // it can no longer complete; closes once drained
     if (completion.result < 0 || Drained(client)) Close(index);
     return;
   }
@@ -268,6 +295,7 @@ void TcpClients::OnReceive(uint32_t index, const io::Completion& completion) {
   if (intake_stopped_) return;  // no new queries while stopping
   const uint32_t generation = client.generation;
   std::span<uint8_t> message;
+  bool completed = false;
   while (true) {
     const auto next = client.framer.NextMessage(kMaxQuerySize, message);
     if (next == dns::StreamFramer::Next::kNeedMore) break;
@@ -276,6 +304,7 @@ void TcpClients::OnReceive(uint32_t index, const io::Completion& completion) {
       Close(index);
       return;
     }
+    completed = true;
     Bump(stats_.tcp_queries);
     ++client.queries_in_flight;
     sink_->OnQuery(message, ClientRef::Tcp(index, generation,
@@ -284,6 +313,7 @@ void TcpClients::OnReceive(uint32_t index, const io::Completion& completion) {
     if (client.state != State::kOpen) return;  // closed while answering (slow client)
   }
   client.framer.Compact();
+  TrackPartial(index, completed);
   Settle(index);
 }
 
@@ -300,9 +330,31 @@ void TcpClients::Settle(uint32_t index) {
                           client.out_end - client.send_end >= kOutPauseThreshold;
   if (backlogged) {
     client.reading_paused = true;
+    // Its partial message waits on us, not on the client.
+    partial_.Remove(index);
   } else if (!client.recv_in_flight) {
+    if (client.reading_paused && !client.framer.empty() && !partial_.Contains(index)) {
+      client.partial_since = clock_.now();
+      partial_.PushBack(index);
+    }
     client.reading_paused = false;
     ArmReceive(index);
+  }
+}
+
+// The deadline belongs to the message: it starts with the message's first
+// byte (in what was just read when a message ended before it) and ends
+// when the message is complete. Bytes trickling in do not extend it.
+void TcpClients::TrackPartial(uint32_t index, bool completed) {
+  Client& client = clients_[index];
+  if (client.framer.empty()) {
+    partial_.Remove(index);
+    return;
+  }
+  if (completed || !partial_.Contains(index)) {
+    partial_.Remove(index);
+    client.partial_since = clock_.now();
+    partial_.PushBack(index);
   }
 }
 
@@ -325,14 +377,15 @@ std::span<uint8_t> TcpClients::BeginReply(const ClientRef& ref, size_t max_lengt
       return {};
     }
   }
-  return {client->out.get() + client->out_end + 2, max_length};
+  return {client->out + client->out_end + 2, max_length};
 }
 
 void TcpClients::CommitReply(const ClientRef& ref, size_t length) {
   Client* client = Find(ref);
   if (client == nullptr || length == 0) return;
-  dns::WriteLengthPrefix(client->out.get() + client->out_end, length);
+  dns::WriteLengthPrefix(client->out + client->out_end, length);
   client->out_end += 2 + length;
+  client->out_high = std::max(client->out_high, client->out_end);
   if (!client->dirty) {
     client->dirty = true;
     dirty_.push_back(ref.tcp_client);
@@ -356,7 +409,7 @@ void TcpClients::Flush() {
 
 void TcpClients::Compact(Client& client) {
   if (client.send_end == 0) return;
-  std::memmove(client.out.get(), client.out.get() + client.send_end,
+  std::memmove(client.out, client.out + client.send_end,
                client.out_end - client.send_end);
   client.out_end -= client.send_end;
   client.send_end = 0;
@@ -368,7 +421,7 @@ void TcpClients::StartSend(uint32_t index) {
   Compact(client);  // the previous send finished
   if (client.out_end == 0) return;
   client.send_end = client.out_end;
-  client.send.Start(reactor_, client.fd.get(), {client.out.get(), client.send_end},
+  client.send.Start(reactor_, client.fd.get(), {client.out, client.send_end},
                     {io::Op::kClientSend, index, client.generation});
   ++client.ops_in_flight;
 }
@@ -404,6 +457,7 @@ void TcpClients::Close(uint32_t index) {
   if (client.state != State::kOpen) return;
   client.state = State::kClosing;
   idle_.Remove(index);
+  partial_.Remove(index);
   if (client.ops_in_flight > 0) reactor_.Abandon(client.fd.get());
   MaybeRecycle(index);
 }
@@ -416,6 +470,16 @@ void TcpClients::MaybeRecycle(uint32_t index) {
   client.fd.reset();
   client.state = State::kFree;
   ++client.generation;
+  // Give back what a slow reader made us commit: the answer pages past the
+  // first (which a typical client's answers fit in, so most closes cost no
+  // system call). The next client of this slot gets zero pages on demand.
+  if (client.out_high > kPageSize) {
+    const size_t used = (client.out_high + kPageSize - 1) / kPageSize * kPageSize;
+    if (madvise(client.out + kPageSize, used - kPageSize, MADV_DONTNEED) == 0) {
+      returned_bytes_ += used - kPageSize;
+    }
+  }
+  client.out_high = 0;
   free_clients_.push_back(index);
   if (free_clients_.size() == 1) {
     // Room again: take connections from shared listeners once more.
@@ -436,6 +500,11 @@ void TcpClients::ExpireIdle() {
          clock_.now() - clients_[idle_.head()].last_activity >= limits_.idle_timeout) {
     Bump(stats_.tcp_idle_closed);
     Close(idle_.head());
+  }
+  while (!partial_.empty() &&
+         clock_.now() - clients_[partial_.head()].partial_since >= limits_.message_timeout) {
+    Bump(stats_.tcp_message_timeout_closed);
+    Close(partial_.head());
   }
 }
 

@@ -57,6 +57,12 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
       Bump(stats_.badvers);
       ReplyError(wire, info, dns::Rcode::kBadVers, client, clock_.now());
       return false;
+    case dns::QueryParse::kNotAuth:
+      // Signed with a key we cannot hold; what we forward is rewritten (ID,
+      // EDNS), so its MAC could not verify upstream anyway.
+      Bump(stats_.notauth_tsig);
+      ReplyError(wire, info, dns::Rcode::kNotAuth, client, clock_.now());
+      return false;
     case dns::QueryParse::kOk:
       break;
   }
@@ -86,7 +92,7 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
     cache::MakeKey(wire.data(), info.question_length, info.has_edns, info.dnssec_ok, key);
     const cache::Found found = cache_->Find(key, clock_.seconds());
     if (found.freshness == cache::Freshness::kFresh &&
-        ServeFromCache(found.entry, client, info.id, key.question, info.udp_response_limit,
+        ServeFromCache(found.entry, client, info.id, key.question, UdpLimit(info),
                        /*stale=*/false, clock_.now())) {
       Bump(stats_.cache_hits);
       if (found.prefetch_due) {
@@ -121,10 +127,18 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
   slot.client_id = info.id;
   slot.question_length = info.question_length;
   slot.query_length = static_cast<uint16_t>(upstream_length);
-  slot.udp_limit = static_cast<uint16_t>(
-      std::min<size_t>(info.udp_response_limit, frontend::kMaxUdpReply));
+  slot.udp_limit = UdpLimit(info);
   DispatchOrWait(index, -1, false, stats_.servfail_no_upstream);
   return true;
+}
+
+// The client's limit (512 without EDNS, else its advertised size) capped
+// by --max-udp-size: larger answers go TC=1 so that the client asks again
+// over TCP, and a 40-byte spoofed query never draws a 4 KB answer.
+uint16_t Forwarder::UdpLimit(const dns::QueryInfo& info) const {
+  const size_t cap = std::min<size_t>(settings_.max_udp_size, frontend::kMaxUdpReply);
+  return static_cast<uint16_t>(
+      std::min<size_t>(info.udp_response_limit, std::max<size_t>(cap, dns::kClassicUdpLimit)));
 }
 
 void Forwarder::ObserveReply(const ClientRef& client, metrics::AnswerSource source,
@@ -183,8 +197,11 @@ bool Forwarder::ServeFromCache(uint32_t entry, const ClientRef& client, uint16_t
   const size_t limit = client.transport == Transport::kUdp
                            ? std::min(udp_limit, frontend::kMaxUdpReply)
                            : cache::kMaxCachedAnswer;
-  // Straight into the reply buffer: one copy from cache to socket.
-  std::span<uint8_t> reply = replier_.BeginReply(client, limit);
+  // Straight into the reply buffer: one copy from cache to socket. The
+  // buffer holds the whole entry, which Serve truncates to `limit` (an
+  // entry larger than a client's limit is still a hit: TC=1).
+  std::span<uint8_t> reply =
+      replier_.BeginReply(client, std::max(limit, cache::kMaxCachedAnswer));
   if (reply.empty()) return true;  // dropped, and counted, by the front end
   const size_t length =
       cache_->Serve(entry, reply, id, question, limit, clock_.seconds(), stale);
@@ -380,7 +397,30 @@ void Forwarder::OnQueryLost(uint32_t token, int upstream, bool upstream_failed) 
   }
 }
 
+// Overload: the wait list is in arrival order (a retried query re-enters
+// at the back, older than its neighbours only by its first attempt), so
+// shedding from the front until a young enough query keeps the time any
+// query waits for capacity bounded.
+void Forwarder::ShedWaiting() {
+  const auto now = clock_.now();
+  while (!table_.waiting().empty()) {
+    const uint32_t index = table_.waiting().head();
+    QuerySlot& slot = table_[index];
+    if (now - ReceivedAt(slot) < settings_.max_queue_wait) return;
+    table_.waiting().PopFront();
+    Bump(stats_.shed_waiting);
+    if (slot.kind == SlotKind::kClient && slot.client.transport == Transport::kTcp) {
+      Fail(index, stats_.servfail_overload);
+    } else if (slot.kind == SlotKind::kPrefetch) {
+      Fail(index, stats_.cache_prefetches);
+    } else {
+      Release(index);  // UDP: no reply; the client's retry finds a shorter queue
+    }
+  }
+}
+
 void Forwarder::RunTimers(bool draining) {
+  if (!draining) ShedWaiting();
   const auto now = clock_.now();
   // First attempts past half the budget: count a timeout against their
   // upstream and retry once elsewhere if anything else is usable.

@@ -72,6 +72,7 @@ ForwarderSettings MakeForwarderSettings(const config::Config& config) {
   settings.query_timeout = config.query_timeout;
   settings.retry_on_timeout = config.upstreams.size() > 1;
   settings.edns_udp_size = config.edns_udp_size;
+  settings.max_udp_size = static_cast<uint16_t>(config.max_udp_size);
   settings.query_options = QueryOptions(config);
   settings.max_inflight = static_cast<size_t>(config.max_inflight);
   settings.minimal_any = config.minimal_any;
@@ -218,6 +219,7 @@ absl::Status ShardLoop::Setup() {
   frontend::TcpLimits tcp_limits;
   tcp_limits.max_clients = config.max_tcp_clients;
   tcp_limits.idle_timeout = config.tcp_idle_timeout;
+  tcp_limits.message_timeout = config.tcp_message_timeout;
   tcp_limits.freebind = config.freebind;
   if (auto status = tcp_->Open(config.listen, config.inherited_listeners, tcp_limits);
       !status.ok()) {
@@ -311,6 +313,7 @@ void ShardLoop::ApplyPostedConfig() {
     MakeRateLimiter(*next);
   }
   tcp_->SetIdleTimeout(next->tcp_idle_timeout);
+  tcp_->SetMessageTimeout(next->tcp_message_timeout);
   if (cache_) cache_->SetPolicy(next->cache);
   forwarder_->UpdateSettings(MakeForwarderSettings(*next));
   if (PoolChanged(pools_.current_config(), *next)) {
@@ -458,8 +461,8 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
       size_t{kReactorOptions.datagram_buffers} * kReactorOptions.datagram_buffer_size +
       kUdpReplySlots * (frontend::kMaxUdpReply + 128) + connections * per_connection +
       (config.rate_limit > 0 ? frontend::RateLimiter::kMemoryBytes : 0);
-  memory.tcp_worst_bytes = static_cast<size_t>(config.max_tcp_clients) *
-                           (frontend::TcpClients::kOutCapacity + frontend::TcpClients::kInCapacity);
+  memory.tcp_worst_bytes =
+      static_cast<size_t>(config.max_tcp_clients) * frontend::TcpClients::kClientBytes;
   return memory;
 }
 

@@ -102,11 +102,19 @@ bool HealthTracker::ProbeDue(int upstream, TimePoint now) const {
   return h.state == HealthState::kUnhealthy && now >= h.next_probe;
 }
 
-void HealthTracker::ProbeSent(int upstream, TimePoint now) {
+void HealthTracker::ProbeSent(int upstream, TimePoint now, bool fast) {
   UpstreamHealth& h = upstreams_[upstream];
   ++h.probes_failed;
-  const auto interval = DoublingDelay(policy_.probe_min, policy_.probe_max, h.probes_failed);
+  const auto interval =
+      fast ? policy_.probe_min : DoublingDelay(policy_.probe_min, policy_.probe_max, h.probes_failed);
   h.next_probe = now + interval;
+}
+
+bool HealthTracker::AnyHealthy() const {
+  for (const UpstreamHealth& h : upstreams_) {
+    if (h.state == HealthState::kHealthy) return true;
+  }
+  return false;
 }
 
 }  // namespace dotproxy::upstream

@@ -17,6 +17,8 @@ using metrics::Set;
 
 constexpr auto kFailureLogInterval = std::chrono::seconds(10);
 constexpr auto kHealthLogInterval = std::chrono::seconds(5);
+// Consecutive failures an upstream is left with by a total outage.
+constexpr int kOutageFailureCap = 3;
 
 std::vector<int> Priorities(std::span<const config::UpstreamConfig> upstreams) {
   std::vector<int> priorities;
@@ -317,7 +319,17 @@ void UpstreamPool::UpstreamFailed(int u, std::string_view reason) {
   Bump(stats_.upstream_connect_failures);
   Bump(upstream.target.stats->connect_failures);
   ++upstream.connect_failures;
-  upstream.retry_at = now + BackoffDelay(upstream.connect_failures, rng_.Next());
+  // With another upstream up, this one can wait; with none, every query
+  // fails until one is back, so try again soon (OutageBackoffDelay). The
+  // fast retries of an outage do not pile up failures: when another
+  // upstream comes back first, this one's backoff starts again from a few
+  // failures, not from the 10 s cap.
+  if (AnyAlive()) {
+    upstream.retry_at = now + BackoffDelay(upstream.connect_failures, rng_.Next());
+  } else {
+    upstream.connect_failures = std::min(upstream.connect_failures, kOutageFailureCap);
+    upstream.retry_at = now + OutageBackoffDelay(upstream.connect_failures, rng_.Next());
+  }
   upstream.reconnect_pending = true;
   if (upstream.connect_failures == 1 || now - upstream.last_failure_log >= kFailureLogInterval) {
     Log(Severity::kWarning, "shard %d: upstream %s: %s (failure %d, retry in %d ms)", shard_index_,
@@ -395,7 +407,8 @@ void UpstreamPool::RunTimers(bool draining) {
       if (!any_open) Connect(*connections_[upstream.connections.front()]);
     }
     if (health_.ProbeDue(u, now)) {
-      health_.ProbeSent(u, now);
+      // No healthy upstream at all: probe at the shortest interval.
+      health_.ProbeSent(u, now, /*fast=*/!health_.AnyHealthy());
       SendProbe(u);
     }
   }

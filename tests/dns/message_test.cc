@@ -634,5 +634,162 @@ TEST(TruncateTest, WithoutOptKeepsQuestionOnly) {
   EXPECT_TRUE(header::IsTruncated(r.data()));
 }
 
+// ---- Malformed structure refused at the edge (issue 10)
+
+// An A record for `name` (uncompressed owner), for the answer or authority
+// section of a query that should not have one.
+void AppendARecord(Bytes& out, const std::string& name) {
+  AppendName(out, name);
+  AppendU16(out, 1);
+  AppendU16(out, 1);
+  AppendU16(out, 0);
+  AppendU16(out, 300);
+  AppendU16(out, 4);
+  out.insert(out.end(), {192, 0, 2, 1});
+}
+
+// A TSIG RR (RFC 8945 §4.2) with key `key`, hmac-sha256 and a 32-byte MAC.
+void AppendTsig(Bytes& out, const std::string& key, uint16_t original_id) {
+  AppendName(out, key);
+  AppendU16(out, kTypeTsig);
+  AppendU16(out, 255);  // ANY
+  AppendU16(out, 0);
+  AppendU16(out, 0);
+  Bytes rdata;
+  AppendName(rdata, "hmac-sha256");
+  rdata.insert(rdata.end(), {0, 0, 0x60, 0, 0, 1});  // Time Signed
+  AppendU16(rdata, 300);                             // Fudge
+  AppendU16(rdata, 32);                              // MAC Size
+  rdata.insert(rdata.end(), 32, 0xab);               // MAC
+  AppendU16(rdata, original_id);
+  AppendU16(rdata, 0);  // Error
+  AppendU16(rdata, 0);  // Other Len
+  AppendU16(out, static_cast<uint16_t>(rdata.size()));
+  out.insert(out.end(), rdata.begin(), rdata.end());
+}
+
+TEST(MessageParserTest, QueryWithAnAnswerRecordIsFormErr) {
+  Bytes q = MakeQuery("example.com");
+  AppendARecord(q, "example.com");
+  q[7] = 1;  // ANCOUNT
+  QueryInfo info;
+  EXPECT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  EXPECT_EQ(info.question_length, 17) << "the question is still echoed";
+}
+
+TEST(MessageParserTest, QueryWithAnAuthorityRecordIsFormErrAndKeepsItsOpt) {
+  Bytes q = MakeQuery("example.com");
+  AppendARecord(q, "example.com");
+  AppendOpt(q, 1232, true);
+  q[9] = 1;   // NSCOUNT
+  q[11] = 1;  // ARCOUNT: the OPT
+  QueryInfo info;
+  EXPECT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  EXPECT_TRUE(info.has_edns) << "the FORMERR must carry an OPT (RFC 6891 §7)";
+}
+
+TEST(MessageParserTest, OptOutsideTheAdditionalSectionIsFormErr) {
+  for (const int section : {7, 9}) {  // ANCOUNT, NSCOUNT
+    Bytes q = MakeQuery("example.com");
+    AppendOpt(q, 1232, false);
+    q[section] = 1;
+    QueryInfo info;
+    EXPECT_EQ(ParseQuery(q, info), QueryParse::kFormErr) << "count at byte " << section;
+    EXPECT_FALSE(info.has_edns) << "an OPT there is not the query's EDNS";
+  }
+}
+
+TEST(MessageParserTest, OptOutsideTheAdditionalSectionIsFormErrEvenForNotify) {
+  // Other opcodes are NOTIMP, but a misplaced OPT is never taken as EDNS.
+  Bytes q = MakeQuery("example.com");
+  AppendOpt(q, 1232, false);
+  q[7] = 1;
+  q[2] = 4 << 3;  // NOTIFY
+  QueryInfo info;
+  EXPECT_EQ(ParseQuery(q, info), QueryParse::kNotImp);
+  EXPECT_FALSE(info.has_edns);
+}
+
+TEST(MessageParserTest, TsigSignedQueryIsNotAuth) {
+  Bytes q = MakeQuery("example.com", 1, 0x7777, 1232);
+  const size_t tsig = q.size();
+  AppendTsig(q, "key.example", 0x7777);
+  q[11] = 2;
+  QueryInfo info;
+  EXPECT_EQ(ParseQuery(q, info), QueryParse::kNotAuth);
+  EXPECT_EQ(info.tsig_offset, tsig);
+  EXPECT_TRUE(info.has_edns);
+}
+
+TEST(MessageParserTest, TsigThatIsNotTheLastRecordIsFormErr) {
+  Bytes q = MakeQuery("example.com");
+  AppendTsig(q, "key.example", 0x1234);
+  AppendOpt(q, 1232, false);
+  q[11] = 2;
+  QueryInfo info;
+  EXPECT_EQ(ParseQuery(q, info), QueryParse::kFormErr) << "RFC 8945 §5.1";
+}
+
+TEST(MessageParserTest, TwoTsigRecordsAreFormErr) {
+  Bytes q = MakeQuery("example.com");
+  AppendTsig(q, "key.example", 0x1234);
+  AppendTsig(q, "key.example", 0x1234);
+  q[11] = 2;
+  QueryInfo info;
+  EXPECT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+}
+
+TEST(MessageParserTest, TsigInTheAnswerSectionIsFormErr) {
+  Bytes q = MakeQuery("example.com");
+  AppendTsig(q, "key.example", 0x1234);
+  q[7] = 1;
+  QueryInfo info;
+  EXPECT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+}
+
+TEST(ErrorReplyTest, NotAuthEchoesAnUnsignedTsigWithBadKey) {
+  Bytes q = MakeQuery("example.com", 1, 0x7777, 1232);
+  AppendTsig(q, "key.example", 0x7777);
+  q[11] = 2;
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kNotAuth);
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, info, Rcode::kNotAuth, 1232, out);
+  ASSERT_GT(n, 0u);
+  EXPECT_EQ(out[3] & 0x0f, 9) << "NOTAUTH";
+  EXPECT_EQ(header::ArCount(out), 2) << "OPT, then TSIG";
+  // Header, question (17), empty OPT (11), then the TSIG RR.
+  size_t pos = kHeaderSize + 17 + 11;
+  const Bytes key = {3, 'k', 'e', 'y', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0};
+  ASSERT_GE(n, pos + key.size() + 10);
+  EXPECT_EQ(Bytes(out + pos, out + pos + key.size()), key);
+  pos += key.size();
+  EXPECT_EQ(ReadU16(out + pos), kTypeTsig);
+  EXPECT_EQ(ReadU16(out + pos + 2), 255);
+  const size_t rdlength = ReadU16(out + pos + 8);
+  pos += 10;
+  ASSERT_EQ(pos + rdlength, n) << "the TSIG is the last thing in the reply";
+  const size_t algorithm = 13;  // "hmac-sha256."
+  EXPECT_EQ(rdlength, algorithm + 16);
+  EXPECT_EQ(ReadU16(out + pos + algorithm + 8), 0) << "MAC Size 0: unsigned (RFC 8945 §5.3.2)";
+  EXPECT_EQ(ReadU16(out + pos + algorithm + 10), 0x7777) << "Original ID";
+  EXPECT_EQ(ReadU16(out + pos + algorithm + 12), kTsigErrorBadKey);
+  EXPECT_EQ(ReadU16(out + pos + algorithm + 14), 0) << "Other Len";
+}
+
+TEST(ErrorReplyTest, FormErrForARecordInAQueryStaysHeaderQuestionOpt) {
+  Bytes q = MakeQuery("example.com", 1, 0x2222, 1232);
+  // The OPT is the last record: an answer record goes before it.
+  Bytes answer;
+  AppendARecord(answer, "example.com");
+  q.insert(q.end() - 11, answer.begin(), answer.end());
+  q[7] = 1;
+  QueryInfo info;
+  ASSERT_EQ(ParseQuery(q, info), QueryParse::kFormErr);
+  uint8_t out[kMaxErrorReplyLength];
+  const size_t n = BuildErrorReply(q, info, Rcode::kFormErr, 1232, out);
+  ExpectErrorReply(ReadReply(out, n), 0x2222, 1, QuestionOf(q, 17), true, false, 1232);
+}
+
 }  // namespace
 }  // namespace dotproxy::dns

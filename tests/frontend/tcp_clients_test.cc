@@ -418,6 +418,117 @@ TEST_P(TcpClientsTest, ShardsSharingAnInheritedListenerLeaveConnectionsToOneWith
   EXPECT_EQ(accepting, 1);
 }
 
+// Slowloris: a message trickling in a byte at a time keeps the connection
+// active (no idle close) but not past the message timeout.
+TEST_P(TcpClientsTest, TricklingMessageIsClosedAtTheMessageTimeoutDespiteActivity) {
+  TcpLimits limits;
+  limits.idle_timeout = milliseconds(10000);
+  limits.message_timeout = milliseconds(100);
+  Open(limits);
+  io::UniqueFd client = Connect();
+  const Bytes framed = Framed(bench::MakeQuery("slow.example", 7, true));
+  bool eof = false;
+  const auto start = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < framed.size() - 1 && !eof; ++i) {  // never the last byte
+    if (send(client.get(), &framed[i], 1, MSG_NOSIGNAL) != 1) {
+      eof = true;  // reset by the close
+      break;
+    }
+    Pump(1);
+    tcp_->ExpireIdle();
+    ReadSome(client.get(), milliseconds(10), &eof);
+  }
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_TRUE(eof) << "still open after the whole message but its last byte";
+  EXPECT_LT(elapsed, milliseconds(1000));
+  EXPECT_EQ(stats_.tcp_message_timeout_closed.load(), 1u);
+  EXPECT_EQ(stats_.tcp_idle_closed.load(), 0u);
+  EXPECT_TRUE(sink_.queries.empty());
+  Pump();  // the cancelled receive completes, the slot is recycled
+  EXPECT_EQ(tcp_->open_clients(), 0u);
+}
+
+// The deadline is per message: a client that completes its messages, even
+// split across writes, is never closed by it.
+TEST_P(TcpClientsTest, MessagesThatCompleteInTimeDoNotTripTheMessageTimeout) {
+  TcpLimits limits;
+  limits.message_timeout = milliseconds(60);
+  Open(limits);
+  io::UniqueFd client = Connect();
+  for (int i = 0; i < 8; ++i) {
+    const Bytes framed = Framed(bench::MakeQuery("ok.example", static_cast<uint16_t>(i), true));
+    const size_t half = framed.size() / 2;
+    Write(client.get(), Bytes(framed.begin(), framed.begin() + half));
+    Pump(2);  // ~20 ms with half a message
+    tcp_->ExpireIdle();
+    Write(client.get(), Bytes(framed.begin() + half, framed.end()));
+    Pump(2);
+    tcp_->ExpireIdle();
+    // Answer, so the pipelining limit never pauses reading.
+    const ClientRef ref = sink_.clients.back();
+    tcp_->QueryDone(ref);
+  }
+  EXPECT_EQ(sink_.queries.size(), 8u);
+  EXPECT_EQ(stats_.tcp_message_timeout_closed.load(), 0u);
+  EXPECT_EQ(tcp_->open_clients(), 1u);
+}
+
+// A partial message is not timed while reading is paused by back-pressure:
+// it waits on us, not on the client.
+TEST_P(TcpClientsTest, PausedReadingDoesNotCountAgainstTheMessageTimeout) {
+  TcpLimits limits;
+  limits.message_timeout = milliseconds(50);
+  limits.max_queries_per_client = 1;
+  Open(limits);
+  io::UniqueFd client = Connect();
+  Bytes stream = Framed(bench::MakeQuery("one.example", 1, true));
+  const Bytes second = Framed(bench::MakeQuery("two.example", 2, true));
+  stream.insert(stream.end(), second.begin(), second.begin() + 5);
+  Write(client.get(), stream);
+  for (int i = 0; i < 12; ++i) {  // ~120 ms paused with a partial message
+    Pump(1);
+    tcp_->ExpireIdle();
+  }
+  EXPECT_EQ(stats_.tcp_message_timeout_closed.load(), 0u);
+  ASSERT_EQ(sink_.queries.size(), 1u);
+  tcp_->QueryDone(sink_.clients.at(0));  // reading resumes, the timer restarts
+  Write(client.get(), Bytes(second.begin() + 5, second.end()));
+  Pump();
+  tcp_->ExpireIdle();
+  EXPECT_EQ(sink_.queries.size(), 2u);
+  EXPECT_EQ(tcp_->open_clients(), 1u);
+}
+
+// The answer pages a slow reader made us commit go back to the kernel when
+// it is closed; a client whose answers fit in one page costs no madvise.
+TEST_P(TcpClientsTest, AnswerMemoryOfAClosedSlowReaderIsReturned) {
+  Open();
+  io::UniqueFd small = Connect();
+  Write(small.get(), Framed(bench::MakeQuery("a.example", 1, true)));
+  Pump();
+  const ClientRef small_ref = sink_.clients.at(0);
+  ASSERT_EQ(tcp_->BeginReply(small_ref, 100).size(), 100u);
+  tcp_->CommitReply(small_ref, 100);
+  tcp_->QueryDone(small_ref);
+  Pump();
+  small.reset();
+  Pump();
+  EXPECT_EQ(tcp_->returned_bytes(), 0u) << "one page of answers is kept";
+
+  io::UniqueFd slow = Connect();
+  Write(slow.get(), Framed(bench::MakeQuery("b.example", 2, true)));
+  Pump();
+  const ClientRef ref = sink_.clients.back();
+  const size_t big = TcpClients::kOutCapacity / 2 + 1;
+  ASSERT_EQ(tcp_->BeginReply(ref, big).size(), big);
+  tcp_->CommitReply(ref, big);
+  EXPECT_TRUE(tcp_->BeginReply(ref, big).empty());  // closed as slow
+  Pump();
+  EXPECT_EQ(tcp_->open_clients(), 0u);
+  EXPECT_GE(tcp_->returned_bytes(), big - TcpClients::kPageSize);
+  EXPECT_LE(tcp_->returned_bytes(), TcpClients::kOutSlot);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, TcpClientsTest,
                          ::testing::Values(io::IoBackend::kUring, io::IoBackend::kEpoll),
                          io::BackendName);

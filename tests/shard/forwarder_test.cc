@@ -368,6 +368,124 @@ TEST_F(ForwarderTest, UdpAnswersAreCappedAt4096BytesWithTcEvenWhenTheClientTakes
   EXPECT_TRUE(dns::ParseResponse(reply, info));  // and still a valid message
 }
 
+// An answer of `extra` more A records after MakeAnswer's one: ~16 bytes each.
+Bytes BigAnswer(const std::string& name, uint16_t id, int extra) {
+  Bytes big = MakeAnswer(name, id, false);
+  for (int i = 0; i < extra; ++i) {
+    big.insert(big.end(), {0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 1, 0x2c, 0, 4, 192, 0,
+                           static_cast<uint8_t>(i >> 8), static_cast<uint8_t>(i)});
+  }
+  dns::WriteU16(big.data() + 6, static_cast<uint16_t>(extra + 1));
+  return big;
+}
+
+Bytes QueryWithEdnsSize(const std::string& name, uint16_t id, uint16_t size) {
+  Bytes query = MakeQuery(name, id, true);
+  dns::WriteU16(query.data() + query.size() - 11 + 3, size);  // OPT CLASS
+  return query;
+}
+
+// Amplification: the client says 4096, --max-udp-size (1232 by default)
+// says less; the smaller wins and the rest goes TC=1.
+TEST_F(ForwarderTest, UdpAnswersAreCappedAtMaxUdpSizeWhateverTheClientAdvertises) {
+  Make();
+  ASSERT_EQ(settings_.max_udp_size, 1232);
+  Query(QueryWithEdnsSize("m.example", 7, 4096), udp_client_);
+  Answer(0, "", BigAnswer("m.example", router_.sent.at(0).binding.id, 120));  // ~2 KB
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  const Bytes& reply = replier_.replies[0].wire;
+  EXPECT_LE(reply.size(), 1232u);
+  EXPECT_TRUE(dns::header::IsTruncated(reply.data()));
+  EXPECT_EQ(stats_.truncated.load(), 1u);
+}
+
+TEST_F(ForwarderTest, MaxUdpSize4096LetsTheClientsSizeDecide) {
+  settings_.max_udp_size = 4096;
+  Make();
+  Query(QueryWithEdnsSize("n.example", 8, 4096), udp_client_);
+  const Bytes big = BigAnswer("n.example", router_.sent.at(0).binding.id, 120);
+  Answer(0, "", big);
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  EXPECT_EQ(replier_.replies[0].wire.size(), big.size());
+  EXPECT_FALSE(dns::header::IsTruncated(replier_.replies[0].wire.data()));
+}
+
+TEST_F(ForwarderTest, CacheHitsAreCappedAtMaxUdpSizeToo) {
+  settings_.max_udp_size = 512;
+  Make(false, 16);
+  Query(QueryWithEdnsSize("o.example", 9, 4096), tcp_client_);  // fills the cache
+  const Bytes big = BigAnswer("o.example", router_.sent.at(0).binding.id, 50);  // ~900 bytes
+  Answer(0, "", big);
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  EXPECT_EQ(replier_.replies[0].wire.size(), big.size()) << "TCP is not capped";
+  Query(QueryWithEdnsSize("o.example", 10, 4096), udp_client_);
+  ASSERT_EQ(router_.sent.size(), 1u) << "a cache hit";
+  ASSERT_EQ(replier_.replies.size(), 2u);
+  EXPECT_LE(replier_.replies[1].wire.size(), 512u);
+  EXPECT_TRUE(dns::header::IsTruncated(replier_.replies[1].wire.data()));
+}
+
+// Malformed structure is refused here and never reaches an upstream.
+TEST_F(ForwarderTest, QueryCarryingAnAnswerRecordIsFormErrAndNotForwarded) {
+  Make();
+  Bytes query = MakeQuery("p.example", 11, false);
+  const Bytes record = {0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 1, 0x2c, 0, 4, 192, 0, 2, 1};
+  query.insert(query.end(), record.begin(), record.end());
+  dns::WriteU16(query.data() + 6, 1);  // ANCOUNT
+  Query(query, udp_client_);
+  EXPECT_TRUE(router_.sent.empty());
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  EXPECT_EQ(Rcode(replier_.replies[0].wire), 1);
+  EXPECT_EQ(stats_.formerr.load(), 1u);
+  EXPECT_EQ(replier_.done.size(), 1u);
+}
+
+TEST_F(ForwarderTest, TsigSignedQueryIsNotAuthAndNotForwarded) {
+  Make();
+  Bytes query = MakeQuery("q.example", 12, false);
+  // TSIG: key "k", hmac-sha256, Time Signed, Fudge, MAC Size 0, Original
+  // ID, Error, Other Len.
+  Bytes tsig = {1, 'k', 0, 0, 250, 0, 255, 0, 0, 0, 0};
+  Bytes rdata = {11, 'h', 'm', 'a', 'c', '-', 's', 'h', 'a', '2', '5', '6', 0,
+                 0, 0, 0x60, 0, 0, 1, 1, 0x2c, 0, 0, 0, 12, 0, 0, 0, 0};
+  tsig.push_back(0);
+  tsig.push_back(static_cast<uint8_t>(rdata.size()));
+  tsig.insert(tsig.end(), rdata.begin(), rdata.end());
+  query.insert(query.end(), tsig.begin(), tsig.end());
+  dns::WriteU16(query.data() + 10, 1);  // ARCOUNT
+  Query(query, tcp_client_);
+  EXPECT_TRUE(router_.sent.empty());
+  ASSERT_EQ(replier_.replies.size(), 1u);
+  EXPECT_EQ(Rcode(replier_.replies[0].wire), 9) << "NOTAUTH";
+  EXPECT_EQ(ArCount(replier_.replies[0].wire), 1) << "the unsigned TSIG with BADKEY";
+  EXPECT_EQ(stats_.notauth_tsig.load(), 1u);
+}
+
+// Overload: a query waiting for capacity past max_queue_wait is shed, a UDP
+// one silently, a TCP one with SERVFAIL; younger ones keep waiting.
+TEST_F(ForwarderTest, QueriesWaitingPastMaxQueueWaitAreShed) {
+  settings_.max_queue_wait = milliseconds(200);
+  Make();
+  router_.accept = false;  // every connection at its cap, upstreams alive
+  Query(MakeQuery("r.example", 13, false), udp_client_);
+  Query(MakeQuery("s.example", 14, false), tcp_client_);
+  Advance(milliseconds(150));
+  Query(MakeQuery("t.example", 15, false), udp_client_);
+  forwarder_->RunTimers(false);
+  EXPECT_TRUE(replier_.replies.empty());
+  Advance(milliseconds(60));  // the first two have waited 210 ms
+  forwarder_->RunTimers(false);
+  EXPECT_EQ(stats_.shed_waiting.load(), 2u);
+  ASSERT_EQ(replier_.replies.size(), 1u) << "UDP dropped, TCP answered";
+  EXPECT_EQ(replier_.replies[0].client.transport, frontend::Transport::kTcp);
+  EXPECT_EQ(Rcode(replier_.replies[0].wire), 2);
+  EXPECT_EQ(replier_.done.size(), 2u);
+  EXPECT_EQ(forwarder_->in_flight(), 1u);
+  router_.accept = true;
+  forwarder_->DispatchWaiting();
+  ASSERT_EQ(router_.sent.size(), 1u) << "the young query goes out";
+}
+
 TEST_F(ForwarderTest, ServesStaleWhenTheUpstreamFailsAndCountsItAsStale) {
   Make(false, 16);
   Query(MakeQuery("s.example", 1, true), udp_client_);

@@ -31,5 +31,16 @@ TEST(BackoffTest, GrowsExponentiallyWithJitterAndCap) {
   EXPECT_NE(BackoffDelay(3, 0), BackoffDelay(3, 500));  // jitter spreads shards
 }
 
+TEST(BackoffTest, InATotalOutageRetriesStayNear250Ms) {
+  for (uint32_t random : {0u, 250u, 500u}) {
+    EXPECT_LE(OutageBackoffDelay(1, random).count(), 125);
+    for (int failures : {3, 10, 1000}) {
+      const auto delay = OutageBackoffDelay(failures, random).count();
+      EXPECT_GE(delay, 187) << failures;
+      EXPECT_LE(delay, 313) << failures;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dotproxy::upstream

@@ -126,6 +126,26 @@ TEST(HealthTrackerTest, ProbesBackOff) {
   EXPECT_TRUE(health.ProbeDue(0, clock.now));
 }
 
+TEST(HealthTrackerTest, WithNothingHealthyProbesStayAtTheShortestInterval) {
+  FakeClock clock;
+  HealthPolicy policy = NoExploration();
+  policy.probe_min = milliseconds(500);
+  HealthTracker health({0, 0}, policy);
+  EXPECT_TRUE(health.AnyHealthy());
+  for (int i = 0; i < 3; ++i) health.RecordFailure(0, clock.now);
+  EXPECT_TRUE(health.AnyHealthy()) << "upstream 1 still is";
+  for (int i = 0; i < 3; ++i) health.RecordFailure(1, clock.now);
+  EXPECT_FALSE(health.AnyHealthy());
+  clock.Advance(milliseconds(500));
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(health.ProbeDue(0, clock.now)) << i;
+    health.ProbeSent(0, clock.now, /*fast=*/true);
+    clock.Advance(milliseconds(499));
+    EXPECT_FALSE(health.ProbeDue(0, clock.now));
+    clock.Advance(milliseconds(1));
+  }
+}
+
 TEST(HealthTrackerTest, LatencyIsAnEwma) {
   FakeClock clock;
   HealthPolicy policy = NoExploration();

@@ -95,6 +95,13 @@ struct Config {
   int max_inflight = 16384;       // forwarded queries in flight, per shard
   int udp_socket_buffer = 4 << 20;  // bytes, SO_RCVBUF/SO_SNDBUF per UDP socket
   uint16_t edns_udp_size = 1232;  // advertised in replies we build (DNS flag day 2020)
+  // Largest UDP answer sent, whatever the client advertises (DNS Flag Day
+  // 2020): larger ones go TC=1 and the client retries over TCP, so a small
+  // spoofed query cannot draw a large answer (amplification).
+  int max_udp_size = 1232;
+  // A TCP message that stays partly received this long closes its
+  // connection (slowloris), however often bytes trickle in.
+  std::chrono::milliseconds tcp_message_timeout{3000};
 
   // Upstream side.
   int max_inflight_per_connection = 100;   // then another connection is opened

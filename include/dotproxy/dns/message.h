@@ -27,11 +27,19 @@ inline constexpr size_t kMaxNameLength = 255;
 inline constexpr size_t kMaxQuestionLength = kMaxNameLength + 4;
 // Largest reply BuildErrorReply writes: header, question and an OPT RR
 // without options (root name, TYPE, CLASS, TTL, RDLENGTH).
-inline constexpr size_t kMaxErrorReplyLength = kHeaderSize + kMaxQuestionLength + 11;
+// A NOTAUTH reply to a TSIG-signed query also echoes the TSIG RR, unsigned
+// (RFC 8945 §5.3.2): key name, fixed part, algorithm name, then Time
+// Signed (6), Fudge, MAC Size 0, Original ID, Error, Other Len 0.
+inline constexpr size_t kMaxTsigErrorRecordLength = kMaxNameLength + 10 + kMaxNameLength + 16;
+inline constexpr size_t kMaxErrorReplyLength =
+    kHeaderSize + kMaxQuestionLength + 11 + kMaxTsigErrorRecordLength;
 // Without EDNS a UDP response may not exceed 512 bytes (RFC 1035 §4.2.1).
 inline constexpr uint16_t kClassicUdpLimit = 512;
 inline constexpr uint16_t kTypeOpt = 41;
 inline constexpr uint16_t kTypeSoa = 6;
+inline constexpr uint16_t kTypeTsig = 250;
+// TSIG error (RFC 8945 §5.2.1): the key is not one we know.
+inline constexpr uint16_t kTsigErrorBadKey = 17;
 
 // Response codes. Values up to 15 fit the header's RCODE field; larger ones
 // are extended RCODEs (RFC 6891 §6.1.3): the low 4 bits go in the header and
@@ -45,6 +53,7 @@ enum class Rcode : uint8_t {
   kNxDomain = 3,
   kNotImp = 4,
   kRefused = 5,
+  kNotAuth = 9,   // with TSIG: the server does not know the key (RFC 8945 §5.2.1)
   kBadVers = 16,  // extended: the query's EDNS VERSION is above ours (0)
 };
 
@@ -95,6 +104,7 @@ enum class QueryParse : uint8_t {
   kFormErr,   // reply FORMERR (header usable, body malformed)
   kNotImp,    // reply NOTIMP (opcode other than QUERY)
   kBadVers,   // reply Rcode::kBadVers (EDNS VERSION > 0, RFC 6891 §6.1.3)
+  kNotAuth,   // reply Rcode::kNotAuth: signed with TSIG, a key we cannot know
 };
 
 // Facts about a query, as offsets into the caller's buffer: all of them for
@@ -112,6 +122,8 @@ struct QueryInfo {
   uint16_t edns_udp_size = 0;   // as advertised, 0 without EDNS
   // Offset of the OPT RR (its owner name byte) or 0 when absent.
   uint16_t opt_offset = 0;
+  // Offset of the TSIG RR (the last additional record) or 0 when absent.
+  uint16_t tsig_offset = 0;
   // Largest UDP response this client accepts: 512 without EDNS, else
   // max(512, advertised size) (RFC 6891 §6.2.5).
   uint16_t udp_response_limit = kClassicUdpLimit;
@@ -126,9 +138,15 @@ struct QueryInfo {
 // (a second OPT, or options that do not add up to its RDLENGTH).
 //
 // Verdicts in order of precedence: kDrop; kFormErr for the question;
-// kNotImp; kFormErr for the records; kBadVers for an OPT VERSION above 0
-// (its options are then not checked: their format is that version's);
-// kFormErr for malformed version-0 options; kOk.
+// kNotImp; kFormErr for the records (malformed, trailing bytes, an OPT or
+// TSIG outside the additional section, a second OPT, a TSIG that is not the
+// last record (RFC 8945 §5.1), and any answer or authority record: a
+// standard query has QDCOUNT 1 and ANCOUNT = NSCOUNT = 0, RFC 1035 §4.1.1,
+// RFC 7766); kNotAuth for a well-placed TSIG (RFC 8945 §5.2.1: we hold no
+// keys, and a forwarder that rewrites the ID and EDNS cannot pass a signed
+// message on unchanged as §5.5 would want); kBadVers for an OPT VERSION
+// above 0 (its options are then not checked: their format is that
+// version's); kFormErr for malformed version-0 options; kOk.
 QueryParse ParseQuery(std::span<const uint8_t> wire, QueryInfo& info);
 
 // Returns the wire length of the uncompressed name at `wire[offset]`, or 0 if
@@ -168,6 +186,12 @@ bool ParseResponse(std::span<const uint8_t> wire, ResponseInfo& info);
 // `has_edns` (and optionally `dnssec_ok`) from a stored query. Returns the
 // length written (at most kMaxErrorReplyLength), or 0 if `out` is too small
 // or `query` is shorter than 4 bytes.
+//
+// For Rcode::kNotAuth with `info.tsig_offset` naming the query's TSIG RR
+// (uncompressed names), that RR is echoed unsigned after the OPT: MAC Size
+// 0, Error BADKEY, Other Len 0, the query's Time Signed, Fudge and Original
+// ID (RFC 8945 §5.2.1, §5.3.2); ARCOUNT counts it. Left out when it would
+// take the reply past 512 bytes.
 //
 // An extended `rcode` (above 15, e.g. kBadVers) is split: its low 4 bits in
 // the header, its upper 8 bits in the OPT TTL's first byte. Without

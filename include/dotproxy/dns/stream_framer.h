@@ -52,11 +52,15 @@ class StreamFramer {
   // REQUIRES: capacity >= max message length + 2, so a whole message always
   // fits after Compact().
   explicit StreamFramer(size_t capacity)
-      : buffer_(new uint8_t[capacity]), capacity_(capacity) {}
+      : owned_(new uint8_t[capacity]), buffer_(owned_.get()), capacity_(capacity) {}
+  // Frames into `storage`, borrowed for the framer's lifetime (e.g. a slot
+  // of a region whose pages the owner returns to the kernel).
+  explicit StreamFramer(std::span<uint8_t> storage)
+      : buffer_(storage.data()), capacity_(storage.size()) {}
 
   // Free space after the buffered bytes. Empty only when the buffer is full.
   std::span<uint8_t> WritableSpace() {
-    return {buffer_.get() + end_, capacity_ - end_};
+    return {buffer_ + end_, capacity_ - end_};
   }
   void Commit(size_t n) { end_ += n; }
 
@@ -65,7 +69,7 @@ class StreamFramer {
   // Compact() or Commit().
   Next NextMessage(size_t max_length, std::span<uint8_t>& message) {
     if (end_ - begin_ < 2) return Next::kNeedMore;
-    uint8_t* p = buffer_.get() + begin_;
+    uint8_t* p = buffer_ + begin_;
     const size_t length = size_t{p[0]} << 8 | p[1];
     if (length > max_length) return Next::kTooLarge;
     if (end_ - begin_ < 2 + length) return Next::kNeedMore;
@@ -78,7 +82,7 @@ class StreamFramer {
   void Compact() {
     if (begin_ == 0) return;
     const size_t remaining = end_ - begin_;
-    if (remaining > 0) std::memmove(buffer_.get(), buffer_.get() + begin_, remaining);
+    if (remaining > 0) std::memmove(buffer_, buffer_ + begin_, remaining);
     begin_ = 0;
     end_ = remaining;
   }
@@ -88,7 +92,8 @@ class StreamFramer {
   void Clear() { begin_ = end_ = 0; }
 
  private:
-  std::unique_ptr<uint8_t[]> buffer_;
+  std::unique_ptr<uint8_t[]> owned_;  // null when the storage is borrowed
+  uint8_t* buffer_;
   size_t capacity_;
   size_t begin_ = 0;  // first unconsumed byte
   size_t end_ = 0;    // one past the last buffered byte

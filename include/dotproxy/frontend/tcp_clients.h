@@ -5,11 +5,17 @@
 // (pipelined, any split of the byte stream) and a fixed, preallocated answer buffer; one send in flight at a time. Reading
 // pauses while a client has too many queries in flight or unsent answers
 // (back-pressure instead of unbounded buffering); a client whose answers no
-// longer fit is closed as slow. Idle clients are closed oldest first.
+// longer fit is closed as slow. Idle clients are closed oldest first, and a
+// client whose current message stays incomplete past the message timeout is
+// closed whatever its idle time (slowloris: a byte a second would otherwise
+// keep a connection forever).
 //
-// Memory per shard, worst case: max_tcp_clients x (kOutCapacity + in-buffer)
-// = 1024 x 100 KiB = 100 MiB, committed only as buffers are touched.
-// Shard thread only; nothing allocates after Open().
+// Memory per shard, worst case: max_tcp_clients x kClientBytes (96 KiB
+// answers + 8 KiB queries) = 1024 x 104 KiB = 104 MiB, in one region
+// reserved at Open() and committed only as buffers are touched. When a
+// client closes, the pages of its answer buffer past the first are given
+// back (MADV_DONTNEED), so memory follows the clients open now, not the
+// most ever open. Shard thread only; nothing allocates after Open().
 
 #include <chrono>
 #include <cstddef>
@@ -34,6 +40,10 @@ namespace dotproxy::frontend {
 struct TcpLimits {
   int max_clients = 1024;
   std::chrono::milliseconds idle_timeout{10000};
+  // A message whose first byte arrived this long ago and that is still
+  // incomplete closes the connection (reading paused by back-pressure does
+  // not count: the timer restarts when reading resumes).
+  std::chrono::milliseconds message_timeout{3000};
   // RFC 7766 §6.2.1.1 lets a client pipeline; past this many unanswered
   // queries its socket is not read until answers drain.
   uint32_t max_queries_per_client = 128;
@@ -49,9 +59,18 @@ class TcpClients {
   // Reading pauses while this much is queued and unsent.
   static constexpr size_t kOutPauseThreshold = kOutCapacity / 4;
   static constexpr size_t kInCapacity = 4 * (kMaxQuerySize + 2);
+  // A client's slot in the buffer region: answers, then queries, each
+  // starting on a page.
+  static constexpr size_t kPageSize = 4096;
+  static constexpr size_t kOutSlot = (kOutCapacity + kPageSize - 1) / kPageSize * kPageSize;
+  static constexpr size_t kInSlot = (kInCapacity + kPageSize - 1) / kPageSize * kPageSize;
+  static constexpr size_t kClientBytes = kOutSlot + kInSlot;
 
   TcpClients(io::Reactor& reactor, const io::LoopClock& clock, const Acl& acl,
              metrics::ShardStats& stats, int shard_index);
+  ~TcpClients();
+  TcpClients(const TcpClients&) = delete;
+  TcpClients& operator=(const TcpClients&) = delete;
 
   // Binds a listener per `listen` address (SO_REUSEPORT) and sizes the
   // client table. When `inherited` holds any socket (socket activation, of
@@ -99,10 +118,12 @@ class TcpClients {
 
   // End of a loop iteration: one send per client with queued answers.
   void Flush();
-  // Closes clients idle for longer than the idle timeout (RFC 7766 §6.2.3).
+  // Closes clients idle for longer than the idle timeout (RFC 7766 §6.2.3),
+  // and those whose current message is incomplete past the message timeout.
   void ExpireIdle();
-  // A reload: the idle timeout applies from the next expiry check.
+  // A reload: the timeouts apply from the next expiry check.
   void SetIdleTimeout(std::chrono::milliseconds timeout) { limits_.idle_timeout = timeout; }
+  void SetMessageTimeout(std::chrono::milliseconds timeout) { limits_.message_timeout = timeout; }
 
   // Replier half (through Frontends).
   std::span<uint8_t> BeginReply(const ClientRef& client, size_t max_length);
@@ -110,6 +131,8 @@ class TcpClients {
   void QueryDone(const ClientRef& client);
 
   size_t open_clients() const { return clients_.size() - free_clients_.size(); }
+  // Bytes of answer buffers given back to the kernel at client closes.
+  uint64_t returned_bytes() const { return returned_bytes_; }
 
  private:
   enum class State : uint8_t { kFree, kOpen, kClosing };
@@ -124,7 +147,8 @@ class TcpClients {
     bool accepting = false;  // a multishot accept is armed (its last completion not seen)
   };
   struct Client {
-    Client() : framer(kInCapacity), out(new uint8_t[kOutCapacity]) {}
+    // The buffers are slots of the region (Open() points them there).
+    Client() : framer(std::span<uint8_t>{}) {}
     State state = State::kFree;
     uint32_t generation = 1;
     int ops_in_flight = 0;  // recycled only at zero: SQEs point into this client
@@ -132,9 +156,10 @@ class TcpClients {
     dns::StreamFramer framer;
     // Answers: [0, send_end) is being sent (or was, once `send` is idle),
     // [send_end, out_end) waits for the next send.
-    std::unique_ptr<uint8_t[]> out;
+    uint8_t* out = nullptr;  // kOutCapacity bytes in the region
     size_t send_end = 0;
     size_t out_end = 0;
+    size_t out_high = 0;  // the most of `out` used since accept
     io::StreamSend send;
     bool recv_in_flight = false;
     bool dirty = false;           // on dirty_ (answers queued this iteration)
@@ -145,6 +170,9 @@ class TcpClients {
     socklen_t peer_length = 0;
     io::Clock::time_point last_activity{};
     io::IndexLinks idle_links;  // ordered by last activity, oldest first
+    // When the first byte of the incomplete message in `framer` arrived.
+    io::Clock::time_point partial_since{};
+    io::IndexLinks partial_links;  // clients mid-message, by partial_since
   };
 
   bool ShouldAccept(const Listener& listener) const;
@@ -157,6 +185,9 @@ class TcpClients {
   void Close(uint32_t index);
   void MaybeRecycle(uint32_t index);
   void Touch(uint32_t index);
+  // After reading: starts, keeps or ends the timer of a partial message;
+  // `completed` says whether a message ended in what was just read.
+  void TrackPartial(uint32_t index, bool completed);
   // Drops what was sent: moves the queued answers to the front.
   static void Compact(Client& client);
   // Resumes reading or closes a half-closed client once it has nothing left.
@@ -181,6 +212,12 @@ class TcpClients {
   std::vector<uint32_t> free_clients_;
   std::vector<uint32_t> dirty_;
   io::IndexList<Client, &Client::idle_links> idle_;
+  io::IndexList<Client, &Client::partial_links> partial_;
+  // Every client's buffers: max_clients x kClientBytes, reserved with mmap
+  // (MAP_NORESERVE) and committed page by page as they are touched.
+  uint8_t* region_ = nullptr;
+  size_t region_bytes_ = 0;
+  uint64_t returned_bytes_ = 0;
 };
 
 }  // namespace dotproxy::frontend

@@ -29,6 +29,7 @@ namespace dotproxy::metrics {
   X(truncated, "UDP answers truncated to the client's size (TC=1)")                  \
   X(retried, "queries retried on another upstream or connection")                    \
   X(queued_for_capacity, "queries that waited for a connection below its in-flight cap") \
+  X(shed_waiting, "queries that waited too long for capacity: dropped (UDP) or SERVFAIL (TCP)") \
   X(dropped_response_bit, "client packets with QR=1 dropped")                        \
   X(dropped_acl, "UDP queries from sources outside --allow, dropped")                \
   X(tcp_acl_refused, "TCP connections from sources outside --allow, closed")         \
@@ -43,6 +44,7 @@ namespace dotproxy::metrics {
   X(rate_limit_refused, "TCP queries over the client's rate limit answered REFUSED") \
   X(rate_limit_evictions, "rate-limiter entries replaced while still limited")       \
   X(minimal_any, "ANY queries over UDP answered with a synthesized HINFO (RFC 8482)") \
+  X(notauth_tsig, "TSIG-signed queries answered NOTAUTH/BADKEY (RFC 8945: no keys here)") \
   X(servfail_timeout, "queries that hit their deadline (SERVFAIL)")                  \
   X(servfail_no_upstream, "queries with no usable upstream (SERVFAIL)")              \
   X(servfail_connection_lost, "queries lost with an upstream connection (SERVFAIL)") \
@@ -64,6 +66,7 @@ namespace dotproxy::metrics {
   X(tcp_idle_closed, "client TCP connections closed for idleness")                   \
   X(tcp_bad_frame, "client TCP connections closed for an oversized frame")           \
   X(tcp_slow_closed, "client TCP connections closed for not reading answers")         \
+  X(tcp_message_timeout_closed, "client TCP connections closed with a message incomplete past --tcp-message-timeout") \
   X(cache_hits, "queries answered from the cache")                                   \
   X(cache_misses, "queries the cache could not answer")                              \
   X(cache_stale_answers, "expired answers served because upstreams failed (RFC 8767)") \

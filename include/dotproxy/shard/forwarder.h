@@ -33,10 +33,20 @@ struct ForwarderSettings {
   // its whole deadline on its first attempt.
   bool retry_on_timeout = false;
   uint16_t edns_udp_size = 1232;  // advertised in the replies we build
+  // Largest UDP answer, whatever the client advertises (DNS Flag Day 2020):
+  // a client's limit is min(its EDNS size or 512, this, kMaxUdpReply).
+  uint16_t max_udp_size = 1232;
   dns::UpstreamQueryOptions query_options;
   size_t max_inflight = 16384;
   // RFC 8482: ANY over UDP answered here with a synthesized HINFO.
   bool minimal_any = true;
+  // A query waiting for upstream capacity longer than this (since it was
+  // read) is shed: dropped over UDP (the client retries after its own
+  // timeout, as Unbound's request list and dnsdist do under overload),
+  // SERVFAIL over TCP (a stream cannot lose a query silently). Under
+  // overload this keeps the queue, and so the latency of what is answered,
+  // bounded, instead of serving queries whose clients have given up.
+  std::chrono::milliseconds max_queue_wait{200};
 };
 
 class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink {
@@ -102,6 +112,7 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   io::Clock::time_point ReceivedAt(const QuerySlot& slot) const {
     return slot.deadline - settings_.query_timeout;
   }
+  uint16_t UdpLimit(const dns::QueryInfo& info) const;
   void StartPrefetch(std::span<const uint8_t> query, const dns::QueryInfo& info);
   bool TryServeStale(QuerySlot& slot);
   // Sends the slot upstream (first attempt or retry); false when nothing
@@ -110,6 +121,8 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   // Dispatch, else wait for capacity while upstreams live, else SERVFAIL.
   void DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
                       std::atomic<uint64_t>& fail_counter);
+  // Drops (UDP) or fails (TCP) queries waiting longer than max_queue_wait.
+  void ShedWaiting();
   void Unbind(uint32_t index);
   void Release(uint32_t index);
   void Fail(uint32_t index, std::atomic<uint64_t>& counter);

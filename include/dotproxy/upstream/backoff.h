@@ -24,4 +24,17 @@ inline std::chrono::milliseconds BackoffDelay(int failures, uint32_t random) {
   return base + base * jitter / 1000;
 }
 
+// Reconnect delay while no upstream of the pool has a connection up (a
+// total outage): the backoff above spares one bad upstream among good ones,
+// but with none left every client gets SERVFAIL until one is back, so retry
+// every ~kOutageRetry (±25%) instead: 100 ms, then 200, 250, 250, ... (a SYN
+// four times a second per shard and upstream costs the upstream nothing;
+// the target is answers within 1 s of its return).
+inline constexpr std::chrono::milliseconds kOutageRetry{250};
+inline std::chrono::milliseconds OutageBackoffDelay(int failures, uint32_t random) {
+  const auto base = DoublingDelay(std::chrono::milliseconds(100), kOutageRetry, failures);
+  const int64_t jitter = static_cast<int64_t>(random % 501) - 250;
+  return base + base * jitter / 1000;
+}
+
 }  // namespace dotproxy::upstream

@@ -72,7 +72,10 @@ class HealthTracker {
   // True when `upstream` is unhealthy and its next probe is due; the caller
   // sends one and calls ProbeSent.
   bool ProbeDue(int upstream, TimePoint now) const;
-  void ProbeSent(int upstream, TimePoint now);
+  // `fast`: the next probe after probe_min, not the doubled interval (no
+  // upstream is healthy, so waiting helps nobody).
+  void ProbeSent(int upstream, TimePoint now, bool fast = false);
+  bool AnyHealthy() const;
 
   void AddInFlight(int upstream) { ++upstreams_[upstream].in_flight; }
   void RemoveInFlight(int upstream) { --upstreams_[upstream].in_flight; }
