@@ -46,7 +46,14 @@ def _start_activated(h, u, threads=2, extra=()):
     port = free_port()
     address = "%s:%d" % (LOOPBACK4, port)
     decoy, args = _upstream_args(h, u, threads, extra)
-    prefix = [SOCKET_ACTIVATE, "-d", "-l", address, SOCKET_ACTIVATE, "-l", address]
+    # systemd-socket-activate gives the child a clean environment: pass the
+    # sanitizer settings on (the sanitizer build's leak suppressions).
+    keep = []
+    for name in ("ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS"):
+        if name in os.environ:
+            keep += ["-E", name]
+    prefix = ([SOCKET_ACTIVATE, "-d", "-l", address] + keep + [SOCKET_ACTIVATE, "-l", address] +
+              keep)
     p = E.Proxy(h.need_exe(), h.dir, args, "dotproxy%d" % len(h.proxies), prefix=prefix)
     p.port, p.decoy = port, decoy
     h.proxies.append(p)
