@@ -79,24 +79,13 @@ void KeepRestartOnly(const config::Config& running, config::Config& next,
     }
   };
   auto equal = [](const auto& a, const auto& b) { return a == b; };
-  auto same_text = [](const auto& a, const auto& b) {
-    if constexpr (requires { a.has_value(); }) {
-      return a.has_value() == b.has_value() && (!a.has_value() || a->ToString() == b->ToString());
-    } else {
-      if (a.size() != b.size()) return false;
-      for (size_t i = 0; i < a.size(); ++i) {
-        if (a[i].ToString() != b[i].ToString()) return false;
-      }
-      return true;
-    }
-  };
   keep("threads", next.threads, running.threads, equal);
   keep("io_backend", next.io_backend, running.io_backend, equal);
   keep("max_inflight", next.max_inflight, running.max_inflight, equal);
   keep("max_tcp_clients", next.max_tcp_clients, running.max_tcp_clients, equal);
   keep("cache_size", next.cache_size, running.cache_size, equal);
   keep("udp_buffer", next.udp_socket_buffer, running.udp_socket_buffer, equal);
-  keep("metrics_listen", next.metrics_listen, running.metrics_listen, same_text);
+  keep("metrics_listen", next.metrics_listen, running.metrics_listen, equal);
   keep("freebind", next.freebind, running.freebind, equal);
 }
 

@@ -99,17 +99,8 @@ upstream::PoolSettings MakePoolSettings(const config::Config& config) {
   return settings;
 }
 
-bool SameAddresses(const std::vector<io::SocketAddress>& a,
-                   const std::vector<io::SocketAddress>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].ToString() != b[i].ToString()) return false;
-  }
-  return true;
-}
-
 bool SameUpstream(const config::UpstreamConfig& a, const config::UpstreamConfig& b) {
-  return a.spec == b.spec && a.address.ToString() == b.address.ToString() &&
+  return a.spec == b.spec && a.address == b.address &&
          a.peer.auth_name == b.peer.auth_name && a.peer.pins == b.peer.pins &&
          a.peer.pin_only == b.peer.pin_only && a.priority == b.priority &&
          a.metrics_slot == b.metrics_slot;
@@ -292,7 +283,7 @@ void ShardLoop::ApplyPostedConfig() {
   if (!letter) return;
   std::shared_ptr<const config::Config> next = std::move(letter->config);
   std::string error;
-  if (!SameAddresses(config_->listen, next->listen)) {
+  if (config_->listen != next->listen) {
     // All or nothing per front end: a UDP failure changes nothing; a TCP
     // failure after UDP succeeded puts UDP back.
     absl::Status status = udp_->SetListeners(next->listen);
@@ -309,7 +300,7 @@ void ShardLoop::ApplyPostedConfig() {
     }
   }
   acl_ = frontend::Acl(next->allow);
-  if (!SameRateLimit(*config_, *next) || !SameAddresses(config_->listen, next->listen)) {
+  if (!SameRateLimit(*config_, *next) || config_->listen != next->listen) {
     MakeRateLimiter(*next);
   }
   tcp_->SetIdleTimeout(next->tcp_idle_timeout);

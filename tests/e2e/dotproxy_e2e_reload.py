@@ -138,15 +138,7 @@ def reload_under_load(h):
     with open(out_path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     check(rc == 0, "dnsperf exit %s:\n%s" % (rc, text))
-    stats = {}
-    for line in text.splitlines():
-        line = line.strip()
-        for key in ("Queries sent:", "Queries completed:", "Queries lost:"):
-            if line.startswith(key):
-                stats[key.rstrip(":")] = int(line.split()[2])
-        if line.startswith("Response codes:"):
-            stats["rcodes"] = line
-    check(len(stats) == 4, "dnsperf output not understood:\n%s" % text)
+    stats = E.parse_dnsperf(text)
     check(stats["Queries sent"] >= 14 * qps * 0.5, "dnsperf sent only %d:\n%s" % (
         stats["Queries sent"], text))
     check(stats["Queries lost"] == 0, "%d of %d queries lost across 10 reloads:\n%s" % (
