@@ -28,6 +28,9 @@ PACKAGES=(
   # tests: systemd-socket-activate and systemd-analyze (socket activation
   # cases, the offline check of systemd/*.service and *.socket)
   systemd
+  # dnstap: Frame Streams and protobuf-c (build), the readers fstrm_capture
+  # and dnstap-read (tests)
+  libfstrm-dev libprotobuf-c-dev protobuf-c-compiler fstrm-bin
 )
 
 SUDO=""

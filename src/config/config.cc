@@ -39,6 +39,7 @@ absl::StatusOr<int64_t> ParseDecimal(std::string_view text) {
 
 // What every upstream must satisfy, however it was written.
 absl::Status CheckUpstream(const UpstreamConfig& upstream) {
+  if (upstream.transport != Transport::kTls) return absl::OkStatus();
   if (upstream.peer.auth_name.empty()) return absl::InvalidArgumentError("empty name");
   if (auto status = CheckText(upstream.peer.auth_name, kMaxAuthNameBytes); !status.ok()) {
     return Problem("name", status);
@@ -82,6 +83,32 @@ absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
   // Logs name the upstream without its pins.
   upstream.spec = std::string(spec.substr(0, spec.find('^')));
   std::string_view rest = spec;
+  const auto consume = [&rest](std::string_view scheme) {
+    if (!rest.starts_with(scheme)) return false;
+    rest.remove_prefix(scheme.size());
+    return true;
+  };
+  if (consume("udp://")) {
+    upstream.transport = Transport::kUdp;
+  } else if (consume("tcp://")) {
+    upstream.transport = Transport::kTcp;
+  } else {
+    consume("tls://");
+  }
+  if (upstream.transport != Transport::kTls) {
+    if (rest.find_first_of("#^") != std::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          quoted, "a plain (udp:// or tcp://) upstream takes no '#name' or '^pin': it is not "
+                  "authenticated"));
+    }
+    if (auto status = CheckText(rest, kMaxAddressBytes); !status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(quoted, "address ", status.message()));
+    }
+    auto address = io::ParseSocketAddress(rest, kPlainDnsPort);
+    if (!address.ok()) return address.status();
+    upstream.address = *address;
+    return upstream;
+  }
   // Pins: everything after the first '^', separated by '^'.
   const size_t caret = rest.find('^');
   if (caret != std::string_view::npos) {
@@ -280,6 +307,14 @@ absl::Status ValidateConfig(const Config& config) {
     if (auto status = CheckUpstream(upstream); !status.ok()) {
       return Problem(absl::StrCat("upstream '", Excerpt(upstream.spec), "'"), status);
     }
+    // No silent downgrade of privacy: what leaves for the public Internet
+    // goes over TLS. (Forward zones will let a plain upstream serve an
+    // internal zone.)
+    if (upstream.transport != Transport::kTls) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "upstream '", Excerpt(upstream.spec),
+          "': plain DNS upstreams are not allowed for the default zone"));
+    }
   }
   // Connection pools are keyed by (address, port, TLS name): the same key
   // twice is a mistake, and a different name at the same address gets its
@@ -288,7 +323,8 @@ absl::Status ValidateConfig(const Config& config) {
     for (size_t j = 0; j < i; ++j) {
       const UpstreamConfig& a = config.upstreams[i];
       const UpstreamConfig& b = config.upstreams[j];
-      if (a.address.ToString() == b.address.ToString() && a.peer.auth_name == b.peer.auth_name) {
+      if (a.transport == b.transport && a.address == b.address &&
+          a.peer.auth_name == b.peer.auth_name) {
         return absl::InvalidArgumentError(absl::StrCat(
             "upstream ", a.address.ToString(), "#", Excerpt(a.peer.auth_name), " is configured twice"));
       }

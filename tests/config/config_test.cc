@@ -151,6 +151,31 @@ TEST(ParseUpstreamTest, IpAloneUsesTheDotPortAndTheIpAsName) {
   EXPECT_EQ(upstream->spec, "9.9.9.9");
 }
 
+TEST(ParseUpstreamTest, SchemesNameTheTransport) {
+  auto tls = ParseUpstream("tls://9.9.9.9#dns.quad9.net");
+  ASSERT_TRUE(tls.ok()) << tls.status();
+  EXPECT_EQ(tls->transport, Transport::kTls);
+  EXPECT_EQ(tls->address.ToString(), "9.9.9.9:853");
+  auto udp = ParseUpstream("udp://10.96.0.10");
+  ASSERT_TRUE(udp.ok()) << udp.status();
+  EXPECT_EQ(udp->transport, Transport::kUdp);
+  EXPECT_EQ(udp->address.ToString(), "10.96.0.10:53");
+  EXPECT_EQ(udp->spec, "udp://10.96.0.10");
+  auto tcp = ParseUpstream("tcp://[fd00::53]:5353");
+  ASSERT_TRUE(tcp.ok()) << tcp.status();
+  EXPECT_EQ(tcp->transport, Transport::kTcp);
+  EXPECT_EQ(tcp->address.ToString(), "[fd00::53]:5353");
+}
+
+TEST(ParseUpstreamTest, PlainUpstreamsTakeNoNameOrPin) {
+  auto named = ParseUpstream("udp://10.0.0.1#internal");
+  ASSERT_FALSE(named.ok());
+  EXPECT_NE(named.status().message().find("not authenticated"), std::string::npos)
+      << named.status();
+  EXPECT_FALSE(ParseUpstream("tcp://10.0.0.1^AAAA").ok());
+  EXPECT_FALSE(ParseUpstream("udp://").ok());
+}
+
 TEST(ParseUpstreamTest, IpWithPort) {
   auto upstream = ParseUpstream("192.0.2.7:8853");
   ASSERT_TRUE(upstream.ok()) << upstream.status();

@@ -31,8 +31,18 @@ inline constexpr size_t kMaxAuthNameBytes = 253;
 
 using SpkiPin = tls::SpkiPin;
 
+// How queries reach an upstream. kTls is DNS over TLS (RFC 7858), the
+// default; kTcp and kUdp are plain DNS (RFC 1035, RFC 7766), for internal
+// resolvers reached over a network the operator trusts (forward zones).
+enum class Transport : uint8_t { kTls, kTcp, kUdp };
+inline constexpr uint16_t kPlainDnsPort = 53;
+
 struct UpstreamConfig {
   io::SocketAddress address;
+  // From the spec's scheme: "tls://" or none is kTls, "tcp://" kTcp,
+  // "udp://" kUdp (which falls back to TCP on a TC=1 answer). Plain
+  // upstreams carry no name or pins.
+  Transport transport = Transport::kTls;
   // How the upstream is authenticated, used as is by its TLS sessions:
   // auth_name is SNI and the certificate name check (default: the IP
   // literal, which must then appear as an IP SAN); with pins, some
