@@ -167,6 +167,18 @@ void UdpFrontend::MaybeClose(uint32_t index) {
   socket.state = SocketState::kFree;
 }
 
+bool UdpFrontend::Stale(const io::Datagram& datagram) {
+  if (clock_ == nullptr || datagram.received_realtime_ns == 0) return false;
+  // Read in arrival order: this datagram is the oldest its socket holds.
+  // The stamp may be a little after the loop's wall time (received during
+  // this iteration): no wait.
+  const auto waited = std::chrono::nanoseconds(
+      std::max<int64_t>(0, clock_->realtime_ns() - datagram.received_realtime_ns));
+  const auto now = clock_->now();
+  intake_queue_.Observe(now, waited);
+  return waited >= intake_queue_.ShedAfter(now);
+}
+
 void UdpFrontend::OnReceive(uint32_t socket_index, const io::Completion& completion) {
   Socket& socket = sockets_[socket_index];
   // Data first: the last completion of a multishot may still carry a datagram.
@@ -175,6 +187,8 @@ void UdpFrontend::OnReceive(uint32_t socket_index, const io::Completion& complet
     if (!intake_stopped_ && socket.state == SocketState::kOpen) {
       if (datagram.truncated) {
         Bump(stats_.dropped_oversized);
+      } else if (Stale(datagram)) {
+        Bump(stats_.shed_intake);
       } else if (!acl_.Allows(datagram.source)) {
         Bump(stats_.dropped_acl);  // no reply: a spoofed source gets nothing
       } else {

@@ -152,6 +152,7 @@ bool EpollReactor::ReadDatagram(const Completion& completion, Datagram& datagram
   datagram.source = reinterpret_cast<const sockaddr*>(&meta.source);
   datagram.source_length = meta.source_length;
   datagram.truncated = meta.truncated;
+  datagram.received_realtime_ns = meta.received_realtime_ns;
   return true;
 }
 
@@ -305,6 +306,8 @@ void EpollReactor::DoDatagrams(int fd, FdState& state) {
     mmsg_[i].msg_hdr.msg_namelen = sizeof(meta.source);
     mmsg_[i].msg_hdr.msg_iov = &iov_[i];
     mmsg_[i].msg_hdr.msg_iovlen = 1;
+    mmsg_[i].msg_hdr.msg_control = meta.control;
+    mmsg_[i].msg_hdr.msg_controllen = sizeof(meta.control);
   }
   const int got = recvmmsg(fd, mmsg_, static_cast<unsigned>(want), MSG_DONTWAIT, nullptr);
   const int received = std::max(got, 0);
@@ -314,6 +317,7 @@ void EpollReactor::DoDatagrams(int fd, FdState& state) {
     meta.length = mmsg_[i].msg_len;
     meta.source_length = mmsg_[i].msg_hdr.msg_namelen;
     meta.truncated = (mmsg_[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+    meta.received_realtime_ns = ReceiveTimestampNs(mmsg_[i].msg_hdr);
     Completion completion;
     completion.data = state.datagram_tag;
     completion.result = static_cast<int>(meta.length);

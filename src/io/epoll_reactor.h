@@ -75,6 +75,8 @@ class EpollReactor final : public Reactor {
     socklen_t source_length = 0;
     uint32_t length = 0;
     bool truncated = false;
+    int64_t received_realtime_ns = 0;
+    alignas(cmsghdr) uint8_t control[kReceiveTimestampControlBytes];
   };
   struct Outbound {
     int fd;

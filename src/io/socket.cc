@@ -153,6 +153,11 @@ absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text, int defa
   return address;
 }
 
+void EnableReceiveTimestamps(int fd) {
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one));
+}
+
 absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffer_bytes,
                                          bool freebind) {
   UniqueFd fd(socket(address.family(), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -163,6 +168,7 @@ absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffe
     setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
   }
   SetBufferSizes(fd.get(), buffer_bytes);
+  EnableReceiveTimestamps(fd.get());
   if (freebind) {
     if (auto status = SetFreebind(fd.get(), address); !status.ok()) return status;
   }
@@ -219,7 +225,10 @@ absl::StatusOr<UniqueFd> OpenReusePortSibling(const InheritedListener& listener,
     getsockopt(listener.fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &length);
     setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
   }
-  if (listener.datagram()) SetBufferSizes(fd.get(), buffer_bytes);
+  if (listener.datagram()) {
+    SetBufferSizes(fd.get(), buffer_bytes);
+    EnableReceiveTimestamps(fd.get());
+  }
   if (bind(fd.get(), address.get(), address.length) != 0) {
     return ErrnoStatus(absl::StrCat("bind SO_REUSEPORT sibling of ", listener.ToString()), errno);
   }

@@ -27,7 +27,8 @@ Forwarder::Forwarder(const ForwarderSettings& settings, const io::LoopClock& clo
       router_(router),
       cache_(cache),
       stats_(stats),
-      table_(settings.max_inflight) {}
+      table_(settings.max_inflight),
+      wait_queue_(settings.queue_wait, clock.now()) {}
 
 void Forwarder::OnQuery(std::span<uint8_t> wire, const ClientRef& client) {
   if (!Accept(wire, client)) replier_.QueryDone(client);
@@ -281,15 +282,26 @@ void Forwarder::DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
 }
 
 void Forwarder::DispatchWaiting() {
-  while (!table_.waiting().empty()) {
-    const uint32_t index = table_.waiting().PopFront();
+  // Overload: newest first, so what is answered is answered fresh; the
+  // oldest are shed from the head (ShedWaiting).
+  auto& waiting = table_.waiting();
+  const bool newest_first = !waiting.empty() && wait_queue_.Standing(clock_.now());
+  while (!waiting.empty()) {
+    const uint32_t index = newest_first ? waiting.tail() : waiting.head();
+    waiting.Remove(index);
     if (Dispatch(index, -1, false)) continue;
     if (router_.AnyAlive()) {
-      table_.waiting().PushFront(index);  // still full: keep the order
+      // Still full: put it back where it was.
+      if (newest_first) {
+        waiting.PushBack(index);
+      } else {
+        waiting.PushFront(index);
+      }
       return;
     }
     Fail(index, stats_.servfail_no_upstream);
   }
+  wait_queue_.Observe(clock_.now(), std::chrono::nanoseconds(0));  // drained
 }
 
 void Forwarder::Unbind(uint32_t index) {
@@ -403,10 +415,14 @@ void Forwarder::OnQueryLost(uint32_t token, int upstream, bool upstream_failed) 
 // query waits for capacity bounded.
 void Forwarder::ShedWaiting() {
   const auto now = clock_.now();
+  wait_queue_.Observe(now, table_.waiting().empty()
+                               ? std::chrono::nanoseconds(0)
+                               : now - ReceivedAt(table_[table_.waiting().head()]));
+  const auto bound = wait_queue_.ShedAfter(now);
   while (!table_.waiting().empty()) {
     const uint32_t index = table_.waiting().head();
     QuerySlot& slot = table_[index];
-    if (now - ReceivedAt(slot) < settings_.max_queue_wait) return;
+    if (now - ReceivedAt(slot) < bound) return;
     table_.waiting().PopFront();
     Bump(stats_.shed_waiting);
     if (slot.kind == SlotKind::kClient && slot.client.transport == Transport::kTcp) {

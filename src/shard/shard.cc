@@ -200,6 +200,8 @@ absl::Status ShardLoop::Setup() {
   reactor_ = *std::move(reactor);
 
   udp_ = std::make_unique<frontend::UdpFrontend>(*reactor_, acl_, stats_, index_);
+  // A query's waiting budget is the same in the socket as in the forwarder.
+  udp_->EnableIntakeShedding(&clock_, MakeForwarderSettings(config).queue_wait);
   // Inherited sockets (socket activation), when any, replace --listen.
   if (auto status = udp_->Open(config.listen, config.inherited_listeners,
                                config.udp_socket_buffer, kUdpReplySlots, config.freebind);

@@ -447,10 +447,13 @@ def _dnsperf_parse(text):
     return st
 
 
-def _overload_round(h, port, total_qps, seconds, sources, tag):
+def _overload_round(h, port, total_qps, seconds, sources, tag, outstanding=20000):
     """`sources` dnsperf processes, each from its own 127.0.0.x address, at
-    total_qps together (None: as fast as they go). Returns NOERROR per
-    second, the completed-weighted mean latency (s) and the sent rate."""
+    total_qps together (None: as fast as `outstanding` queries in flight per
+    process allow: a closed loop). With a rate, `outstanding` is large so
+    that the offered load is open-loop: lost queries do not slow the
+    sender down. Returns NOERROR per second, the completed-weighted mean
+    latency (s) and the sent rate."""
     data = os.path.join(h.dir, "names.txt")
     if not os.path.exists(data):
         with open(data, "w") as f:
@@ -460,7 +463,7 @@ def _overload_round(h, port, total_qps, seconds, sources, tag):
     for i in range(sources):
         out = open(os.path.join(h.dir, "dnsperf-%s-%d.out" % (tag, i)), "w")
         argv = [E.DNSPERF, "-s", LOOPBACK4, "-p", str(port), "-d", data, "-l", str(seconds),
-                "-a", "127.0.0.%d" % (10 + i), "-c", "20", "-q", "1000", "-t", "1"]
+                "-a", "127.0.0.%d" % (10 + i), "-c", "20", "-q", str(outstanding), "-t", "1"]
         if total_qps:
             argv += ["-Q", str(int(total_qps / sources))]
         procs.append((E.spawn(argv, out, subprocess.STDOUT), out))
@@ -501,9 +504,12 @@ def protect_overload_goodput(h):
         "--threads", "1", "--max-connections-per-upstream", "1",
         "--max-inflight-per-connection", "2"])
     seconds = 5
-    cap, cap_latency, _ = _overload_round(h, p.port, None, seconds, 4, "capacity")
+    # Capacity: a closed loop that keeps the upstream's 2 slots busy with a
+    # short queue (8 in flight), so that it measures service, not shedding.
+    cap, cap_latency, _ = _overload_round(h, p.port, None, seconds, 4, "capacity", outstanding=2)
     check(cap > 100, "capacity run: only %.0f NOERROR/s" % cap)
-    rows = [("max", cap, cap_latency, 0.0)]
+    idle, idle_latency, idle_offered = _overload_round(h, p.port, cap / 10, seconds, 4, "unloaded")
+    rows = [("max", cap, cap_latency, 0.0), ("0.1x", idle, idle_latency, idle_offered)]
     for factor in (1, 2, 4):
         good, latency, offered = _overload_round(h, p.port, cap * factor, seconds, 4, "x%d" % factor)
         rows.append(("%dx" % factor, good, latency, offered))

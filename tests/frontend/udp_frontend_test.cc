@@ -329,6 +329,41 @@ TEST_P(UdpFrontendTest, ShardOneOpensAReusePortSiblingOfTheInheritedSocket) {
   EXPECT_GT(second.sink.queries.size(), 0u);
 }
 
+// Intake shedding reads the kernel's receive stamps: a datagram that waited
+// past max_wait in the socket is dropped unread and counted; a fresh one is
+// delivered. (The loop's wall clock is moved ahead to age what is queued.)
+TEST_P(UdpFrontendTest, DatagramsThatWaitedTooLongInTheSocketAreShed) {
+  Shard& shard = *shard_;
+  const io::SocketAddress a = FreeUdpAddress();
+  ASSERT_TRUE(shard.Open(std::vector{a}).ok());
+  io::LoopClock clock;
+  shard.udp->EnableIntakeShedding(&clock, {.standing_after = milliseconds(100),
+                                           .overload_wait = milliseconds(20),
+                                           .max_wait = milliseconds(200)});
+  shard.udp->Start();
+  io::UniqueFd to_a = Client(a);
+  Send(to_a.get(), bench::MakeQuery("fresh.example", 1, true));
+  clock.Update();
+  shard.Pump();
+  ASSERT_EQ(shard.sink.queries.size(), 1u) << "a fresh datagram is delivered";
+  shard.Answer(0);
+  shard.Pump();
+  Send(to_a.get(), bench::MakeQuery("stale.example", 2, true));
+  Send(to_a.get(), bench::MakeQuery("stale2.example", 3, true));
+  clock.Update();
+  clock.SetRealtimeNs(clock.realtime_ns() + 300'000'000);  // they waited 300 ms
+  shard.Pump();
+  EXPECT_EQ(shard.sink.queries.size(), 1u) << "stale datagrams are not delivered";
+  EXPECT_EQ(shard.stats.shed_intake.load(), 2u);
+  clock.Update();
+  Send(to_a.get(), bench::MakeQuery("fresh2.example", 4, true));
+  shard.Pump();
+  ASSERT_EQ(shard.sink.queries.size(), 2u);
+  EXPECT_EQ(shard.sink.queries[1], bench::MakeQuery("fresh2.example", 4, true));
+  shard.Answer(1);
+  shard.Pump();
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, UdpFrontendTest,
                          ::testing::Values(io::IoBackend::kUring, io::IoBackend::kEpoll),
                          io::BackendName);

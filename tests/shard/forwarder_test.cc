@@ -64,7 +64,8 @@ class FakeRouter final : public upstream::QueryRouter {
   };
   bool Send(uint32_t token, std::span<uint8_t> query, int exclude, bool allow_excluded,
             Binding& binding) override {
-    if (!accept) return false;
+    if (!accept || capacity == 0) return false;
+    if (capacity > 0) --capacity;
     binding = {exclude == 0 ? 1 : 0, 0, next_id++};
     dns::header::SetId(query.data(), binding.id);
     sent.push_back({token, Bytes(query.begin(), query.end()), exclude, allow_excluded, binding});
@@ -82,6 +83,7 @@ class FakeRouter final : public upstream::QueryRouter {
   bool accept = true;
   bool alive = true;
   bool elsewhere = true;
+  int capacity = -1;  // queries Send takes while accept; -1: no limit
   uint16_t next_id = 100;
   std::vector<Sent> sent;
   std::vector<std::pair<uint32_t, Binding>> released;
@@ -461,10 +463,11 @@ TEST_F(ForwarderTest, TsigSignedQueryIsNotAuthAndNotForwarded) {
   EXPECT_EQ(stats_.notauth_tsig.load(), 1u);
 }
 
-// Overload: a query waiting for capacity past max_queue_wait is shed, a UDP
+// Overload: a query waiting for capacity past queue_wait.max_wait is shed, a UDP
 // one silently, a TCP one with SERVFAIL; younger ones keep waiting.
 TEST_F(ForwarderTest, QueriesWaitingPastMaxQueueWaitAreShed) {
-  settings_.max_queue_wait = milliseconds(200);
+  settings_.queue_wait.max_wait = milliseconds(200);
+  settings_.queue_wait.standing_after = milliseconds(1000);  // a burst, not overload
   Make();
   router_.accept = false;  // every connection at its cap, upstreams alive
   Query(MakeQuery("r.example", 13, false), udp_client_);
@@ -484,6 +487,51 @@ TEST_F(ForwarderTest, QueriesWaitingPastMaxQueueWaitAreShed) {
   router_.accept = true;
   forwarder_->DispatchWaiting();
   ASSERT_EQ(router_.sent.size(), 1u) << "the young query goes out";
+}
+
+// A queue whose oldest query stays older than half of queue_wait.overload_wait
+// for queue_wait.standing_after is overload: the oldest are shed at
+// overload_wait, and the newest go out first.
+TEST_F(ForwarderTest, StandingQueueShedsEarlyAndServesNewestFirst) {
+  settings_.queue_wait.max_wait = milliseconds(200);
+  settings_.queue_wait.standing_after = milliseconds(100);
+  settings_.queue_wait.overload_wait = milliseconds(20);
+  Make();
+  router_.accept = false;
+  Query(MakeQuery("a.example", 1, false), udp_client_);
+  Advance(milliseconds(50));
+  forwarder_->RunTimers(false);
+  EXPECT_EQ(stats_.shed_waiting.load(), 0u) << "50 ms: a burst, within max_wait";
+  Query(MakeQuery("b.example", 2, false), udp_client_);
+  Advance(milliseconds(55));  // the queue has stood for 105 ms
+  Query(MakeQuery("c.example", 3, false), udp_client_);
+  Query(MakeQuery("d.example", 4, false), udp_client_);
+  forwarder_->RunTimers(false);
+  EXPECT_EQ(stats_.shed_waiting.load(), 2u) << "a (105 ms) and b (55 ms) past 20 ms";
+  EXPECT_EQ(forwarder_->in_flight(), 2u);
+  router_.accept = true;
+  router_.capacity = 1;
+  forwarder_->DispatchWaiting();
+  ASSERT_EQ(router_.sent.size(), 1u);
+  EXPECT_EQ(router_.sent[0].wire.at(dns::kHeaderSize + 1), 'd') << "newest first";
+  router_.capacity = 1;
+  forwarder_->DispatchWaiting();
+  ASSERT_EQ(router_.sent.size(), 2u);
+  EXPECT_EQ(router_.sent[1].wire.at(dns::kHeaderSize + 1), 'c');
+  // The queue emptied: the next wait is a burst again, first come first served.
+  router_.accept = false;
+  Advance(milliseconds(5));
+  Query(MakeQuery("e.example", 5, false), udp_client_);
+  Advance(milliseconds(1));
+  Query(MakeQuery("f.example", 6, false), udp_client_);
+  Advance(milliseconds(30));
+  forwarder_->RunTimers(false);
+  EXPECT_EQ(stats_.shed_waiting.load(), 2u) << "30 ms in a burst is not shed";
+  router_.accept = true;
+  router_.capacity = 1;
+  forwarder_->DispatchWaiting();
+  ASSERT_EQ(router_.sent.size(), 3u);
+  EXPECT_EQ(router_.sent[2].wire.at(dns::kHeaderSize + 1), 'e') << "oldest first";
 }
 
 TEST_F(ForwarderTest, ServesStaleWhenTheUpstreamFailsAndCountsItAsStale) {

@@ -15,8 +15,10 @@
 #include "absl/status/status.h"
 #include "dotproxy/frontend/acl.h"
 #include "dotproxy/frontend/client_ref.h"
+#include "dotproxy/io/clock.h"
 #include "dotproxy/io/reactor.h"
 #include "dotproxy/io/socket.h"
+#include "dotproxy/io/standing_queue.h"
 #include "dotproxy/metrics/stats.h"
 
 namespace dotproxy::frontend {
@@ -37,6 +39,17 @@ class UdpFrontend {
                     std::span<const io::InheritedListener> inherited, int socket_buffer_bytes,
                     size_t reply_slots, bool freebind = false);
   void set_sink(QuerySink* sink) { sink_ = sink; }
+  // Sheds datagrams that waited too long in the kernel's receive buffer
+  // (their SO_TIMESTAMPNS stamp against `clock`'s wall time), by the same
+  // standing-queue rule as the forwarder's capacity queue: when the shard
+  // cannot keep up, reading and dropping a stale datagram costs a small
+  // part of answering it, so the backlog drains and what is answered is
+  // fresh, instead of every query waiting for the whole buffer and its
+  // client having given up. Off until called (unit tests).
+  void EnableIntakeShedding(const io::LoopClock* clock, const io::StandingQueueSettings& settings) {
+    clock_ = clock;
+    intake_queue_ = io::StandingQueue(settings, clock->now());
+  }
 
   // Arms the datagram receives.
   void Start();
@@ -100,6 +113,8 @@ class UdpFrontend {
 
   void Arm(uint32_t index);
   void MaybeClose(uint32_t index);
+  // The datagram waited past the intake queue's bound (and is counted).
+  bool Stale(const io::Datagram& datagram);
   absl::Status AddInherited(const io::InheritedListener& listener, int socket_buffer_bytes);
 
   io::Reactor& reactor_;
@@ -107,6 +122,8 @@ class UdpFrontend {
   metrics::ShardStats& stats_;
   int shard_index_;
   QuerySink* sink_ = nullptr;
+  const io::LoopClock* clock_ = nullptr;  // null: no intake shedding
+  io::StandingQueue intake_queue_;
   bool started_ = false;
   bool intake_stopped_ = false;
   bool inherited_ = false;

@@ -5,6 +5,8 @@
 //
 // Tests drive it by hand with Set().
 
+#include <time.h>
+
 #include <chrono>
 #include <cstdint>
 
@@ -16,8 +18,14 @@ class LoopClock {
  public:
   LoopClock() { Update(); }
 
-  // Reads the monotonic clock: once per loop iteration.
-  void Update() { Set(Clock::now()); }
+  // Reads the monotonic clock (and the wall clock, which the kernel's
+  // receive timestamps use): once per loop iteration.
+  void Update() {
+    Set(Clock::now());
+    timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    realtime_ns_ = int64_t{wall.tv_sec} * 1'000'000'000 + wall.tv_nsec;
+  }
   void Set(Clock::time_point now) {
     now_ = now;
     seconds_ = static_cast<uint32_t>(
@@ -27,10 +35,14 @@ class LoopClock {
   Clock::time_point now() const { return now_; }
   // Monotonic whole seconds, for cache TTLs.
   uint32_t seconds() const { return seconds_; }
+  // CLOCK_REALTIME nanoseconds at Update(), to age kernel receive stamps.
+  int64_t realtime_ns() const { return realtime_ns_; }
+  void SetRealtimeNs(int64_t ns) { realtime_ns_ = ns; }
 
  private:
   Clock::time_point now_{};
   uint32_t seconds_ = 0;
+  int64_t realtime_ns_ = 0;
 };
 
 }  // namespace dotproxy::io

@@ -19,6 +19,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include <chrono>
 #include <cstddef>
@@ -51,7 +52,16 @@ struct Datagram {
   socklen_t source_length = 0;
   bool truncated = false;  // larger than the buffer (MSG_TRUNC): dropped by callers
   uint16_t buffer_id = 0;
+  // When the kernel queued it on the socket (SO_TIMESTAMPNS, CLOCK_REALTIME
+  // nanoseconds; see EnableReceiveTimestamps), 0 when the socket does not
+  // stamp: how long it waited in the receive buffer.
+  int64_t received_realtime_ns = 0;
 };
+
+// The SCM_TIMESTAMPNS stamp in a received message's control data, or 0.
+int64_t ReceiveTimestampNs(const msghdr& message);
+// Room a message's control data needs for that stamp.
+inline constexpr size_t kReceiveTimestampControlBytes = CMSG_SPACE(sizeof(timespec));
 
 // Storage a SendTo may need while in flight (io_uring's sendmsg fallback).
 struct MessageHeader {

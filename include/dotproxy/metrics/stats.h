@@ -30,6 +30,7 @@ namespace dotproxy::metrics {
   X(retried, "queries retried on another upstream or connection")                    \
   X(queued_for_capacity, "queries that waited for a connection below its in-flight cap") \
   X(shed_waiting, "queries that waited too long for capacity: dropped (UDP) or SERVFAIL (TCP)") \
+  X(shed_intake, "UDP queries dropped unread: they waited too long in the socket's receive buffer") \
   X(dropped_response_bit, "client packets with QR=1 dropped")                        \
   X(dropped_acl, "UDP queries from sources outside --allow, dropped")                \
   X(tcp_acl_refused, "TCP connections from sources outside --allow, closed")         \

@@ -21,6 +21,7 @@
 #include "dotproxy/frontend/client_ref.h"
 #include "dotproxy/frontend/rate_limiter.h"
 #include "dotproxy/io/clock.h"
+#include "dotproxy/io/standing_queue.h"
 #include "dotproxy/metrics/stats.h"
 #include "dotproxy/shard/query_table.h"
 #include "dotproxy/upstream/router.h"
@@ -40,13 +41,17 @@ struct ForwarderSettings {
   size_t max_inflight = 16384;
   // RFC 8482: ANY over UDP answered here with a synthesized HINFO.
   bool minimal_any = true;
-  // A query waiting for upstream capacity longer than this (since it was
-  // read) is shed: dropped over UDP (the client retries after its own
-  // timeout, as Unbound's request list and dnsdist do under overload),
-  // SERVFAIL over TCP (a stream cannot lose a query silently). Under
-  // overload this keeps the queue, and so the latency of what is answered,
-  // bounded, instead of serving queries whose clients have given up.
-  std::chrono::milliseconds max_queue_wait{200};
+  // A query waiting for upstream capacity is shed once it has waited
+  // (since it was read) max_wait, or overload_wait while the wait queue
+  // stands (io::StandingQueue): dropped over UDP (the client retries after
+  // its own timeout, as Unbound's request list and dnsdist do under
+  // overload), SERVFAIL over TCP (a stream cannot lose a query silently).
+  // While the queue stands, waiting queries are also dispatched newest
+  // first, so the ones answered keep a latency near the unloaded one and
+  // the capacity stays busy (adaptive LIFO, as in Facebook's "Fail at
+  // Scale"); a burst that drains in time is served first come, first
+  // served.
+  io::StandingQueueSettings queue_wait;
 };
 
 class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink {
@@ -70,6 +75,7 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
     const size_t max_inflight = settings_.max_inflight;
     settings_ = settings;
     settings_.max_inflight = max_inflight;
+    wait_queue_.set_settings(settings_.queue_wait);
   }
 
   // Asked before anything is answered (cache hits too); null: no limit.
@@ -121,7 +127,7 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   // Dispatch, else wait for capacity while upstreams live, else SERVFAIL.
   void DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
                       std::atomic<uint64_t>& fail_counter);
-  // Drops (UDP) or fails (TCP) queries waiting longer than max_queue_wait.
+  // Drops (UDP) or fails (TCP) queries that waited past the queue's bound.
   void ShedWaiting();
   void Unbind(uint32_t index);
   void Release(uint32_t index);
@@ -137,6 +143,8 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   metrics::ShardStats& stats_;
   QueryTable table_;
   bool draining_ = false;
+  // Whether the capacity wait queue stands (settings_.queue_wait).
+  io::StandingQueue wait_queue_;
 };
 
 }  // namespace dotproxy::shard

@@ -81,6 +81,7 @@ class QueryTable {
   DeadlineList& deadlines() { return deadlines_; }
   AttemptList& attempts() { return attempts_; }
   WaitList& waiting() { return waiting_; }
+  const WaitList& waiting() const { return waiting_; }
   const DeadlineList& deadlines() const { return deadlines_; }
   const AttemptList& attempts() const { return attempts_; }
 
