@@ -8,6 +8,11 @@
 
 namespace dotproxy::frontend {
 
+namespace {
+constexpr std::chrono::milliseconds kRateWindow{100};
+constexpr int64_t kDatagramTruesize = 1024;
+}  // namespace
+
 using control::Log;
 using control::Severity;
 using metrics::Bump;
@@ -176,7 +181,52 @@ bool UdpFrontend::Stale(const io::Datagram& datagram) {
       std::max<int64_t>(0, clock_->realtime_ns() - datagram.received_realtime_ns));
   const auto now = clock_->now();
   intake_queue_.Observe(now, waited);
-  return waited >= intake_queue_.ShedAfter(now);
+  const bool standing = intake_queue_.standing();
+  if (standing != buffers_shrunk_) ShrinkReceiveBuffers(standing);
+  // The cut buffer holds about overload_wait of service: what it holds is
+  // served; shed is what waited longer (the backlog from before the cut).
+  const auto shed_after =
+      standing ? 2 * intake_queue_.settings().overload_wait : intake_queue_.settings().max_wait;
+  if (waited >= shed_after) return true;
+  if (now - rate_window_start_ >= kRateWindow) {
+    served_last_window_ = served_in_window_;
+    served_in_window_ = 0;
+    rate_window_start_ = now;
+  }
+  ++served_in_window_;
+  return false;
+}
+
+void UdpFrontend::ShrinkReceiveBuffers(bool shrink) {
+  buffers_shrunk_ = shrink;
+  // overload_wait of the last window's intake, at the kernel's accounting
+  // per small datagram (its truesize: about 1 KiB on loopback and common
+  // NICs), halved as setsockopt doubles it; never below what a burst of
+  // 64 datagrams needs.
+  const int64_t per_window =
+      std::max<int64_t>(served_last_window_, served_in_window_);
+  const int64_t datagrams = std::max<int64_t>(
+      64, per_window * intake_queue_.settings().overload_wait.count() /
+              std::chrono::nanoseconds(kRateWindow).count());
+  const int small = static_cast<int>(std::min<int64_t>(datagrams * kDatagramTruesize / 2, 1 << 24));
+  for (Socket& socket : sockets_) {
+    if (socket.state != SocketState::kOpen || !socket.fd) continue;
+    if (shrink) {
+      const int current = io::ReceiveBufferBytes(socket.fd.get());
+      if (current / 2 <= small) continue;  // already small: leave it
+      socket.restore_receive_buffer = current / 2;
+      io::SetReceiveBuffer(socket.fd.get(), small);
+    } else if (socket.restore_receive_buffer > 0) {
+      io::SetReceiveBuffer(socket.fd.get(), socket.restore_receive_buffer);
+      socket.restore_receive_buffer = 0;
+    }
+  }
+  Bump(shrink ? stats_.intake_overload_began : stats_.intake_overload_ended);
+  Log(Severity::kInfo,
+      shrink ? "shard %d: UDP intake overloaded: receive buffers cut to %d bytes (about %lld "
+               "datagrams) until the backlog clears"
+             : "shard %d: UDP intake recovered: receive buffers restored",
+      shard_index_, small * 2, static_cast<long long>(datagrams));
 }
 
 void UdpFrontend::OnReceive(uint32_t socket_index, const io::Completion& completion) {

@@ -153,6 +153,19 @@ absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text, int defa
   return address;
 }
 
+int ReceiveBufferBytes(int fd) {
+  int bytes = 0;
+  socklen_t length = sizeof(bytes);
+  if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, &length) != 0) return 0;
+  return bytes;
+}
+
+void SetReceiveBuffer(int fd, int bytes) {
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) != 0) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+  }
+}
+
 void EnableReceiveTimestamps(int fd) {
   const int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one));

@@ -285,7 +285,7 @@ void Forwarder::DispatchWaiting() {
   // Overload: newest first, so what is answered is answered fresh; the
   // oldest are shed from the head (ShedWaiting).
   auto& waiting = table_.waiting();
-  const bool newest_first = !waiting.empty() && wait_queue_.Standing(clock_.now());
+  const bool newest_first = !waiting.empty() && wait_queue_.standing();
   while (!waiting.empty()) {
     const uint32_t index = newest_first ? waiting.tail() : waiting.head();
     waiting.Remove(index);
@@ -418,7 +418,7 @@ void Forwarder::ShedWaiting() {
   wait_queue_.Observe(now, table_.waiting().empty()
                                ? std::chrono::nanoseconds(0)
                                : now - ReceivedAt(table_[table_.waiting().head()]));
-  const auto bound = wait_queue_.ShedAfter(now);
+  const auto bound = wait_queue_.ShedAfter();
   while (!table_.waiting().empty()) {
     const uint32_t index = table_.waiting().head();
     QuerySlot& slot = table_[index];

@@ -502,11 +502,11 @@ def protect_overload_goodput(h):
     # that dnsperf on these 2 cores can offer 4x of it.
     p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=[
         "--threads", "1", "--max-connections-per-upstream", "1",
-        "--max-inflight-per-connection", "2"])
+        "--max-inflight-per-connection", "1"])
     seconds = 5
     # Capacity: a closed loop that keeps the upstream's 2 slots busy with a
     # short queue (8 in flight), so that it measures service, not shedding.
-    cap, cap_latency, _ = _overload_round(h, p.port, None, seconds, 4, "capacity", outstanding=2)
+    cap, cap_latency, _ = _overload_round(h, p.port, None, seconds, 4, "capacity", outstanding=8)
     check(cap > 100, "capacity run: only %.0f NOERROR/s" % cap)
     idle, idle_latency, idle_offered = _overload_round(h, p.port, cap / 10, seconds, 4, "unloaded")
     rows = [("max", cap, cap_latency, 0.0), ("0.1x", idle, idle_latency, idle_offered)]
@@ -525,6 +525,181 @@ def protect_overload_goodput(h):
     good4, latency4 = rows[-1][1], rows[-1][2]
     check(good4 >= 0.5 * cap, "at 4x: %.0f NOERROR/s, %.2f of capacity" % (good4, good4 / cap))
     check(latency4 <= 0.5, "at 4x: mean latency %.0f ms" % (latency4 * 1000))
+
+
+# ---- CPU-bound overload (udp_flood, a CPU quota)
+
+
+class _CpuQuota:
+    """A cgroup (v1 cpu controller, or v2 cpu.max) that gives its members
+    `percent` of one CPU in fine periods: a slow CPU whose capacity a cheap
+    generator on the other core can exceed four times over."""
+
+    def __init__(self, percent):
+        self.path = None
+        name = "dotproxy-e2e-%d" % os.getpid()
+        period = 10000
+        quota = int(period * percent / 100)
+        v1 = "/sys/fs/cgroup/cpu"
+        try:
+            if os.path.exists(os.path.join(v1, "cpu.cfs_quota_us")) or os.path.isdir(
+                    os.path.join(v1, "tasks")):
+                path = os.path.join(v1, name)
+                os.mkdir(path)
+                self.path = path
+                with open(os.path.join(path, "cpu.cfs_period_us"), "w") as f:
+                    f.write(str(period))
+                with open(os.path.join(path, "cpu.cfs_quota_us"), "w") as f:
+                    f.write(str(quota))
+            elif "cpu" in open("/sys/fs/cgroup/cgroup.controllers").read().split():
+                path = os.path.join("/sys/fs/cgroup", name)
+                os.mkdir(path)
+                self.path = path
+                with open(os.path.join(path, "cpu.max"), "w") as f:
+                    f.write("%d %d" % (quota, period))
+            else:
+                raise OSError("no cpu controller")
+        except OSError as e:
+            self.remove()
+            raise CaseSkip("no writable cpu cgroup for a CPU quota (%s)" % e)
+
+    def add(self, pid):
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+
+    def remove(self):
+        if self.path:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass
+            self.path = None
+
+
+def _udp_flood():
+    path = os.environ.get("DOTPROXY_E2E_UDP_FLOOD") or os.path.join(
+        os.path.dirname(os.path.abspath(sys.argv[0])), "udp_flood")
+    if not os.access(path, os.X_OK):
+        raise CaseSkip("udp_flood not built (%s)" % path)
+    return path
+
+
+def _flood(flood, port, rate, seconds, tag, sources=16, base="127.0.1.1", stride=1):
+    """One udp_flood run (real-time priority, on CPU 1); its figures."""
+    argv = ["chrt", "-f", "20", "taskset", "-c", "1", flood, "--to", "%s:%d" % (LOOPBACK4, port),
+            "--rate", str(int(rate)), "--seconds", str(seconds), "--sources", str(sources),
+            "--source-base", base, "--source-stride", str(stride), "--tag", tag]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _flood_result(proc, seconds):
+    try:
+        out, err = proc.communicate(timeout=seconds + 20)
+    except subprocess.TimeoutExpired:
+        E.stop_process(proc)
+        raise CaseFailure("udp_flood did not finish")
+    if proc.returncode != 0:
+        raise CaseFailure("udp_flood failed: %s" % err.strip())
+    f = {k: float(v) for k, v in (kv.split("=") for kv in out.split())}
+    f["noerror_per_s"] = f["noerror"] / seconds
+    return f
+
+
+def _start_pinned(h, u, quota, extra):
+    p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=["--threads", "1"] + extra,
+                      prefix=["taskset", "-c", "0"])
+    quota.add(p.proc.pid)
+    return p
+
+
+@case
+def protect_overload_cpu(h):
+    """Overload of the shard's own CPU (issue 10). dotproxy runs on CPU 0 in
+    a cgroup limited to 10% of it (a slow CPU), Unbound and udp_flood (an
+    open-loop generator of unique names from 16 sources) at real-time
+    priority on CPU 1, so the generator can offer 4x what the shard serves.
+    Capacity C is the best NOERROR rate of a ramp; then 0.1, 1, 2 and 4 C.
+    At 4 C for 20 s, RSS is sampled every second. Asserted: NOERROR/s at
+    4 C >= 0.8 C (0.9 is the target, printed), the mean latency of answered
+    queries at 4 C under 150 ms (it was over a second when the socket
+    buffer queued the flood), RSS within 16 MiB over the 20 s, and an
+    answer within 1 s after the flood. Then the same flood from 64
+    prefixes with --rate-limit 20: a well-behaved client at half its limit
+    from another prefix keeps >= 99% answered."""
+    flood = _udp_flood()
+    if subprocess.run(["chrt", "-f", "1", "true"], capture_output=True).returncode != 0:
+        raise CaseSkip("real-time priority not permitted (chrt)")
+    if os.cpu_count() is None or os.cpu_count() < 2:
+        raise CaseSkip("needs 2 CPUs")
+    quota = _CpuQuota(10)
+    try:
+        u = start_unbound_x(h)
+        subprocess.run(["taskset", "-a", "-p", "-c", "1", str(u.proc.pid)], capture_output=True)
+        subprocess.run(["chrt", "-f", "-a", "-p", "20", str(u.proc.pid)], capture_output=True)
+        p = _start_pinned(h, u, quota, [])
+        ramp = []
+        for i, rate in enumerate((3000, 6000, 9000, 12000)):
+            ramp.append(_flood_result(_flood(flood, p.port, rate, 3, "ramp%d" % i), 3))
+        cap = max(r["noerror_per_s"] for r in ramp)
+        check(cap > 500, "capacity: only %.0f NOERROR/s" % cap)
+        rows = []
+        for factor in (0.1, 1, 2):
+            r = _flood_result(_flood(flood, p.port, cap * factor, 3, "x%s" % factor), 3)
+            rows.append(("%gx" % factor, cap * factor, r))
+        seconds = 20
+        proc = _flood(flood, p.port, cap * 4, seconds, "x4")
+        rss = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds and len(rss) < seconds + 2:
+            rss.append(rss_bytes(p.proc.pid))
+            time.sleep(1.0)
+        r4 = _flood_result(proc, seconds)
+        rows.append(("4x", cap * 4, r4))
+        # Recovery: the next query is answered at once.
+        t1 = time.monotonic()
+        E.query_and_compare(h, u, p, "udp", "a.example.test.", "A")
+        recovery = time.monotonic() - t1
+        c = counters(p)
+        print("CPU-bound overload (one shard at 10%% of a CPU): capacity C = %.0f NOERROR/s" % cap)
+        for r in ramp:
+            print("  ramp  offered %6.0f/s  NOERROR %6.0f/s  mean %6.1f ms" % (
+                r["sent"] / 3, r["noerror_per_s"], r["mean_ms"]))
+        for name, offered, r in rows:
+            print("  %-4s offered %6.0f/s  NOERROR %6.0f/s (%.2f C)  mean %6.1f ms  p50 %6.1f  p99 %6.1f" % (
+                name, offered, r["noerror_per_s"], r["noerror_per_s"] / cap, r["mean_ms"],
+                r["p50_ms"], r["p99_ms"]))
+        print("  RSS over the 20 s at 4x: min %.1f MiB, max %.1f MiB; recovery %.2f s" % (
+            min(rss) / MIB, max(rss) / MIB, recovery))
+        print("  counters: shed_intake=%s shed_waiting=%s intake_overload_began=%s" % (
+            c.get("shed_intake"), c.get("shed_waiting"), c.get("intake_overload_began")))
+        check(p.alive(), "dotproxy died under the flood")
+        check(r4["noerror_per_s"] >= 0.8 * cap, "at 4x: %.0f NOERROR/s, %.2f of C" % (
+            r4["noerror_per_s"], r4["noerror_per_s"] / cap))
+        check(r4["mean_ms"] <= 150, "at 4x: mean latency %.0f ms" % r4["mean_ms"])
+        check(max(rss) - min(rss) <= 16 * MIB, "RSS moved %.1f MiB during the flood" % (
+            (max(rss) - min(rss)) / MIB))
+        check(recovery < 1.0, "first answer after the flood took %.2f s" % recovery)
+        p.stop()
+
+        # The limiter on: the same flood spread over 64 prefixes (127.1.N.1),
+        # a good client at 50 qps from another prefix.
+        p2 = _start_pinned(h, u, quota, ["--rate-limit", "20", "--rate-limit-burst", "10",
+                                         "--rate-limit-slip", "0"])
+        proc = _flood(flood, p2.port, cap * 4, seconds, "lim", sources=64, base="127.1.0.1",
+                      stride=256)
+        good = _flood(flood, p2.port, 10, seconds, "good", sources=1, base="127.0.0.50")
+        rl = _flood_result(proc, seconds)
+        g = _flood_result(good, seconds)
+        print("  limiter on (20 qps per /24), flood %.0f/s from 64 prefixes: flood answered %.0f/s; "
+              "good client %d/%d answered, mean %.1f ms" % (
+                  rl["sent"] / seconds, rl["answered"] / seconds, g["noerror"], g["sent"], g["mean_ms"]))
+        check(g["noerror"] >= 0.99 * g["sent"], "good client: %d of %d NOERROR" % (g["noerror"], g["sent"]))
+        p2.stop()
+    finally:
+        for p in h.proxies:
+            if p.alive():
+                p.stop()
+        quota.remove()
 
 
 def main():

@@ -11,30 +11,37 @@ namespace {
 
 using std::chrono::milliseconds;
 
-TEST(StandingQueueTest, BurstKeepsTheLongBoundAndOverloadGetsTheShortOne) {
+TEST(StandingQueueTest, BeginsAfterAnIntervalWithoutYoungAndEndsAfterOneWithoutOld) {
   const Clock::time_point t0{};
   StandingQueue queue({.standing_after = milliseconds(100), .overload_wait = milliseconds(20),
                        .max_wait = milliseconds(200)},
                       t0);
-  queue.Observe(t0, milliseconds(0));
-  // 80 ms of old heads: still a burst.
-  for (int ms = 10; ms <= 80; ms += 10) queue.Observe(t0 + milliseconds(ms), milliseconds(50));
-  EXPECT_FALSE(queue.Standing(t0 + milliseconds(80)));
-  EXPECT_EQ(queue.ShedAfter(t0 + milliseconds(80)), milliseconds(200));
-  // Past 100 ms without a young head: it stands.
-  queue.Observe(t0 + milliseconds(100), milliseconds(30));
-  EXPECT_TRUE(queue.Standing(t0 + milliseconds(100)));
-  EXPECT_EQ(queue.ShedAfter(t0 + milliseconds(100)), milliseconds(20));
-  // A head of 12 ms is not young (young: under half of 20 ms).
-  queue.Observe(t0 + milliseconds(150), milliseconds(12));
-  EXPECT_TRUE(queue.Standing(t0 + milliseconds(150)));
-  // A young head ends it at once.
-  queue.Observe(t0 + milliseconds(160), milliseconds(9));
-  EXPECT_FALSE(queue.Standing(t0 + milliseconds(160)));
-  EXPECT_EQ(queue.ShedAfter(t0 + milliseconds(160)), milliseconds(200));
-  // And the interval starts again from there.
-  EXPECT_FALSE(queue.Standing(t0 + milliseconds(259)));
-  EXPECT_TRUE(queue.Standing(t0 + milliseconds(260)));
+  const auto at = [&](int ms) { return t0 + milliseconds(ms); };
+  queue.Observe(at(0), milliseconds(0));
+  // 90 ms of old heads: still a burst.
+  for (int ms = 10; ms <= 90; ms += 10) queue.Observe(at(ms), milliseconds(50));
+  EXPECT_FALSE(queue.standing());
+  EXPECT_EQ(queue.ShedAfter(), milliseconds(200));
+  // 100 ms without a young head (young: under half of 20 ms): it stands.
+  queue.Observe(at(100), milliseconds(12));
+  EXPECT_TRUE(queue.standing());
+  EXPECT_EQ(queue.ShedAfter(), milliseconds(20));
+  // Young moments inside the flood do not end it while old ones keep coming.
+  for (int ms = 110; ms <= 300; ms += 10) {
+    queue.Observe(at(ms), milliseconds(ms % 20 == 0 ? 0 : 15));
+    EXPECT_TRUE(queue.standing()) << ms;
+  }
+  // Young only: it ends once no old head was seen for 100 ms.
+  for (int ms = 310; ms < 390; ms += 10) queue.Observe(at(ms), milliseconds(2));
+  EXPECT_TRUE(queue.standing()) << "the last old head was at 290 ms";
+  queue.Observe(at(390), milliseconds(2));
+  EXPECT_FALSE(queue.standing());
+  EXPECT_EQ(queue.ShedAfter(), milliseconds(200));
+  // And it takes a whole interval without young ones to begin again.
+  for (int ms = 400; ms < 490; ms += 10) queue.Observe(at(ms), milliseconds(30));
+  EXPECT_FALSE(queue.standing());
+  queue.Observe(at(490), milliseconds(30));
+  EXPECT_TRUE(queue.standing());
 }
 
 }  // namespace

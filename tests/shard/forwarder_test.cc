@@ -518,15 +518,23 @@ TEST_F(ForwarderTest, StandingQueueShedsEarlyAndServesNewestFirst) {
   forwarder_->DispatchWaiting();
   ASSERT_EQ(router_.sent.size(), 2u);
   EXPECT_EQ(router_.sent[1].wire.at(dns::kHeaderSize + 1), 'c');
-  // The queue emptied: the next wait is a burst again, first come first served.
+  // Still standing right after it drained: one lull does not end overload.
   router_.accept = false;
+  Query(MakeQuery("x.example", 7, false), udp_client_);
+  Advance(milliseconds(25));
+  forwarder_->RunTimers(false);
+  EXPECT_EQ(stats_.shed_waiting.load(), 3u) << "x waited 25 ms while the queue stands";
+  // 100 ms without an old head: the next wait is a burst again, first come
+  // first served.
+  Advance(milliseconds(110));
+  forwarder_->RunTimers(false);
   Advance(milliseconds(5));
   Query(MakeQuery("e.example", 5, false), udp_client_);
   Advance(milliseconds(1));
   Query(MakeQuery("f.example", 6, false), udp_client_);
   Advance(milliseconds(30));
   forwarder_->RunTimers(false);
-  EXPECT_EQ(stats_.shed_waiting.load(), 2u) << "30 ms in a burst is not shed";
+  EXPECT_EQ(stats_.shed_waiting.load(), 3u) << "30 ms in a burst is not shed";
   router_.accept = true;
   router_.capacity = 1;
   forwarder_->DispatchWaiting();

@@ -49,6 +49,7 @@ class UdpFrontend {
   void EnableIntakeShedding(const io::LoopClock* clock, const io::StandingQueueSettings& settings) {
     clock_ = clock;
     intake_queue_ = io::StandingQueue(settings, clock->now());
+    rate_window_start_ = clock->now();
   }
 
   // Arms the datagram receives.
@@ -109,12 +110,19 @@ class UdpFrontend {
     bool receiving = false;  // a receive is armed (its last completion not seen)
     uint32_t sends_in_flight = 0;
     uint32_t queries_in_flight = 0;
+    int restore_receive_buffer = 0;  // while shrunk: the size to set back
   };
 
   void Arm(uint32_t index);
   void MaybeClose(uint32_t index);
   // The datagram waited past the intake queue's bound (and is counted).
   bool Stale(const io::Datagram& datagram);
+  // While intake stands, each socket's receive buffer holds about
+  // overload_wait of what the shard serves, so the kernel drops the excess
+  // for free instead of the shard reading and dropping it (which would
+  // spend the capacity the flood already exceeds); restored once the
+  // queue is short again.
+  void ShrinkReceiveBuffers(bool shrink);
   absl::Status AddInherited(const io::InheritedListener& listener, int socket_buffer_bytes);
 
   io::Reactor& reactor_;
@@ -124,6 +132,12 @@ class UdpFrontend {
   QuerySink* sink_ = nullptr;
   const io::LoopClock* clock_ = nullptr;  // null: no intake shedding
   io::StandingQueue intake_queue_;
+  bool buffers_shrunk_ = false;
+  // Datagrams served (not shed) in the current and the last 100 ms window:
+  // the shard's intake rate, which sizes shrunk buffers.
+  io::Clock::time_point rate_window_start_{};
+  uint32_t served_in_window_ = 0;
+  uint32_t served_last_window_ = 0;
   bool started_ = false;
   bool intake_stopped_ = false;
   bool inherited_ = false;

@@ -74,6 +74,12 @@ class UniqueFd {
 // waited. Best effort: without it datagrams carry no stamp.
 void EnableReceiveTimestamps(int fd);
 
+// The receive buffer's size as the kernel accounts it (twice what was set,
+// for its own overhead), and setting it (`bytes` as for setsockopt:
+// SO_RCVBUFFORCE when permitted, else capped by net.core.rmem_max).
+int ReceiveBufferBytes(int fd);
+void SetReceiveBuffer(int fd, int bytes);
+
 absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffer_bytes,
                                          bool freebind = false);
 

@@ -1,13 +1,15 @@
 #pragma once
 // Tells a burst from overload for a queue of work that waits: CoDel's test
-// (Nichols and Jacobson, RFC 8289), that a good queue drains within an
-// interval and a standing one only adds delay. A queue whose oldest element
-// has not been young (waited less than half of overload_wait) for
-// standing_after stands; while it stands, what has waited overload_wait is
-// shed, otherwise only what has waited max_wait. Used for queries waiting in
-// a UDP socket's receive buffer (frontend) and for upstream capacity
-// (forwarder), with the same settings, so a query's budget is the same
-// wherever it waits. One owner thread.
+// (RFC 8289), that a good queue drains within an interval and a standing one
+// only adds delay. An observation is young when the oldest element has
+// waited less than half of overload_wait. The queue begins to stand when no
+// observation was young for standing_after, and stops when none was old for
+// standing_after (the same interval both ways, so that one lull in a flood
+// or one slow moment in normal load does not flip it). While it stands,
+// what has waited overload_wait is shed, otherwise what has waited
+// max_wait. Used for queries waiting for upstream capacity (forwarder) and
+// in a UDP socket's receive buffer (frontend), with the same settings, so a
+// query's budget is the same wherever it waits. One owner thread.
 
 #include <chrono>
 
@@ -25,26 +27,34 @@ class StandingQueue {
  public:
   explicit StandingQueue(const StandingQueueSettings& settings = {},
                          Clock::time_point now = Clock::time_point{})
-      : settings_(settings), last_short_(now) {}
+      : settings_(settings), last_young_(now), last_old_(now) {}
 
   void set_settings(const StandingQueueSettings& settings) { settings_ = settings; }
 
   // The oldest waiting element has waited `oldest_wait` at `now` (an empty
   // queue: zero).
   void Observe(Clock::time_point now, std::chrono::nanoseconds oldest_wait) {
-    if (oldest_wait < settings_.overload_wait / 2) last_short_ = now;
+    if (oldest_wait < settings_.overload_wait / 2) {
+      last_young_ = now;
+    } else {
+      last_old_ = now;
+    }
+    if (!standing_ && now - last_young_ >= settings_.standing_after) standing_ = true;
+    if (standing_ && now - last_old_ >= settings_.standing_after) standing_ = false;
   }
-  bool Standing(Clock::time_point now) const {
-    return now - last_short_ >= settings_.standing_after;
-  }
+  // As of the last observation.
+  bool standing() const { return standing_; }
   // Elements that have waited this long are shed.
-  std::chrono::nanoseconds ShedAfter(Clock::time_point now) const {
-    return Standing(now) ? settings_.overload_wait : settings_.max_wait;
+  std::chrono::nanoseconds ShedAfter() const {
+    return standing_ ? settings_.overload_wait : settings_.max_wait;
   }
+  const StandingQueueSettings& settings() const { return settings_; }
 
  private:
   StandingQueueSettings settings_;
-  Clock::time_point last_short_;
+  Clock::time_point last_young_;
+  Clock::time_point last_old_;
+  bool standing_ = false;
 };
 
 }  // namespace dotproxy::io

@@ -31,6 +31,8 @@ namespace dotproxy::metrics {
   X(queued_for_capacity, "queries that waited for a connection below its in-flight cap") \
   X(shed_waiting, "queries that waited too long for capacity: dropped (UDP) or SERVFAIL (TCP)") \
   X(shed_intake, "UDP queries dropped unread: they waited too long in the socket's receive buffer") \
+  X(intake_overload_began, "times UDP intake began to stand (receive buffers cut)") \
+  X(intake_overload_ended, "times UDP intake recovered (receive buffers restored)") \
   X(dropped_response_bit, "client packets with QR=1 dropped")                        \
   X(dropped_acl, "UDP queries from sources outside --allow, dropped")                \
   X(tcp_acl_refused, "TCP connections from sources outside --allow, closed")         \
