@@ -356,6 +356,13 @@ int main(int argc, char** argv) {
     Log(Severity::kInfo, "serving on %s with %d shards, %d upstreams", listen, config->threads,
         static_cast<int>(config->upstreams.size()));
     Log(Severity::kInfo, "configuration: %s", dotproxy::daemon::ConfigSummary(*config));
+    for (const auto& upstream : config->upstreams) {
+      if (upstream.transport == dotproxy::config::Transport::kTls) continue;
+      Log(Severity::kWarning,
+          "upstream %s: plain DNS for the default zone (allow_plaintext): queries and answers "
+          "travel unencrypted and unauthenticated",
+          upstream.spec);
+    }
     Notify(absl::StrFormat("READY=1\nSTATUS=serving on %s with %d shards, %d upstreams", listen,
                            config->threads, static_cast<int>(config->upstreams.size())));
     dotproxy::daemon::ReloadContext reload;
