@@ -170,6 +170,17 @@ void Connection::OnDatagram(const io::Completion& completion) {
       }
     }
     reactor_.RecycleDatagram(datagram.buffer_id);
+  } else if (const int error = -completion.result;
+             error > 0 && error != ENOBUFS && error != ECANCELED && error != EINTR &&
+             error != EAGAIN && state_ == ConnectionState::kReady) {
+    // ECONNREFUSED: an ICMP port unreachable, nobody serves DNS there now.
+    // (epoll reports it with the intake still armed; Close cancels it.)
+    if (!completion.more) {
+      recv_in_flight_ = false;
+      --ops_in_flight_;
+    }
+    Close(CloseReason::kConnectFailed, absl::StrCat("UDP receive: ", std::strerror(error)));
+    return;
   }
   if (completion.more) return;
   recv_in_flight_ = false;
@@ -178,14 +189,7 @@ void Connection::OnDatagram(const io::Completion& completion) {
     MaybeRecycle();
     return;
   }
-  if (state_ != ConnectionState::kReady) return;
-  const int error = completion.result < 0 ? -completion.result : 0;
-  if (error != 0 && error != ENOBUFS && error != ECANCELED && error != EINTR) {
-    // ECONNREFUSED: an ICMP port unreachable, nobody serves DNS there now.
-    Close(CloseReason::kConnectFailed, absl::StrCat("UDP receive: ", std::strerror(error)));
-    return;
-  }
-  ArmReceive();
+  if (state_ == ConnectionState::kReady) ArmReceive();
 }
 
 std::span<const uint8_t> Connection::SentQuery(uint16_t id) const {

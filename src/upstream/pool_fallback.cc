@@ -63,7 +63,7 @@ void UpstreamPool::RetryOverTcp(Connection& connection, int u, uint32_t token,
     return;
   }
   connection.SetFallback(info.id, tcp_id);
-  Bump(stats_.upstream_tc_fallbacks);
+  Bump(stats_.tc_fallbacks);
   Bump(upstream.target.stats->tc_fallbacks);
 }
 

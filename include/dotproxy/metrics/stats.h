@@ -58,7 +58,7 @@ namespace dotproxy::metrics {
   X(upstream_verify_failures, "upstream certificates that failed verification")      \
   X(upstream_closed, "upstream connections closed by the peer")                      \
   X(upstream_idle_closed, "idle upstream connections we closed")                     \
-  X(upstream_tc_fallbacks, "truncated (TC=1) answers from udp:// upstreams retried over TCP") \
+  X(tc_fallbacks, "truncated (TC=1) answers from udp:// upstreams retried over TCP") \
   X(probes, "health probes sent to unhealthy upstreams")                             \
   X(udp_send_errors, "UDP replies the kernel refused")                               \
   X(udp_send_no_buffer, "UDP replies dropped: all send buffers busy")                \
