@@ -418,7 +418,9 @@ void Connection::NoteAnswered() {
 // partial message that never completes would swallow every later answer).
 // Close it; the next queries open a fresh one.
 void Connection::NoteTimeout() {
-  if (state_ != ConnectionState::kReady) return;
+  // A datagram lost now and then is UDP, not a broken socket: the health
+  // tracker counts the timeout, and closing would lose the other queries.
+  if (state_ != ConnectionState::kReady || kind_ == ConnectionKind::kUdp) return;
   ++timeouts_since_answer_;
   if (!framer_.empty()) {
     Close(CloseReason::kBroken, "query timed out while a partial answer was pending");
