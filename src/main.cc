@@ -250,8 +250,10 @@ int main(int argc, char** argv) {
   if (config->check_config) {
     std::string upstreams;
     for (const auto& upstream : config->upstreams) {
-      absl::StrAppend(&upstreams, upstreams.empty() ? "" : ", ", upstream.address.ToString(),
-                      "#", upstream.peer.auth_name);
+      absl::StrAppend(&upstreams, upstreams.empty() ? "" : ", ",
+                      upstream.transport == dotproxy::config::Transport::kTls
+                          ? absl::StrCat(upstream.address.ToString(), "#", upstream.peer.auth_name)
+                          : upstream.spec);
     }
     std::string listen;
     for (const auto& address : config->listen) {
