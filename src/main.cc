@@ -250,8 +250,10 @@ int main(int argc, char** argv) {
   if (config->check_config) {
     std::string upstreams;
     for (const auto& upstream : config->upstreams) {
-      absl::StrAppend(&upstreams, upstreams.empty() ? "" : ", ", upstream.address.ToString(),
-                      "#", upstream.peer.auth_name);
+      absl::StrAppend(&upstreams, upstreams.empty() ? "" : ", ",
+                      upstream.transport == dotproxy::config::Transport::kTls
+                          ? absl::StrCat(upstream.address.ToString(), "#", upstream.peer.auth_name)
+                          : upstream.spec);
     }
     std::string listen;
     for (const auto& address : config->listen) {
@@ -356,6 +358,13 @@ int main(int argc, char** argv) {
     Log(Severity::kInfo, "serving on %s with %d shards, %d upstreams", listen, config->threads,
         static_cast<int>(config->upstreams.size()));
     Log(Severity::kInfo, "configuration: %s", dotproxy::daemon::ConfigSummary(*config));
+    for (const auto& upstream : config->upstreams) {
+      if (upstream.transport == dotproxy::config::Transport::kTls) continue;
+      Log(Severity::kWarning,
+          "upstream %s: plain DNS for the default zone (allow_plaintext): queries and answers "
+          "travel unencrypted and unauthenticated",
+          upstream.spec);
+    }
     Notify(absl::StrFormat("READY=1\nSTATUS=serving on %s with %d shards, %d upstreams", listen,
                            config->threads, static_cast<int>(config->upstreams.size())));
     dotproxy::daemon::ReloadContext reload;

@@ -37,6 +37,9 @@ Environment (defaults in brackets):
                  also: dotproxy_base (see DOTPROXY_BASE), dotproxy_epoll = the dotproxy
                  binary with DOTPROXY_ARGS plus --io-backend epoll (the epoll backend
                  side by side with io_uring: TARGETS="dotproxy dotproxy_epoll")
+                 dotproxy_plain_tcp / dotproxy_plain_udp = the dotproxy binary to the
+                 upstream's plain port (tcp:// / udp://, --allow-plaintext): the cost of
+                 TLS per query, TARGETS="dotproxy dotproxy_plain_tcp dotproxy_plain_udp"
                  dotproxy_ratelimit = DOTPROXY_ARGS plus --rate-limit 10000000 (the
                  limiter on, never reached: its cost per query, next to dotproxy)
                  dotproxy_metrics = DOTPROXY_ARGS plus --metrics on a loopback port, never
@@ -290,7 +293,8 @@ start_upstream_dnsdist() {
     cat > "$d/dnsdist.conf" <<EOF
 -- No security polling: it would query secpoll.powerdns.com via /etc/resolv.conf (off-host).
 setSecurityPollSuffix("")
-setLocal("127.0.0.1:$UPSTREAM_PLAIN_PORT")
+-- maxInFlight: plain TCP clients (dotproxy_plain_tcp) pipeline too, as on DoT.
+setLocal("127.0.0.1:$UPSTREAM_PLAIN_PORT", {maxInFlight=1000})
 addTLSLocal("127.0.0.1:$UPSTREAM_DOT_PORT", "$d/server.pem", "$d/server.key", {provider="openssl", maxInFlight=1000})
 setACL({"127.0.0.0/8"})
 setMaxTCPClientThreads(1)
@@ -368,6 +372,15 @@ start_target_dotproxy_deep() { start_dotproxy dotproxy_deep "$DOTPROXY_ARGS $DOT
 # backend it falls back to where rings are refused), to compare the two I/O paths.
 start_target_dotproxy_epoll() { start_dotproxy dotproxy_epoll "$DOTPROXY_ARGS --io-backend epoll"; }
 
+# The same binary to the upstream's plain port instead of DoT (tcp:// and udp://,
+# --allow-plaintext): what TLS costs per query, next to dotproxy.
+start_target_dotproxy_plain_tcp() {
+    start_dotproxy dotproxy_plain_tcp "$DOTPROXY_ARGS --allow-plaintext" "tcp://127.0.0.1:$UPSTREAM_PLAIN_PORT"
+}
+start_target_dotproxy_plain_udp() {
+    start_dotproxy dotproxy_plain_udp "$DOTPROXY_ARGS --allow-plaintext" "udp://127.0.0.1:$UPSTREAM_PLAIN_PORT"
+}
+
 # The rate limiter on at a rate dnsperf never reaches (all of its queries come
 # from one prefix), to measure what checking every query costs.
 start_target_dotproxy_ratelimit() { start_dotproxy dotproxy_ratelimit "$DOTPROXY_ARGS --rate-limit 10000000"; }
@@ -401,10 +414,11 @@ start_target_dotproxy_base() {
 
 start_dotproxy() {
     local name="$1" extra="$2" bin="${DOTPROXY_BIN:-$DOTPROXY}"
+    local upstream="${3:-127.0.0.1:$UPSTREAM_DOT_PORT#upstream.test}"
     [ -x "$bin" ] || { log "dotproxy binary not found at $bin (set DOTPROXY= or DOTPROXY_BASE=)"; return 1; }
     TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
     local cmd=("$bin" --listen "127.0.0.1:$TARGET_PORT"
-               --upstream "127.0.0.1:$UPSTREAM_DOT_PORT#upstream.test"
+               --upstream "$upstream"
                --ca-file "$CA" --threads 1)
     # shellcheck disable=SC2206
     [ -n "$extra" ] && cmd+=($extra)

@@ -308,12 +308,13 @@ absl::Status ValidateConfig(const Config& config) {
       return Problem(absl::StrCat("upstream '", Excerpt(upstream.spec), "'"), status);
     }
     // No silent downgrade of privacy: what leaves for the public Internet
-    // goes over TLS. (Forward zones will let a plain upstream serve an
-    // internal zone.)
-    if (upstream.transport != Transport::kTls) {
+    // goes over TLS unless the operator says otherwise in so many words.
+    // (Forward zones let a plain upstream serve an internal zone.)
+    if (upstream.transport != Transport::kTls && !config.allow_plaintext) {
       return absl::InvalidArgumentError(absl::StrCat(
           "upstream '", Excerpt(upstream.spec),
-          "': plain DNS upstreams are not allowed for the default zone"));
+          "': plain DNS upstreams are not allowed for the default zone without "
+          "allow_plaintext = true (--allow-plaintext)"));
     }
   }
   // Connection pools are keyed by (address, port, TLS name): the same key

@@ -100,6 +100,22 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
     }
   }
   if (!have_address) return errors.At(table.source(), "[[upstream]] needs an 'address'");
+  // A scheme in the address as in --upstream: udp:// and tcp:// are plain
+  // DNS (port 53, nothing to authenticate), tls:// the default.
+  if (address_text.starts_with("udp://") || address_text.starts_with("tcp://")) {
+    if (!out.peer.auth_name.empty() || !out.peer.pins.empty() || out.peer.pin_only) {
+      return errors.At(table.source(), "a plain (udp:// or tcp://) upstream takes no 'name', "
+                                       "'pins' or 'pin_only': it is not authenticated");
+    }
+    auto plain = ParseUpstream(address_text);
+    if (!plain.ok()) {
+      return errors.At(address_node->source(), absl::StrCat("address ", plain.status().message()));
+    }
+    plain->priority = out.priority;
+    out = *std::move(plain);
+    return absl::OkStatus();
+  }
+  if (address_text.starts_with("tls://")) address_text.erase(0, 6);
   auto address = io::ParseSocketAddress(address_text, kDotPort);
   if (!address.ok()) {
     return errors.At(address_node->source(), absl::StrCat("address ", address.status().message()));

@@ -118,6 +118,10 @@ constexpr Option kOptions[] = {
     {.flag = "keep-client-subnet", .toml_key = "strip_client_subnet", .kind = OptionKind::kSwitch,
      .field = &Config::strip_client_subnet, .switch_value = false,
      .help = "forward EDNS client-subnet options (stripped by default)"},
+    {.flag = "allow-plaintext", .toml_key = "allow_plaintext", .kind = OptionKind::kSwitch,
+     .field = &Config::allow_plaintext, .switch_value = true,
+     .help = "let plain DNS upstreams (udp://, tcp://) serve the\n"
+             "default zone (refused without it: no silent downgrade)"},
     {.flag = "allow", .toml_key = "allow", .kind = OptionKind::kCidrList, .field = &Config::allow,
      .value_name = "CIDR",
      .help = "client network allowed to query; repeatable (default:\n"

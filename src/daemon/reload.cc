@@ -29,7 +29,11 @@ std::string ListenSummary(const config::Config& config) {
 std::string UpstreamSummary(const config::Config& config) {
   std::vector<std::string> items;
   for (const auto& upstream : config.upstreams) {
-    items.push_back(absl::StrCat(upstream.address.ToString(), "#", upstream.peer.auth_name,
+    // A plain upstream has no name: its spec says udp:// or tcp://.
+    items.push_back(absl::StrCat(upstream.transport == config::Transport::kTls
+                                     ? absl::StrCat(upstream.address.ToString(), "#",
+                                                    upstream.peer.auth_name)
+                                     : upstream.spec,
                                  upstream.peer.pins.empty() ? "" : " (pinned)",
                                  upstream.priority != 0 ? absl::StrCat(" priority ", upstream.priority) : ""));
   }

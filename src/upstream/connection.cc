@@ -25,6 +25,15 @@ const char* ToString(ConnectionState state) {
   return "?";
 }
 
+const char* ToString(ConnectionKind kind) {
+  switch (kind) {
+    case ConnectionKind::kTls: return "tls";
+    case ConnectionKind::kTcp: return "tcp";
+    case ConnectionKind::kUdp: return "udp";
+  }
+  return "?";
+}
+
 bool IsFailure(CloseReason reason) {
   switch (reason) {
     case CloseReason::kConnectFailed:
@@ -44,9 +53,11 @@ bool IsFailure(CloseReason reason) {
 Connection::Connection(uint32_t index, int upstream, UpstreamTarget& target,
                        const ConnectionSettings& settings, io::Reactor& reactor,
                        const io::LoopClock& clock, const tls::ClientContext& tls_context,
-                       FastRng& rng, ConnectionObserver& observer, metrics::ShardStats& stats)
+                       FastRng& rng, ConnectionObserver& observer, metrics::ShardStats& stats,
+                       ConnectionKind kind)
     : index_(index),
       upstream_(upstream),
+      kind_(kind),
       target_(target),
       settings_(settings),
       reactor_(reactor),
@@ -55,13 +66,37 @@ Connection::Connection(uint32_t index, int upstream, UpstreamTarget& target,
       rng_(rng),
       observer_(observer),
       stats_(stats),
-      framer_(2 * (kMaxStreamMessage + 2)) {
+      // A datagram connection frames nothing: no stream buffers.
+      framer_(kind == ConnectionKind::kUdp ? 0 : 2 * (kMaxStreamMessage + 2)) {
+  lost_.reserve(IdTable::kIds);
+  if (kind_ == ConnectionKind::kUdp) {
+    datagrams_.resize(settings_.datagram_slots);
+    free_datagrams_.reserve(datagrams_.size());
+    for (size_t i = datagrams_.size(); i-- > 0;) free_datagrams_.push_back(static_cast<uint16_t>(i));
+    unsent_datagrams_.reserve(datagrams_.size());
+    sent_datagrams_.reserve(datagrams_.size());
+    datagram_of_id_.reset(new uint16_t[IdTable::kIds]);
+    std::fill_n(datagram_of_id_.get(), IdTable::kIds, kNoDatagram);
+    return;
+  }
   pending_plain_.reserve(64 * 1024);
   sending_.reserve(64 * 1024);
-  lost_.reserve(IdTable::kIds);
+  if (kind_ == ConnectionKind::kTcp) plain_outbound_.reserve(64 * 1024);
+}
+
+Connection::~Connection() = default;
+
+std::string Connection::Describe() const {
+  switch (kind_) {
+    case ConnectionKind::kTls: return session_.Describe();
+    case ConnectionKind::kTcp: return "plain TCP";
+    case ConnectionKind::kUdp: return "plain UDP";
+  }
+  return "?";
 }
 
 absl::Status Connection::Connect() {
+  if (kind_ == ConnectionKind::kUdp) return OpenDatagram();
   auto fd = io::OpenTcpClient(target_.address->family(),
                               static_cast<int>(settings_.connect_timeout.count()));
   if (!fd.ok()) return fd.status();
@@ -74,6 +109,7 @@ absl::Status Connection::Connect() {
   timeouts_since_answer_ = 0;
   framer_.Clear();
   sending_.clear();
+  plain_outbound_.clear();
   send_.Reset();
   reactor_.Connect(fd_.get(), target_.address->get(), target_.address->length,
                    Tag(io::Op::kUpstreamConnect));
@@ -85,8 +121,20 @@ void Connection::OnCompletion(const io::Completion& completion) {
   if (completion.data.generation != generation_) return;
   switch (completion.data.op) {
     case io::Op::kUpstreamConnect: OnConnected(completion); break;
-    case io::Op::kUpstreamRecv: OnReceive(completion); break;
-    case io::Op::kUpstreamSend: OnSendDone(completion); break;
+    case io::Op::kUpstreamRecv:
+      if (kind_ == ConnectionKind::kUdp) {
+        OnDatagram(completion);
+      } else {
+        OnReceive(completion);
+      }
+      break;
+    case io::Op::kUpstreamSend:
+      if (kind_ == ConnectionKind::kUdp) {
+        OnDatagramSent(completion);
+      } else {
+        OnSendDone(completion);
+      }
+      break;
     default: break;
   }
 }
@@ -99,6 +147,12 @@ void Connection::OnConnected(const io::Completion& completion) {
   }
   if (completion.result < 0) {
     Close(CloseReason::kConnectFailed, absl::StrCat("connect: ", std::strerror(-completion.result)));
+    return;
+  }
+  if (kind_ == ConnectionKind::kTcp) {
+    // Plain DNS over TCP: ready once connected.
+    ArmReceive();
+    BecomeReady();
     return;
   }
   if (auto status = session_.Start(tls_context_, *target_.policy, &target_.resumption);
@@ -128,20 +182,32 @@ void Connection::DriveHandshake() {
           absl::StrCat("TLS handshake: ", session_.error()));
     return;
   }
-  state_ = ConnectionState::kReady;
-  last_activity_ = clock_.now();
-  Bump(stats_.upstream_connects);
-  Bump(target_.stats->connection_opens);
-  Bump(target_.stats->connections);
   if (session_.resumed()) Bump(target_.stats->resumptions);
-  observer_.OnReady(*this);
+  BecomeReady();
   // Queries that waited for the handshake go out with this iteration's
   // batch; data that arrived with the last handshake flight is read now.
   ReadPlaintext();
 }
 
+void Connection::BecomeReady() {
+  state_ = ConnectionState::kReady;
+  last_activity_ = clock_.now();
+  Bump(stats_.upstream_connects);
+  Bump(target_.stats->connection_opens);
+  Bump(target_.stats->connections);
+  observer_.OnReady(*this);
+}
+
 void Connection::ArmReceive() {
-  reactor_.Recv(fd_.get(), session_.InboundSpace(), Tag(io::Op::kUpstreamRecv));
+  if (kind_ == ConnectionKind::kUdp) {
+    reactor_.ReceiveDatagrams(fd_.get(), Tag(io::Op::kUpstreamRecv));
+  } else if (kind_ == ConnectionKind::kTcp) {
+    // Plain TCP reads straight into the framer. It always has room: a
+    // message longer than half its capacity cannot be announced.
+    reactor_.Recv(fd_.get(), framer_.WritableSpace(), Tag(io::Op::kUpstreamRecv));
+  } else {
+    reactor_.Recv(fd_.get(), session_.InboundSpace(), Tag(io::Op::kUpstreamRecv));
+  }
   recv_in_flight_ = true;
   ++ops_in_flight_;
 }
@@ -167,7 +233,11 @@ void Connection::OnReceive(const io::Completion& completion) {
     }
     return;
   }
-  session_.CommitInbound(static_cast<size_t>(completion.result));
+  if (kind_ == ConnectionKind::kTcp) {
+    framer_.Commit(static_cast<size_t>(completion.result));
+  } else {
+    session_.CommitInbound(static_cast<size_t>(completion.result));
+  }
   if (quick_acks_left_ > 0) {
     // Right after the handshake the upstream often has two small writes in
     // a row (session ticket, then our first answer); with Nagle on its side
@@ -177,7 +247,9 @@ void Connection::OnReceive(const io::Completion& completion) {
     const int one = 1;
     setsockopt(fd_.get(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
   }
-  if (state_ == ConnectionState::kHandshaking) {
+  if (kind_ == ConnectionKind::kTcp) {
+    ReadFramed();
+  } else if (state_ == ConnectionState::kHandshaking) {
     DriveHandshake();
   } else {
     ReadPlaintext();
@@ -213,7 +285,25 @@ void Connection::ReadPlaintext() {
   StartSend();
 }
 
+// Plain TCP: the framer holds what the socket delivered.
+void Connection::ReadFramed() {
+  std::span<uint8_t> message;
+  dns::StreamFramer::Next next = dns::StreamFramer::Next::kNeedMore;
+  while (state_ == ConnectionState::kReady &&
+         (next = framer_.NextMessage(kMaxStreamMessage, message)) ==
+             dns::StreamFramer::Next::kMessage) {
+    observer_.OnMessage(*this, message);
+  }
+  if (state_ != ConnectionState::kReady) return;
+  if (next != dns::StreamFramer::Next::kNeedMore) {
+    Close(CloseReason::kBroken, "bad frame from upstream");
+    return;
+  }
+  framer_.Compact();
+}
+
 bool Connection::Queue(uint32_t token, std::span<uint8_t> query, uint16_t& id) {
+  if (kind_ == ConnectionKind::kUdp) return QueueDatagram(token, query, id);
   if (!ids_.Insert(token, rng_, id)) return false;
   dns::header::SetId(query.data(), id);
   const size_t at = pending_plain_.size();
@@ -225,7 +315,22 @@ bool Connection::Queue(uint32_t token, std::span<uint8_t> query, uint16_t& id) {
 }
 
 void Connection::Flush() {
+  if (kind_ == ConnectionKind::kUdp) {
+    FlushDatagrams();
+    return;
+  }
   if (state_ != ConnectionState::kReady || pending_plain_.empty()) return;
+  if (kind_ == ConnectionKind::kTcp) {
+    // The framed batch is the stream: one send for all of it.
+    if (plain_outbound_.empty()) {
+      std::swap(plain_outbound_, pending_plain_);
+    } else {
+      plain_outbound_.insert(plain_outbound_.end(), pending_plain_.begin(), pending_plain_.end());
+    }
+    pending_plain_.clear();
+    StartSend();
+    return;
+  }
   // One wolfSSL_write for the whole batch: many DNS messages per TLS record.
   const bool written = session_.Write(pending_plain_);
   pending_plain_.clear();
@@ -237,9 +342,10 @@ void Connection::Flush() {
 }
 
 void Connection::StartSend() {
-  if (send_.in_flight() || session_.outbound().empty() || !fd_) return;
-  std::swap(sending_, session_.outbound());
-  session_.outbound().clear();
+  std::vector<uint8_t>& outbound = Outbound();
+  if (send_.in_flight() || outbound.empty() || !fd_) return;
+  std::swap(sending_, outbound);
+  outbound.clear();
   send_.Start(reactor_, fd_.get(), sending_, Tag(io::Op::kUpstreamSend));
   ++ops_in_flight_;
 }
@@ -282,6 +388,7 @@ void Connection::Close(CloseReason reason, std::string_view detail) {
   }
   ids_.Clear();
   pending_plain_.clear();
+  if (kind_ == ConnectionKind::kUdp) ClearDatagrams();
   if (ops_in_flight_ > 0) reactor_.Abandon(fd_.get());
   MaybeRecycle();
   observer_.OnClosed(*this, reason, detail, lost_);
@@ -289,10 +396,12 @@ void Connection::Close(CloseReason reason, std::string_view detail) {
 
 void Connection::MaybeRecycle() {
   if (state_ != ConnectionState::kClosing || ops_in_flight_ > 0) return;
+  if (fd_) reactor_.Release(fd_.get());  // epoll: a later socket of this number starts afresh
   fd_.reset();
   session_.Reset();
   framer_.Clear();
   sending_.clear();
+  plain_outbound_.clear();
   send_.Reset();
   recv_in_flight_ = false;
   ++generation_;
@@ -309,7 +418,9 @@ void Connection::NoteAnswered() {
 // partial message that never completes would swallow every later answer).
 // Close it; the next queries open a fresh one.
 void Connection::NoteTimeout() {
-  if (state_ != ConnectionState::kReady) return;
+  // A datagram lost now and then is UDP, not a broken socket: the health
+  // tracker counts the timeout, and closing would lose the other queries.
+  if (state_ != ConnectionState::kReady || kind_ == ConnectionKind::kUdp) return;
   ++timeouts_since_answer_;
   if (!framer_.empty()) {
     Close(CloseReason::kBroken, "query timed out while a partial answer was pending");
@@ -337,7 +448,8 @@ void Connection::CheckTimers() {
     Close(state_ == ConnectionState::kConnecting ? CloseReason::kConnectFailed
                                                   : CloseReason::kHandshakeFailed,
           "connect/handshake timed out");
-  } else if (state_ == ConnectionState::kReady && ids_.size() == 0 && pending_plain_.empty() &&
+  } else if (state_ == ConnectionState::kReady && kind_ != ConnectionKind::kUdp &&
+             ids_.size() == 0 && pending_plain_.empty() &&
              now - last_activity_ >= IdleTimeout()) {
     Bump(stats_.upstream_idle_closed);
     Close(CloseReason::kIdle, "idle");

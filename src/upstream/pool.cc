@@ -42,6 +42,9 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
       shard_index_(shard_index),
       health_(Priorities(upstreams), HealthPolicy{}),
       upstreams_(upstreams.size()) {
+  // A UDP slot comes free only after its send completed: room for a
+  // batch being sent beside a full window.
+  settings_.connection.datagram_slots = 2 * settings_.max_inflight_per_connection + 16;
   for (size_t u = 0; u < upstreams.size(); ++u) {
     const config::UpstreamConfig& config = upstreams[u];
     Upstream& upstream = upstreams_[u];
@@ -50,14 +53,24 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
     upstream.target.stats = &upstream_stats[
         config.metrics_slot == config::UpstreamConfig::kPositionSlot ? u : config.metrics_slot];
     upstream.spec = config.spec;
+    upstream.transport = config.transport;
     Set(upstream.target.stats->healthy, 1);
-    for (int c = 0; c < settings_.max_connections_per_upstream; ++c) {
+    const ConnectionKind kind = config.transport == config::Transport::kUdp ? ConnectionKind::kUdp
+                                : config.transport == config::Transport::kTcp
+                                    ? ConnectionKind::kTcp
+                                    : ConnectionKind::kTls;
+    auto add = [&](ConnectionKind k) {
       const auto local = static_cast<uint32_t>(connections_.size());
-      upstream.connections.push_back(local);
       connections_.push_back(std::make_unique<Connection>(
-          tag_ << kConnectionTagShift | local, static_cast<int>(u), upstream.target, settings_.connection, reactor_, clock_,
-          tls_context_, rng_, static_cast<ConnectionObserver&>(*this), stats_));
+          tag_ << kConnectionTagShift | local, static_cast<int>(u), upstream.target,
+          settings_.connection, reactor_, clock_, tls_context_, rng_,
+          static_cast<ConnectionObserver&>(*this), stats_, k));
+      return local;
+    };
+    for (int c = 0; c < settings_.max_connections_per_upstream; ++c) {
+      upstream.connections.push_back(add(kind));
     }
+    if (kind == ConnectionKind::kUdp) upstream.fallback = add(ConnectionKind::kTcp);
   }
   // A probe asks for the root NS set; any matching answer proves the
   // upstream serves again.
@@ -72,7 +85,12 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
 UpstreamPool::~UpstreamPool() = default;
 
 void UpstreamPool::Start() {
-  for (Upstream& upstream : upstreams_) Connect(*connections_[upstream.connections.front()]);
+  for (Upstream& upstream : upstreams_) {
+    // UDP sockets cost nothing to open: all of them, for source-port spread.
+    const size_t open = upstream.transport == config::Transport::kUdp
+                            ? upstream.connections.size() : 1;
+    for (size_t c = 0; c < open; ++c) Connect(*connections_[upstream.connections[c]]);
+  }
 }
 
 int UpstreamPool::LocalUpstream(int upstream) const {
@@ -139,6 +157,7 @@ bool UpstreamPool::Usable(int u) const {
 }
 
 Connection* UpstreamPool::Acquire(int u) {
+  if (upstreams_[u].transport == config::Transport::kUdp) return AcquireDatagram(u);
   const Upstream& upstream = upstreams_[u];
   const size_t cap = settings_.max_inflight_per_connection;
   // A verified connection first, then one being set up, then a new one.
@@ -202,7 +221,12 @@ void UpstreamPool::Release(uint32_t token, const Binding& binding) {
   const uint32_t local = LocalConnection(binding.connection);
   if (local == kNoConnection) return;
   Connection& connection = *connections_[local];
-  if (connection.Lookup(binding.id) == token) connection.Erase(binding.id);
+  if (connection.Lookup(binding.id) == token) {
+    if (connection.kind() == ConnectionKind::kUdp) {
+      ReleaseFallback(connection, connection.upstream(), binding.id);
+    }
+    connection.Erase(binding.id);
+  }
   Unbind(binding);
 }
 
@@ -255,7 +279,15 @@ void UpstreamPool::OnMessage(Connection& connection, std::span<uint8_t> message)
   }
   const int u = connection.upstream();
   if (token & kProbeToken) {
-    OnProbeAnswer(connection, u, message, info);
+    OnProbeAnswer(connection, u, message, info);  // even truncated, it proves the upstream
+    return;
+  }
+  if (token & kFallbackToken) {
+    OnFallbackAnswer(connection, u, token, message, info);
+    return;
+  }
+  if (connection.kind() == ConnectionKind::kUdp && dns::header::IsTruncated(message.data())) {
+    RetryOverTcp(connection, u, token, message, info);
     return;
   }
   int keepalive = -1;
@@ -304,6 +336,10 @@ void UpstreamPool::OnClosed(Connection& connection, CloseReason reason, std::str
   // Queries bound to this connection are retried once (elsewhere when
   // possible) or fail now rather than at their deadline.
   for (uint32_t token : lost) {
+    if (token & kFallbackToken) {
+      LoseFallback(u, token, failure);
+      continue;
+    }
     Unbind({Tagged(u), connection.index(), 0});
     if (token & kProbeToken) {
       upstreams_[u].probe_outstanding = false;

@@ -641,6 +641,31 @@ TEST_F(ConfigFileTest, RefusesADirectory) {
   EXPECT_TRUE(FailsMentioning(Parse({"--config", Dir(), "--check-config"}).status(), "a directory"));
 }
 
+TEST_F(ConfigFileTest, ReadsPlainUpstreamsAndAllowPlaintext) {
+  const std::string path = WriteFile("plain.toml",
+                                     "allow_plaintext = true\nlisten = [\"127.0.0.1:53\"]\n"
+                                     "[[upstream]]\naddress = \"udp://10.96.0.10\"\npriority = 1\n"
+                                     "[[upstream]]\naddress = \"tcp://10.0.0.53:5353\"\n"
+                                     "[[upstream]]\naddress = \"tls://127.0.0.1\"\nname = \"a.test\"\n");
+  Config config;
+  ASSERT_TRUE(LoadConfigFile(path, config).ok());
+  EXPECT_TRUE(config.allow_plaintext);
+  ASSERT_EQ(config.upstreams.size(), 3u);
+  EXPECT_EQ(config.upstreams[0].transport, Transport::kUdp);
+  EXPECT_EQ(config.upstreams[0].address.port(), 53);
+  EXPECT_EQ(config.upstreams[0].priority, 1);
+  EXPECT_EQ(config.upstreams[0].spec, "udp://10.96.0.10");
+  EXPECT_EQ(config.upstreams[1].transport, Transport::kTcp);
+  EXPECT_EQ(config.upstreams[1].address.port(), 5353);
+  EXPECT_EQ(config.upstreams[2].transport, Transport::kTls);
+  EXPECT_EQ(config.upstreams[2].address.port(), 853);
+  EXPECT_TRUE(ValidateConfig(config).ok()) << ValidateConfig(config);
+  const std::string named = WriteFile("named.toml",
+                                      "[[upstream]]\naddress = \"udp://10.96.0.10\"\nname = \"x\"\n");
+  Config refused;
+  EXPECT_TRUE(FailsMentioning(LoadConfigFile(named, refused), "named.toml:1"));
+}
+
 TEST_F(ConfigFileTest, RefusesDevZero) {
   Config config;
   EXPECT_TRUE(FailsMentioning(LoadConfigFile("/dev/zero", config), "/dev/zero: a character device"));
@@ -821,6 +846,25 @@ TEST(ValidateConfigTest, RefusesTheSameUpstreamTwice) {
   Config config = ValidConfig();
   config.upstreams.push_back(*ParseUpstream("127.0.0.1:853#a.test"));
   EXPECT_TRUE(FailsMentioning(ValidateConfig(config), "upstream 127.0.0.1:853#a.test is configured twice"));
+}
+
+TEST(ValidateConfigTest, RefusesPlainUpstreamsForTheDefaultZoneWithoutTheOptIn) {
+  for (const char* spec : {"udp://127.0.0.1", "tcp://127.0.0.1:5353"}) {
+    Config config = ValidConfig();
+    config.upstreams.push_back(*ParseUpstream(spec));
+    const absl::Status status = ValidateConfig(config);
+    EXPECT_TRUE(FailsMentioning(status, "allow_plaintext = true")) << spec;
+    EXPECT_TRUE(FailsMentioning(status, "--allow-plaintext")) << spec;
+    config.allow_plaintext = true;
+    EXPECT_TRUE(ValidateConfig(config).ok()) << spec;
+  }
+}
+
+TEST_F(CommandLineTest, AllowPlaintextIsASwitch) {
+  auto parsed = Parse({"--upstream", "udp://127.0.0.1", "--allow-plaintext"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->config.allow_plaintext);
+  EXPECT_FALSE(Parse({"--upstream", "udp://127.0.0.1"}).ok());
 }
 
 TEST(ValidateConfigTest, AcceptsOneAddressUnderTwoNames) {

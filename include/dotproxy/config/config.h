@@ -121,6 +121,9 @@ struct Config {
   std::chrono::milliseconds upstream_idle_timeout{8000};
   bool pad_queries = true;            // RFC 8467 block padding to 128 bytes
   bool strip_client_subnet = true;    // drop EDNS client-subnet (RFC 7871) options
+  // Lets plain upstreams (udp://, tcp://) serve the default zone: the
+  // operator's explicit choice, never a silent downgrade of privacy.
+  bool allow_plaintext = false;
 
   // Per-client rate limit (frontend::RateLimiter): queries per second per
   // client prefix, 0 = off; `rate_limit_burst` queries at once on top (0: as

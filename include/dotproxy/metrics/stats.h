@@ -61,6 +61,7 @@ namespace dotproxy::metrics {
   X(upstream_verify_failures, "upstream certificates that failed verification")      \
   X(upstream_closed, "upstream connections closed by the peer")                      \
   X(upstream_idle_closed, "idle upstream connections we closed")                     \
+  X(tc_fallbacks, "truncated (TC=1) answers from udp:// upstreams retried over TCP") \
   X(probes, "health probes sent to unhealthy upstreams")                             \
   X(udp_send_errors, "UDP replies the kernel refused")                               \
   X(udp_send_no_buffer, "UDP replies dropped: all send buffers busy")                \
@@ -92,6 +93,7 @@ namespace dotproxy::metrics {
   X(connect_failures, "connect or handshake failures")                       \
   X(verify_failures, "certificate, name or pin verification failures")       \
   X(pin_failures, "of which SPKI pin mismatches")                            \
+  X(tc_fallbacks, "truncated UDP answers retried over TCP (udp:// only)")   \
   X(healthy, "1 when healthy, 0 when unhealthy (gauge)")                     \
   X(latency_us, "latency EWMA in microseconds (gauge)")                      \
   X(in_flight, "queries in flight (gauge)")                                  \

@@ -3,7 +3,10 @@
 // (RFC 7858), driving itself: TCP connect, TLS handshake over memory
 // buffers, ciphertext receive, plaintext reads split into DNS messages,
 // one batched TLS write per loop iteration (many queries per record), one
-// send in flight, close. Pipelined queries are matched by ID (RFC 7766
+// send in flight, close. The same connection without TLS is a plain
+// DNS-over-TCP one (RFC 7766, kind kTcp: the framed batch goes to the
+// socket as it is), and kind kUdp is a connected UDP socket to the upstream
+// that sends each query as a datagram (datagram.cc). Pipelined queries are matched by ID (RFC 7766
 // §6.2.1) through the connection's own ID table, which maps an upstream ID
 // to an opaque token. It reports readiness, answers and its close to a
 // ConnectionObserver (the pool) and never touches query slots.
@@ -14,6 +17,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -54,6 +58,21 @@ enum class CloseReason : uint8_t {
 };
 bool IsFailure(CloseReason reason);
 
+// What a connection speaks. Fixed for its life; the DoT path tests it only
+// where plain streams or datagrams differ.
+enum class ConnectionKind : uint8_t {
+  kTls,  // DNS over TLS (RFC 7858)
+  kTcp,  // plain DNS over TCP, pipelined (RFC 7766)
+  kUdp,  // plain DNS over a connected UDP socket (RFC 1035 §4.2.1)
+};
+const char* ToString(ConnectionKind kind);
+
+// EDNS UDP payload size advertised to plain UDP upstreams (the DNS flag
+// day 2020 value: no IP fragmentation on common paths).
+inline constexpr uint16_t kUpstreamUdpSize = 1232;
+// Largest query a UDP connection keeps for its send and a TC=1 retry.
+inline constexpr size_t kMaxDatagramQuery = 1232;
+
 // Largest DNS message on a stream (RFC 1035 §4.2.2: 16-bit length).
 inline constexpr size_t kMaxStreamMessage = 65535;
 
@@ -75,6 +94,9 @@ struct ConnectionSettings {
   // Consecutive query timeouts with no answer in between after which the
   // connection is presumed broken.
   int timeout_limit = 3;
+  // kUdp: queries in flight at once (the pool's per-connection cap); each
+  // has a preallocated copy of its query.
+  size_t datagram_slots = 128;
 };
 
 class Connection;
@@ -96,7 +118,9 @@ class Connection {
   Connection(uint32_t index, int upstream, UpstreamTarget& target,
              const ConnectionSettings& settings, io::Reactor& reactor,
              const io::LoopClock& clock, const tls::ClientContext& tls_context, FastRng& rng,
-             ConnectionObserver& observer, metrics::ShardStats& stats);
+             ConnectionObserver& observer, metrics::ShardStats& stats,
+             ConnectionKind kind = ConnectionKind::kTls);
+  ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
@@ -114,7 +138,10 @@ class Connection {
 
   // The token bound to `id`, or IdTable::kFree.
   uint32_t Lookup(uint16_t id) const { return ids_.Lookup(id); }
-  void Erase(uint16_t id) { ids_.Erase(id); }
+  void Erase(uint16_t id) {
+    ids_.Erase(id);
+    if (kind_ == ConnectionKind::kUdp) FreeDatagram(id);
+  }
   // An answer matched: the stream is alive.
   void NoteAnswered();
   // A query on this connection timed out; may close it (kBroken).
@@ -134,8 +161,20 @@ class Connection {
   size_t in_flight() const { return ids_.size(); }
   int upstream() const { return upstream_; }
   uint32_t index() const { return index_; }
+  ConnectionKind kind() const { return kind_; }
   // "TLSv1.3 TLS13-CHACHA20-POLY1305-SHA256, resumed", for logs.
-  std::string Describe() const { return session_.Describe(); }
+  std::string Describe() const;
+
+  // kUdp: the query sent under `id` as it went out (ID included), for a
+  // TC=1 answer's retry over TCP and its question check; empty when `id`
+  // is not bound here.
+  std::span<const uint8_t> SentQuery(uint16_t id) const;
+  // kUdp: the query under `id` went on to the upstream's TCP fallback
+  // connection under `fallback_id` (kNoFallback: none). It stays bound
+  // here, so a Release through the forwarder's binding finds both.
+  static constexpr int kNoFallback = -1;
+  void SetFallback(uint16_t id, int fallback_id);
+  int Fallback(uint16_t id) const;
   // Shutdown: stop the socket so the upstream sees the close at once.
   void ShutdownSocket();
 
@@ -145,13 +184,37 @@ class Connection {
   void ArmReceive();
   void OnReceive(const io::Completion& completion);
   void ReadPlaintext();
+  void ReadFramed();
   void StartSend();
   void OnSendDone(const io::Completion& completion);
   void MaybeRecycle();
+  void BecomeReady();
+  std::vector<uint8_t>& Outbound() {
+    return kind_ == ConnectionKind::kTls ? session_.outbound() : plain_outbound_;
+  }
+  // kUdp (datagram.cc). A query's datagram, borrowed by its SendTo.
+  struct DatagramQuery {
+    io::MessageHeader header;
+    uint16_t length = 0;
+    uint16_t id = 0;
+    int fallback_id = kNoFallback;
+    bool bound = false;    // its ID is in ids_
+    bool sending = false;  // queued or in a batch whose sends are in flight
+    uint8_t bytes[kMaxDatagramQuery];
+  };
+  static constexpr uint16_t kNoDatagram = UINT16_MAX;
+  absl::Status OpenDatagram();
+  bool QueueDatagram(uint32_t token, std::span<uint8_t> query, uint16_t& id);
+  void FlushDatagrams();
+  void OnDatagram(const io::Completion& completion);
+  void OnDatagramSent(const io::Completion& completion);
+  void FreeDatagram(uint16_t id);
+  void ClearDatagrams();
   io::UserData Tag(io::Op op) const { return {op, index_, generation_}; }
 
   const uint32_t index_;
   const int upstream_;
+  const ConnectionKind kind_;
   UpstreamTarget& target_;
   const ConnectionSettings& settings_;
   io::Reactor& reactor_;
@@ -182,6 +245,17 @@ class Connection {
   std::chrono::milliseconds keepalive_timeout_{-1};  // negative: none received
   int quick_acks_left_ = 0;  // receives after connect that still force an ACK
   int timeouts_since_answer_ = 0;
+
+  // kTcp: framed queries handed to the socket (what TLS output is for kTls).
+  std::vector<uint8_t> plain_outbound_;
+  // kUdp: one slot per query in flight, found by its ID; a slot is reused
+  // only after its datagram's send completed.
+  std::vector<DatagramQuery> datagrams_;
+  std::vector<uint16_t> free_datagrams_;
+  std::vector<uint16_t> unsent_datagrams_;   // slots queued since the last flush
+  std::vector<uint16_t> sent_datagrams_;     // slots whose SendTo may be in flight
+  std::unique_ptr<uint16_t[]> datagram_of_id_;  // kNoDatagram when unbound
+  int datagram_sends_ = 0;  // SendTo operations in flight
 };
 
 }  // namespace dotproxy::upstream

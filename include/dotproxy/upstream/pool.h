@@ -104,11 +104,23 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
  private:
   // Probe tokens carry this bit (forwarder tokens are slot indices < 2^24).
   static constexpr uint32_t kProbeToken = 0x80000000u;
+  // A TC=1 retry over a UDP upstream's TCP connection is bound there under
+  // this bit | the UDP connection's position in its upstream << 16 | the
+  // query's UDP ID; the forwarder's binding stays on the UDP connection.
+  static constexpr uint32_t kFallbackToken = 0x40000000u;
+  static uint32_t FallbackToken(uint32_t channel, uint16_t id) {
+    return kFallbackToken | channel << 16 | id;
+  }
 
   struct Upstream {
     UpstreamTarget target;
     std::string spec;  // as configured, for logs
+    config::Transport transport = config::Transport::kTls;
     std::vector<uint32_t> connections;
+    // udp://: the plain TCP connection TC=1 answers are retried on, opened
+    // on demand and kept (not in `connections`: queries never pick it).
+    uint32_t fallback = kNoConnection;
+    uint32_t next_channel = 0;  // udp://: round robin over the sockets
     // Connection-level failures back off per upstream, not per connection.
     int connect_failures = 0;
     io::Clock::time_point retry_at{};
@@ -138,6 +150,13 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   void UpstreamFailed(int upstream, std::string_view reason);
   void NoteHealth(int upstream, bool changed);
   void SendProbe(int upstream);
+  Connection* AcquireDatagram(int upstream);
+  void RetryOverTcp(Connection& connection, int upstream, uint32_t token,
+                    std::span<const uint8_t> answer, const dns::ResponseInfo& info);
+  void OnFallbackAnswer(Connection& fallback, int upstream, uint32_t fallback_token,
+                        std::span<uint8_t> answer, const dns::ResponseInfo& info);
+  void LoseFallback(int upstream, uint32_t fallback_token, bool failure);
+  void ReleaseFallback(Connection& connection, int upstream, uint16_t id);
   void OnProbeAnswer(Connection& connection, int upstream, std::span<uint8_t> answer,
                      const dns::ResponseInfo& info);
 
@@ -170,6 +189,7 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   size_t probe_length_ = 0;
   uint16_t probe_question_length_ = 0;
   uint8_t probe_wire_[64 + dns::kUpstreamQueryGrowth];  // scratch: Send rewrites the ID
+  uint8_t fallback_wire_[kMaxDatagramQuery];             // scratch: a TC=1 retry
 };
 
 }  // namespace dotproxy::upstream
