@@ -15,6 +15,7 @@
 
 #include <fstrm.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -29,7 +30,11 @@ constexpr char kContentType[] = "protobuf:dnstap.Dnstap";
 // Frames per writev: bounded so one batch is small next to the rings.
 constexpr size_t kFramesPerWrite = 128;
 constexpr auto kReopenInterval = std::chrono::seconds(1);
-constexpr auto kIdleSleep = std::chrono::microseconds(500);
+// Idle, the thread sleeps longer each empty pass, up to kIdleSleepMax: few
+// wake-ups when quiet, and at most 2 ms of events to catch up on (at
+// 200,000 queries a second on a shard, about 0.5 MB of its 1 MiB ring).
+constexpr auto kIdleSleepMin = std::chrono::microseconds(50);
+constexpr auto kIdleSleepMax = std::chrono::microseconds(2000);
 
 void Add(std::atomic<uint64_t>* counter, uint64_t n) {
   if (counter != nullptr && n != 0) Tap::Bump(*counter, n);
@@ -106,8 +111,15 @@ void Writer::Stop() {
 }
 
 void Writer::Run() {
+  auto idle_sleep = kIdleSleepMin;
   while (!stop_.load(std::memory_order_relaxed)) {
-    if (DrainOnce(false) == 0) std::this_thread::sleep_for(kIdleSleep);
+    if (DrainOnce(false) != 0) {
+      idle_sleep = kIdleSleepMin;
+      continue;
+    }
+    std::this_thread::sleep_for(idle_sleep);
+    idle_sleep = std::min(idle_sleep * 2, std::chrono::duration_cast<std::chrono::microseconds>(
+                                              kIdleSleepMax));
   }
   // The shards have stopped: write what is left (one last connection
   // attempt for a Unix reader), then close, which sends the STOP frame.
