@@ -465,7 +465,8 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
       static_cast<size_t>(config.max_inflight) * sizeof(QuerySlot) +
       size_t{kReactorOptions.datagram_buffers} * kReactorOptions.datagram_buffer_size +
       kUdpReplySlots * (frontend::kMaxUdpReply + 128) + connections * per_connection +
-      (config.rate_limit > 0 ? frontend::RateLimiter::kMemoryBytes : 0);
+      (config.rate_limit > 0 ? frontend::RateLimiter::kMemoryBytes : 0) +
+      (config.dnstap.empty() ? 0 : dnstap::kRingBytesPerShard);
   memory.tcp_worst_bytes =
       static_cast<size_t>(config.max_tcp_clients) * frontend::TcpClients::kClientBytes;
   return memory;

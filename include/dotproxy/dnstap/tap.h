@@ -19,6 +19,10 @@
 
 namespace dotproxy::dnstap {
 
+// Each shard's ring: 1 MiB, about 7000 events of a typical 100-byte
+// message, or 15 of the largest (64 KB TCP) ones.
+inline constexpr size_t kRingBytesPerShard = size_t{1} << 20;
+
 // Counters of one tap, single-writer relaxed atomics: `dropped` by the
 // shard, `written` and `lost` by the writer thread. Null until attached
 // (main points them into the shard's stats); then never changed.

@@ -28,10 +28,6 @@ struct fstrm_writer;
 
 namespace dotproxy::dnstap {
 
-// Each shard's ring: 1 MiB, about 7000 events of a typical 100-byte
-// message, or 15 of the largest (64 KB TCP) ones.
-inline constexpr size_t kRingBytesPerShard = size_t{1} << 20;
-
 struct WriterOptions {
   std::string destination;  // "unix:PATH" or "file:PATH"
   std::string identity;     // dnstap identity (default: the host name)
