@@ -30,15 +30,16 @@ constexpr char kContentType[] = "protobuf:dnstap.Dnstap";
 // Frames per writev: bounded so one batch is small next to the rings.
 constexpr size_t kFramesPerWrite = 128;
 constexpr auto kReopenInterval = std::chrono::seconds(1);
-// The thread drains every ring once per pass and sleeps between passes:
-// waking once a millisecond (more often only when a ring is filling up)
-// batches ~1 ms of events per writev, where waking for every few events
-// cost more in context switches on the shards' cores than the encoding.
-// Idle, the pause doubles up to kIdleSleepMax. Either way a ring holds at
-// most a few ms of events (at 200,000 queries a second on one shard, about
-// 0.5 MB of its 1 MiB).
-constexpr auto kPassInterval = std::chrono::microseconds(1000);
-constexpr auto kIdleSleepMax = std::chrono::microseconds(4000);
+// The thread drains every ring once per pass and sleeps between passes
+// (no pause while a ring is filling up). Measured with bench/load-like runs
+// on one core shared with the shard: waking every 1 ms cost the shard
+// 2-8 CPU-µs a query more (timer interrupts and switches on its core);
+// every 5 ms the difference is within the noise, the writer itself about
+// 1 µs a query. Idle, the pause doubles up to kIdleSleepMax. The ring
+// holds what a pause lets in: at 200,000 queries a second on one shard and
+// four ~200-byte events each, 5 ms is 0.8 MB of its 2 MiB.
+constexpr auto kPassInterval = std::chrono::microseconds(5000);
+constexpr auto kIdleSleepMax = std::chrono::microseconds(10000);
 // Events taken from one ring per pass before the next ring's turn.
 constexpr size_t kEventsPerTapPass = 4096;
 
