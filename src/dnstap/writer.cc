@@ -1,10 +1,12 @@
 // The dnstap writer thread: rings → protobuf → Frame Streams (libfstrm's
 // writer API, driven by our own thread).
 //
-// Why not fstrm_iothr: its producers submit a heap buffer each (allocated
-// and protobuf-encoded on the shard), and a submit may signal its I/O
-// thread's condition variable under a mutex. Its queue is lock-free
-// (my_queue_mb, SPSC with memory barriers) but the allocation, the
+// Why not fstrm_iothr: its input queues are lock-free (my_queue_mb, SPSC
+// with memory barriers) and fstrm_iothr_submit never waits, but each
+// message must be a heap buffer, protobuf-encoded on the producer's
+// thread; a submit that reaches the notify threshold calls
+// pthread_cond_signal (a futex system call); and while its writer is
+// closed it discards entries without counting them. The allocation, the
 // encoding and that wake-up would all be on the query path. Here the shard
 // only copies bytes into its ring, and this thread does the rest.
 
