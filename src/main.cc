@@ -36,6 +36,7 @@
 #include "dotproxy/metrics/prometheus.h"
 #include "dotproxy/metrics/stats_format.h"
 #include "dotproxy/metrics/upstream_slots.h"
+#include "dotproxy/dnstap/writer.h"
 #include "dotproxy/shard/shard.h"
 #include "dotproxy/tls/client.h"
 #include "dotproxy_build_config.h"
@@ -278,6 +279,8 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
 
   std::shared_ptr<const dotproxy::config::Config> shared_config = config;
+  // Declared before the shards: their taps live in it, so it goes last.
+  std::unique_ptr<dotproxy::dnstap::Writer> dnstap_writer;
   std::vector<std::unique_ptr<dotproxy::shard::Shard>> shards;
   std::vector<std::thread> threads;
   std::mutex mutex;
@@ -287,6 +290,27 @@ int main(int argc, char** argv) {
 
   for (int i = 0; i < config->threads; ++i) {
     shards.push_back(std::make_unique<dotproxy::shard::Shard>(i, shared_config));
+  }
+  if (!config->dnstap.empty()) {
+    dotproxy::dnstap::WriterOptions options;
+    options.destination = config->dnstap;
+    options.identity = config->dnstap_identity;
+    if (options.identity.empty()) {
+      char host[256] = {};
+      if (gethostname(host, sizeof host - 1) == 0) options.identity = host;
+    }
+    options.version = "dotproxy " DOTPROXY_VERSION;
+    auto writer = dotproxy::dnstap::Writer::Create(options, shards.size());
+    if (!writer.ok()) {
+      std::fprintf(stderr, "dotproxy: %s\n", std::string(writer.status().message()).c_str());
+      return 1;
+    }
+    dnstap_writer = *std::move(writer);
+    for (size_t i = 0; i < shards.size(); ++i) shards[i]->AttachDnstap(&dnstap_writer->tap(i));
+    dnstap_writer->Start();
+    Log(Severity::kInfo, "dnstap to %s (%s; %d KiB ring per shard, full rings drop)",
+        config->dnstap, config->dnstap_messages,
+        static_cast<int>(dotproxy::dnstap::kRingBytesPerShard / 1024));
   }
   Log(Severity::kInfo, "%s", backend_line);
   Log(Severity::kInfo, "%s", memory_line);
@@ -425,6 +449,8 @@ int main(int argc, char** argv) {
   }
   for (auto& shard : shards) shard->Stop();
   for (auto& thread : threads) thread.join();
+  // The shards are done: write what their rings hold, then close.
+  if (dnstap_writer) dnstap_writer->Stop();
   metrics_server.reset();
   for (const auto& shard : shards) {
     if (shard->failed()) {

@@ -47,6 +47,9 @@ Environment (defaults in brackets):
                  second while it runs: TARGETS="dotproxy_metrics dotproxy_scraped" gives
                  the cost of a scrape per query (the endpoint's threads share the
                  target's core, so their CPU is in the target's CPU-µs per query)
+                 dotproxy_dnstap = DOTPROXY_ARGS plus --dnstap file:DNSTAP_FILE [/dev/null]:
+                 all four message types encoded and written (the writer thread
+                 shares the target's core): its cost per query, next to dotproxy
                  reflector = bench/load/reflector.c (UDP only: hit-udp and burst), the
                  ceiling for the cache-hit path
   SCENARIOS      [hit-udp hit-tcp miss-udp miss-tcp burst]
@@ -384,6 +387,12 @@ start_target_dotproxy_plain_udp() {
 # The rate limiter on at a rate dnsperf never reaches (all of its queries come
 # from one prefix), to measure what checking every query costs.
 start_target_dotproxy_ratelimit() { start_dotproxy dotproxy_ratelimit "$DOTPROXY_ARGS --rate-limit 10000000"; }
+
+# dnstap on (every message type) into a file, /dev/null by default: the
+# shard's copy into its ring plus the writer thread's encoding and writes.
+start_target_dotproxy_dnstap() {
+    start_dotproxy dotproxy_dnstap "$DOTPROXY_ARGS --dnstap file:${DNSTAP_FILE:-/dev/null}"
+}
 
 # Metrics on; dotproxy_scraped is also scraped every second by a loop on LOAD_CPU
 # (stopped with the target), so the pair shows what scraping costs per query.

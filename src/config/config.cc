@@ -243,6 +243,23 @@ absl::Status Option::SetFromText(Config& config, std::string_view text) const {
       return absl::InvalidArgumentError(
           absl::StrCat(Excerpt(text), " is not one of ", Sv(choices)));
     }
+    case OptionKind::kWordSet: {
+      auto* f = std::get_if<std::string Config::*>(&field);
+      if (f == nullptr) break;
+      if (auto status = CheckText(text, kMaxPathBytes); !status.ok()) return status;
+      if (text.empty()) return absl::InvalidArgumentError(absl::StrCat("give some of ", Sv(choices)));
+      for (absl::string_view item : absl::StrSplit(Sv(text), ',')) {
+        bool known = false;
+        for (absl::string_view word : absl::StrSplit(Sv(choices), '|')) known |= word == item;
+        if (!known) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "'", Excerpt(std::string_view(item.data(), item.size())), "' is not one of ",
+              Sv(choices)));
+        }
+      }
+      config.**f = std::string(text);
+      return absl::OkStatus();
+    }
     case OptionKind::kAddress: {
       auto* f = std::get_if<std::optional<io::SocketAddress> Config::*>(&field);
       if (f == nullptr) break;
@@ -289,6 +306,13 @@ absl::Status Option::SetFromText(Config& config, std::string_view text) const {
 absl::Status ValidateConfig(const Config& config) {
   if (config.listen.empty()) return absl::InvalidArgumentError("no listen address (--listen)");
   if (config.upstreams.empty()) return absl::InvalidArgumentError("no upstream (--upstream)");
+  if (!config.dnstap.empty()) {
+    const std::string_view d = config.dnstap;
+    if (!((d.substr(0, 5) == "unix:" || d.substr(0, 5) == "file:") && d.size() > 5)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--dnstap: '", Excerpt(d), "': expected unix:PATH (a Frame Streams reader) or file:PATH"));
+    }
+  }
   // Parsers check ranges as values arrive; this catches a Config built or
   // changed by code, so every path meets the same table.
   for (const Option& option : Options()) {

@@ -158,6 +158,21 @@ absl::Status ReadOption(const FileErrors& errors, const Option& option, std::str
       if (auto s = option.SetFromText(config, value->get()); !s.ok()) return errors.At(node.source(), what, s);
       return absl::OkStatus();
     }
+    case OptionKind::kWordSet: {
+      const auto* list = node.as_array();
+      if (list == nullptr || list->empty()) {
+        return errors.At(node.source(), absl::StrCat(what, " must be a non-empty array of \"",
+                                                     Sv(option.choices), "\" strings"));
+      }
+      std::string joined;
+      for (const auto& item : *list) {
+        const auto* text = item.as_string();
+        if (text == nullptr) return errors.At(item.source(), absl::StrCat(what, ": each item must be a string"));
+        absl::StrAppend(&joined, joined.empty() ? "" : ",", text->get());
+      }
+      if (auto s = option.SetFromText(config, joined); !s.ok()) return errors.At(node.source(), what, s);
+      return absl::OkStatus();
+    }
     case OptionKind::kAddressList:
     case OptionKind::kCidrList:
     case OptionKind::kUpstreamList: {

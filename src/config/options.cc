@@ -153,6 +153,19 @@ constexpr Option kOptions[] = {
      .kind = OptionKind::kAddress, .field = &Config::metrics_listen, .value_name = "ADDR:PORT",
      .help = "serve Prometheus /metrics, /health and /ready over HTTP,\n"
              "e.g. 127.0.0.1:9153 (default: off)"},
+    {.flag = "dnstap", .toml_key = "dnstap", .kind = OptionKind::kPath, .field = &Config::dnstap,
+     .value_name = "unix:PATH|file:PATH",
+     .help = "write dnstap (Frame Streams) to a reader's Unix socket,\n"
+             "e.g. fstrm_capture's, or to a file (default: off)"},
+    {.flag = "dnstap-messages", .toml_key = "dnstap_messages", .kind = OptionKind::kWordSet,
+     .field = &Config::dnstap_messages, .value_name = "TYPE,...",
+     .choices = "client-query|client-response|forwarder-query|forwarder-response",
+     .help = "dnstap message types written, comma-separated (default:\n"
+             "all of client-query,client-response,forwarder-query,\n"
+             "forwarder-response)"},
+    {.flag = "dnstap-identity", .toml_key = "dnstap_identity", .kind = OptionKind::kPath,
+     .field = &Config::dnstap_identity, .value_name = "TEXT",
+     .help = "dnstap identity of this proxy (default: the host name)"},
     {.flag = "check-config", .kind = OptionKind::kSwitch, .field = &Config::check_config,
      .switch_value = true, .help = "validate the configuration and exit"},
     {.flag = "version", .kind = OptionKind::kVersion, .help = "print the version and exit"},

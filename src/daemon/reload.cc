@@ -91,6 +91,9 @@ void KeepRestartOnly(const config::Config& running, config::Config& next,
   keep("udp_buffer", next.udp_socket_buffer, running.udp_socket_buffer, equal);
   keep("metrics_listen", next.metrics_listen, running.metrics_listen, equal);
   keep("freebind", next.freebind, running.freebind, equal);
+  // The writer and its rings are set up at start (dnstap_messages reloads).
+  keep("dnstap", next.dnstap, running.dnstap, equal);
+  keep("dnstap_identity", next.dnstap_identity, running.dnstap_identity, equal);
 }
 
 std::string ConfigSummary(const config::Config& config) {

@@ -242,6 +242,11 @@ void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       client.ops_in_flight = 0;
       std::memcpy(&client.peer, &peer, sizeof(peer));
       client.peer_length = peer_length;
+      socklen_t local_length = sizeof(client.local);
+      if (getsockname(client.fd.get(), reinterpret_cast<sockaddr*>(&client.local),
+                      &local_length) != 0) {
+        client.local.ss_family = AF_UNSPEC;
+      }
       Bump(stats_.tcp_accepted);
       Touch(index);
       ArmReceive(index);

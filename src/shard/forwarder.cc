@@ -36,7 +36,13 @@ void Forwarder::OnQuery(std::span<uint8_t> wire, const ClientRef& client) {
 
 bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
   dns::QueryInfo info;
-  switch (dns::ParseQuery(wire, info)) {
+  const dns::QueryParse parsed = dns::ParseQuery(wire, info);
+  // Every query answered or forwarded is logged; dropped packets (short,
+  // QR=1) are not queries.
+  if (tap_ != nullptr && parsed != dns::QueryParse::kDrop) [[unlikely]] {
+    TapClient(dnstap::MessageType::kClientQuery, client, wire, {});
+  }
+  switch (parsed) {
     case dns::QueryParse::kDrop:
       if (wire.size() < dns::kHeaderSize) {
         Bump(stats_.dropped_short);
@@ -80,7 +86,7 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
     std::span<uint8_t> reply = replier_.BeginReply(client, kMaxErrorReply + dns::kMinimalAnyRrSize);
     if (reply.empty()) return false;
     const size_t length = dns::BuildMinimalAnyReply(wire, info, settings_.edns_udp_size, reply);
-    replier_.CommitReply(client, length);
+    CommitReply(client, reply, length, clock_.now());
     if (length > 0) {
       Bump(stats_.minimal_any);
       ObserveReply(client, metrics::AnswerSource::kLocal, clock_.now());
@@ -142,6 +148,14 @@ uint16_t Forwarder::UdpLimit(const dns::QueryInfo& info) const {
       std::min<size_t>(info.udp_response_limit, std::max<size_t>(cap, dns::kClassicUdpLimit)));
 }
 
+void Forwarder::CommitReply(const ClientRef& client, std::span<const uint8_t> reply,
+                            size_t length, io::Clock::time_point received) {
+  if (tap_ != nullptr && length > 0) [[unlikely]] {
+    TapClient(dnstap::MessageType::kClientResponse, client, reply.first(length), received);
+  }
+  replier_.CommitReply(client, length);
+}
+
 void Forwarder::ObserveReply(const ClientRef& client, metrics::AnswerSource source,
                              io::Clock::time_point received) {
   stats_.query_duration[static_cast<size_t>(client.transport)][static_cast<size_t>(source)]
@@ -158,7 +172,7 @@ void Forwarder::ReplyError(std::span<const uint8_t> query, const dns::QueryInfo&
   // The ID is the client's, whatever bytes `query` holds (a slot's query
   // carries the upstream ID).
   if (length > 0) dns::header::SetId(reply.data(), info.id);
-  replier_.CommitReply(client, length);
+  CommitReply(client, reply, length, received);
   if (length > 0) ObserveReply(client, metrics::AnswerSource::kLocal, received);
 }
 
@@ -185,7 +199,7 @@ bool Forwarder::Limited(std::span<const uint8_t> query, const dns::QueryInfo& in
     const size_t length =
         dns::BuildErrorReply(query, info, dns::Rcode::kNoError, settings_.edns_udp_size, reply);
     if (length > 0) dns::header::SetTruncated(reply.data());
-    replier_.CommitReply(client, length);
+    CommitReply(client, reply, length, clock_.now());
   } else {
     Bump(stats_.rate_limit_dropped);
   }
@@ -206,7 +220,7 @@ bool Forwarder::ServeFromCache(uint32_t entry, const ClientRef& client, uint16_t
   if (reply.empty()) return true;  // dropped, and counted, by the front end
   const size_t length =
       cache_->Serve(entry, reply, id, question, limit, clock_.seconds(), stale);
-  replier_.CommitReply(client, length);
+  CommitReply(client, reply, length, received);
   if (length > 0) {
     ObserveReply(client, stale ? metrics::AnswerSource::kStale : metrics::AnswerSource::kCache,
                  received);
@@ -258,6 +272,9 @@ bool Forwarder::Dispatch(uint32_t index, int exclude, bool allow_excluded) {
   }
   slot.binding = binding;
   slot.sent_at = clock_.now();
+  if (tap_ != nullptr) [[unlikely]] {
+    TapUpstream(dnstap::MessageType::kForwarderQuery, binding, {slot.query, slot.query_length}, {});
+  }
   table_.attempts().Remove(index);
   if (settings_.retry_on_timeout && slot.attempt == 1 && slot.kind == SlotKind::kClient) {
     // The first attempt gets half the budget so a retry elsewhere still fits.
@@ -356,6 +373,9 @@ upstream::AnswerSink::Outcome Forwarder::OnAnswer(uint32_t token, std::span<uint
     return {};
   }
   const Outcome outcome{Verdict::kAccepted, slot.sent_at};
+  if (tap_ != nullptr) [[unlikely]] {  // as the upstream sent it
+    TapUpstream(dnstap::MessageType::kForwarderResponse, slot.binding, answer, slot.sent_at);
+  }
   slot.binding = {};  // the pool frees it on kAccepted
 
   // Transport options (keepalive, padding) are for this hop only.
@@ -386,6 +406,10 @@ upstream::AnswerSink::Outcome Forwarder::OnAnswer(uint32_t token, std::span<uint
   if (slot.client.transport == Transport::kUdp && length > slot.udp_limit) {
     length = dns::TruncateResponse(answer, length, slot.udp_limit);
     Bump(stats_.truncated);
+  }
+  if (tap_ != nullptr) [[unlikely]] {
+    TapClient(dnstap::MessageType::kClientResponse, slot.client, {answer.data(), length},
+              ReceivedAt(slot));
   }
   replier_.Reply(slot.client, {answer.data(), length});
   ObserveReply(slot.client, metrics::AnswerSource::kUpstream, ReceivedAt(slot));

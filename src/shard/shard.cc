@@ -121,6 +121,11 @@ bool PoolChanged(const config::Config& a, const config::Config& b) {
          a.strip_client_subnet != b.strip_client_subnet;
 }
 
+// Validated by the config layer; all types if it somehow is not.
+dnstap::MessageMask DnstapMask(const config::Config& config) {
+  return dnstap::ParseMessageTypes(config.dnstap_messages).value_or(dnstap::kAllMessages);
+}
+
 }  // namespace
 
 // All state of one shard. Private to this file.
@@ -144,6 +149,8 @@ class ShardLoop {
   ~ShardLoop() { reactor_.reset(); }
 
   absl::Status Setup();
+  // Before Setup: dnstap on (null: off).
+  void set_dnstap(dnstap::Tap* tap) { tap_ = tap; }
   // Returns false when the loop ended on a reactor failure.
   bool Run();
 
@@ -182,6 +189,7 @@ class ShardLoop {
   upstream::PoolSet pools_;
   std::unique_ptr<Forwarder> forwarder_;
   std::unique_ptr<frontend::RateLimiter> rate_limiter_;  // null: no limit
+  dnstap::Tap* tap_ = nullptr;                           // null: dnstap off
   upstream::PoolGeneration first_pool_;  // made by Setup, installed by Run
   std::unique_ptr<io::Reactor> reactor_;
 
@@ -231,6 +239,10 @@ absl::Status ShardLoop::Setup() {
   forwarder_ = std::make_unique<Forwarder>(MakeForwarderSettings(config), clock_, *frontends_,
                                            pools_, cache_.get(), stats_);
   MakeRateLimiter(config);
+  if (tap_ != nullptr) {
+    tap_->set_mask(DnstapMask(config));
+    forwarder_->set_dnstap(tap_);
+  }
   auto pool = MakePool(config_);
   if (!pool.ok()) return pool.status();
   // Started by Run(): connections open once the loop turns.
@@ -309,6 +321,8 @@ void ShardLoop::ApplyPostedConfig() {
   tcp_->SetMessageTimeout(next->tcp_message_timeout);
   if (cache_) cache_->SetPolicy(next->cache);
   forwarder_->UpdateSettings(MakeForwarderSettings(*next));
+  // The destination is restart-only (main's writer); the types are not.
+  if (tap_ != nullptr) tap_->set_mask(DnstapMask(*next));
   if (PoolChanged(pools_.current_config(), *next)) {
     auto pool = MakePool(next);
     if (pool.ok()) {
@@ -453,7 +467,8 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
       static_cast<size_t>(config.max_inflight) * sizeof(QuerySlot) +
       size_t{kReactorOptions.datagram_buffers} * kReactorOptions.datagram_buffer_size +
       kUdpReplySlots * (frontend::kMaxUdpReply + 128) + connections * per_connection +
-      (config.rate_limit > 0 ? frontend::RateLimiter::kMemoryBytes : 0);
+      (config.rate_limit > 0 ? frontend::RateLimiter::kMemoryBytes : 0) +
+      (config.dnstap.empty() ? 0 : dnstap::kRingBytesPerShard);
   memory.tcp_worst_bytes =
       static_cast<size_t>(config.max_tcp_clients) * frontend::TcpClients::kClientBytes;
   return memory;
@@ -474,6 +489,7 @@ void Shard::Run(const std::function<void(absl::Status)>& ready) {
   };
   ShardLoop loop(index_, config_, stats_, upstream_stats_.get(), stop_requested_, mailbox_,
                  applied_generation_, report_reload_error);
+  loop.set_dnstap(tap_);
   absl::Status status = loop.Setup();
   if (status.ok()) stats_.serving.store(true, std::memory_order_relaxed);
   ready(status);

@@ -65,4 +65,22 @@ bool PoolSet::CanSendElsewhere(int exclude) { return current_->pool->CanSendElse
 
 bool PoolSet::AnyAlive() const { return current_->pool->AnyAlive(); }
 
+bool PoolSet::DescribeUpstream(const Binding& binding, const sockaddr** address,
+                               bool* tls, bool* udp) const {
+  if (binding.upstream < 0) return false;
+  const uint32_t tag = UpstreamPool::TagOfUpstream(binding.upstream);
+  const PoolGeneration* generation = current_ && current_->pool->tag() == tag ? current_.get()
+                                     : retiring_ && retiring_->pool->tag() == tag ? retiring_.get()
+                                                                                  : nullptr;
+  if (generation == nullptr) return false;
+  const size_t u = static_cast<size_t>(binding.upstream) &
+                   ((size_t{1} << UpstreamPool::kUpstreamTagShift) - 1);
+  if (u >= generation->config->upstreams.size()) return false;
+  const config::UpstreamConfig& upstream = generation->config->upstreams[u];
+  *address = upstream.address.get();
+  *tls = upstream.transport == config::Transport::kTls;
+  *udp = upstream.transport == config::Transport::kUdp;
+  return true;
+}
+
 }  // namespace dotproxy::upstream

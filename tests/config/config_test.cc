@@ -413,6 +413,7 @@ TEST(OptionTableTest, RowsAreConsistent) {
         EXPECT_TRUE(option.env.empty()) << "switches have no variable syntax";
         break;
       case OptionKind::kChoice:
+      case OptionKind::kWordSet:
         EXPECT_FALSE(option.choices.empty());
         [[fallthrough]];
       case OptionKind::kPrefixLengths:
@@ -908,6 +909,37 @@ TEST_F(CommandLineTest, DuplicateUpstreamsFailAtParseTime) {
                                      "[[upstream]]\naddress = \"127.0.0.1:853\"\nname = \"a.test\"\n");
   unsetenv("DOTPROXY_UPSTREAMS");
   EXPECT_TRUE(FailsMentioning(Parse({"--config", path, "--check-config"}).status(), "configured twice"));
+}
+
+
+// --- dnstap ---------------------------------------------------------------
+
+TEST_F(CommandLineTest, DnstapFlagsAndTheirErrors) {
+  auto parsed = Parse({"--dnstap", "unix:/run/tap.sock", "--dnstap-messages",
+                       "client-query,forwarder-response"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.dnstap, "unix:/run/tap.sock");
+  EXPECT_EQ(parsed->config.dnstap_messages, "client-query,forwarder-response");
+  EXPECT_TRUE(FailsMentioning(Parse({"--dnstap", "tcp:127.0.0.1:6000"}).status(),
+                              "expected unix:PATH"));
+  EXPECT_TRUE(FailsMentioning(Parse({"--dnstap", "file:"}).status(), "expected unix:PATH"));
+  EXPECT_TRUE(FailsMentioning(Parse({"--dnstap-messages", "client-query,auth-query"}).status(),
+                              "'auth-query' is not one of"));
+}
+
+TEST_F(ConfigFileTest, DnstapMessagesIsAnArrayAndErrorsNameTheLine) {
+  Config config;
+  ASSERT_TRUE(LoadConfigText("dnstap = \"file:/tmp/x.tap\"\n"
+                             "dnstap_messages = [\"client-query\", \"client-response\"]\n",
+                             "d.toml", config)
+                  .ok());
+  EXPECT_EQ(config.dnstap, "file:/tmp/x.tap");
+  EXPECT_EQ(config.dnstap_messages, "client-query,client-response");
+  EXPECT_TRUE(FailsMentioning(
+      LoadConfigText("\ndnstap_messages = [\"client-query\", \"nope\"]\n", "d.toml", config),
+      "d.toml:2: "));
+  EXPECT_TRUE(FailsMentioning(LoadConfigText("dnstap_messages = \"client-query\"\n", "d.toml", config),
+                              "d.toml:1: "));
 }
 
 }  // namespace

@@ -147,6 +147,14 @@ struct Config {
   // thread's HTTP server; unset: off.
   std::optional<io::SocketAddress> metrics_listen;
 
+  // dnstap (RFC-less, dnstap.info): "unix:PATH" (a Frame Streams reader's
+  // socket) or "file:PATH"; empty: off. Which messages are written
+  // (dnstap::kMessageWords, comma-joined), and the identity written in
+  // each (empty: the host name).
+  std::string dnstap;
+  std::string dnstap_messages = "client-query,client-response,forwarder-query,forwarder-response";
+  std::string dnstap_identity;
+
   bool check_config = false;
   std::string config_file;  // where the file part came from, for messages
 };
@@ -193,6 +201,8 @@ enum class OptionKind {
                   // takes true or false
   kPath,          // a non-empty file name
   kChoice,        // one of the words in `choices` ("a|b|c")
+  kWordSet,       // some of the words in `choices`: "a,c" on the flag, an array
+                  // of strings in the file; stored comma-joined
   kPrefixLengths, // "V4/V6": an IPv4 (8..32) and an IPv6 (16..128) prefix length
   kAddress,       // one "ADDR:PORT" (the port is required)
   kAddressList,   // "ADDR:PORT" items

@@ -89,6 +89,9 @@ class Replier {
   // Every query a front end handed over ends with exactly one QueryDone,
   // answered or not (a query refused before it was accepted included).
   virtual void QueryDone(const ClientRef& client) = 0;
+  // The address `client`'s query arrived on (dnstap), or null when unknown.
+  // Valid until the next call into the front end.
+  virtual const sockaddr* LocalAddress(const ClientRef& /*client*/) const { return nullptr; }
 
   // Copies `wire` out to `client`.
   void Reply(const ClientRef& client, std::span<const uint8_t> wire) {

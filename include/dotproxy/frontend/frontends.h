@@ -23,6 +23,10 @@ class Frontends final : public Replier {
       tcp_.CommitReply(client, length);
     }
   }
+  const sockaddr* LocalAddress(const ClientRef& client) const override {
+    return client.transport == Transport::kUdp ? udp_.LocalAddress(client)
+                                               : tcp_.LocalAddress(client);
+  }
   void QueryDone(const ClientRef& client) override {
     if (client.transport == Transport::kTcp) {
       tcp_.QueryDone(client);

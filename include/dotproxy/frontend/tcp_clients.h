@@ -129,6 +129,14 @@ class TcpClients {
   std::span<uint8_t> BeginReply(const ClientRef& client, size_t max_length);
   void CommitReply(const ClientRef& client, size_t length);
   void QueryDone(const ClientRef& client);
+  // The client connection's local address (getsockname at accept).
+  const sockaddr* LocalAddress(const ClientRef& client) const {
+    if (client.tcp_client >= clients_.size()) return nullptr;
+    const Client& c = clients_[client.tcp_client];
+    return c.generation == client.tcp_generation
+               ? reinterpret_cast<const sockaddr*>(&c.local)
+               : nullptr;
+  }
 
   size_t open_clients() const { return clients_.size() - free_clients_.size(); }
   // Bytes of answer buffers given back to the kernel at client closes.
@@ -168,6 +176,7 @@ class TcpClients {
     uint32_t queries_in_flight = 0;
     sockaddr_storage peer{};  // for the forwarder's rate limiter
     socklen_t peer_length = 0;
+    sockaddr_storage local{};  // where the client connected to (dnstap)
     io::Clock::time_point last_activity{};
     io::IndexLinks idle_links;  // ordered by last activity, oldest first
     // When the first byte of the incomplete message in `framer` arrived.

@@ -90,6 +90,11 @@ class UdpFrontend {
   std::span<uint8_t> BeginReply(const ClientRef& client, size_t max_length);
   void CommitReply(const ClientRef& client, size_t length);
   void QueryDone(const ClientRef& client);
+  // The listen address of the socket the client's query came in on.
+  const sockaddr* LocalAddress(const ClientRef& client) const {
+    return client.udp_socket < sockets_.size() ? sockets_[client.udp_socket].address.get()
+                                               : nullptr;
+  }
 
  private:
   struct Reply {

@@ -77,6 +77,9 @@ namespace dotproxy::metrics {
   X(cache_prefetches, "background refreshes of entries near expiry")                 \
   X(cache_evictions, "entries evicted to make room (gauge of a running total)")        \
   X(cache_entries, "entries in the cache (gauge)")                                   \
+  X(dnstap_written, "dnstap messages written to the output (counted by the dnstap writer thread)") \
+  X(dnstap_dropped, "dnstap messages dropped: the shard's ring was full (writer behind, reader gone)") \
+  X(dnstap_lost, "dnstap messages lost in a failed write to the output (reader gone)") \
   X(submit_errors, "io_uring submit/wait calls that failed (not timeouts)")          \
   X(loop_iterations, "event loop iterations (one submit+wait each)")                  \
   X(completions, "io_uring completions processed (completions/iterations = batching)") \

@@ -18,6 +18,7 @@
 #include "dotproxy/cache/packet_cache.h"
 #include "dotproxy/dns/edns.h"
 #include "dotproxy/dns/message.h"
+#include "dotproxy/dnstap/tap.h"
 #include "dotproxy/frontend/client_ref.h"
 #include "dotproxy/frontend/rate_limiter.h"
 #include "dotproxy/io/clock.h"
@@ -81,6 +82,8 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   // Asked before anything is answered (cache hits too); null: no limit.
   // Borrowed; replaced on reload.
   void set_rate_limiter(frontend::RateLimiter* limiter) { rate_limiter_ = limiter; }
+  // dnstap of client and upstream messages; null: off. Borrowed.
+  void set_dnstap(dnstap::Tap* tap) { tap_ = tap; }
 
   // Before the end-of-iteration flush: queries that waited for capacity.
   void DispatchWaiting();
@@ -119,6 +122,17 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
     return slot.deadline - settings_.query_timeout;
   }
   uint16_t UdpLimit(const dns::QueryInfo& info) const;
+  // Sends the open reply's first `length` bytes (0: abandons it), through
+  // dnstap when on.
+  void CommitReply(const frontend::ClientRef& client, std::span<const uint8_t> reply,
+                   size_t length, io::Clock::time_point received);
+  // dnstap events (forwarder_dnstap.cc); callers test tap_ first, so that
+  // with dnstap off a hook costs one predictable branch. `query_time`:
+  // when the query was read or sent, for responses.
+  void TapClient(dnstap::MessageType type, const frontend::ClientRef& client,
+                 std::span<const uint8_t> wire, io::Clock::time_point query_time);
+  void TapUpstream(dnstap::MessageType type, const upstream::Binding& binding,
+                   std::span<const uint8_t> wire, io::Clock::time_point query_time);
   void StartPrefetch(std::span<const uint8_t> query, const dns::QueryInfo& info);
   bool TryServeStale(QuerySlot& slot);
   // Sends the slot upstream (first attempt or retry); false when nothing
@@ -140,6 +154,7 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   upstream::QueryRouter& router_;
   cache::PacketCache* cache_;
   frontend::RateLimiter* rate_limiter_ = nullptr;
+  dnstap::Tap* tap_ = nullptr;
   metrics::ShardStats& stats_;
   QueryTable table_;
   bool draining_ = false;

@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "dotproxy/config/config.h"
+#include "dotproxy/dnstap/tap.h"
 #include "dotproxy/metrics/stats.h"
 
 namespace dotproxy::shard {
@@ -95,6 +96,15 @@ class Shard {
     return reload_error_;
   }
 
+  // dnstap: this shard logs into `tap` (owned by the dnstap writer, which
+  // outlives the shard's loop) and counts it in its stats. Before Run().
+  void AttachDnstap(dnstap::Tap* tap) {
+    tap_ = tap;
+    tap->set_counters({.dropped = &stats_.dnstap_dropped,
+                       .written = &stats_.dnstap_written,
+                       .lost = &stats_.dnstap_lost});
+  }
+
   // True when the loop ended on an I/O engine error rather than Stop().
   bool failed() const { return failed_.load(std::memory_order_relaxed); }
 
@@ -117,6 +127,7 @@ class Shard {
   std::string reload_error_;
   ShardStats stats_;
   std::unique_ptr<UpstreamStats[]> upstream_stats_;
+  dnstap::Tap* tap_ = nullptr;
 };
 
 }  // namespace dotproxy::shard

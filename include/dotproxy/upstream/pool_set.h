@@ -62,6 +62,8 @@ class PoolSet final : public QueryRouter {
   void NoteTimeout(const Binding& binding, bool counts_against_upstream) override;
   bool CanSendElsewhere(int exclude) override;
   bool AnyAlive() const override;
+  bool DescribeUpstream(const Binding& binding, const sockaddr** address,
+                        bool* tls, bool* udp) const override;
 
  private:
   UpstreamPool* ByTag(uint32_t tag);

@@ -9,6 +9,8 @@
 // inside. The forwarder keeps the Binding the pool returned, and hands it
 // back to release or time out the query. Shard thread only.
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <cstdint>
 #include <span>
@@ -52,6 +54,12 @@ class QueryRouter {
   virtual bool CanSendElsewhere(int exclude) = 0;
   // Some connection is up or being set up: waiting for capacity makes sense.
   virtual bool AnyAlive() const = 0;
+  // The upstream a binding names, for dnstap: its address and whether it
+  // is reached over TLS, or plain UDP; false when unknown.
+  virtual bool DescribeUpstream(const Binding& /*binding*/, const sockaddr** /*address*/,
+                                bool* /*tls*/, bool* /*udp*/) const {
+    return false;
+  }
 };
 
 class AnswerSink {
