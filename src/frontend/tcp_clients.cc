@@ -250,6 +250,7 @@ void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       Bump(stats_.tcp_accepted);
       Touch(index);
       ArmReceive(index);
+      EvictIdleForRoom();
       if (free_clients_.empty()) {
         // Full: leave shared listeners to the other shards (ShouldAccept).
         for (const Listener& listener : listeners_) {
@@ -498,6 +499,24 @@ void TcpClients::Touch(uint32_t index) {
   clients_[index].last_activity = clock_.now();
   idle_.Remove(index);
   idle_.PushBack(index);
+}
+
+void TcpClients::EvictIdleForRoom() {
+  // Room kept: 1/16 of the cap (at least one), so a burst of newcomers
+  // within one loop iteration finds slots while evicted ones recycle.
+  const size_t reserve = std::max<size_t>(1, clients_.size() / 16);
+  if (free_clients_.size() >= reserve || clients_.size() < 2) return;
+  int looked = 0;
+  for (uint32_t index = idle_.head(); index != io::kNoIndex && looked < 16; ++looked) {
+    const uint32_t next = idle_.Next(index);
+    const Client& client = clients_[index];
+    if (client.queries_in_flight == 0 && client.out_end == 0 && client.send_end == 0) {
+      Bump(stats_.tcp_idle_evicted);
+      Close(index);
+      return;
+    }
+    index = next;
+  }
 }
 
 void TcpClients::ExpireIdle() {

@@ -527,6 +527,69 @@ def protect_overload_goodput(h):
     check(latency4 <= 0.5, "at 4x: mean latency %.0f ms" % (latency4 * 1000))
 
 
+# ---- TCP connection flood
+
+
+@case
+def protect_tcp_connection_flood(h):
+    """2,000 TCP connections opened over about 5 s and left idle against
+    --max-tcp-clients 64 (one shard), while every 50 ms a UDP query and a new TCP client (a
+    fresh connection, one query) are sent. Near the cap the least recently
+    active idle connection is closed to make room (RFC 7766 §6.2.3), so the
+    newcomers are served: >= 95% of the TCP newcomers and every UDP query
+    answered, the flood's connections closed (rejected or evicted), RSS
+    within 8 MiB, and TCP served normally once the flood is gone."""
+    u = start_unbound_x(h)
+    p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=[
+        "--threads", "1", "--max-tcp-clients", "64"])
+    wire = make_query("a.example.test.", "A").to_wire()
+    rss0 = rss_bytes(p.proc.pid)
+    flood, probes = [], {"tcp": 0, "tcp_ok": 0, "udp": 0, "udp_ok": 0}
+    try:
+        next_probe = time.monotonic()
+        deadline = time.monotonic() + 30
+        while len(flood) < 2000 and time.monotonic() < deadline:
+            # 20 connections per 50 ms: 2,000 in about 5 s, a probe each turn.
+            for _ in range(20):
+                try:
+                    c = socket.create_connection((LOOPBACK4, p.port), timeout=2.0)
+                    flood.append(c)
+                except OSError:
+                    pass
+            time.sleep(max(0.0, next_probe - time.monotonic()))
+            next_probe += 0.05
+            probes["udp"] += 1
+            try:
+                resp, _ = udp_exchange(p.port, wire, timeout=1.0)
+                probes["udp_ok"] += resp is not None and rcode_of(resp) == dns.rcode.NOERROR
+            except (socket.timeout, OSError):
+                pass
+            probes["tcp"] += 1
+            try:
+                resp, _ = tcp_exchange(p.port, wire, timeout=1.0)
+                probes["tcp_ok"] += resp is not None and rcode_of(resp) == dns.rcode.NOERROR
+            except (socket.timeout, EOFError, OSError, CaseFailure):
+                pass
+        rss1 = rss_bytes(p.proc.pid)
+        c = counters(p)
+    finally:
+        for s in flood:
+            s.close()
+    print("connection flood: %d connections opened; TCP newcomers %d/%d answered, UDP %d/%d; "
+          "tcp_accepted=%s tcp_rejected=%s tcp_idle_evicted=%s; RSS %.1f -> %.1f MiB" % (
+              len(flood), probes["tcp_ok"], probes["tcp"], probes["udp_ok"], probes["udp"],
+              c.get("tcp_accepted"), c.get("tcp_rejected"), c.get("tcp_idle_evicted"),
+              rss0 / MIB, rss1 / MIB))
+    check(len(flood) >= 1500, "only %d flood connections opened" % len(flood))
+    check(probes["tcp"] >= 10 and probes["tcp_ok"] >= 0.95 * probes["tcp"],
+          "TCP newcomers: %d of %d answered" % (probes["tcp_ok"], probes["tcp"]))
+    check(probes["udp_ok"] == probes["udp"], "UDP: %d of %d answered" % (
+        probes["udp_ok"], probes["udp"]))
+    check(c.get("tcp_idle_evicted") > 0, "no idle connection was evicted")
+    check(rss1 - rss0 <= 8 * MIB, "RSS grew %.1f MiB" % ((rss1 - rss0) / MIB))
+    E.query_and_compare(h, u, p, "tcp", "a.example.test.", "A")
+
+
 # ---- CPU-bound overload (udp_flood, a CPU quota)
 
 

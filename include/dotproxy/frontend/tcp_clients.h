@@ -194,6 +194,13 @@ class TcpClients {
   void Close(uint32_t index);
   void MaybeRecycle(uint32_t index);
   void Touch(uint32_t index);
+  // Near the cap, closes the least recently active client that waits for
+  // nothing (no query in flight, no answer unsent), so that a newcomer finds
+  // room: RFC 7766 §6.2.3 lets a server close idle connections under
+  // resource pressure. Connections opened and left idle by a flood are
+  // evicted oldest first, while a real client, which sends its query at
+  // once, is busy, not idle, until answered.
+  void EvictIdleForRoom();
   // After reading: starts, keeps or ends the timer of a partial message;
   // `completed` says whether a message ended in what was just read.
   void TrackPartial(uint32_t index, bool completed);

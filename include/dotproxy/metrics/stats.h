@@ -67,6 +67,7 @@ namespace dotproxy::metrics {
   X(udp_send_no_buffer, "UDP replies dropped: all send buffers busy")                \
   X(tcp_accepted, "client TCP connections accepted")                                 \
   X(tcp_rejected, "client TCP connections refused at the per-shard cap")             \
+  X(tcp_idle_evicted, "idle client TCP connections closed near the cap to make room") \
   X(tcp_idle_closed, "client TCP connections closed for idleness")                   \
   X(tcp_bad_frame, "client TCP connections closed for an oversized frame")           \
   X(tcp_slow_closed, "client TCP connections closed for not reading answers")         \
