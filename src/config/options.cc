@@ -33,6 +33,10 @@ constexpr Option kOptions[] = {
              "SPKI pin (tools/spki-pin.sh), repeatable with '^';\n"
              "repeatable (default: 1.1.1.1#cloudflare-dns.com,\n"
              "1.0.0.1#cloudflare-dns.com)"},
+    {.flag = "allow-plaintext", .toml_key = "allow_plaintext", .kind = OptionKind::kSwitch,
+     .field = &Config::allow_plaintext,
+     .help = "allow plain udp:// and tcp:// upstreams in the default\n"
+             "zone (forward zones always may use them)"},
     {.flag = "ca-file", .toml_key = "ca_file", .kind = OptionKind::kPath, .field = &Config::ca_file,
      .value_name = "PEM", .help = "trust anchors (default: the system CA store)"},
     {.flag = "io-backend", .toml_key = "io_backend", .env = "DOTPROXY_IO_BACKEND",

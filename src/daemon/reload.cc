@@ -1,5 +1,6 @@
 #include "dotproxy/daemon/reload.h"
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -60,11 +61,12 @@ absl::StatusOr<std::shared_ptr<const config::Config>> LoadNextConfig(
   if (auto tls = tls::ClientContext::Create(next->ca_file); !tls.ok()) {
     return tls.status();
   }
+  const std::vector<config::UpstreamConfig*> all = config::AllUpstreams(*next);
   std::vector<std::string> specs;
-  for (const auto& upstream : next->upstreams) specs.push_back(upstream.spec);
+  for (const auto* upstream : all) specs.push_back(upstream->spec);
   auto slots = context.slots->Assign(specs);
   if (!slots.ok()) return slots.status();
-  for (size_t u = 0; u < next->upstreams.size(); ++u) next->upstreams[u].metrics_slot = (*slots)[u];
+  for (size_t u = 0; u < all.size(); ++u) all[u]->metrics_slot = (*slots)[u];
   return std::shared_ptr<const config::Config>(std::move(next));
 }
 
@@ -132,7 +134,12 @@ void Reload(ReloadContext& context) {
   }
   if (context.upstreams_changed) {
     std::vector<size_t> configured;
-    for (const auto& upstream : (*next)->upstreams) configured.push_back(upstream.metrics_slot);
+    for (const auto* upstream : config::AllUpstreams(**next)) {
+      if (std::find(configured.begin(), configured.end(), upstream->metrics_slot) ==
+          configured.end()) {
+        configured.push_back(upstream->metrics_slot);
+      }
+    }
     context.upstreams_changed(context.slots->specs(), std::move(configured));
   }
   if (!errors.empty()) {

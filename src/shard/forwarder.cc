@@ -270,7 +270,7 @@ bool Forwarder::Dispatch(uint32_t index, int exclude, bool allow_excluded) {
 void Forwarder::DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
                                std::atomic<uint64_t>& fail_counter) {
   if (Dispatch(index, exclude, allow_excluded)) return;
-  if (router_.AnyAlive()) {
+  if (router_.AnyAlive(SlotQuery(index))) {
     // Upstreams are up but every connection is at its cap: queue rather
     // than fail; answers free capacity, and the deadline still applies.
     table_.waiting().PushBack(index);
@@ -284,7 +284,7 @@ void Forwarder::DispatchWaiting() {
   while (!table_.waiting().empty()) {
     const uint32_t index = table_.waiting().PopFront();
     if (Dispatch(index, -1, false)) continue;
-    if (router_.AnyAlive()) {
+    if (router_.AnyAlive(SlotQuery(index))) {
       table_.waiting().PushFront(index);  // still full: keep the order
       return;
     }
@@ -344,11 +344,14 @@ upstream::AnswerSink::Outcome Forwarder::OnAnswer(uint32_t token, std::span<uint
     return {};
   }
   const Outcome outcome{Verdict::kAccepted, slot.sent_at};
+  // A forward zone with `cache = false`: never stored, so never served
+  // from the cache (nor stale, nor prefetched) either.
+  const bool cacheable = slot.binding.cache_answers;
   slot.binding = {};  // the pool frees it on kAccepted
 
   // Transport options (keepalive, padding) are for this hop only.
   size_t length = dns::RewriteAnswerOpt(answer, answer.size(), slot.has_edns, keepalive);
-  if (cache_ != nullptr) {
+  if (cache_ != nullptr && cacheable) {
     cache::CacheKey key;
     MakeSlotKey(slot, key);
     const bool upstream_failed = dns::header::GetRcode(answer.data()) == dns::Rcode::kServFail;
@@ -429,7 +432,7 @@ void Forwarder::RunTimers(bool draining) {
     QuerySlot& slot = table_[index];
     const upstream::Binding timed_out = slot.binding;
     if (!timed_out.bound()) continue;  // lost meanwhile and waiting for capacity
-    if (!draining && router_.CanSendElsewhere(timed_out.upstream)) {
+    if (!draining && router_.CanSendElsewhere(SlotQuery(index), timed_out.upstream)) {
       Unbind(index);
       slot.attempt = 2;
       Bump(stats_.retried);

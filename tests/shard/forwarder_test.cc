@@ -65,7 +65,7 @@ class FakeRouter final : public upstream::QueryRouter {
   bool Send(uint32_t token, std::span<uint8_t> query, int exclude, bool allow_excluded,
             Binding& binding) override {
     if (!accept) return false;
-    binding = {exclude == 0 ? 1 : 0, 0, next_id++};
+    binding = {exclude == 0 ? 1 : 0, 0, next_id++, cache_answers};
     dns::header::SetId(query.data(), binding.id);
     sent.push_back({token, Bytes(query.begin(), query.end()), exclude, allow_excluded, binding});
     return true;
@@ -76,13 +76,23 @@ class FakeRouter final : public upstream::QueryRouter {
   void NoteTimeout(const Binding& binding, bool counts) override {
     timeouts.emplace_back(binding, counts);
   }
-  bool CanSendElsewhere(int) override { return elsewhere; }
-  bool AnyAlive() const override { return alive; }
+  bool CanSendElsewhere(std::span<const uint8_t> query, int) override {
+    asked.emplace_back(query.begin(), query.end());
+    return elsewhere;
+  }
+  bool AnyAlive(std::span<const uint8_t> query) const override {
+    asked.emplace_back(query.begin(), query.end());
+    return alive;
+  }
 
   bool accept = true;
   bool alive = true;
   bool elsewhere = true;
+  bool cache_answers = true;  // the group's policy, as a pool would report it
   uint16_t next_id = 100;
+  // The queries CanSendElsewhere and AnyAlive were asked about (they pick
+  // the group by its name).
+  mutable std::vector<Bytes> asked;
   std::vector<Sent> sent;
   std::vector<std::pair<uint32_t, Binding>> released;
   std::vector<std::pair<Binding, bool>> timeouts;
