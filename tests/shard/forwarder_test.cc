@@ -239,6 +239,53 @@ TEST_F(ForwarderTest, CacheHitAnswersWithoutTheUpstreamKeepingTheClientsCase) {
   EXPECT_EQ(replier_.done.size(), 2u);
 }
 
+// A forward zone with `cache = false` (the pool's Binding says so): its
+// answers are delivered but never stored, so the next query goes upstream.
+TEST_F(ForwarderTest, AnswersOfAnUncachedZoneAreNotCached) {
+  Make(false, 16);
+  router_.cache_answers = false;
+  Query(MakeQuery("n.corp.example", 1, true), udp_client_);
+  Answer(0, "n.corp.example");
+  Query(MakeQuery("n.corp.example", 2, true), udp_client_);
+  EXPECT_EQ(router_.sent.size(), 2u);
+  EXPECT_EQ(stats_.cache_hits.load(), 0u);
+  ASSERT_EQ(replier_.replies.size(), 1u);  // the first; the second waits upstream
+  Answer(1, "n.corp.example");
+  // After a reload routes it to a cached group, it is cached again.
+  router_.cache_answers = true;
+  Query(MakeQuery("n.corp.example", 3, true), udp_client_);
+  Answer(2, "n.corp.example");
+  Query(MakeQuery("n.corp.example", 4, true), udp_client_);
+  EXPECT_EQ(router_.sent.size(), 3u);
+  EXPECT_EQ(stats_.cache_hits.load(), 1u);
+}
+
+// The router picks the upstream group by the query's name: whether to wait
+// for capacity or to retry elsewhere is asked about that query.
+TEST_F(ForwarderTest, TheRouterIsAskedAboutTheQueryItsGroupServes) {
+  Make(/*retry_on_timeout=*/true);
+  router_.accept = false;
+  router_.alive = false;
+  const Bytes query = MakeQuery("db.corp.example", 7, true);
+  Query(query, udp_client_);
+  ASSERT_EQ(router_.asked.size(), 1u);
+  const size_t question = 17 + 4;  // 2db4corp7example0 + type and class
+  ASSERT_GE(router_.asked[0].size(), dns::kHeaderSize + question);
+  EXPECT_TRUE(std::equal(query.begin() + dns::kHeaderSize,
+                         query.begin() + dns::kHeaderSize + question,
+                         router_.asked[0].begin() + dns::kHeaderSize));
+  // A timed-out first attempt asks about the same query before retrying.
+  router_.accept = true;
+  router_.alive = true;
+  router_.asked.clear();
+  Query(MakeQuery("x.cluster.local", 8, true), udp_client_);
+  Advance(milliseconds(1001));
+  forwarder_->RunTimers(false);
+  ASSERT_EQ(router_.asked.size(), 1u);
+  EXPECT_EQ(router_.asked[0][dns::kHeaderSize + 1], 'x');
+  EXPECT_EQ(router_.sent.size(), 2u);  // retried
+}
+
 TEST_F(ForwarderTest, NoUpstreamAliveIsAnImmediateServfail) {
   Make();
   router_.accept = false;
