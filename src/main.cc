@@ -262,8 +262,10 @@ int main(int argc, char** argv) {
     }
     std::string allow;
     for (const auto& cidr : config->allow) absl::StrAppend(&allow, allow.empty() ? "" : ", ", cidr.text);
-    std::printf("configuration OK: listen %s; upstreams %s; %d shards; allow %s\n%s\n%s\n",
-                listen.c_str(), upstreams.c_str(), config->threads, allow.c_str(),
+    std::printf("configuration OK: listen %s; upstreams %s; %zu forward zones; %d shards; "
+                "allow %s\n%s\n%s\n",
+                listen.c_str(), upstreams.c_str(), config->zones.size(), config->threads,
+                allow.c_str(),
                 backend_line.c_str(), memory_line.c_str());
     return 0;
   }

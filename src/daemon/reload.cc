@@ -37,6 +37,21 @@ std::string UpstreamSummary(const config::Config& config) {
   return Join(items);
 }
 
+// The first few forward zones (a config may hold thousands), for the log.
+std::string ZoneSummary(const config::Config& config) {
+  constexpr size_t kShown = 5;
+  std::vector<std::string> items;
+  for (size_t z = 0; z < config.zones.size() && z < kShown; ++z) {
+    items.push_back(absl::StrCat(config.zones[z].name, " (", config.zones[z].upstreams.size(),
+                                 " upstreams", config.zones[z].cache ? "" : ", not cached", ")"));
+  }
+  if (config.zones.size() > kShown) {
+    items.push_back(absl::StrCat("and ", config.zones.size() - kShown, " more"));
+  }
+  return absl::StrCat("; ", config.zones.size(), " forward zones", items.empty() ? "" : ": ",
+                      Join(items));
+}
+
 std::string AllowSummary(const config::Config& config) {
   std::vector<std::string> items;
   for (const auto& cidr : config.allow) items.push_back(cidr.text);
@@ -93,9 +108,11 @@ void KeepRestartOnly(const config::Config& running, config::Config& next,
 
 std::string ConfigSummary(const config::Config& config) {
   return absl::StrFormat(
-      "listen %s; upstreams %s; allow %s; cache %d entries (ttl %d..%d s, negative %d s, stale "
+      "listen %s; upstreams %s%s; allow %s; cache %d entries (ttl %d..%d s, negative %d s, stale "
       "%d s); query timeout %d ms; %d shards; log level %s",
-      ListenSummary(config), UpstreamSummary(config), AllowSummary(config), config.cache_size,
+      ListenSummary(config), UpstreamSummary(config),
+      config.zones.empty() ? std::string() : ZoneSummary(config), AllowSummary(config),
+      config.cache_size,
       config.cache.min_ttl, config.cache.max_ttl, config.cache.negative_max_ttl,
       config.cache.stale_window, static_cast<int>(config.query_timeout.count()), config.threads,
       config.log_level);
