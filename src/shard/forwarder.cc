@@ -12,6 +12,9 @@ using metrics::Set;
 
 namespace {
 constexpr size_t kMaxErrorReply = dns::kMaxErrorReplyLength;
+// Blocked waiting queries DispatchWaiting steps over to reach those of
+// other upstream groups.
+constexpr size_t kWaitingLookahead = 8;
 // query_duration is indexed by Transport.
 static_assert(static_cast<size_t>(Transport::kUdp) == 0 &&
               static_cast<size_t>(Transport::kTcp) == 1 &&
@@ -280,15 +283,25 @@ void Forwarder::DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
   }
 }
 
+// Oldest first. A group whose connections are all at their cap keeps its
+// queries waiting in order, but with forward zones the queries of other
+// groups behind them still go: up to kWaitingLookahead blocked queries are
+// stepped over per iteration, so a saturated group costs a few failed
+// Sends per iteration, not one per waiting query.
 void Forwarder::DispatchWaiting() {
-  while (!table_.waiting().empty()) {
-    const uint32_t index = table_.waiting().PopFront();
-    if (Dispatch(index, -1, false)) continue;
-    if (router_.AnyAlive(SlotQuery(index))) {
-      table_.waiting().PushFront(index);  // still full: keep the order
-      return;
+  size_t blocked = 0;
+  for (uint32_t index = table_.waiting().head();
+       index != kNoSlot && blocked < kWaitingLookahead;) {
+    const uint32_t next = table_.waiting().Next(index);
+    if (Dispatch(index, -1, false)) {
+      table_.waiting().Remove(index);
+    } else if (router_.AnyAlive(SlotQuery(index))) {
+      ++blocked;  // still full: it keeps its place
+    } else {
+      table_.waiting().Remove(index);
+      Fail(index, stats_.servfail_no_upstream);
     }
-    Fail(index, stats_.servfail_no_upstream);
+    index = next;
   }
 }
 

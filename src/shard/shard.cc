@@ -466,7 +466,8 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
   ShardMemory memory;
   memory.cache_bytes = cache::PacketCache::MemoryBytes(CacheEntriesPerShard(config));
   const size_t connections =
-      config::AllUpstreams(config).size() * static_cast<size_t>(config.max_connections_per_upstream);
+      upstream::GroupedUpstreamCount(config) *
+      static_cast<size_t>(config.max_connections_per_upstream);
   // Per connection: ID table, framer (two largest messages), plaintext and
   // ciphertext batches, the close scratch list.
   const size_t per_connection = upstream::IdTable::kIds * sizeof(uint32_t) * 2 +

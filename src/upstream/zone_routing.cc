@@ -38,4 +38,15 @@ std::shared_ptr<const ZoneRouting> MakeZoneRouting(std::shared_ptr<const config:
   return routing;
 }
 
+size_t GroupedUpstreamCount(const config::Config& config) {
+  size_t count = config.upstreams.size();
+  std::map<std::string, bool> groups;
+  for (const config::ZoneConfig& zone : config.zones) {
+    if (groups.emplace(GroupKey(zone.upstreams, zone.cache), true).second) {
+      count += zone.upstreams.size();
+    }
+  }
+  return count;
+}
+
 }  // namespace dotproxy::upstream

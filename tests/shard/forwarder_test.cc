@@ -65,6 +65,10 @@ class FakeRouter final : public upstream::QueryRouter {
   bool Send(uint32_t token, std::span<uint8_t> query, int exclude, bool allow_excluded,
             Binding& binding) override {
     if (!accept) return false;
+    if (!full_group.empty() &&
+        std::string(query.begin(), query.end()).find(full_group) != std::string::npos) {
+      return false;
+    }
     binding = {exclude == 0 ? 1 : 0, 0, next_id++, cache_answers};
     dns::header::SetId(query.data(), binding.id);
     sent.push_back({token, Bytes(query.begin(), query.end()), exclude, allow_excluded, binding});
@@ -89,6 +93,8 @@ class FakeRouter final : public upstream::QueryRouter {
   bool alive = true;
   bool elsewhere = true;
   bool cache_answers = true;  // the group's policy, as a pool would report it
+  // Queries whose wire holds this text find their group at its cap.
+  std::string full_group;
   uint16_t next_id = 100;
   // The queries CanSendElsewhere and AnyAlive were asked about (they pick
   // the group by its name).
@@ -284,6 +290,28 @@ TEST_F(ForwarderTest, TheRouterIsAskedAboutTheQueryItsGroupServes) {
   ASSERT_EQ(router_.asked.size(), 1u);
   EXPECT_EQ(router_.asked[0][dns::kHeaderSize + 1], 'x');
   EXPECT_EQ(router_.sent.size(), 2u);  // retried
+}
+
+// A group at its cap keeps its waiting queries in order; another group's
+// queries behind them still go.
+TEST_F(ForwarderTest, WaitingQueriesOfAFullGroupDoNotHoldBackOtherGroups) {
+  Make();
+  router_.accept = false;
+  Query(MakeQuery("a.corp.example", 1, true), udp_client_);
+  Query(MakeQuery("b.corp.example", 2, true), udp_client_);
+  Query(MakeQuery("www.example", 3, true), udp_client_);
+  ASSERT_TRUE(router_.sent.empty());
+  router_.accept = true;
+  router_.full_group = "corp";
+  forwarder_->DispatchWaiting();
+  ASSERT_EQ(router_.sent.size(), 1u);
+  EXPECT_EQ(dns::ReadU16(router_.sent[0].wire.data() + 0), router_.sent[0].binding.id);
+  EXPECT_EQ(router_.sent[0].wire[dns::kHeaderSize + 1], 'w');
+  router_.full_group.clear();
+  forwarder_->DispatchWaiting();
+  ASSERT_EQ(router_.sent.size(), 3u);
+  EXPECT_EQ(router_.sent[1].wire[dns::kHeaderSize + 1], 'a');  // in order
+  EXPECT_EQ(router_.sent[2].wire[dns::kHeaderSize + 1], 'b');
 }
 
 TEST_F(ForwarderTest, NoUpstreamAliveIsAnImmediateServfail) {

@@ -30,4 +30,8 @@ struct ZoneRouting {
 
 std::shared_ptr<const ZoneRouting> MakeZoneRouting(std::shared_ptr<const config::Config> config);
 
+// How many upstreams the groups of `config` hold in all (each has its own
+// connections): the default zone's plus each distinct zone group's.
+size_t GroupedUpstreamCount(const config::Config& config);
+
 }  // namespace dotproxy::upstream
