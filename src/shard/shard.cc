@@ -294,6 +294,16 @@ void ShardLoop::MakeRateLimiter(const config::Config& config) {
 
 absl::StatusOr<upstream::PoolGeneration> ShardLoop::MakePool(
     std::shared_ptr<const upstream::ZoneRouting> routing) {
+  // Upstream numbers and connection indices of a generation carry its tag
+  // above these many bits (UpstreamPool).
+  const size_t upstreams = upstream::GroupedUpstreamCount(*routing->config);
+  if (upstreams >= (size_t{1} << upstream::UpstreamPool::kUpstreamTagShift) ||
+      upstreams * static_cast<size_t>(routing->config->max_connections_per_upstream) >=
+          (size_t{1} << upstream::UpstreamPool::kConnectionTagShift)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        upstreams, " upstreams in distinct zone groups: too many for one shard (give zones "
+        "with the same resolvers the same upstream list)"));
+  }
   auto context = tls::ClientContext::Create(routing->config->ca_file);
   if (!context.ok()) return context.status();
   const upstream::PoolDependencies deps{*reactor_, clock_, stats_, upstream_stats_, index_,
