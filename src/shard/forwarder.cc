@@ -12,9 +12,10 @@ using metrics::Set;
 
 namespace {
 constexpr size_t kMaxErrorReply = dns::kMaxErrorReplyLength;
-// Blocked waiting queries DispatchWaiting steps over to reach those of
-// other upstream groups.
-constexpr size_t kWaitingLookahead = 8;
+// Waiting queries of full groups DispatchWaiting steps over to reach those
+// of other upstream groups, and the full groups it keeps track of.
+constexpr size_t kWaitingLookahead = 16;
+constexpr size_t kMaxBlockedGroups = 4;
 // query_duration is indexed by Transport.
 static_assert(static_cast<size_t>(Transport::kUdp) == 0 &&
               static_cast<size_t>(Transport::kTcp) == 1 &&
@@ -285,18 +286,29 @@ void Forwarder::DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
 
 // Oldest first. A group whose connections are all at their cap keeps its
 // queries waiting in order, but with forward zones the queries of other
-// groups behind them still go: up to kWaitingLookahead blocked queries are
-// stepped over per iteration, so a saturated group costs a few failed
-// Sends per iteration, not one per waiting query.
+// groups behind them still go. Each group gets at most one failed Send per
+// iteration (a failed Send may start a connection: more would open
+// siblings and pile up connect failures during an outage), and the scan
+// stops after kWaitingLookahead queries of blocked groups, so a saturated
+// group costs a few lookups per iteration, not one per waiting query.
 void Forwarder::DispatchWaiting() {
+  uint32_t blocked_groups[kMaxBlockedGroups];
   size_t blocked = 0;
+  size_t stepped_over = 0;
   for (uint32_t index = table_.waiting().head();
-       index != kNoSlot && blocked < kWaitingLookahead;) {
+       index != kNoSlot && stepped_over < kWaitingLookahead && blocked < kMaxBlockedGroups;) {
     const uint32_t next = table_.waiting().Next(index);
-    if (Dispatch(index, -1, false)) {
+    const std::span<const uint8_t> query = SlotQuery(index);
+    const auto full = [&](uint32_t group) {
+      return std::find(blocked_groups, blocked_groups + blocked, group) != blocked_groups + blocked;
+    };
+    if (blocked > 0 && full(router_.GroupOf(query))) {
+      ++stepped_over;  // keeps its place behind its group's older queries
+    } else if (Dispatch(index, -1, false)) {
       table_.waiting().Remove(index);
-    } else if (router_.AnyAlive(SlotQuery(index))) {
-      ++blocked;  // still full: it keeps its place
+    } else if (router_.AnyAlive(query)) {
+      blocked_groups[blocked++] = router_.GroupOf(query);
+      ++stepped_over;
     } else {
       table_.waiting().Remove(index);
       Fail(index, stats_.servfail_no_upstream);

@@ -96,6 +96,10 @@ class FakeRouter final : public upstream::QueryRouter {
   // Queries whose wire holds this text find their group at its cap.
   std::string full_group;
   uint16_t next_id = 100;
+  uint32_t GroupOf(std::span<const uint8_t> query) const override {
+    return !full_group.empty() &&
+           std::string(query.begin(), query.end()).find(full_group) != std::string::npos;
+  }
   // The queries CanSendElsewhere and AnyAlive were asked about (they pick
   // the group by its name).
   mutable std::vector<Bytes> asked;
@@ -303,8 +307,11 @@ TEST_F(ForwarderTest, WaitingQueriesOfAFullGroupDoNotHoldBackOtherGroups) {
   ASSERT_TRUE(router_.sent.empty());
   router_.accept = true;
   router_.full_group = "corp";
+  router_.asked.clear();
   forwarder_->DispatchWaiting();
   ASSERT_EQ(router_.sent.size(), 1u);
+  // One failed attempt for the full group: b.corp.example is not tried.
+  EXPECT_EQ(router_.asked.size(), 1u);
   EXPECT_EQ(dns::ReadU16(router_.sent[0].wire.data() + 0), router_.sent[0].binding.id);
   EXPECT_EQ(router_.sent[0].wire[dns::kHeaderSize + 1], 'w');
   router_.full_group.clear();

@@ -78,7 +78,7 @@ class PoolSet final : public QueryRouter {
   const config::Config& current_config() const { return *current_->config; }
   bool has_retiring() const { return retiring_ != nullptr; }
   // The current group of a query (by its question name).
-  uint32_t GroupOf(std::span<const uint8_t> query) const;
+  uint32_t GroupOf(std::span<const uint8_t> query) const override;
 
   // Loop duties, for every pool. RunTimers also frees a retired generation
   // once all its pools are quiescent.

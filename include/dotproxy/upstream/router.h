@@ -58,6 +58,9 @@ class QueryRouter {
   // Some connection of `query`'s group is up or being set up: waiting for
   // capacity makes sense.
   virtual bool AnyAlive(std::span<const uint8_t> query) const = 0;
+  // The upstream group (forward zone) `query` goes to now; queries of one
+  // group share its capacity. One group unless zones are configured.
+  virtual uint32_t GroupOf(std::span<const uint8_t> /*query*/) const { return 0; }
 };
 
 class AnswerSink {
