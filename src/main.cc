@@ -96,9 +96,12 @@ void PrintStats(const dotproxy::config::Config& config, const ShardList& shards,
   Log(Severity::kInfo, "%s config_reloads=%d config_reload_failures=%d",
       dotproxy::metrics::FormatTotals(counters), control.reloads.load(),
       control.reload_failures.load());
-  for (const auto& upstream : config.upstreams) {
+  std::vector<size_t> printed;  // an upstream in several zones counts in one slot
+  for (const auto* upstream : dotproxy::config::AllUpstreams(config)) {
+    if (std::find(printed.begin(), printed.end(), upstream->metrics_slot) != printed.end()) continue;
+    printed.push_back(upstream->metrics_slot);
     Log(Severity::kInfo, "%s",
-        dotproxy::metrics::FormatUpstream(upstream.spec, upstream.metrics_slot, counters));
+        dotproxy::metrics::FormatUpstream(upstream->spec, upstream->metrics_slot, counters));
   }
 }
 
@@ -192,16 +195,16 @@ int main(int argc, char** argv) {
   // Each upstream counts in the slot of its spec, kept across reloads.
   dotproxy::metrics::UpstreamSlots upstream_slots;
   {
+    // Zones' upstreams too; the same spec in two zones shares a slot.
+    const std::vector<dotproxy::config::UpstreamConfig*> all = dotproxy::config::AllUpstreams(*config);
     std::vector<std::string> specs;
-    for (const auto& upstream : config->upstreams) specs.push_back(upstream.spec);
+    for (const auto* upstream : all) specs.push_back(upstream->spec);
     auto slots = upstream_slots.Assign(specs);
     if (!slots.ok()) {
       std::fprintf(stderr, "dotproxy: %s\n", std::string(slots.status().message()).c_str());
       return 2;
     }
-    for (size_t u = 0; u < config->upstreams.size(); ++u) {
-      config->upstreams[u].metrics_slot = (*slots)[u];
-    }
+    for (size_t u = 0; u < all.size(); ++u) all[u]->metrics_slot = (*slots)[u];
   }
 
   dotproxy::control::InstallTlsAllocationCounting();
@@ -262,8 +265,10 @@ int main(int argc, char** argv) {
     }
     std::string allow;
     for (const auto& cidr : config->allow) absl::StrAppend(&allow, allow.empty() ? "" : ", ", cidr.text);
-    std::printf("configuration OK: listen %s; upstreams %s; %d shards; allow %s\n%s\n%s\n",
-                listen.c_str(), upstreams.c_str(), config->threads, allow.c_str(),
+    std::printf("configuration OK: listen %s; upstreams %s; %zu forward zones; %d shards; "
+                "allow %s\n%s\n%s\n",
+                listen.c_str(), upstreams.c_str(), config->zones.size(), config->threads,
+                allow.c_str(),
                 backend_line.c_str(), memory_line.c_str());
     return 0;
   }

@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "src/config/text.h"
+#include "src/config/zones.h"
 
 namespace dotproxy::config {
 namespace {
@@ -37,6 +38,8 @@ absl::StatusOr<int64_t> ParseDecimal(std::string_view text) {
   return value;
 }
 
+}  // namespace
+
 // What every upstream must satisfy, however it was written.
 absl::Status CheckUpstream(const UpstreamConfig& upstream) {
   if (upstream.transport != Transport::kTls) return absl::OkStatus();
@@ -49,8 +52,6 @@ absl::Status CheckUpstream(const UpstreamConfig& upstream) {
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::Status ParsePrefixLengths(std::string_view text, int& v4, int& v6) {
   const std::vector<absl::string_view> parts = absl::StrSplit(Sv(text), '/');
@@ -327,34 +328,10 @@ absl::Status ValidateConfig(const Config& config) {
   if (auto status = CheckText(config.ca_file, kMaxPathBytes); !status.ok()) {
     return Problem("--ca-file", status);
   }
-  for (const UpstreamConfig& upstream : config.upstreams) {
-    if (auto status = CheckUpstream(upstream); !status.ok()) {
-      return Problem(absl::StrCat("upstream '", Excerpt(upstream.spec), "'"), status);
-    }
-    // No silent downgrade of privacy: what leaves for the public Internet
-    // goes over TLS unless the operator says otherwise in so many words.
-    // (Forward zones let a plain upstream serve an internal zone.)
-    if (upstream.transport != Transport::kTls && !config.allow_plaintext) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "upstream '", Excerpt(upstream.spec),
-          "': plain DNS upstreams are not allowed for the default zone without "
-          "allow_plaintext = true (--allow-plaintext)"));
-    }
+  if (auto status = CheckUpstreamList(config.upstreams, config.allow_plaintext, ""); !status.ok()) {
+    return status;
   }
-  // Connection pools are keyed by (address, port, TLS name): the same key
-  // twice is a mistake, and a different name at the same address gets its
-  // own connections (never one made for another name).
-  for (size_t i = 0; i < config.upstreams.size(); ++i) {
-    for (size_t j = 0; j < i; ++j) {
-      const UpstreamConfig& a = config.upstreams[i];
-      const UpstreamConfig& b = config.upstreams[j];
-      if (a.transport == b.transport && a.address == b.address &&
-          a.peer.auth_name == b.peer.auth_name) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "upstream ", a.address.ToString(), "#", Excerpt(a.peer.auth_name), " is configured twice"));
-      }
-    }
-  }
+  if (auto status = ValidateZones(config); !status.ok()) return status;
   return absl::OkStatus();
 }
 

@@ -12,6 +12,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -126,6 +128,90 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
     return errors.At(table.source(), "'pin_only = true' needs at least one pin");
   }
   out.spec = absl::StrCat(out.address.ToString(), "#", out.peer.auth_name);
+  return absl::OkStatus();
+}
+
+// One [[zone]] table. The root zone (".") sets the default zone's
+// upstreams and allow_plaintext; any other is appended to config.zones.
+// `seen` maps the normalized names read so far to their lines.
+absl::Status ReadZone(const FileErrors& errors, const toml::table& table,
+                      std::map<std::string, int>& seen, const toml::node* top_level_upstreams,
+                      Config& config) {
+  ZoneConfig zone;
+  zone.line = static_cast<int>(table.source().begin.line);
+  bool have_name = false;
+  bool have_upstreams = false;
+  const toml::node* cache_node = nullptr;
+  const toml::node* name_node = nullptr;
+  std::optional<bool> allow_plaintext;
+  for (const auto& [key_node, node] : table) {
+    const std::string_view key = key_node.str();
+    if (key == "name") {
+      const auto* value = node.as_string();
+      if (value == nullptr) return errors.At(node.source(), "'name' must be a domain name string");
+      auto name = NormalizeZoneName(value->get());
+      if (!name.ok()) return errors.At(node.source(), name.status().message());
+      zone.name = *std::move(name);
+      have_name = true;
+      name_node = &node;
+    } else if (key == "upstreams") {
+      const auto* list = node.as_array();
+      if (list == nullptr) {
+        return errors.At(node.source(), "'upstreams' must be an array of upstream spec strings");
+      }
+      if (list->empty()) return errors.At(node.source(), "'upstreams' is an empty list");
+      for (const auto& item : *list) {
+        const auto* text = item.as_string();
+        if (text == nullptr) {
+          return errors.At(item.source(), "'upstreams': each item must be an upstream spec string");
+        }
+        auto upstream = ParseUpstream(text->get());
+        if (!upstream.ok()) return errors.At(item.source(), "'upstreams'", upstream.status());
+        zone.upstreams.push_back(*std::move(upstream));
+      }
+      have_upstreams = true;
+    } else if (key == "allow_plaintext" || key == "cache") {
+      const auto* value = node.as_boolean();
+      if (value == nullptr) {
+        return errors.At(node.source(), absl::StrCat(Quoted(key), " must be true or false"));
+      }
+      if (key == "cache") {
+        zone.cache = value->get();
+        cache_node = &node;
+      } else {
+        allow_plaintext = value->get();
+      }
+    } else {
+      return errors.At(key_node.source(),
+                       absl::StrCat("unknown key ", Quoted(key),
+                                    " in [[zone]] (name, upstreams, allow_plaintext, cache)"));
+    }
+  }
+  if (!have_name) return errors.At(table.source(), "[[zone]] needs a 'name'");
+  if (!have_upstreams) return errors.At(table.source(), "[[zone]] needs 'upstreams'");
+  const std::string shown = zone.name.empty() ? std::string(".") : zone.name;
+  if (auto [where, fresh] = seen.emplace(zone.name, zone.line); !fresh) {
+    return errors.At(name_node->source(), absl::StrCat("zone '", shown,
+                                                       "' is already defined at line ", where->second));
+  }
+  if (!zone.name.empty()) {
+    if (allow_plaintext) zone.allow_plaintext = *allow_plaintext;
+    config.zones.push_back(std::move(zone));
+    return absl::OkStatus();
+  }
+  // The root zone is the default zone: today's upstreams.
+  if (top_level_upstreams != nullptr) {
+    return errors.At(name_node->source(),
+                     absl::StrCat("[[zone]] name = \".\" and the top-level [[upstream]] tables (line ",
+                                  top_level_upstreams->source().begin.line,
+                                  ") both set the default zone's upstreams: keep one"));
+  }
+  if (cache_node != nullptr) {
+    return errors.At(cache_node->source(),
+                     "'cache' is not a setting of the default zone (cache_size = 0 turns the cache off)");
+  }
+  config.upstreams = std::move(zone.upstreams);
+  if (allow_plaintext) config.allow_plaintext = *allow_plaintext;
   return absl::OkStatus();
 }
 
@@ -283,8 +369,26 @@ absl::Status LoadConfigText(std::string_view text, const std::string& path, Conf
                                                    Excerpt(error.description(), 200)));
   }
   const FileErrors errors(path);
+  std::map<std::string, int> zones_seen;
+  bool zones_cleared = false;
+  const toml::node* top_level_upstreams = root.get("upstream");
   for (const auto& [key_node, node] : root) {
     const std::string_view key = key_node.str();
+    if (key == "zone") {
+      const auto* list = node.as_array();
+      if (list == nullptr || !list->is_array_of_tables()) {
+        return errors.At(node.source(), "'zone' must be written as [[zone]] tables");
+      }
+      if (!zones_cleared) config.zones.clear();  // the file's zones replace earlier ones
+      zones_cleared = true;
+      for (const auto& item : *list) {
+        if (auto s = ReadZone(errors, *item.as_table(), zones_seen, top_level_upstreams, config);
+            !s.ok()) {
+          return s;
+        }
+      }
+      continue;
+    }
     const Option* option = FindOptionByTomlKey(key);
     if (option == nullptr) {
       return errors.At(key_node.source(), absl::StrCat("unknown key ", Quoted(key)));

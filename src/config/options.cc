@@ -121,7 +121,8 @@ constexpr Option kOptions[] = {
     {.flag = "allow-plaintext", .toml_key = "allow_plaintext", .kind = OptionKind::kSwitch,
      .field = &Config::allow_plaintext, .switch_value = true,
      .help = "let plain DNS upstreams (udp://, tcp://) serve the\n"
-             "default zone (refused without it: no silent downgrade)"},
+             "default zone (refused without it: no silent downgrade;\n"
+             "forward zones may always use them)"},
     {.flag = "allow", .toml_key = "allow", .kind = OptionKind::kCidrList, .field = &Config::allow,
      .value_name = "CIDR",
      .help = "client network allowed to query; repeatable (default:\n"

@@ -1,5 +1,6 @@
 #include "dotproxy/daemon/reload.h"
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -40,6 +41,21 @@ std::string UpstreamSummary(const config::Config& config) {
   return Join(items);
 }
 
+// The first few forward zones (a config may hold thousands), for the log.
+std::string ZoneSummary(const config::Config& config) {
+  constexpr size_t kShown = 5;
+  std::vector<std::string> items;
+  for (size_t z = 0; z < config.zones.size() && z < kShown; ++z) {
+    items.push_back(absl::StrCat(config.zones[z].name, " (", config.zones[z].upstreams.size(),
+                                 " upstreams", config.zones[z].cache ? "" : ", not cached", ")"));
+  }
+  if (config.zones.size() > kShown) {
+    items.push_back(absl::StrCat("and ", config.zones.size() - kShown, " more"));
+  }
+  return absl::StrCat("; ", config.zones.size(), " forward zones", items.empty() ? "" : ": ",
+                      Join(items));
+}
+
 std::string AllowSummary(const config::Config& config) {
   std::vector<std::string> items;
   for (const auto& cidr : config.allow) items.push_back(cidr.text);
@@ -64,11 +80,12 @@ absl::StatusOr<std::shared_ptr<const config::Config>> LoadNextConfig(
   if (auto tls = tls::ClientContext::Create(next->ca_file); !tls.ok()) {
     return tls.status();
   }
+  const std::vector<config::UpstreamConfig*> all = config::AllUpstreams(*next);
   std::vector<std::string> specs;
-  for (const auto& upstream : next->upstreams) specs.push_back(upstream.spec);
+  for (const auto* upstream : all) specs.push_back(upstream->spec);
   auto slots = context.slots->Assign(specs);
   if (!slots.ok()) return slots.status();
-  for (size_t u = 0; u < next->upstreams.size(); ++u) next->upstreams[u].metrics_slot = (*slots)[u];
+  for (size_t u = 0; u < all.size(); ++u) all[u]->metrics_slot = (*slots)[u];
   return std::shared_ptr<const config::Config>(std::move(next));
 }
 
@@ -98,9 +115,11 @@ void KeepRestartOnly(const config::Config& running, config::Config& next,
 
 std::string ConfigSummary(const config::Config& config) {
   return absl::StrFormat(
-      "listen %s; upstreams %s; allow %s; cache %d entries (ttl %d..%d s, negative %d s, stale "
+      "listen %s; upstreams %s%s; allow %s; cache %d entries (ttl %d..%d s, negative %d s, stale "
       "%d s); query timeout %d ms; %d shards; log level %s",
-      ListenSummary(config), UpstreamSummary(config), AllowSummary(config), config.cache_size,
+      ListenSummary(config), UpstreamSummary(config),
+      config.zones.empty() ? std::string() : ZoneSummary(config), AllowSummary(config),
+      config.cache_size,
       config.cache.min_ttl, config.cache.max_ttl, config.cache.negative_max_ttl,
       config.cache.stale_window, static_cast<int>(config.query_timeout.count()), config.threads,
       config.log_level);
@@ -139,7 +158,12 @@ void Reload(ReloadContext& context) {
   }
   if (context.upstreams_changed) {
     std::vector<size_t> configured;
-    for (const auto& upstream : (*next)->upstreams) configured.push_back(upstream.metrics_slot);
+    for (const auto* upstream : config::AllUpstreams(**next)) {
+      if (std::find(configured.begin(), configured.end(), upstream->metrics_slot) ==
+          configured.end()) {
+        configured.push_back(upstream->metrics_slot);
+      }
+    }
     context.upstreams_changed(context.slots->specs(), std::move(configured));
   }
   if (!errors.empty()) {

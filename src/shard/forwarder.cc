@@ -12,6 +12,10 @@ using metrics::Set;
 
 namespace {
 constexpr size_t kMaxErrorReply = dns::kMaxErrorReplyLength;
+// Waiting queries of full groups DispatchWaiting steps over to reach those
+// of other upstream groups, and the full groups it keeps track of.
+constexpr size_t kWaitingLookahead = 16;
+constexpr size_t kMaxBlockedGroups = 4;
 // query_duration is indexed by Transport.
 static_assert(static_cast<size_t>(Transport::kUdp) == 0 &&
               static_cast<size_t>(Transport::kTcp) == 1 &&
@@ -288,7 +292,7 @@ bool Forwarder::Dispatch(uint32_t index, int exclude, bool allow_excluded) {
 void Forwarder::DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
                                std::atomic<uint64_t>& fail_counter) {
   if (Dispatch(index, exclude, allow_excluded)) return;
-  if (router_.AnyAlive()) {
+  if (router_.AnyAlive(SlotQuery(index))) {
     // Upstreams are up but every connection is at its cap: queue rather
     // than fail; answers free capacity, and the deadline still applies.
     table_.waiting().PushBack(index);
@@ -298,27 +302,42 @@ void Forwarder::DispatchOrWait(uint32_t index, int exclude, bool allow_excluded,
   }
 }
 
+// Oldest first (newest first while the queue stands). A group whose
+// connections are all at their cap keeps its queries waiting in order, but
+// with forward zones the queries of other groups behind them still go. Each group gets at most one failed Send per
+// iteration (a failed Send may start a connection: more would open
+// siblings and pile up connect failures during an outage), and the scan
+// stops after kWaitingLookahead queries of blocked groups, so a saturated
+// group costs a few lookups per iteration, not one per waiting query.
 void Forwarder::DispatchWaiting() {
-  // Overload: newest first, so what is answered is answered fresh; the
-  // oldest are shed from the head (ShedWaiting).
-  auto& waiting = table_.waiting();
-  const bool newest_first = !waiting.empty() && wait_queue_.standing();
-  while (!waiting.empty()) {
-    const uint32_t index = newest_first ? waiting.tail() : waiting.head();
-    waiting.Remove(index);
-    if (Dispatch(index, -1, false)) continue;
-    if (router_.AnyAlive()) {
-      // Still full: put it back where it was.
-      if (newest_first) {
-        waiting.PushBack(index);
-      } else {
-        waiting.PushFront(index);
-      }
-      return;
+  // Overload (the queue stands): newest first, so what is answered is
+  // answered fresh; the oldest are shed from the head (ShedWaiting).
+  const bool newest_first = !table_.waiting().empty() && wait_queue_.standing();
+  uint32_t blocked_groups[kMaxBlockedGroups];
+  size_t blocked = 0;
+  size_t stepped_over = 0;
+  for (uint32_t index = newest_first ? table_.waiting().tail() : table_.waiting().head();
+       index != kNoSlot && stepped_over < kWaitingLookahead && blocked < kMaxBlockedGroups;) {
+    const uint32_t next =
+        newest_first ? table_.waiting().Prev(index) : table_.waiting().Next(index);
+    const std::span<const uint8_t> query = SlotQuery(index);
+    const auto full = [&](uint32_t group) {
+      return std::find(blocked_groups, blocked_groups + blocked, group) != blocked_groups + blocked;
+    };
+    if (blocked > 0 && full(router_.GroupOf(query))) {
+      ++stepped_over;  // keeps its place among its group's queries
+    } else if (Dispatch(index, -1, false)) {
+      table_.waiting().Remove(index);
+    } else if (router_.AnyAlive(query)) {
+      blocked_groups[blocked++] = router_.GroupOf(query);
+      ++stepped_over;
+    } else {
+      table_.waiting().Remove(index);
+      Fail(index, stats_.servfail_no_upstream);
     }
-    Fail(index, stats_.servfail_no_upstream);
+    index = next;
   }
-  wait_queue_.Observe(clock_.now(), std::chrono::nanoseconds(0));  // drained
+  if (table_.waiting().empty()) wait_queue_.Observe(clock_.now(), std::chrono::nanoseconds(0));
 }
 
 void Forwarder::Unbind(uint32_t index) {
@@ -376,11 +395,14 @@ upstream::AnswerSink::Outcome Forwarder::OnAnswer(uint32_t token, std::span<uint
   if (tap_ != nullptr) [[unlikely]] {  // as the upstream sent it
     TapUpstream(dnstap::MessageType::kForwarderResponse, slot.binding, answer, slot.sent_at);
   }
+  // A forward zone with `cache = false`: never stored, so never served
+  // from the cache (nor stale, nor prefetched) either.
+  const bool cacheable = slot.binding.cache_answers;
   slot.binding = {};  // the pool frees it on kAccepted
 
   // Transport options (keepalive, padding) are for this hop only.
   size_t length = dns::RewriteAnswerOpt(answer, answer.size(), slot.has_edns, keepalive);
-  if (cache_ != nullptr) {
+  if (cache_ != nullptr && cacheable) {
     cache::CacheKey key;
     MakeSlotKey(slot, key);
     const bool upstream_failed = dns::header::GetRcode(answer.data()) == dns::Rcode::kServFail;
@@ -469,7 +491,7 @@ void Forwarder::RunTimers(bool draining) {
     QuerySlot& slot = table_[index];
     const upstream::Binding timed_out = slot.binding;
     if (!timed_out.bound()) continue;  // lost meanwhile and waiting for capacity
-    if (!draining && router_.CanSendElsewhere(timed_out.upstream)) {
+    if (!draining && router_.CanSendElsewhere(SlotQuery(index), timed_out.upstream)) {
       Unbind(index);
       slot.attempt = 2;
       Bump(stats_.retried);

@@ -70,7 +70,12 @@ dns::UpstreamQueryOptions QueryOptions(const config::Config& config) {
 ForwarderSettings MakeForwarderSettings(const config::Config& config) {
   ForwarderSettings settings;
   settings.query_timeout = config.query_timeout;
+  // Retries stay inside a zone's group: worth a shorter first attempt when
+  // some group has another upstream to go to.
   settings.retry_on_timeout = config.upstreams.size() > 1;
+  for (const config::ZoneConfig& zone : config.zones) {
+    settings.retry_on_timeout = settings.retry_on_timeout || zone.upstreams.size() > 1;
+  }
   settings.edns_udp_size = config.edns_udp_size;
   settings.max_udp_size = static_cast<uint16_t>(config.max_udp_size);
   settings.query_options = QueryOptions(config);
@@ -100,7 +105,7 @@ upstream::PoolSettings MakePoolSettings(const config::Config& config) {
 }
 
 bool SameUpstream(const config::UpstreamConfig& a, const config::UpstreamConfig& b) {
-  return a.spec == b.spec && a.address == b.address &&
+  return a.spec == b.spec && a.address == b.address && a.transport == b.transport &&
          a.peer.auth_name == b.peer.auth_name && a.peer.pins == b.peer.pins &&
          a.peer.pin_only == b.peer.pin_only && a.priority == b.priority &&
          a.metrics_slot == b.metrics_slot;
@@ -108,11 +113,30 @@ bool SameUpstream(const config::UpstreamConfig& a, const config::UpstreamConfig&
 
 // Whether a reload from `a` to `b` needs a new upstream pool: anything a
 // pool or its connections were built from.
-bool PoolChanged(const config::Config& a, const config::Config& b) {
-  if (a.upstreams.size() != b.upstreams.size()) return true;
-  for (size_t u = 0; u < a.upstreams.size(); ++u) {
-    if (!SameUpstream(a.upstreams[u], b.upstreams[u])) return true;
+bool SameUpstreams(const std::vector<config::UpstreamConfig>& a,
+                   const std::vector<config::UpstreamConfig>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t u = 0; u < a.size(); ++u) {
+    if (!SameUpstream(a[u], b[u])) return false;
   }
+  return true;
+}
+
+// Zones are replaced whole: any change to any zone makes a new generation.
+bool SameZones(const config::Config& a, const config::Config& b) {
+  if (a.zones.size() != b.zones.size()) return false;
+  for (size_t z = 0; z < a.zones.size(); ++z) {
+    const config::ZoneConfig& x = a.zones[z];
+    const config::ZoneConfig& y = b.zones[z];
+    if (x.name != y.name || x.cache != y.cache || !SameUpstreams(x.upstreams, y.upstreams)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool PoolChanged(const config::Config& a, const config::Config& b) {
+  if (!SameUpstreams(a.upstreams, b.upstreams) || !SameZones(a, b)) return true;
   return a.ca_file != b.ca_file || a.connect_timeout != b.connect_timeout ||
          a.upstream_idle_timeout != b.upstream_idle_timeout ||
          a.max_inflight_per_connection != b.max_inflight_per_connection ||
@@ -131,12 +155,14 @@ dnstap::MessageMask DnstapMask(const config::Config& config) {
 // All state of one shard. Private to this file.
 class ShardLoop {
  public:
-  ShardLoop(int index, std::shared_ptr<const config::Config> config, ShardStats& stats,
+  ShardLoop(int index, std::shared_ptr<const config::Config> config,
+            std::shared_ptr<const upstream::ZoneRouting> routing, ShardStats& stats,
             UpstreamStats* upstream_stats, std::atomic<bool>& stop_requested,
             ConfigMailbox& mailbox, std::atomic<uint64_t>& applied_generation,
             const std::function<void(std::string)>& report_reload_error)
       : index_(index),
         config_(std::move(config)),
+        routing_(std::move(routing)),
         stats_(stats),
         upstream_stats_(upstream_stats),
         stop_requested_(stop_requested),
@@ -157,9 +183,10 @@ class ShardLoop {
  private:
   void Route(const io::Completion& completion);
   void BeginDrain();
-  // A pool (with its TLS context) for `config`'s upstreams, tagged for the
-  // PoolSet.
-  absl::StatusOr<upstream::PoolGeneration> MakePool(std::shared_ptr<const config::Config> config);
+  // The pools (with their TLS context) for `routing`'s upstream groups,
+  // tagged for the PoolSet.
+  absl::StatusOr<upstream::PoolGeneration> MakePool(
+      std::shared_ptr<const upstream::ZoneRouting> routing);
   // The posted configuration, applied between iterations (see Shard::PostConfig).
   void ApplyPostedConfig();
   // The rate limiter `config` asks for (none when rate_limit is 0), and
@@ -172,6 +199,7 @@ class ShardLoop {
   // The configuration in force; the pools keep the one they were built
   // from (they borrow its addresses and policies).
   std::shared_ptr<const config::Config> config_;
+  std::shared_ptr<const upstream::ZoneRouting> routing_;  // for Setup's first pools
   ShardStats& stats_;
   UpstreamStats* upstream_stats_;
   std::atomic<bool>& stop_requested_;
@@ -243,7 +271,7 @@ absl::Status ShardLoop::Setup() {
     tap_->set_mask(DnstapMask(config));
     forwarder_->set_dnstap(tap_);
   }
-  auto pool = MakePool(config_);
+  auto pool = MakePool(std::move(routing_));
   if (!pool.ok()) return pool.status();
   // Started by Run(): connections open once the loop turns.
   first_pool_ = *std::move(pool);
@@ -279,17 +307,23 @@ void ShardLoop::MakeRateLimiter(const config::Config& config) {
 }
 
 absl::StatusOr<upstream::PoolGeneration> ShardLoop::MakePool(
-    std::shared_ptr<const config::Config> config) {
-  upstream::PoolGeneration generation;
-  auto context = tls::ClientContext::Create(config->ca_file);
+    std::shared_ptr<const upstream::ZoneRouting> routing) {
+  // Upstream numbers and connection indices of a generation carry its tag
+  // above these many bits (UpstreamPool).
+  const size_t upstreams = upstream::GroupedUpstreamCount(*routing->config);
+  if (upstreams >= (size_t{1} << upstream::UpstreamPool::kUpstreamTagShift) ||
+      upstreams * static_cast<size_t>(routing->config->max_connections_per_upstream) >=
+          (size_t{1} << upstream::UpstreamPool::kConnectionTagShift)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        upstreams, " upstreams in distinct zone groups: too many for one shard (give zones "
+        "with the same resolvers the same upstream list)"));
+  }
+  auto context = tls::ClientContext::Create(routing->config->ca_file);
   if (!context.ok()) return context.status();
-  generation.tls_context = *std::move(context);
-  generation.pool = std::make_unique<upstream::UpstreamPool>(
-      config->upstreams, MakePoolSettings(*config), *reactor_, clock_, *generation.tls_context,
-      stats_, upstream_stats_, index_, pools_.next_tag());
-  generation.pool->set_sink(forwarder_.get());
-  generation.config = std::move(config);
-  return generation;
+  const upstream::PoolDependencies deps{*reactor_, clock_, stats_, upstream_stats_, index_,
+                                        forwarder_.get()};
+  return pools_.MakeGeneration(routing, *std::move(context), MakePoolSettings(*routing->config),
+                               deps);
 }
 
 void ShardLoop::ApplyPostedConfig() {
@@ -324,7 +358,7 @@ void ShardLoop::ApplyPostedConfig() {
   // The destination is restart-only (main's writer); the types are not.
   if (tap_ != nullptr) tap_->set_mask(DnstapMask(*next));
   if (PoolChanged(pools_.current_config(), *next)) {
-    auto pool = MakePool(next);
+    auto pool = MakePool(letter->routing);
     if (pool.ok()) {
       // Queries in flight on the old pool finish there (or are retried on
       // the new one when their time there is up).
@@ -458,7 +492,8 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
   ShardMemory memory;
   memory.cache_bytes = cache::PacketCache::MemoryBytes(CacheEntriesPerShard(config));
   const size_t connections =
-      config.upstreams.size() * static_cast<size_t>(config.max_connections_per_upstream);
+      upstream::GroupedUpstreamCount(config) *
+      static_cast<size_t>(config.max_connections_per_upstream);
   // Per connection: ID table, framer (two largest messages), plaintext and
   // ciphertext batches, the close scratch list.
   const size_t per_connection = upstream::IdTable::kIds * sizeof(uint32_t) * 2 +
@@ -474,9 +509,34 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
   return memory;
 }
 
+namespace {
+
+// The zone routing of `config`: built once per configuration (the control
+// thread posts the same one to every shard) and shared read-only.
+std::shared_ptr<const upstream::ZoneRouting> RoutingFor(
+    const std::shared_ptr<const config::Config>& config) {
+  static std::mutex mutex;  // control thread; never on the query path
+  static std::weak_ptr<const config::Config> last_config;
+  static std::shared_ptr<const upstream::ZoneRouting> last_routing;
+  std::lock_guard lock(mutex);
+  if (last_routing == nullptr || last_config.lock() != config) {
+    last_routing = upstream::MakeZoneRouting(config);
+    last_config = config;
+  }
+  return last_routing;
+}
+
+}  // namespace
+
+void Shard::PostConfig(std::shared_ptr<const config::Config> config, uint64_t generation) {
+  std::shared_ptr<const upstream::ZoneRouting> routing = RoutingFor(config);
+  mailbox_.Post(std::move(config), std::move(routing), generation);
+}
+
 Shard::Shard(int index, std::shared_ptr<const config::Config> config)
     : index_(index),
       config_(std::move(config)),
+      routing_(RoutingFor(config_)),
       upstream_stats_(new UpstreamStats[metrics::kMaxUpstreamSlots]) {}
 
 Shard::~Shard() = default;
@@ -487,7 +547,7 @@ void Shard::Run(const std::function<void(absl::Status)>& ready) {
     std::lock_guard lock(reload_error_mutex_);
     reload_error_ = std::move(error);
   };
-  ShardLoop loop(index_, config_, stats_, upstream_stats_.get(), stop_requested_, mailbox_,
+  ShardLoop loop(index_, config_, routing_, stats_, upstream_stats_.get(), stop_requested_, mailbox_,
                  applied_generation_, report_reload_error);
   loop.set_dnstap(tap_);
   absl::Status status = loop.Setup();

@@ -32,9 +32,11 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
                            const PoolSettings& settings, io::Reactor& reactor,
                            const io::LoopClock& clock, const tls::ClientContext& tls_context,
                            metrics::ShardStats& stats, metrics::UpstreamStats* upstream_stats,
-                           int shard_index, uint32_t tag)
+                           int shard_index, PoolNumbering numbering)
     : settings_(settings),
-      tag_(tag),
+      tag_(numbering.tag),
+      first_connection_(numbering.first_connection),
+      first_upstream_(numbering.first_upstream),
       reactor_(reactor),
       clock_(clock),
       tls_context_(tls_context),
@@ -62,7 +64,7 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
     auto add = [&](ConnectionKind k) {
       const auto local = static_cast<uint32_t>(connections_.size());
       connections_.push_back(std::make_unique<Connection>(
-          tag_ << kConnectionTagShift | local, static_cast<int>(u), upstream.target,
+          tag_ << kConnectionTagShift | (first_connection_ + local), static_cast<int>(u), upstream.target,
           settings_.connection, reactor_, clock_, tls_context_, rng_,
           static_cast<ConnectionObserver&>(*this), stats_, k));
       return local;
@@ -93,15 +95,26 @@ void UpstreamPool::Start() {
   }
 }
 
+bool UpstreamPool::Describe(int upstream, const sockaddr** address, bool* tls, bool* udp) const {
+  const int u = LocalUpstream(upstream);
+  if (u < 0) return false;
+  const Upstream& entry = upstreams_[static_cast<size_t>(u)];
+  *address = entry.target.address->get();
+  *tls = entry.transport == config::Transport::kTls;
+  *udp = entry.transport == config::Transport::kUdp;
+  return true;
+}
+
 int UpstreamPool::LocalUpstream(int upstream) const {
   if (upstream < 0 || TagOfUpstream(upstream) != tag_) return -1;
-  const int u = upstream & ((1 << kUpstreamTagShift) - 1);
-  return u < static_cast<int>(upstreams_.size()) ? u : -1;
+  const int u = (upstream & ((1 << kUpstreamTagShift) - 1)) - first_upstream_;
+  return u >= 0 && u < static_cast<int>(upstreams_.size()) ? u : -1;
 }
 
 uint32_t UpstreamPool::LocalConnection(uint32_t index) const {
   if (index == kNoConnection || TagOfConnection(index) != tag_) return kNoConnection;
-  const uint32_t local = index & ((1u << kConnectionTagShift) - 1);
+  const uint32_t local = (index & ((1u << kConnectionTagShift) - 1)) - first_connection_;
+  // Below first_connection_ wraps around: out of range too.
   return local < connections_.size() ? local : kNoConnection;
 }
 
@@ -203,7 +216,7 @@ bool UpstreamPool::SendOn(int u, uint32_t token, std::span<uint8_t> query, Bindi
   Connection* connection = Acquire(u);
   uint16_t id = 0;
   if (connection == nullptr || !connection->Queue(token, query, id)) return false;
-  binding = {Tagged(u), connection->index(), id};
+  binding = {Tagged(u), connection->index(), id, settings_.cache_answers};
   health_.AddInFlight(u);
   SetGauge(upstreams_[u].target.stats->in_flight, health_.get(u).in_flight);
   Bump(upstreams_[u].target.stats->queries);

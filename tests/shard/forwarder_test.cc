@@ -65,8 +65,12 @@ class FakeRouter final : public upstream::QueryRouter {
   bool Send(uint32_t token, std::span<uint8_t> query, int exclude, bool allow_excluded,
             Binding& binding) override {
     if (!accept || capacity == 0) return false;
+    if (!full_group.empty() &&
+        std::string(query.begin(), query.end()).find(full_group) != std::string::npos) {
+      return false;
+    }
     if (capacity > 0) --capacity;
-    binding = {exclude == 0 ? 1 : 0, 0, next_id++};
+    binding = {exclude == 0 ? 1 : 0, 0, next_id++, cache_answers};
     dns::header::SetId(query.data(), binding.id);
     sent.push_back({token, Bytes(query.begin(), query.end()), exclude, allow_excluded, binding});
     return true;
@@ -77,14 +81,30 @@ class FakeRouter final : public upstream::QueryRouter {
   void NoteTimeout(const Binding& binding, bool counts) override {
     timeouts.emplace_back(binding, counts);
   }
-  bool CanSendElsewhere(int) override { return elsewhere; }
-  bool AnyAlive() const override { return alive; }
+  bool CanSendElsewhere(std::span<const uint8_t> query, int) override {
+    asked.emplace_back(query.begin(), query.end());
+    return elsewhere;
+  }
+  bool AnyAlive(std::span<const uint8_t> query) const override {
+    asked.emplace_back(query.begin(), query.end());
+    return alive;
+  }
 
   bool accept = true;
   bool alive = true;
   bool elsewhere = true;
   int capacity = -1;  // queries Send takes while accept; -1: no limit
+  bool cache_answers = true;  // the group's policy, as a pool would report it
+  // Queries whose wire holds this text find their group at its cap.
+  std::string full_group;
   uint16_t next_id = 100;
+  uint32_t GroupOf(std::span<const uint8_t> query) const override {
+    return !full_group.empty() &&
+           std::string(query.begin(), query.end()).find(full_group) != std::string::npos;
+  }
+  // The queries CanSendElsewhere and AnyAlive were asked about (they pick
+  // the group by its name).
+  mutable std::vector<Bytes> asked;
   std::vector<Sent> sent;
   std::vector<std::pair<uint32_t, Binding>> released;
   std::vector<std::pair<Binding, bool>> timeouts;
@@ -229,6 +249,78 @@ TEST_F(ForwarderTest, CacheHitAnswersWithoutTheUpstreamKeepingTheClientsCase) {
   EXPECT_EQ(std::memcmp(hit.data() + 15, "ExAmple", 7), 0);
   EXPECT_EQ(stats_.cache_hits.load(), 1u);
   EXPECT_EQ(replier_.done.size(), 2u);
+}
+
+// A forward zone with `cache = false` (the pool's Binding says so): its
+// answers are delivered but never stored, so the next query goes upstream.
+TEST_F(ForwarderTest, AnswersOfAnUncachedZoneAreNotCached) {
+  Make(false, 16);
+  router_.cache_answers = false;
+  Query(MakeQuery("n.corp.example", 1, true), udp_client_);
+  Answer(0, "n.corp.example");
+  Query(MakeQuery("n.corp.example", 2, true), udp_client_);
+  EXPECT_EQ(router_.sent.size(), 2u);
+  EXPECT_EQ(stats_.cache_hits.load(), 0u);
+  ASSERT_EQ(replier_.replies.size(), 1u);  // the first; the second waits upstream
+  Answer(1, "n.corp.example");
+  // After a reload routes it to a cached group, it is cached again.
+  router_.cache_answers = true;
+  Query(MakeQuery("n.corp.example", 3, true), udp_client_);
+  Answer(2, "n.corp.example");
+  Query(MakeQuery("n.corp.example", 4, true), udp_client_);
+  EXPECT_EQ(router_.sent.size(), 3u);
+  EXPECT_EQ(stats_.cache_hits.load(), 1u);
+}
+
+// The router picks the upstream group by the query's name: whether to wait
+// for capacity or to retry elsewhere is asked about that query.
+TEST_F(ForwarderTest, TheRouterIsAskedAboutTheQueryItsGroupServes) {
+  Make(/*retry_on_timeout=*/true);
+  router_.accept = false;
+  router_.alive = false;
+  const Bytes query = MakeQuery("db.corp.example", 7, true);
+  Query(query, udp_client_);
+  ASSERT_EQ(router_.asked.size(), 1u);
+  const size_t question = 17 + 4;  // 2db4corp7example0 + type and class
+  ASSERT_GE(router_.asked[0].size(), dns::kHeaderSize + question);
+  EXPECT_TRUE(std::equal(query.begin() + dns::kHeaderSize,
+                         query.begin() + dns::kHeaderSize + question,
+                         router_.asked[0].begin() + dns::kHeaderSize));
+  // A timed-out first attempt asks about the same query before retrying.
+  router_.accept = true;
+  router_.alive = true;
+  router_.asked.clear();
+  Query(MakeQuery("x.cluster.local", 8, true), udp_client_);
+  Advance(milliseconds(1001));
+  forwarder_->RunTimers(false);
+  ASSERT_EQ(router_.asked.size(), 1u);
+  EXPECT_EQ(router_.asked[0][dns::kHeaderSize + 1], 'x');
+  EXPECT_EQ(router_.sent.size(), 2u);  // retried
+}
+
+// A group at its cap keeps its waiting queries in order; another group's
+// queries behind them still go.
+TEST_F(ForwarderTest, WaitingQueriesOfAFullGroupDoNotHoldBackOtherGroups) {
+  Make();
+  router_.accept = false;
+  Query(MakeQuery("a.corp.example", 1, true), udp_client_);
+  Query(MakeQuery("b.corp.example", 2, true), udp_client_);
+  Query(MakeQuery("www.example", 3, true), udp_client_);
+  ASSERT_TRUE(router_.sent.empty());
+  router_.accept = true;
+  router_.full_group = "corp";
+  router_.asked.clear();
+  forwarder_->DispatchWaiting();
+  ASSERT_EQ(router_.sent.size(), 1u);
+  // One failed attempt for the full group: b.corp.example is not tried.
+  EXPECT_EQ(router_.asked.size(), 1u);
+  EXPECT_EQ(dns::ReadU16(router_.sent[0].wire.data() + 0), router_.sent[0].binding.id);
+  EXPECT_EQ(router_.sent[0].wire[dns::kHeaderSize + 1], 'w');
+  router_.full_group.clear();
+  forwarder_->DispatchWaiting();
+  ASSERT_EQ(router_.sent.size(), 3u);
+  EXPECT_EQ(router_.sent[1].wire[dns::kHeaderSize + 1], 'a');  // in order
+  EXPECT_EQ(router_.sent[2].wire[dns::kHeaderSize + 1], 'b');
 }
 
 TEST_F(ForwarderTest, NoUpstreamAliveIsAnImmediateServfail) {

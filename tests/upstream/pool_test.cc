@@ -208,15 +208,25 @@ TEST_P(PoolTest, ADeadConnectionReportsEachOfItsQueriesLostOnce) {
 // (tag 1) replaces it.
 class PoolSetTest : public PoolTest {
  protected:
-  PoolGeneration Generation(uint32_t tag) {
-    PoolGeneration generation;
+  // Both upstreams in the default zone, or (with `zone`) the first in the
+  // default zone and the second alone in `zone`.
+  PoolGeneration Generation(uint32_t tag, std::string zone = "") {
+    EXPECT_EQ(pools_.next_tag(), tag);
+    auto config = std::make_shared<config::Config>();
+    if (zone.empty()) {
+      config->upstreams = upstreams_;
+    } else {
+      config->upstreams = {upstreams_[0]};
+      config->zones.push_back({.name = zone, .upstreams = {upstreams_[1]}});
+      config->zones.back().upstreams[0].metrics_slot = 1;
+    }
     settings_.max_inflight_per_connection = 10;
     settings_.max_connections_per_upstream = 1;
-    generation.pool = std::make_unique<UpstreamPool>(upstreams_, settings_, *reactor_, clock_,
-                                                     *tls_context_, stats_, upstream_stats_.get(),
-                                                     0, tag);
-    generation.pool->set_sink(&sink_);
-    return generation;
+    auto context = tls::ClientContext::Create("");
+    EXPECT_TRUE(context.ok());
+    return pools_.MakeGeneration(MakeZoneRouting(std::move(config)), *std::move(context),
+                                 settings_, {*reactor_, clock_, stats_, upstream_stats_.get(), 0,
+                                             &sink_});
   }
 
   void PumpSet(int rounds) {
@@ -230,8 +240,9 @@ class PoolSetTest : public PoolTest {
     }
   }
 
-  bool SendSet(uint32_t token, Binding& binding, int exclude = -1) {
-    query_ = bench::MakeQuery("q.example", 0, true);
+  bool SendSet(uint32_t token, Binding& binding, int exclude = -1,
+               const char* name = "q.example") {
+    query_ = bench::MakeQuery(name, 0, true);
     return pools_.Send(token, query_, exclude, false, binding);
   }
 
@@ -287,6 +298,52 @@ TEST_P(PoolSetTest, AtItsDeadlineTheOldPoolReportsWhatIsLeftLostForARetry) {
   ASSERT_TRUE(SendSet(0, retry, sink_.lost_upstream[0]));
   EXPECT_EQ(retry.upstream & 0xffff, 0);
   EXPECT_EQ(upstream_stats_[0].connect_failures.load(), 0u);  // retiring is not a failure
+}
+
+// Forward zones: a query goes to its zone's group; its timeouts, retries
+// and release stay there; a reload that drops the zone sends it home.
+TEST_P(PoolSetTest, AZoneQueryGoesToItsGroupAndFailoverStaysThere) {
+  pools_.Install(Generation(0, "corp.example"), clock_.now());
+  PumpSet(3);
+  Binding outside, inside, upper;
+  ASSERT_TRUE(SendSet(1, outside, -1, "www.example"));
+  ASSERT_TRUE(SendSet(2, inside, -1, "db.corp.example"));
+  ASSERT_TRUE(SendSet(3, upper, -1, "HOST.Corp.EXAMPLE"));
+  // Upstream numbers run across the generation: 0 is the default zone's,
+  // 1 the zone's.
+  EXPECT_EQ(outside.upstream & 0xffff, 0);
+  EXPECT_EQ(inside.upstream & 0xffff, 1);
+  EXPECT_EQ(upper.upstream & 0xffff, 1);
+  EXPECT_NE(inside.connection, outside.connection);
+  EXPECT_EQ(pools_.GroupOf(query_), 1u);
+  // The zone has one upstream: nowhere else to go, though the default zone
+  // has a usable one; the default zone's query has nowhere else either.
+  query_ = bench::MakeQuery("db.corp.example", 0, true);
+  EXPECT_FALSE(pools_.CanSendElsewhere(query_, inside.upstream));
+  EXPECT_TRUE(pools_.AnyAlive(query_));
+  // A retry after a timeout in the zone, excluding its upstream but
+  // allowed back to it, stays in the zone.
+  Binding retry;
+  ASSERT_TRUE(pools_.Send(4, query_, inside.upstream, /*allow_excluded=*/true, retry));
+  EXPECT_EQ(retry.upstream & 0xffff, 1);
+  pools_.NoteTimeout(inside, true);
+  EXPECT_EQ(upstream_stats_[1].timeouts.load(), 1u);
+  EXPECT_EQ(upstream_stats_[0].timeouts.load(), 0u);
+  // Releases reach the zone's pool.
+  pools_.Release(2, inside);
+  pools_.Release(3, upper);
+  pools_.Release(4, retry);
+  pools_.Release(1, outside);
+  EXPECT_EQ(upstream_stats_[1].in_flight.load(), 0u);
+  EXPECT_EQ(upstream_stats_[0].in_flight.load(), 0u);
+  // A reload without the zone: its names go to the default zone.
+  pools_.Install(Generation(1), clock_.now() + milliseconds(30));
+  Binding home;
+  ASSERT_TRUE(SendSet(5, home, -1, "db.corp.example"));
+  EXPECT_EQ(UpstreamPool::TagOfUpstream(home.upstream), 1u);
+  EXPECT_EQ(pools_.GroupOf(query_), 0u);
+  for (int i = 0; i < 100 && pools_.has_retiring(); ++i) PumpSet(1);
+  EXPECT_FALSE(pools_.has_retiring());
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, PoolSetTest,

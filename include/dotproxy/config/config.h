@@ -61,6 +61,28 @@ struct UpstreamConfig {
   size_t metrics_slot = kPositionSlot;
 };
 
+// A forward zone ([[zone]] in the file): queries for `name` and the names
+// below it go to `upstreams` (their own pools and health; failover stays
+// among them) instead of the default zone's. The longest matching zone wins.
+struct ZoneConfig {
+  // Normalized (NormalizeZoneName): lower case, no trailing dot, never the
+  // root (the root zone is Config::upstreams).
+  std::string name;
+  std::vector<UpstreamConfig> upstreams;
+  // Plain upstreams are always allowed in a non-default zone; the key is
+  // accepted so every [[zone]] reads alike.
+  bool allow_plaintext = false;
+  // false: answers from this zone's upstreams are never cached (every query
+  // goes upstream), for internal names that change faster than their TTLs.
+  bool cache = true;
+  int line = 0;  // of its [[zone]] table, for messages; 0: not from a file
+};
+
+// A zone name as the operator wrote it ("Corp.Example.", ".") in the form
+// zones are compared in: lower case, no trailing dot, "" for the root.
+// Labels of 1..63 letters, digits, '-' or '_'; at most 253 characters.
+absl::StatusOr<std::string> NormalizeZoneName(std::string_view name);
+
 // Parses "V4/V6" prefix lengths ("24/56"): IPv4 8..32, IPv6 16..128.
 absl::Status ParsePrefixLengths(std::string_view text, int& v4, int& v6);
 
@@ -80,7 +102,13 @@ struct Config {
   // belong to the process for its whole life; a Config built on reload must
   // carry them over unchanged (front ends refuse SetListeners then).
   std::vector<io::InheritedListener> inherited_listeners;
+  // The default zone's upstreams (".").
   std::vector<UpstreamConfig> upstreams;
+  // Plain (udp://, tcp://) upstreams in the default zone: refused unless
+  // true (no silent downgrade of privacy for what leaves for the Internet).
+  bool allow_plaintext = false;
+  // Forward zones other than the root, in file order; names are unique.
+  std::vector<ZoneConfig> zones;
   // Client networks allowed to query; others are dropped without a reply
   // (no reflection). Empty until parsing ends, then the default list.
   std::vector<frontend::Cidr> allow;
@@ -121,9 +149,6 @@ struct Config {
   std::chrono::milliseconds upstream_idle_timeout{8000};
   bool pad_queries = true;            // RFC 8467 block padding to 128 bytes
   bool strip_client_subnet = true;    // drop EDNS client-subnet (RFC 7871) options
-  // Lets plain upstreams (udp://, tcp://) serve the default zone: the
-  // operator's explicit choice, never a silent downgrade of privacy.
-  bool allow_plaintext = false;
 
   // Per-client rate limit (frontend::RateLimiter): queries per second per
   // client prefix, 0 = off; `rate_limit_burst` queries at once on top (0: as
@@ -177,6 +202,11 @@ inline constexpr size_t kMaxConfigFileBytes = size_t{16} << 20;
 // Parses `IP[:PORT][#NAME][^PIN[^PIN...]]` (IPv6 in brackets when a port
 // follows).
 absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec);
+
+// Every upstream of every zone, the default zone's first, then each zone's
+// in order (metric slots are assigned over this list).
+std::vector<UpstreamConfig*> AllUpstreams(Config& config);
+std::vector<const UpstreamConfig*> AllUpstreams(const Config& config);
 
 // Checks what no single value can: every upstream's name and pins, that no
 // upstream (same address and TLS name) is configured twice, that the lists

@@ -33,6 +33,7 @@ class IndexList {
   uint32_t head() const { return head_; }
   uint32_t tail() const { return tail_; }
   uint32_t Next(uint32_t index) const { return links(index).next; }
+  uint32_t Prev(uint32_t index) const { return links(index).prev; }
   bool Contains(uint32_t index) const { return links(index).linked; }
 
   // REQUIRES: !Contains(index).

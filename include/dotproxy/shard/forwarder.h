@@ -147,6 +147,10 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   void Release(uint32_t index);
   void Fail(uint32_t index, std::atomic<uint64_t>& counter);
   void MakeSlotKey(const QuerySlot& slot, cache::CacheKey& key) const;
+  // The slot's query as sent upstream: the router picks its group by it.
+  std::span<const uint8_t> SlotQuery(uint32_t index) const {
+    return {table_[index].query, table_[index].query_length};
+  }
 
   ForwarderSettings settings_;
   const io::LoopClock& clock_;

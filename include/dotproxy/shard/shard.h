@@ -20,6 +20,7 @@
 #include "dotproxy/config/config.h"
 #include "dotproxy/dnstap/tap.h"
 #include "dotproxy/metrics/stats.h"
+#include "dotproxy/upstream/zone_routing.h"
 
 namespace dotproxy::shard {
 
@@ -47,13 +48,16 @@ class ConfigMailbox {
  public:
   struct Letter {
     std::shared_ptr<const config::Config> config;
+    std::shared_ptr<const upstream::ZoneRouting> routing;  // built from `config`
     uint64_t generation = 0;
   };
   ~ConfigMailbox() { delete slot_.exchange(nullptr); }
 
   // Control thread. A letter the shard had not taken yet is replaced.
-  void Post(std::shared_ptr<const config::Config> config, uint64_t generation) {
-    delete slot_.exchange(new Letter{std::move(config), generation}, std::memory_order_acq_rel);
+  void Post(std::shared_ptr<const config::Config> config,
+            std::shared_ptr<const upstream::ZoneRouting> routing, uint64_t generation) {
+    delete slot_.exchange(new Letter{std::move(config), std::move(routing), generation},
+                          std::memory_order_acq_rel);
   }
   bool has_mail() const { return slot_.load(std::memory_order_relaxed) != nullptr; }
   // Shard thread: the letter, or null.
@@ -84,9 +88,9 @@ class Shard {
   // (threads, max_inflight, max_tcp_clients, cache_size, udp_buffer,
   // io_backend, metrics_listen) must be equal to the running ones: main
   // keeps them. applied_generation() tells when it is in force.
-  void PostConfig(std::shared_ptr<const config::Config> config, uint64_t generation) {
-    mailbox_.Post(std::move(config), generation);
-  }
+  // The zone table is built here, on the control thread, once for all
+  // shards posted the same config.
+  void PostConfig(std::shared_ptr<const config::Config> config, uint64_t generation);
   uint64_t applied_generation() const { return applied_generation_.load(std::memory_order_acquire); }
   // What the shard could not apply of the last configuration (empty: all
   // of it), e.g. a new listen address that cannot be bound (the old
@@ -117,6 +121,7 @@ class Shard {
  private:
   int index_;
   std::shared_ptr<const config::Config> config_;
+  std::shared_ptr<const upstream::ZoneRouting> routing_;  // of config_
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> failed_{false};
   ConfigMailbox mailbox_;

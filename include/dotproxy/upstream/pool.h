@@ -14,7 +14,9 @@
 // After a reload a shard runs two pools for a while (see PoolSet): the new
 // one takes new queries, the retiring one lets its queries in flight finish
 // and then closes. A pool's `tag` (0 or 1) is in every connection index and
-// upstream number it hands out, so a completion or a Binding names its pool.
+// upstream number it hands out, and a generation's pools (one per upstream
+// group: forward zones) number theirs one after the other (PoolNumbering),
+// so a completion or a Binding names its pool.
 
 #include <chrono>
 #include <cstdint>
@@ -43,6 +45,18 @@ struct PoolSettings {
   // A probe unanswered after this is abandoned (the next one backs off).
   std::chrono::milliseconds probe_timeout{2000};
   dns::UpstreamQueryOptions query_options;
+  // Answers through this pool may be cached (Binding::cache_answers): a
+  // forward zone's `cache` setting.
+  bool cache_answers = true;
+};
+
+// Where a pool's numbers start inside its generation (see PoolSet): a
+// generation's pools, one per upstream group, number their upstreams and
+// connections one after the other, so that a tagged number names its pool.
+struct PoolNumbering {
+  uint32_t tag = 0;              // the generation: 0 or 1
+  uint32_t first_connection = 0;
+  int first_upstream = 0;
 };
 
 class UpstreamPool final : public QueryRouter, public ConnectionObserver {
@@ -61,10 +75,15 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   UpstreamPool(std::span<const config::UpstreamConfig> upstreams, const PoolSettings& settings,
                io::Reactor& reactor, const io::LoopClock& clock,
                const tls::ClientContext& tls_context, metrics::ShardStats& stats,
-               metrics::UpstreamStats* upstream_stats, int shard_index, uint32_t tag = 0);
+               metrics::UpstreamStats* upstream_stats, int shard_index,
+               PoolNumbering numbering = {});
   ~UpstreamPool() override;
 
   uint32_t tag() const { return tag_; }
+  size_t upstream_count() const { return upstreams_.size(); }
+  // The address and transport of `upstream` (a tagged number), for dnstap;
+  // false when it is not this pool's.
+  bool Describe(int upstream, const sockaddr** address, bool* tls, bool* udp) const;
   // After a reload: takes no new queries (the PoolSet stops sending them),
   // sends no probes and opens nothing; each connection closes once its
   // queries are answered, released or (at `deadline`) lost, which reports
@@ -94,8 +113,13 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
             Binding& binding) override;
   void Release(uint32_t token, const Binding& binding) override;
   void NoteTimeout(const Binding& binding, bool counts_against_upstream) override;
-  bool CanSendElsewhere(int exclude) override;
-  bool AnyAlive() const override;
+  // A pool is one group: the query does not matter.
+  bool CanSendElsewhere(std::span<const uint8_t> /*query*/, int exclude) override {
+    return CanSendElsewhere(exclude);
+  }
+  bool AnyAlive(std::span<const uint8_t> /*query*/) const override { return AnyAlive(); }
+  bool CanSendElsewhere(int exclude);
+  bool AnyAlive() const;
 
   const HealthTracker& health() const { return health_; }
   const Connection& connection(uint32_t index) const { return *connections_[index]; }
@@ -163,7 +187,9 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   // Upstream numbers and connection indices as handed out (tagged) and as
   // used inside (positions). Local*() return -1 / kNoConnection for another
   // pool's values.
-  int Tagged(int u) const { return static_cast<int>(tag_ << kUpstreamTagShift) | u; }
+  int Tagged(int u) const {
+    return static_cast<int>(tag_ << kUpstreamTagShift) | (first_upstream_ + u);
+  }
   int LocalUpstream(int upstream) const;
   uint32_t LocalConnection(uint32_t index) const;
   void SetGauge(std::atomic<uint64_t>& gauge, uint64_t value) {
@@ -172,6 +198,8 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
 
   PoolSettings settings_;
   uint32_t tag_ = 0;
+  uint32_t first_connection_ = 0;
+  int first_upstream_ = 0;
   bool retiring_ = false;
   io::Clock::time_point retire_deadline_{};
   io::Reactor& reactor_;

@@ -26,6 +26,9 @@ struct Binding {
   int upstream = -1;
   uint32_t connection = kNoConnection;
   uint16_t id = 0;
+  // The group's policy (a forward zone's `cache`): whether the answer may
+  // be cached.
+  bool cache_answers = true;
 
   bool bound() const { return connection != kNoConnection; }
 };
@@ -35,7 +38,8 @@ class QueryRouter {
   virtual ~QueryRouter() = default;
 
   // Sends `query` (its ID field is overwritten with a fresh upstream ID) to
-  // the best usable upstream other than `exclude` (-1: none), or to
+  // the best usable upstream of its group (the forward zone its question
+  // name is in) other than `exclude` (-1: none), or to
   // `exclude` itself when `allow_excluded` and nothing else is usable. The
   // query is copied into the connection's batch: the caller's bytes may
   // change afterwards. False when nothing can take it now.
@@ -50,10 +54,15 @@ class QueryRouter {
   // `counts_against_upstream`: also a failure for the upstream's health and
   // timeout counter (false when the query already had its count).
   virtual void NoteTimeout(const Binding& binding, bool counts_against_upstream) = 0;
-  // Some upstream other than `exclude` could take a query now.
-  virtual bool CanSendElsewhere(int exclude) = 0;
-  // Some connection is up or being set up: waiting for capacity makes sense.
-  virtual bool AnyAlive() const = 0;
+  // Some upstream other than `exclude` could take `query` now. `query` (as
+  // given to Send) names the upstream group, by its question name.
+  virtual bool CanSendElsewhere(std::span<const uint8_t> query, int exclude) = 0;
+  // Some connection of `query`'s group is up or being set up: waiting for
+  // capacity makes sense.
+  virtual bool AnyAlive(std::span<const uint8_t> query) const = 0;
+  // The upstream group (forward zone) `query` goes to now; queries of one
+  // group share its capacity. One group unless zones are configured.
+  virtual uint32_t GroupOf(std::span<const uint8_t> /*query*/) const { return 0; }
   // The upstream a binding names, for dnstap: its address and whether it
   // is reached over TLS, or plain UDP; false when unknown.
   virtual bool DescribeUpstream(const Binding& /*binding*/, const sockaddr** /*address*/,

@@ -1,0 +1,52 @@
+#include "dotproxy/upstream/zone_routing.h"
+
+#include <map>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace dotproxy::upstream {
+namespace {
+
+// Everything a pool is built from for one group: equal keys, one group.
+std::string GroupKey(std::span<const config::UpstreamConfig> upstreams, bool cache_answers) {
+  std::string key = cache_answers ? "c" : "n";
+  for (const config::UpstreamConfig& upstream : upstreams) {
+    absl::StrAppend(&key, "|", static_cast<int>(upstream.transport), upstream.address.ToString(),
+                    "#", upstream.peer.auth_name, "/", upstream.priority, "/",
+                    upstream.peer.pin_only ? 1 : 0, "/", upstream.metrics_slot);
+    for (const config::SpkiPin& pin : upstream.peer.pins) {
+      key.append(reinterpret_cast<const char*>(pin.data()), pin.size());
+    }
+  }
+  return key;
+}
+
+}  // namespace
+
+std::shared_ptr<const ZoneRouting> MakeZoneRouting(std::shared_ptr<const config::Config> config) {
+  auto routing = std::make_shared<ZoneRouting>();
+  routing->groups.push_back({config->upstreams, true});
+  std::map<std::string, uint32_t> groups;
+  for (const config::ZoneConfig& zone : config->zones) {
+    const auto [known, fresh] = groups.emplace(GroupKey(zone.upstreams, zone.cache),
+                                               static_cast<uint32_t>(routing->groups.size()));
+    if (fresh) routing->groups.push_back({zone.upstreams, zone.cache});
+    routing->table.Add(zone.name, known->second);
+  }
+  routing->config = std::move(config);
+  return routing;
+}
+
+size_t GroupedUpstreamCount(const config::Config& config) {
+  size_t count = config.upstreams.size();
+  std::map<std::string, bool> groups;
+  for (const config::ZoneConfig& zone : config.zones) {
+    if (groups.emplace(GroupKey(zone.upstreams, zone.cache), true).second) {
+      count += zone.upstreams.size();
+    }
+  }
+  return count;
+}
+
+}  // namespace dotproxy::upstream
