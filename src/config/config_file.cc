@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "dotproxy/config/config.h"
 #include "dotproxy/io/socket.h"
+#include "src/config/policy_file.h"
 #include "src/config/text.h"
 
 namespace dotproxy::config {
@@ -254,6 +255,10 @@ absl::Status LoadConfigText(std::string_view text, const std::string& path, Conf
   const FileErrors errors(path);
   for (const auto& [key_node, node] : root) {
     const std::string_view key = key_node.str();
+    if (IsPolicyKey(key)) {
+      if (auto status = ReadPolicyKey(key, node, path, config); !status.ok()) return status;
+      continue;
+    }
     const Option* option = FindOptionByTomlKey(key);
     if (option == nullptr) {
       return errors.At(key_node.source(), absl::StrCat("unknown key ", Quoted(key)));

@@ -22,6 +22,7 @@
 #include "dotproxy/frontend/rate_limiter.h"
 #include "dotproxy/io/clock.h"
 #include "dotproxy/metrics/stats.h"
+#include "dotproxy/policy/tables.h"
 #include "dotproxy/shard/query_table.h"
 #include "dotproxy/upstream/router.h"
 
@@ -47,6 +48,9 @@ struct ForwarderSettings {
   // overload this keeps the queue, and so the latency of what is answered,
   // bounded, instead of serving queries whose clients have given up.
   std::chrono::milliseconds max_queue_wait{200};
+  // Local answers and blocklists, asked before the cache; null: none.
+  // Borrowed from the Config in force (which outlives these settings).
+  const policy::Tables* policy = nullptr;
 };
 
 class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink {
@@ -101,6 +105,10 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   // or refused).
   bool Limited(std::span<const uint8_t> query, const dns::QueryInfo& info,
                const frontend::ClientRef& client);
+  // Local data or a blocklist decides the answer: true when the query is
+  // finished (answered here).
+  bool AnswerFromPolicy(std::span<const uint8_t> query, const dns::QueryInfo& info,
+                        const frontend::ClientRef& client);
   bool ServeFromCache(uint32_t entry, const frontend::ClientRef& client, uint16_t id,
                       std::span<const uint8_t> question, size_t udp_limit, bool stale,
                       io::Clock::time_point received);
