@@ -502,9 +502,9 @@ absl::Status Builder::Finish() {
       tables_.rdata_.insert(tables_.rdata_.end(), record.rdata.begin(), record.rdata.end());
     }
   }
-  tables_.blocked_.ShrinkToFit();
-  tables_.allowed_.ShrinkToFit();
-  tables_.local_index_.ShrinkToFit();
+  tables_.blocked_.Seal();
+  tables_.allowed_.Seal();
+  tables_.local_index_.Seal();
   return absl::OkStatus();
 }
 

@@ -1,6 +1,9 @@
 #include "dotproxy/policy/name_set.h"
 
+#include <sys/mman.h>
+
 #include <cstring>
+#include <new>
 
 #include "absl/strings/str_cat.h"
 #include "dotproxy/dns/message.h"
@@ -76,8 +79,26 @@ uint64_t NameSet::Hash(std::span<const uint8_t> name) {
   return h;
 }
 
+NameSet::Slot* NameSet::AllocateSlots(size_t count) {
+  constexpr size_t kHugePage = size_t{2} << 20;
+  const size_t bytes = count * sizeof(Slot);
+  void* memory = nullptr;
+  if (bytes >= kHugePage) {
+    memory = std::aligned_alloc(kHugePage, (bytes + kHugePage - 1) / kHugePage * kHugePage);
+    // A hint: without THP (or with it off) plain pages serve as well.
+    if (memory != nullptr) (void)::madvise(memory, bytes, MADV_HUGEPAGE);
+  } else {
+    memory = std::malloc(bytes);
+  }
+  if (memory == nullptr) throw std::bad_alloc();  // control thread, at build
+  Slot* slots = static_cast<Slot*>(memory);
+  for (size_t i = 0; i < count; ++i) new (&slots[i]) Slot();
+  return slots;
+}
+
 uint32_t& NameSet::Insert(std::span<const uint8_t> name) {
-  if ((size_ + 1) * 4 > slots_.size() * 3) Grow();
+  filter_.clear();  // Seal() again after the last Insert
+  if ((size_ + 1) * 4 > capacity_ * 3) Grow();
   const uint64_t hash = Hash(name);
   const uint32_t tag = static_cast<uint32_t>(hash >> 32) | 1;
   size_t i = static_cast<size_t>(hash) & mask_;
@@ -97,17 +118,40 @@ uint32_t& NameSet::Insert(std::span<const uint8_t> name) {
 }
 
 void NameSet::Grow() {
-  const size_t capacity = slots_.empty() ? 64 : slots_.size() * 2;
-  std::vector<Slot> old = std::move(slots_);
-  slots_.assign(capacity, Slot{});
-  mask_ = capacity - 1;
-  for (const Slot& slot : old) {
+  const size_t old_capacity = capacity_;
+  capacity_ = capacity_ == 0 ? 64 : capacity_ * 2;
+  std::unique_ptr<Slot[], FreeSlots> old = std::move(slots_);
+  slots_.reset(AllocateSlots(capacity_));
+  mask_ = capacity_ - 1;
+  for (size_t o = 0; o < old_capacity; ++o) {
+    const Slot& slot = old[o];
     if (slot.tag == 0) continue;
     const uint8_t* stored = arena_.data() + slot.name;
     const uint64_t hash = Hash({stored + 1, stored[0]});
     size_t i = static_cast<size_t>(hash) & mask_;
     while (slots_[i].tag != 0) i = (i + 1) & mask_;
     slots_[i] = slot;
+  }
+}
+
+}  // namespace dotproxy::policy
+
+namespace dotproxy::policy {
+
+void NameSet::Seal() {
+  arena_.shrink_to_fit();
+  filter_.clear();
+  // Small sets live in the caches anyway.
+  if (size_ < 4096) return;
+  size_t words = 1;
+  while (words * 8 < size_) words *= 2;  // a word for every 8 names or fewer
+  filter_.assign(words, 0);
+  filter_mask_ = words - 1;
+  for (size_t i = 0; i < capacity_; ++i) {
+    if (slots_[i].tag == 0) continue;
+    const uint8_t* stored = arena_.data() + slots_[i].name;
+    const uint64_t hash = Hash({stored + 1, stored[0]});
+    filter_[(hash >> 40) & filter_mask_] |= FilterBits(hash);
   }
 }
 

@@ -113,6 +113,8 @@ TEST(NameSetTest, FindsWhatWasInsertedAndNothingElse) {
     set.Insert({wire, length}) = static_cast<uint32_t>(i);
   }
   EXPECT_EQ(set.size(), 5000u);
+  for (const bool sealed : {false, true}) {
+  if (sealed) set.Seal();  // with the filter in front
   for (int i = 0; i < 6000; ++i) {
     ASSERT_TRUE(TextToWireName("n" + std::to_string(i) + ".example", wire, length).ok());
     const uint32_t* value = set.Find({wire, length}, NameSet::Hash({wire, length}));
@@ -122,6 +124,7 @@ TEST(NameSetTest, FindsWhatWasInsertedAndNothingElse) {
     } else {
       EXPECT_EQ(value, nullptr) << i;
     }
+  }
   }
 }
 
