@@ -71,6 +71,22 @@ def addresses(m, rdtype):
     return out
 
 
+def no_allocation(p, questions, rounds=4):
+    """Policy answers allocate nothing on the shard threads: after a warm-up
+    round, `rounds` more over UDP and TCP leave heap_allocations unchanged."""
+    def one_round():
+        for qname, qtype in questions:
+            for transport in ("udp", "tcp"):
+                ask(p, qname, qtype, transport)
+    one_round()
+    _, before = M.scrape(p)
+    for _ in range(rounds):
+        one_round()
+    _, after = M.scrape(p)
+    d = after["dotproxy_heap_allocations_total"] - before["dotproxy_heap_allocations_total"]
+    check(d == 0, "%d heap allocations for %d policy answers" % (d, rounds * 2 * len(questions)))
+
+
 def nodata_with_soa(m, what):
     check(m.rcode() == dns.rcode.NOERROR and not m.answer, "%s: not NODATA: %s" % (what, m))
     check(len(m.authority) == 1 and m.authority[0].rdtype == dns.rdatatype.SOA,
@@ -115,6 +131,7 @@ def policy_hosts_file(h):
     m, _ = ask(p, "a.example.test.", "A")
     check(addresses(m, dns.rdatatype.A) == {"192.0.2.1"}, "forwarded name: %s" % m)
     check(forwarded(p)[0] == before + 1, "other names not forwarded")
+    no_allocation(p, [("nas.lan.", "A"), ("nas.lan.", "MX"), ("77.2.0.192.in-addr.arpa.", "PTR")])
     print("hosts: A/AAAA/PTR/NODATA local over UDP and TCP; %d forwarded before, %d after" % (
         before, after))
 
@@ -228,6 +245,8 @@ def policy_blocklist_actions(h):
           "blocked %s" % samples.get("dotproxy_blocked_total"))
     check(samples.get("dotproxy_allowlist_overrides_total") == 1, "allowlist overrides %s" %
           samples.get("dotproxy_allowlist_overrides_total"))
+    no_allocation(p, [("ads.example.test.", "A"), ("a.track.example.test.", "AAAA"),
+                      ("sink.example.test.", "A"), ("quiet.example.test.", "A")])
     print("actions: %s" % got)
 
 
