@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 
@@ -509,6 +510,7 @@ absl::Status Builder::Finish() {
 }
 
 absl::StatusOr<std::shared_ptr<const Tables>> Tables::Build(const Sources& sources) {
+  const auto start = std::chrono::steady_clock::now();
   std::shared_ptr<Tables> tables(new Tables());
   Builder builder(*tables);
   if (sources.blocklists.size() >= kNoList) return absl::InvalidArgumentError("too many blocklists");
@@ -525,6 +527,8 @@ absl::StatusOr<std::shared_ptr<const Tables>> Tables::Build(const Sources& sourc
     if (auto s = builder.AddList(file, /*allow=*/true, 0); !s.ok()) return s;
   }
   if (auto s = builder.Finish(); !s.ok()) return s;
+  tables->build_seconds_ =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return std::shared_ptr<const Tables>(std::move(tables));
 }
 

@@ -98,6 +98,7 @@ class Tables {
   size_t allowed_names() const { return allowed_.size(); }
   size_t local_names() const { return local_names_.size(); }
   size_t MemoryBytes() const;
+  double build_seconds() const { return build_seconds_; }
 
   // Build-time pieces (also used by the tests).
   struct List {
@@ -128,6 +129,7 @@ class Tables {
   // The local name of a wire name (lower case), or -1.
   int64_t FindLocal(std::span<const uint8_t> lower_name) const;
 
+  double build_seconds_ = 0;
   std::vector<List> lists_;
   // Value: exact-match list (low 16 bits) and subtree list (high 16), 0xffff none.
   NameSet blocked_;
