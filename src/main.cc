@@ -37,6 +37,7 @@
 #include "dotproxy/metrics/stats_format.h"
 #include "dotproxy/metrics/upstream_slots.h"
 #include "dotproxy/dnstap/writer.h"
+#include "dotproxy/policy/tables.h"
 #include "dotproxy/shard/shard.h"
 #include "dotproxy/tls/client.h"
 #include "dotproxy_build_config.h"
@@ -332,6 +333,7 @@ int main(int argc, char** argv) {
     collector = std::make_shared<dotproxy::metrics::ShardCollector>(
         std::move(counters), upstream_slots.specs(), DOTPROXY_VERSION);
     collector->set_control(&control_stats);
+    collector->set_blocklist_names([] { return dotproxy::policy::ListSlotNames(); });
     auto server =
         dotproxy::metrics::MetricsServer::Start(config->metrics_listen->ToString(), collector);
     if (!server.ok()) {

@@ -2,6 +2,7 @@
 // runs once at start, on the main thread.
 
 #include "dotproxy/config/config.h"
+#include "dotproxy/policy/tables.h"
 
 #include <getopt.h>
 
@@ -500,6 +501,14 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
     config.upstreams.push_back(*ParseUpstream("1.0.0.1#cloudflare-dns.com"));
   }
   if (auto status = ValidateConfig(config); !status.ok()) return status;
+  // Local data and lists are read here, on the control thread, at start
+  // and at every reload: a bad line refuses the whole configuration.
+  config.policy.hosts_file = config.hosts_file;
+  if (!config.policy.empty()) {
+    auto tables = policy::Tables::Build(config.policy);
+    if (!tables.ok()) return tables.status();
+    config.policy_tables = *std::move(tables);
+  }
   return result;
 }
 

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "dotproxy/config/config.h"
 #include "dotproxy/io/socket.h"
+#include "src/config/policy_file.h"
 #include "src/config/text.h"
 
 namespace dotproxy::config {
@@ -387,6 +388,10 @@ absl::Status LoadConfigText(std::string_view text, const std::string& path, Conf
           return s;
         }
       }
+      continue;
+    }
+    if (IsPolicyKey(key)) {
+      if (auto status = ReadPolicyKey(key, node, path, config); !status.ok()) return status;
       continue;
     }
     const Option* option = FindOptionByTomlKey(key);

@@ -35,6 +35,10 @@ constexpr Option kOptions[] = {
              "1.0.0.1#cloudflare-dns.com)"},
     {.flag = "ca-file", .toml_key = "ca_file", .kind = OptionKind::kPath, .field = &Config::ca_file,
      .value_name = "PEM", .help = "trust anchors (default: the system CA store)"},
+    {.flag = "hosts-file", .toml_key = "hosts_file", .kind = OptionKind::kPath,
+     .field = &Config::hosts_file, .value_name = "FILE",
+     .help = "answer the names of this hosts(5) file locally (A, AAAA\n"
+             "and the matching PTR), before the cache"},
     {.flag = "io-backend", .toml_key = "io_backend", .env = "DOTPROXY_IO_BACKEND",
      .kind = OptionKind::kChoice, .field = &Config::io_backend, .value_name = "auto|uring|epoll",
      .choices = "auto|uring|epoll",

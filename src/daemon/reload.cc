@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "dotproxy/control/log.h"
+#include "dotproxy/policy/tables.h"
 #include "dotproxy/tls/client.h"
 
 namespace dotproxy::daemon {
@@ -113,16 +114,27 @@ void KeepRestartOnly(const config::Config& running, config::Config& next,
   keep("dnstap_identity", next.dnstap_identity, running.dnstap_identity, equal);
 }
 
+// Local data and lists, with what they cost (read and built at parse time).
+std::string PolicySummary(const config::Config& config) {
+  const policy::Tables* tables = config.policy_tables.get();
+  if (tables == nullptr) return "";
+  return absl::StrFormat(
+      "; local data %d names; blocklists %d (%d names); allowlist %d names; %.1f MiB, built in "
+      "%.2f s",
+      tables->local_names(), tables->blocklist_count(), tables->blocked_names(),
+      tables->allowed_names(), tables->MemoryBytes() / 1048576.0, tables->build_seconds());
+}
+
 std::string ConfigSummary(const config::Config& config) {
   return absl::StrFormat(
       "listen %s; upstreams %s%s; allow %s; cache %d entries (ttl %d..%d s, negative %d s, stale "
-      "%d s); query timeout %d ms; %d shards; log level %s",
+      "%d s); query timeout %d ms; %d shards; log level %s%s",
       ListenSummary(config), UpstreamSummary(config),
       config.zones.empty() ? std::string() : ZoneSummary(config), AllowSummary(config),
       config.cache_size,
       config.cache.min_ttl, config.cache.max_ttl, config.cache.negative_max_ttl,
       config.cache.stale_window, static_cast<int>(config.query_timeout.count()), config.threads,
-      config.log_level);
+      config.log_level, PolicySummary(config));
 }
 
 void Reload(ReloadContext& context) {

@@ -202,6 +202,19 @@ std::vector<prometheus::MetricFamily> ShardCollector::Collect() const {
     families.push_back(std::move(family));
   }
 
+  if (blocklist_names_) {
+    const std::vector<std::string> names = blocklist_names_();
+    const Row row{"dotproxy_blocklist_hits_total", "queries answered by each blocklist", false, 1.0};
+    families.push_back(Family(row));
+    for (size_t slot = 0; slot < names.size() && slot < kMaxBlocklistSlots; ++slot) {
+      uint64_t value = 0;
+      for (const ShardCounters& s : shards_) value += Load(s.shard->blocklist_hits[slot]);
+      prometheus::ClientMetric metric = Sample(row, static_cast<double>(value));
+      metric.label.push_back({"list", names[slot]});
+      families.back().metric.push_back(std::move(metric));
+    }
+  }
+
   if (control_ != nullptr) {
     const Row reloads{"dotproxy_config_reloads_total",
                       "configuration reloads applied (SIGHUP)", false, 1.0};

@@ -20,6 +20,7 @@ constexpr size_t kMaxBlockedGroups = 4;
 static_assert(static_cast<size_t>(Transport::kUdp) == 0 &&
               static_cast<size_t>(Transport::kTcp) == 1 &&
               std::size(metrics::kTransportNames) == 2);
+static_assert(policy::kMaxListSlots == metrics::kMaxBlocklistSlots);
 }  // namespace
 
 Forwarder::Forwarder(const ForwarderSettings& settings, const io::LoopClock& clock,
@@ -83,6 +84,7 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
     return false;
   }
   if (rate_limiter_ != nullptr && Limited(wire, info, client)) return false;
+  if (settings_.policy != nullptr && AnswerFromPolicy(wire, info, client)) return false;
   if (settings_.minimal_any && info.qtype == dns::kTypeAny && client.transport == Transport::kUdp) {
     // RFC 8482 §4.2: a small answer instead of everything there is (ANY is
     // the classic amplification query); a client that needs it all asks
@@ -207,6 +209,37 @@ bool Forwarder::Limited(std::span<const uint8_t> query, const dns::QueryInfo& in
   } else {
     Bump(stats_.rate_limit_dropped);
   }
+  return true;
+}
+
+bool Forwarder::AnswerFromPolicy(std::span<const uint8_t> query, const dns::QueryInfo& info,
+                                 const ClientRef& client) {
+  constexpr uint16_t kClassIn = 1;
+  if (info.qclass != kClassIn) return false;  // CHAOS and friends are not ours
+  const policy::Tables& tables = *settings_.policy;
+  const policy::Decision decision =
+      tables.Lookup(query.subspan(dns::kHeaderSize, info.qname_length));
+  if (decision.action == policy::Action::kNone) {
+    if (decision.allowlisted) Bump(stats_.allowlist_overrides);
+    return false;
+  }
+  const size_t limit = client.transport == Transport::kUdp
+                           ? std::min<size_t>(UdpLimit(info), frontend::kMaxUdpReply)
+                           : policy::kMaxPolicyReply;
+  std::span<uint8_t> reply = replier_.BeginReply(client, limit);
+  if (reply.empty()) return true;  // dropped, and counted, by the front end
+  const size_t length =
+      tables.WriteReply(decision, query, info, settings_.edns_udp_size, limit, reply);
+  CommitReply(client, reply, length, clock_.now());  // through dnstap too
+  if (length == 0) return true;
+  if (decision.action == policy::Action::kLocal) {
+    Bump(stats_.local_answers);
+  } else {
+    Bump(stats_.blocked);
+    Bump(stats_.blocklist_hits[tables.blocklist_slot(decision.list)]);
+  }
+  if (dns::header::IsTruncated(reply.data())) Bump(stats_.truncated);
+  ObserveReply(client, metrics::AnswerSource::kLocal, clock_.now());
   return true;
 }
 

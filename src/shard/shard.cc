@@ -81,6 +81,7 @@ ForwarderSettings MakeForwarderSettings(const config::Config& config) {
   settings.query_options = QueryOptions(config);
   settings.max_inflight = static_cast<size_t>(config.max_inflight);
   settings.minimal_any = config.minimal_any;
+  settings.policy = config.policy_tables.get();
   return settings;
 }
 

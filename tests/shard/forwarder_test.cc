@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -648,6 +649,52 @@ TEST_F(ForwarderTest, ServesStaleWhenTheUpstreamFailsAndCountsItAsStale) {
   EXPECT_EQ(Id(replier_.replies[1].wire), 2);
   EXPECT_EQ(stats_.cache_stale_answers.load(), 1u);
   EXPECT_EQ(stats_.servfail_no_upstream.load(), 0u);
+}
+
+}  // namespace
+}  // namespace dotproxy::shard
+
+namespace dotproxy::shard {
+namespace {
+
+// Local answers and blocklists (policy::Tables) come before the cache and
+// never reach the router; an allowlisted name goes on upstream.
+TEST_F(ForwarderTest, PolicyAnswersLocallyAndBlocksBeforeTheUpstream) {
+  const std::string list = ::testing::TempDir() + "forwarder_policy_" + std::to_string(getpid());
+  const std::string allow = list + ".allow";
+  {
+    std::FILE* f = std::fopen(list.c_str(), "w");
+    std::fputs("*.ads.example\n", f);
+    std::fclose(f);
+    f = std::fopen(allow.c_str(), "w");
+    std::fputs("ok.ads.example\n", f);
+    std::fclose(f);
+  }
+  policy::Sources sources;
+  sources.local.push_back({"nas.lan", "A", 60, "192.0.2.5", "t:1"});
+  sources.blocklists.push_back({"forwarder-test-list", list, "nxdomain", 60, "t:2"});
+  sources.allowlist.push_back(allow);
+  auto tables = policy::Tables::Build(sources);
+  std::remove(list.c_str());
+  std::remove(allow.c_str());
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  settings_.policy = tables->get();
+  Make(false, 16);
+  Query(MakeQuery("nas.lan", 1, true), udp_client_);
+  Query(MakeQuery("x.ads.example", 2, false), tcp_client_);
+  EXPECT_TRUE(router_.sent.empty());
+  ASSERT_EQ(replier_.replies.size(), 2u);
+  EXPECT_EQ(Rcode(replier_.replies[0].wire), 0);
+  EXPECT_EQ(dns::ReadU16(replier_.replies[0].wire.data() + 6), 1);  // one A
+  EXPECT_EQ(Rcode(replier_.replies[1].wire), 3);                    // NXDOMAIN
+  EXPECT_EQ(replier_.done.size(), 2u);
+  EXPECT_EQ(stats_.local_answers.load(), 1u);
+  EXPECT_EQ(stats_.blocked.load(), 1u);
+  EXPECT_EQ(stats_.blocklist_hits[(*tables)->blocklist_slot(0)].load(), 1u);
+  EXPECT_EQ(stats_.cache_misses.load(), 0u);  // answered before the cache
+  Query(MakeQuery("ok.ads.example", 3, true), udp_client_);
+  EXPECT_EQ(router_.sent.size(), 1u);
+  EXPECT_EQ(stats_.allowlist_overrides.load(), 1u);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 // read-only by every shard as a `std::shared_ptr<const Config>`.
 
 #include <array>
+#include <memory>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -20,7 +21,12 @@
 #include "dotproxy/frontend/acl.h"
 #include "dotproxy/io/socket.h"
 #include "dotproxy/cache/packet_cache.h"
+#include "dotproxy/policy/sources.h"
 #include "dotproxy/tls/client.h"
+
+namespace dotproxy::policy {
+class Tables;  // dotproxy/policy/tables.h
+}  // namespace dotproxy::policy
 
 namespace dotproxy::config {
 
@@ -179,6 +185,13 @@ struct Config {
   std::string dnstap;
   std::string dnstap_messages = "client-query,client-response,forwarder-query,forwarder-response";
   std::string dnstap_identity;
+  // Local answers and blocklists (policy/): the hosts file (hosts(5)), the
+  // [[local]], [[blocklist]] and allowlist entries as written, and the
+  // tables ParseCommandLine built from them (null when there are none),
+  // shared read-only by the shards and replaced whole on reload.
+  std::string hosts_file;
+  policy::Sources policy;
+  std::shared_ptr<const policy::Tables> policy_tables;
 
   bool check_config = false;
   std::string config_file;  // where the file part came from, for messages

@@ -21,6 +21,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -48,6 +49,12 @@ class ShardCollector : public prometheus::Collectable {
   void SetUpstreams(std::vector<std::string> specs, std::vector<size_t> configured);
   // The control thread's counters (reloads); borrowed, outlives the collector.
   void set_control(const ControlStats* control) { control_ = control; }
+  // Names of the blocklist counter slots (ShardStats::blocklist_hits), asked
+  // at each scrape: dotproxy_blocklist_hits_total{list="NAME"}. Set before
+  // the first scrape.
+  void set_blocklist_names(std::function<std::vector<std::string>()> names) {
+    blocklist_names_ = std::move(names);
+  }
 
   std::vector<prometheus::MetricFamily> Collect() const override;
 
@@ -80,6 +87,7 @@ class ShardCollector : public prometheus::Collectable {
   mutable std::mutex upstreams_mutex_;  // scrape threads vs SetUpstreams
   Upstreams upstreams_;
   const ControlStats* control_ = nullptr;
+  std::function<std::vector<std::string>()> blocklist_names_;
   std::string version_;
 };
 

@@ -47,6 +47,9 @@ namespace dotproxy::metrics {
   X(rate_limit_refused, "TCP queries over the client's rate limit answered REFUSED") \
   X(rate_limit_evictions, "rate-limiter entries replaced while still limited")       \
   X(minimal_any, "ANY queries over UDP answered with a synthesized HINFO (RFC 8482)") \
+  X(local_answers, "queries answered from local data (hosts_file, [[local]])")      \
+  X(blocked, "queries answered by a blocklist (per list: blocklist_hits)")          \
+  X(allowlist_overrides, "queries a blocklist matched but the allowlist let through") \
   X(notauth_tsig, "TSIG-signed queries answered NOTAUTH/BADKEY (RFC 8945: no keys here)") \
   X(servfail_timeout, "queries that hit their deadline (SERVFAIL)")                  \
   X(servfail_no_upstream, "queries with no usable upstream (SERVFAIL)")              \
@@ -140,6 +143,9 @@ inline constexpr std::string_view kTransportNames[] = {"udp", "tcp"};
 enum class AnswerSource : uint8_t { kCache, kUpstream, kStale, kLocal };
 inline constexpr std::string_view kAnswerSourceNames[] = {"cache", "upstream", "stale", "local"};
 
+// Per-blocklist hit counters a shard holds, indexed by policy::ListSlot.
+inline constexpr size_t kMaxBlocklistSlots = 64;
+
 struct ShardStats {
 #define DOTPROXY_DECLARE_COUNTER(name, help) std::atomic<uint64_t> name{0};
   DOTPROXY_SHARD_COUNTERS(DOTPROXY_DECLARE_COUNTER)
@@ -152,6 +158,9 @@ struct ShardStats {
   // Client-observed answer time, from the loop iteration that read the
   // query to the one that replied, by transport and AnswerSource.
   LatencyHistogram query_duration[std::size(kTransportNames)][std::size(kAnswerSourceNames)];
+  // Queries answered by each blocklist, by its slot (exported as
+  // dotproxy_blocklist_hits_total{list="NAME"}).
+  std::atomic<uint64_t> blocklist_hits[kMaxBlocklistSlots] = {};
 };
 
 // UpstreamStats per shard: one per upstream configured since start (see

@@ -24,6 +24,7 @@
 #include "dotproxy/io/clock.h"
 #include "dotproxy/io/standing_queue.h"
 #include "dotproxy/metrics/stats.h"
+#include "dotproxy/policy/tables.h"
 #include "dotproxy/shard/query_table.h"
 #include "dotproxy/upstream/router.h"
 
@@ -53,6 +54,9 @@ struct ForwarderSettings {
   // Scale"); a burst that drains in time is served first come, first
   // served.
   io::StandingQueueSettings queue_wait;
+  // Local answers and blocklists, asked before the cache; null: none.
+  // Borrowed from the Config in force (which outlives these settings).
+  const policy::Tables* policy = nullptr;
 };
 
 class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink {
@@ -110,6 +114,10 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   // or refused).
   bool Limited(std::span<const uint8_t> query, const dns::QueryInfo& info,
                const frontend::ClientRef& client);
+  // Local data or a blocklist decides the answer: true when the query is
+  // finished (answered here).
+  bool AnswerFromPolicy(std::span<const uint8_t> query, const dns::QueryInfo& info,
+                        const frontend::ClientRef& client);
   bool ServeFromCache(uint32_t entry, const frontend::ClientRef& client, uint16_t id,
                       std::span<const uint8_t> question, size_t udp_limit, bool stale,
                       io::Clock::time_point received);
