@@ -67,20 +67,22 @@ def start_unbound_with(h, lines):
     return u
 
 
-def zone_spec(u):
-    """The zone's upstream spec (DoT; 'udp://%s:%d' % (LOOPBACK4, u.plain_port)
-    for the plain variant)."""
+def zone_spec(u, scheme=None):
+    """The zone's upstream spec: DoT, or plain DNS ("udp", "tcp") to the
+    same Unbound's plain port."""
+    if scheme:
+        return "%s://%s:%d" % (scheme, LOOPBACK4, u.plain_port)
     return "%s:%d#%s" % (LOOPBACK4, u.dot_port, TLS_NAME)
 
 
-def zones_toml(corp, nocache=True):
+def zones_toml(corp, nocache=True, scheme=None):
     lines = []
     if corp is not None:
         lines += ["[[zone]]", 'name = "Corp.Example."',
-                  'upstreams = ["%s"]' % zone_spec(corp), ""]
+                  'upstreams = ["%s"]' % zone_spec(corp, scheme), ""]
         if nocache:
             lines += ["[[zone]]", 'name = "nocache.example"',
-                      'upstreams = ["%s"]' % zone_spec(corp), "cache = false", ""]
+                      'upstreams = ["%s"]' % zone_spec(corp, scheme), "cache = false", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -91,9 +93,9 @@ def write_file(path, text):
     os.replace(tmp, path)
 
 
-def start(h, corp, default, cache=True, extra=()):
+def start(h, corp, default, cache=True, extra=(), scheme=None):
     path = os.path.join(h.dir, "zones%d.toml" % len(h.proxies))
-    write_file(path, zones_toml(corp))
+    write_file(path, zones_toml(corp, scheme=scheme))
     p = h.start_proxy(default, default_cache=cache,
                       extra=["--config", path, "--query-timeout", "1000"] + list(extra))
     p.config_path = path
@@ -148,6 +150,32 @@ def zones_route_by_suffix(h):
     check(m is not None and E.rcode_of(m) == dns.rcode.NXDOMAIN,
           "the default Unbound answers corp.example itself: the case proves nothing")
     print("corp.example -> internal Unbound (any case, subdomains); rest -> default")
+
+
+@case
+def zones_plain_internal(h):
+    """The datacenter layout: corp.example served by an internal Unbound
+    over plain DNS (udp://, then tcp://) while "." goes over DoT to the
+    default one, without allow_plaintext (forward zones may use plain
+    upstreams). Answers come from the right Unbound, and dotproxy's
+    per-upstream counters show the internal queries on the plain upstream
+    and the rest on the DoT one."""
+    corp = start_unbound_with(h, CORP_LINES)
+    default = start_unbound_with(h, DEFAULT_LINES)
+    import dotproxy_e2e_features as F
+    for scheme in ("udp", "tcp"):
+        p = start(h, corp, default, cache=False, scheme=scheme)
+        for _ in range(3):
+            expect(p, "db.corp.example.", "10.1.1.1", what="%s:// zone" % scheme)
+        expect(p, "whoami.test.", '"default"', qtype="TXT", what="default zone over DoT")
+        c = F.counters(p, n_upstreams=2)
+        plain = c.up.get(zone_spec(corp, scheme))
+        check(plain is not None, "no counters for %s in:\n%s" % (zone_spec(corp, scheme), c.text))
+        check(int(plain.get("queries", 0)) >= 3, "%s upstream: %s" % (scheme, plain))
+        dot = c.upstream(default.dot_port)
+        check(int(dot.get("queries", 0)) >= 1, "DoT upstream: %s" % dot)
+        p.stop()
+    print("corp.example over udp:// and tcp:// to the internal Unbound, the rest over DoT")
 
 
 @case
