@@ -172,19 +172,28 @@ void UdpFrontend::MaybeClose(uint32_t index) {
   socket.state = SocketState::kFree;
 }
 
-bool UdpFrontend::Stale(const io::Datagram& datagram) {
+bool UdpFrontend::Stale(const io::Datagram& datagram, Socket& socket) {
   if (clock_ == nullptr || datagram.received_realtime_ns == 0) return false;
+  // The kernel dropped datagrams on this socket since the last one read:
+  // its buffer overflowed, which is what keeps a cut buffer's short queue
+  // standing (its datagrams are young: the cut is what keeps them so).
+  const bool overflowed = datagram.socket_drops != socket.last_drops;
+  socket.last_drops = datagram.socket_drops;
   // Read in arrival order: this datagram is the oldest its socket holds.
   // The stamp may be a little after the loop's wall time (received during
   // this iteration): no wait.
   const auto waited = std::chrono::nanoseconds(
       std::max<int64_t>(0, clock_->realtime_ns() - datagram.received_realtime_ns));
   const auto now = clock_->now();
-  intake_queue_.Observe(now, waited);
+  intake_queue_.Observe(
+      now, overflowed && buffers_shrunk_ ? std::max<std::chrono::nanoseconds>(
+                                               waited, intake_queue_.settings().overload_wait)
+                                         : waited);
   const bool standing = intake_queue_.standing();
   if (standing != buffers_shrunk_) ShrinkReceiveBuffers(standing);
-  // The cut buffer holds about overload_wait of service: what it holds is
-  // served; shed is what waited longer (the backlog from before the cut).
+  // The cut buffer holds a quarter of overload_wait of service: what it
+  // holds is served; shed is what waited longer than twice overload_wait
+  // (the backlog from before the cut).
   const auto shed_after =
       standing ? 2 * intake_queue_.settings().overload_wait : intake_queue_.settings().max_wait;
   if (waited >= shed_after) return true;
@@ -199,14 +208,15 @@ bool UdpFrontend::Stale(const io::Datagram& datagram) {
 
 void UdpFrontend::ShrinkReceiveBuffers(bool shrink) {
   buffers_shrunk_ = shrink;
-  // overload_wait of the last window's intake, at the kernel's accounting
+  // A quarter of overload_wait of the last window's intake (a few ms:
+  // the latency a standing intake adds), at the kernel's accounting
   // per small datagram (its truesize: about 1 KiB on loopback and common
   // NICs), halved as setsockopt doubles it; never below what a burst of
   // 64 datagrams needs.
   const int64_t per_window =
       std::max<int64_t>(served_last_window_, served_in_window_);
   const int64_t datagrams = std::max<int64_t>(
-      64, per_window * intake_queue_.settings().overload_wait.count() /
+      64, per_window * (intake_queue_.settings().overload_wait.count() / 4) /
               std::chrono::nanoseconds(kRateWindow).count());
   const int small = static_cast<int>(std::min<int64_t>(datagrams * kDatagramTruesize / 2, 1 << 24));
   for (Socket& socket : sockets_) {
@@ -237,7 +247,7 @@ void UdpFrontend::OnReceive(uint32_t socket_index, const io::Completion& complet
     if (!intake_stopped_ && socket.state == SocketState::kOpen) {
       if (datagram.truncated) {
         Bump(stats_.dropped_oversized);
-      } else if (Stale(datagram)) {
+      } else if (Stale(datagram, socket)) {
         Bump(stats_.shed_intake);
       } else if (!acl_.Allows(datagram.source)) {
         Bump(stats_.dropped_acl);  // no reply: a spoofed source gets nothing

@@ -153,6 +153,7 @@ bool EpollReactor::ReadDatagram(const Completion& completion, Datagram& datagram
   datagram.source_length = meta.source_length;
   datagram.truncated = meta.truncated;
   datagram.received_realtime_ns = meta.received_realtime_ns;
+  datagram.socket_drops = meta.socket_drops;
   return true;
 }
 
@@ -317,7 +318,10 @@ void EpollReactor::DoDatagrams(int fd, FdState& state) {
     meta.length = mmsg_[i].msg_len;
     meta.source_length = mmsg_[i].msg_hdr.msg_namelen;
     meta.truncated = (mmsg_[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
-    meta.received_realtime_ns = ReceiveTimestampNs(mmsg_[i].msg_hdr);
+    Datagram parsed;
+    ReadReceiveControl(mmsg_[i].msg_hdr, parsed);
+    meta.received_realtime_ns = parsed.received_realtime_ns;
+    meta.socket_drops = parsed.socket_drops;
     Completion completion;
     completion.data = state.datagram_tag;
     completion.result = static_cast<int>(meta.length);

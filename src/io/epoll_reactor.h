@@ -76,7 +76,8 @@ class EpollReactor final : public Reactor {
     uint32_t length = 0;
     bool truncated = false;
     int64_t received_realtime_ns = 0;
-    alignas(cmsghdr) uint8_t control[kReceiveTimestampControlBytes];
+    uint32_t socket_drops = 0;
+    alignas(cmsghdr) uint8_t control[kReceiveControlBytes];
   };
   struct Outbound {
     int fd;

@@ -20,17 +20,22 @@ absl::StatusOr<std::unique_ptr<Reactor>> Reactor::Create(const ReactorOptions& o
   return UringReactor::Create(options);
 }
 
-int64_t ReceiveTimestampNs(const msghdr& message) {
+void ReadReceiveControl(const cmsghdr& c, Datagram& datagram) {
+  if (c.cmsg_level != SOL_SOCKET) return;
+  if (c.cmsg_type == SCM_TIMESTAMPNS && c.cmsg_len >= CMSG_LEN(sizeof(timespec))) {
+    timespec stamp;
+    std::memcpy(&stamp, CMSG_DATA(&c), sizeof(stamp));
+    datagram.received_realtime_ns = int64_t{stamp.tv_sec} * 1'000'000'000 + stamp.tv_nsec;
+  } else if (c.cmsg_type == SO_RXQ_OVFL && c.cmsg_len >= CMSG_LEN(sizeof(uint32_t))) {
+    std::memcpy(&datagram.socket_drops, CMSG_DATA(&c), sizeof(uint32_t));
+  }
+}
+
+void ReadReceiveControl(const msghdr& message, Datagram& datagram) {
   for (const cmsghdr* c = CMSG_FIRSTHDR(&message); c != nullptr;
        c = CMSG_NXTHDR(const_cast<msghdr*>(&message), const_cast<cmsghdr*>(c))) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
-        c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
-      timespec stamp;
-      std::memcpy(&stamp, CMSG_DATA(c), sizeof(stamp));
-      return int64_t{stamp.tv_sec} * 1'000'000'000 + stamp.tv_nsec;
-    }
+    ReadReceiveControl(*c, datagram);
   }
-  return 0;
 }
 
 void Reactor::Abandon(int fd) {

@@ -169,6 +169,7 @@ void SetReceiveBuffer(int fd, int bytes) {
 void EnableReceiveTimestamps(int fd) {
   const int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one));
+  setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one));
 }
 
 absl::StatusOr<UniqueFd> OpenUdpListener(const SocketAddress& address, int buffer_bytes,

@@ -47,7 +47,7 @@ absl::StatusOr<std::unique_ptr<Reactor>> UringReactor::Create(const ReactorOptio
   // Every buffer reserves room for a full IPv6 source address.
   reactor->recv_template_.msg_namelen = sizeof(sockaddr_in6);
   // ... and the receive timestamp.
-  reactor->recv_template_.msg_controllen = kReceiveTimestampControlBytes;
+  reactor->recv_template_.msg_controllen = kReceiveControlBytes;
   return std::unique_ptr<Reactor>(std::move(reactor));
 }
 
@@ -132,14 +132,10 @@ bool UringReactor::ReadDatagram(const Completion& completion, Datagram& datagram
   datagram.source = static_cast<const sockaddr*>(io_uring_recvmsg_name(out));
   datagram.source_length = std::min<socklen_t>(out->namelen, sizeof(sockaddr_in6));
   datagram.received_realtime_ns = 0;
+  datagram.socket_drops = 0;
   for (cmsghdr* c = io_uring_recvmsg_cmsg_firsthdr(out, &recv_template_); c != nullptr;
        c = io_uring_recvmsg_cmsg_nexthdr(out, &recv_template_, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
-        c->cmsg_len >= CMSG_LEN(sizeof(timespec))) {
-      timespec stamp;
-      std::memcpy(&stamp, CMSG_DATA(c), sizeof(stamp));
-      datagram.received_realtime_ns = int64_t{stamp.tv_sec} * 1'000'000'000 + stamp.tv_nsec;
-    }
+    ReadReceiveControl(*c, datagram);
   }
   return true;
 }

@@ -128,6 +128,64 @@ TEST_P(ReactorTest, DatagramIntakeYieldsPayloadAndSourceAndStaysArmed) {
   Collect(*reactor, 2);  // the cancel and the ended multishot
 }
 
+// The kernel's receive stamp and drop count reach the Datagram: a small
+// receive buffer is overfilled before the receive is armed, and what is
+// read after the overflow carries the socket's drop count.
+TEST_P(ReactorTest, DatagramsCarryTheReceiveStampAndTheSocketsDropCount) {
+  auto reactor = MakeReactor();
+  if (reactor == nullptr) GTEST_SKIP() << "backend unavailable";
+  SocketAddress address;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&address.storage);
+  v4->sin_family = AF_INET;
+  v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.length = sizeof(sockaddr_in);
+  auto listener = OpenUdpListener(address, 0);
+  ASSERT_TRUE(listener.ok());
+  SetReceiveBuffer(listener->get(), 4096);  // a handful of datagrams
+  sockaddr_in bound{};
+  socklen_t bound_length = sizeof(bound);
+  ASSERT_EQ(getsockname(listener->get(), reinterpret_cast<sockaddr*>(&bound), &bound_length), 0);
+  UniqueFd sender(socket(AF_INET, SOCK_DGRAM, 0));
+  ASSERT_TRUE(sender);
+  timespec before;
+  clock_gettime(CLOCK_REALTIME, &before);
+  const char text[] = "0123456789012345678901234567890123456789";
+  for (int i = 0; i < 64; ++i) {
+    sendto(sender.get(), text, sizeof(text), 0, reinterpret_cast<const sockaddr*>(&bound),
+           sizeof(bound));
+  }
+  reactor->ReceiveDatagrams(listener->get(), {Op::kUdpRecv, 6, 0});
+  ASSERT_TRUE(reactor->Submit().ok());
+  const std::vector<Completion> got = Collect(*reactor, 2);
+  ASSERT_GE(got.size(), 2u);
+  Datagram datagram;
+  ASSERT_TRUE(reactor->ReadDatagram(got[0], datagram));
+  EXPECT_GE(datagram.received_realtime_ns, int64_t{before.tv_sec} * 1'000'000'000 + before.tv_nsec);
+  reactor->RecycleDatagram(datagram.buffer_id);
+  // The kernel took a few and dropped the rest; it counts drops as they
+  // happen, and each datagram queued after the first drop carries the count.
+  // Send one more now that the buffer has room: it carries them all.
+  for (size_t i = 1; i < got.size(); ++i) {
+    if (reactor->ReadDatagram(got[i], datagram)) reactor->RecycleDatagram(datagram.buffer_id);
+  }
+  ASSERT_EQ(sendto(sender.get(), text, sizeof(text), 0, reinterpret_cast<const sockaddr*>(&bound),
+                   sizeof(bound)),
+            static_cast<ssize_t>(sizeof(text)));
+  uint32_t drops = 0;
+  for (int round = 0; round < 20 && drops == 0; ++round) {
+    for (const Completion& c : Collect(*reactor, 1)) {
+      if (reactor->ReadDatagram(c, datagram)) {
+        drops = std::max(drops, datagram.socket_drops);
+        reactor->RecycleDatagram(datagram.buffer_id);
+      }
+    }
+  }
+  EXPECT_GT(drops, 0u) << "SO_RXQ_OVFL count not delivered";
+  EXPECT_LT(drops, 64u);
+  reactor->CancelFd(listener->get());
+  Collect(*reactor, 2);
+}
+
 TEST_P(ReactorTest, CancelEndsAPendingReceiveWithEcanceled) {
   auto reactor = MakeReactor();
   if (reactor == nullptr) GTEST_SKIP() << "backend unavailable";

@@ -116,12 +116,13 @@ class UdpFrontend {
     uint32_t sends_in_flight = 0;
     uint32_t queries_in_flight = 0;
     int restore_receive_buffer = 0;  // while shrunk: the size to set back
+    uint32_t last_drops = 0;         // the kernel's drop count at the last read
   };
 
   void Arm(uint32_t index);
   void MaybeClose(uint32_t index);
   // The datagram waited past the intake queue's bound (and is counted).
-  bool Stale(const io::Datagram& datagram);
+  bool Stale(const io::Datagram& datagram, Socket& socket);
   // While intake stands, each socket's receive buffer holds about
   // overload_wait of what the shard serves, so the kernel drops the excess
   // for free instead of the shard reading and dropping it (which would

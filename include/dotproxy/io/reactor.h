@@ -56,12 +56,18 @@ struct Datagram {
   // nanoseconds; see EnableReceiveTimestamps), 0 when the socket does not
   // stamp: how long it waited in the receive buffer.
   int64_t received_realtime_ns = 0;
+  // How many datagrams the kernel had dropped on this socket (receive
+  // buffer full) when it queued this one (SO_RXQ_OVFL); 0 when none ever.
+  uint32_t socket_drops = 0;
 };
 
-// The SCM_TIMESTAMPNS stamp in a received message's control data, or 0.
-int64_t ReceiveTimestampNs(const msghdr& message);
-// Room a message's control data needs for that stamp.
-inline constexpr size_t kReceiveTimestampControlBytes = CMSG_SPACE(sizeof(timespec));
+// What the kernel attaches to a received datagram, from one control
+// message: its receive stamp and the socket's drop count.
+void ReadReceiveControl(const cmsghdr& c, Datagram& datagram);
+void ReadReceiveControl(const msghdr& message, Datagram& datagram);
+// Room a message's control data needs for both.
+inline constexpr size_t kReceiveControlBytes =
+    CMSG_SPACE(sizeof(timespec)) + CMSG_SPACE(sizeof(uint32_t));
 
 // Storage a SendTo may need while in flight (io_uring's sendmsg fallback).
 struct MessageHeader {

@@ -69,9 +69,11 @@ class UniqueFd {
 // SO_RCVBUF/SO_SNDBUF (forced past rmem_max when privileged) so bursts are
 // queued rather than dropped. `freebind` (both listeners) sets IP_FREEBIND /
 // IPV6_FREEBIND, so an address the host does not have yet can be bound.
-// SO_TIMESTAMPNS: the kernel stamps each datagram when it is queued on the
-// socket (Datagram::received_realtime_ns), so intake can tell how long it
-// waited. Best effort: without it datagrams carry no stamp.
+// SO_TIMESTAMPNS and SO_RXQ_OVFL: the kernel stamps each datagram when it
+// is queued on the socket (Datagram::received_realtime_ns) and attaches the
+// socket's drop count (Datagram::socket_drops), so intake can tell how long
+// it waited and whether the buffer overflowed. Best effort: without them
+// datagrams carry neither.
 void EnableReceiveTimestamps(int fd);
 
 // The receive buffer's size as the kernel accounts it (twice what was set,
