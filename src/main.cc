@@ -457,7 +457,13 @@ int main(int argc, char** argv) {
   for (auto& shard : shards) shard->Stop();
   for (auto& thread : threads) thread.join();
   // The shards are done: write what their rings hold, then close.
-  if (dnstap_writer) dnstap_writer->Stop();
+  if (dnstap_writer && !dnstap_writer->Stop()) {
+    Log(Severity::kWarning,
+        "dnstap: the writer did not finish within 2 s (a reader that accepts but never "
+        "answers the handshake?); exiting without it");
+    // Its thread still holds the rings and the stream: leave them be.
+    static_cast<void>(dnstap_writer.release());
+  }
   metrics_server.reset();
   for (const auto& shard : shards) {
     if (shard->failed()) {

@@ -105,7 +105,7 @@ absl::StatusOr<std::unique_ptr<Writer>> Writer::Create(const WriterOptions& opti
 
 Writer::~Writer() {
   Stop();
-  if (stream_ != nullptr) fstrm_writer_destroy(&stream_);
+  if (stream_ != nullptr && !abandoned_) fstrm_writer_destroy(&stream_);
 }
 
 void Writer::Start() {
@@ -113,10 +113,21 @@ void Writer::Start() {
   thread_ = std::thread([this] { Run(); });
 }
 
-void Writer::Stop() {
-  if (!thread_.joinable()) return;
+bool Writer::Stop(std::chrono::milliseconds limit) {
+  if (!thread_.joinable()) return !abandoned_;
   stop_.store(true, std::memory_order_relaxed);
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!finished_.load(std::memory_order_acquire) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (!finished_.load(std::memory_order_acquire)) {
+    thread_.detach();
+    abandoned_ = true;
+    return false;
+  }
   thread_.join();
+  return true;
 }
 
 void Writer::Run() {
@@ -133,6 +144,7 @@ void Writer::Run() {
   }
   if (open_) fstrm_writer_close(stream_);
   open_ = false;
+  finished_.store(true, std::memory_order_release);
 }
 
 bool Writer::EnsureOpen(bool final) {

@@ -322,6 +322,33 @@ def dnstap_messages_reload(h):
     print("types before and after the reload as configured")
 
 
+@case
+def dnstap_silent_reader_does_not_hang_exit(h):
+    """A Unix "reader" that accepts the connection and never answers the
+    Frame Streams handshake: queries are still answered (their messages
+    dropped and counted), and SIGTERM still ends dotproxy within a few
+    seconds (the writer is given 2 s, then left behind with a warning)."""
+    import socket as socketlib
+    u = h.start_unbound()
+    sock = os.path.join(h.dir, "silent.sock")
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    listener.bind(sock)
+    listener.listen(4)
+    try:
+        p = h.start_proxy(u, extra=["--threads", "1", "--dnstap", "unix:" + sock])
+        for i in range(5):
+            resp, _ = udp_ask(p.port, "silent%d.example.test." % i, "A")
+            check(resp is not None, "no answer while the dnstap reader is silent")
+        rc, seconds = p.stop(grace=6.0)
+        check(rc == 0, "dotproxy exited %s" % rc)
+        check(seconds < 5.0, "exit took %.1f s with a silent dnstap reader" % seconds)
+        text = open(p.stderr_path, errors="replace").read()
+        check("did not finish within 2 s" in text, "no warning about the stuck writer:\n%s" % text[-2000:])
+        print("exit in %.2f s with a silent reader" % seconds)
+    finally:
+        listener.close()
+
+
 def main():
     E.own_cases_only(_INHERITED)
     return E.main()

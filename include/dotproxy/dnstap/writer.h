@@ -51,8 +51,12 @@ class Writer {
 
   void Start();
   // Writes what the rings still hold, closes the stream (a STOP frame) and
-  // joins the thread. The taps' producers must have stopped.
-  void Stop();
+  // joins the thread. The taps' producers must have stopped. Waits at most
+  // `limit`: a Unix reader that accepted but never answers the Frame
+  // Streams handshake blocks fstrm's open in read(), and exit must not
+  // hang on it; false then (the thread is left behind, the process is
+  // about to exit).
+  bool Stop(std::chrono::milliseconds limit = std::chrono::milliseconds(2000));
 
  private:
   Writer() = default;
@@ -70,6 +74,8 @@ class Writer {
   bool open_ = false;
   std::chrono::steady_clock::time_point next_open_attempt_{};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> finished_{false};  // Run() returned
+  bool abandoned_ = false;             // Stop() gave up: the thread still uses stream_
   std::thread thread_;
   // Writer thread: encoded frames waiting for one writev.
   std::vector<uint8_t> frames_;
