@@ -48,10 +48,13 @@ void Forwarder::TapUpstream(dnstap::MessageType type, const upstream::Binding& b
   dnstap::EventHeader header;
   header.type = type;
   const sockaddr* address = nullptr;
+  const sockaddr* local = nullptr;
   bool tls = true, udp = false;
-  if (router_.DescribeUpstream(binding, &address, &tls, &udp)) {
-    // The upstream answers: it is the response address (dnstap.proto).
+  if (router_.DescribeUpstream(binding, &address, &local, &tls, &udp)) {
+    // The upstream answers: it is the response address; this proxy asks:
+    // its end of the connection is the query address (dnstap.proto).
     header.response_address = dnstap::EventAddress::From(address);
+    if (local != nullptr) header.query_address = dnstap::EventAddress::From(local);
   }
   // DNS over TLS is logged as TCP, which it runs on: the schema's DOT (3)
   // is recent, and dnstap-read in Debian 12 (BIND 9.18) prints it as UDP.

@@ -139,6 +139,12 @@ void Connection::OnCompletion(const io::Completion& completion) {
   }
 }
 
+void Connection::NoteLocalAddress() {
+  socklen_t length = sizeof(local_);
+  local_length_ =
+      getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&local_), &length) == 0 ? length : 0;
+}
+
 void Connection::OnConnected(const io::Completion& completion) {
   --ops_in_flight_;
   if (state_ != ConnectionState::kConnecting) {
@@ -149,6 +155,7 @@ void Connection::OnConnected(const io::Completion& completion) {
     Close(CloseReason::kConnectFailed, absl::StrCat("connect: ", std::strerror(-completion.result)));
     return;
   }
+  NoteLocalAddress();
   if (kind_ == ConnectionKind::kTcp) {
     // Plain DNS over TCP: ready once connected.
     ArmReceive();
@@ -398,6 +405,7 @@ void Connection::MaybeRecycle() {
   if (state_ != ConnectionState::kClosing || ops_in_flight_ > 0) return;
   if (fd_) reactor_.Release(fd_.get());  // epoll: a later socket of this number starts afresh
   fd_.reset();
+  local_length_ = 0;
   session_.Reset();
   framer_.Clear();
   sending_.clear();

@@ -82,6 +82,7 @@ absl::Status Connection::OpenDatagram() {
     return absl::UnavailableError(absl::StrCat("connect(UDP upstream): ", std::strerror(errno)));
   }
   fd_ = std::move(fd);
+  NoteLocalAddress();
   timeouts_since_answer_ = 0;
   ArmReceive();
   BecomeReady();

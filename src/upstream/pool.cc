@@ -105,6 +105,11 @@ bool UpstreamPool::Describe(int upstream, const sockaddr** address, bool* tls, b
   return true;
 }
 
+const sockaddr* UpstreamPool::LocalAddress(uint32_t index) const {
+  const uint32_t local = LocalConnection(index);
+  return local == kNoConnection ? nullptr : connections_[local]->local_address();
+}
+
 int UpstreamPool::LocalUpstream(int upstream) const {
   if (upstream < 0 || TagOfUpstream(upstream) != tag_) return -1;
   const int u = (upstream & ((1 << kUpstreamTagShift) - 1)) - first_upstream_;

@@ -131,9 +131,11 @@ bool PoolSet::AnyAlive(std::span<const uint8_t> query) const {
 }
 
 bool PoolSet::DescribeUpstream(const Binding& binding, const sockaddr** address,
-                               bool* tls, bool* udp) const {
+                               const sockaddr** local, bool* tls, bool* udp) const {
   const UpstreamPool* pool = const_cast<PoolSet*>(this)->ByUpstream(binding.upstream);
-  return pool != nullptr && pool->Describe(binding.upstream, address, tls, udp);
+  if (pool == nullptr || !pool->Describe(binding.upstream, address, tls, udp)) return false;
+  *local = pool->LocalAddress(binding.connection);
+  return true;
 }
 
 }  // namespace dotproxy::upstream

@@ -181,6 +181,12 @@ def check_addresses(messages, ports, p, u):
             check(m["response_address"] == LOOPBACK4 and m["response_port"] == u.dot_port,
                   "%s: upstream %s:%s, expected %s:%d" % (
                       what, m["response_address"], m["response_port"], LOOPBACK4, u.dot_port))
+            # This proxy's end of the upstream connection: loopback, an
+            # ephemeral port (not the upstream's, not the listener's).
+            check(m.get("query_address") == LOOPBACK4 and m.get("query_port") not in (
+                None, 0, u.dot_port, p.port),
+                  "%s: proxy side of the upstream connection %s:%s" % (
+                      what, m.get("query_address"), m.get("query_port")))
 
 
 def without_readiness(messages):

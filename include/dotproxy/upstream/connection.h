@@ -162,6 +162,10 @@ class Connection {
   int upstream() const { return upstream_; }
   uint32_t index() const { return index_; }
   ConnectionKind kind() const { return kind_; }
+  // This proxy's end of the socket once connected (dnstap), else null.
+  const sockaddr* local_address() const {
+    return local_length_ > 0 ? reinterpret_cast<const sockaddr*>(&local_) : nullptr;
+  }
   // "TLSv1.3 TLS13-CHACHA20-POLY1305-SHA256, resumed", for logs.
   std::string Describe() const;
 
@@ -189,6 +193,8 @@ class Connection {
   void OnSendDone(const io::Completion& completion);
   void MaybeRecycle();
   void BecomeReady();
+  // Reads the socket's local address (one getsockname per connection).
+  void NoteLocalAddress();
   std::vector<uint8_t>& Outbound() {
     return kind_ == ConnectionKind::kTls ? session_.outbound() : plain_outbound_;
   }
@@ -228,6 +234,8 @@ class Connection {
   uint32_t generation_ = 1;
   int ops_in_flight_ = 0;
   io::UniqueFd fd_;
+  sockaddr_storage local_{};
+  socklen_t local_length_ = 0;
   tls::Session session_;
   dns::StreamFramer framer_;
   IdTable ids_;

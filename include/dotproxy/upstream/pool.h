@@ -84,6 +84,9 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   // The address and transport of `upstream` (a tagged number), for dnstap;
   // false when it is not this pool's.
   bool Describe(int upstream, const sockaddr** address, bool* tls, bool* udp) const;
+  // This proxy's end of connection `index` (a tagged number); null when
+  // unknown or not this pool's.
+  const sockaddr* LocalAddress(uint32_t index) const;
   // After a reload: takes no new queries (the PoolSet stops sending them),
   // sends no probes and opens nothing; each connection closes once its
   // queries are answered, released or (at `deadline`) lost, which reports

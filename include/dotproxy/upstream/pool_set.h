@@ -95,7 +95,7 @@ class PoolSet final : public QueryRouter {
   void NoteTimeout(const Binding& binding, bool counts_against_upstream) override;
   bool CanSendElsewhere(std::span<const uint8_t> query, int exclude) override;
   bool AnyAlive(std::span<const uint8_t> query) const override;
-  bool DescribeUpstream(const Binding& binding, const sockaddr** address,
+  bool DescribeUpstream(const Binding& binding, const sockaddr** address, const sockaddr** local,
                         bool* tls, bool* udp) const override;
 
  private:

@@ -63,10 +63,11 @@ class QueryRouter {
   // The upstream group (forward zone) `query` goes to now; queries of one
   // group share its capacity. One group unless zones are configured.
   virtual uint32_t GroupOf(std::span<const uint8_t> /*query*/) const { return 0; }
-  // The upstream a binding names, for dnstap: its address and whether it
-  // is reached over TLS, or plain UDP; false when unknown.
+  // The upstream a binding names, for dnstap: its address, this proxy's
+  // end of the connection (null when unknown) and whether it is reached
+  // over TLS, or plain UDP; false when unknown.
   virtual bool DescribeUpstream(const Binding& /*binding*/, const sockaddr** /*address*/,
-                                bool* /*tls*/, bool* /*udp*/) const {
+                                const sockaddr** /*local*/, bool* /*tls*/, bool* /*udp*/) const {
     return false;
   }
 };
