@@ -313,7 +313,6 @@ int main(int argc, char** argv) {
     }
     dnstap_writer = *std::move(writer);
     for (size_t i = 0; i < shards.size(); ++i) shards[i]->AttachDnstap(&dnstap_writer->tap(i));
-    dnstap_writer->Start();
     Log(Severity::kInfo, "dnstap to %s (%s; %d KiB ring per shard, full rings drop)",
         config->dnstap, config->dnstap_messages,
         static_cast<int>(dotproxy::dnstap::kRingBytesPerShard / 1024));
@@ -344,6 +343,10 @@ int main(int argc, char** argv) {
     Log(Severity::kInfo, "metrics on http://%s/metrics (/health, /ready)",
         config->metrics_listen->ToString());
   }
+  // Started last before the shards: every early return above destroys a
+  // writer whose thread never ran (Stop() may leave a stuck thread behind,
+  // and only the exit path below knows to let it be).
+  if (dnstap_writer) dnstap_writer->Start();
   int started = 0;
   for (int i = 0; i < config->threads; ++i) {
     const int cpu = cpus.empty() ? -1 : cpus[i % cpus.size()];

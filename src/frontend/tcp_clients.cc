@@ -250,7 +250,7 @@ void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       Bump(stats_.tcp_accepted);
       Touch(index);
       ArmReceive(index);
-      EvictIdleForRoom();
+      EvictIdleForRoom(index);
       if (free_clients_.empty()) {
         // Full: leave shared listeners to the other shards (ShouldAccept).
         for (const Listener& listener : listeners_) {
@@ -501,7 +501,7 @@ void TcpClients::Touch(uint32_t index) {
   idle_.PushBack(index);
 }
 
-void TcpClients::EvictIdleForRoom() {
+void TcpClients::EvictIdleForRoom(uint32_t newcomer) {
   // Room kept: 1/16 of the cap (at least one), so a burst of newcomers
   // within one loop iteration finds slots while evicted ones recycle.
   const size_t reserve = std::max<size_t>(1, clients_.size() / 16);
@@ -510,7 +510,13 @@ void TcpClients::EvictIdleForRoom() {
   for (uint32_t index = idle_.head(); index != io::kNoIndex && looked < 16; ++looked) {
     const uint32_t next = idle_.Next(index);
     const Client& client = clients_[index];
-    if (client.queries_in_flight == 0 && client.out_end == 0 && client.send_end == 0) {
+    // Mid-message is not idle, unless it has been for a second (a real
+    // client's query arrives whole; a trickle is slowloris, which the
+    // message timeout closes anyway).
+    const bool mid_message =
+        partial_.Contains(index) && clock_.now() - client.partial_since < std::chrono::seconds(1);
+    if (index != newcomer && !mid_message && client.queries_in_flight == 0 &&
+        client.out_end == 0 && client.send_end == 0) {
       Bump(stats_.tcp_idle_evicted);
       Close(index);
       return;

@@ -70,6 +70,7 @@ absl::Status UdpFrontend::AddInherited(const io::InheritedListener& listener,
   if (!duplicate.ok()) return duplicate.status();
   slot.fd = *std::move(duplicate);
   slot.inherited = true;
+  io::EnableReceiveTimestamps(slot.fd.get());
   reactor_.WatchSharedDatagrams(slot.fd.get());
   return absl::OkStatus();
 }
@@ -220,7 +221,8 @@ void UdpFrontend::ShrinkReceiveBuffers(bool shrink) {
               std::chrono::nanoseconds(kRateWindow).count());
   const int small = static_cast<int>(std::min<int64_t>(datagrams * kDatagramTruesize / 2, 1 << 24));
   for (Socket& socket : sockets_) {
-    if (socket.state != SocketState::kOpen || !socket.fd) continue;
+    // A passed socket read by every shard is not one shard's to resize.
+    if (socket.state != SocketState::kOpen || !socket.fd || socket.inherited) continue;
     if (shrink) {
       const int current = io::ReceiveBufferBytes(socket.fd.get());
       if (current / 2 <= small) continue;  // already small: leave it

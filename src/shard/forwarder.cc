@@ -125,6 +125,7 @@ bool Forwarder::Accept(std::span<uint8_t> wire, const ClientRef& client) {
     return false;
   }
   QuerySlot& slot = table_[index];
+  slot.received_at = clock_.now();
   const size_t upstream_length =
       dns::BuildUpstreamQuery(wire, info, settings_.query_options, slot.query);
   if (upstream_length == 0) {  // malformed EDNS options
@@ -271,6 +272,7 @@ void Forwarder::StartPrefetch(std::span<const uint8_t> query, const dns::QueryIn
       table_.Allocate(SlotKind::kPrefetch, clock_.now() + settings_.query_timeout);
   if (index == kNoSlot) return;
   QuerySlot& slot = table_[index];
+  slot.received_at = clock_.now();
   const size_t length = dns::BuildUpstreamQuery(query, info, settings_.query_options, slot.query);
   slot.has_edns = info.has_edns;
   slot.dnssec_ok = info.dnssec_ok;
@@ -451,6 +453,13 @@ upstream::AnswerSink::Outcome Forwarder::OnAnswer(uint32_t token, std::span<uint
     Set(stats_.cache_entries, cache_->counters().entries);
   }
   if (slot.kind == SlotKind::kPrefetch) {
+    // A zone that stopped caching on reload: the entry that asked for this
+    // refresh must not stay marked as being refreshed.
+    if (cache_ != nullptr && !cacheable) {
+      cache::CacheKey key;
+      MakeSlotKey(slot, key);
+      cache_->PrefetchDone(key);
+    }
     Release(token);
     return outcome;
   }
@@ -531,8 +540,14 @@ void Forwarder::RunTimers(bool draining) {
       if (!Dispatch(index, timed_out.upstream, /*allow_excluded=*/false)) {
         Fail(index, stats_.servfail_no_upstream);
       }
-    }  // else nowhere else to go: keep waiting here
-    router_.NoteTimeout(timed_out, /*counts_against_upstream=*/true);
+      router_.NoteTimeout(timed_out, /*counts_against_upstream=*/true);
+    } else {
+      // Nowhere else to go (one upstream in its group, or the others
+      // down): keep waiting here with the whole budget, and count the
+      // timeout only if the final deadline passes too (counting now could
+      // close a connection whose other queries are still on time).
+      slot.attempt_timeout_pending = true;
+    }
   }
   // Final deadlines: the list is in deadline order, so stop at the first
   // live one. New queries never extend an old query's deadline.
@@ -540,10 +555,11 @@ void Forwarder::RunTimers(bool draining) {
     const uint32_t index = table_.deadlines().head();
     const QuerySlot& slot = table_[index];
     const upstream::Binding timed_out = slot.binding;
-    // A first attempt that could be retried was counted at its attempt
-    // deadline already.
+    // A first attempt that was retried was counted at its attempt deadline
+    // already; one that had nowhere to go is counted now.
     const bool counts = slot.kind == SlotKind::kClient &&
-                        (slot.attempt == 2 || !settings_.retry_on_timeout);
+                        (slot.attempt == 2 || !settings_.retry_on_timeout ||
+                         slot.attempt_timeout_pending);
     Fail(index, stats_.servfail_timeout);
     if (timed_out.bound()) router_.NoteTimeout(timed_out, counts);
   }

@@ -266,8 +266,12 @@ bool UpstreamPool::CanSendElsewhere(int exclude) {
 }
 
 bool UpstreamPool::AnyAlive() const {
-  for (const auto& connection : connections_) {
-    if (connection->alive()) return true;
+  // The queries' own connections: a udp:// upstream's TCP fallback takes
+  // only its TC=1 retries, so it alone does not make waiting worthwhile.
+  for (const Upstream& upstream : upstreams_) {
+    for (const uint32_t c : upstream.connections) {
+      if (connections_[c]->alive()) return true;
+    }
   }
   return false;
 }

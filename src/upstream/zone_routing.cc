@@ -27,7 +27,8 @@ std::string GroupKey(std::span<const config::UpstreamConfig> upstreams, bool cac
 std::shared_ptr<const ZoneRouting> MakeZoneRouting(std::shared_ptr<const config::Config> config) {
   auto routing = std::make_shared<ZoneRouting>();
   routing->groups.push_back({config->upstreams, true});
-  std::map<std::string, uint32_t> groups;
+  // A zone listing exactly the default upstreams (cached) shares their group.
+  std::map<std::string, uint32_t> groups{{GroupKey(config->upstreams, true), 0}};
   for (const config::ZoneConfig& zone : config->zones) {
     const auto [known, fresh] = groups.emplace(GroupKey(zone.upstreams, zone.cache),
                                                static_cast<uint32_t>(routing->groups.size()));
@@ -40,7 +41,7 @@ std::shared_ptr<const ZoneRouting> MakeZoneRouting(std::shared_ptr<const config:
 
 size_t GroupedUpstreamCount(const config::Config& config) {
   size_t count = config.upstreams.size();
-  std::map<std::string, bool> groups;
+  std::map<std::string, bool> groups{{GroupKey(config.upstreams, true), true}};
   for (const config::ZoneConfig& zone : config.zones) {
     if (groups.emplace(GroupKey(zone.upstreams, zone.cache), true).second) {
       count += zone.upstreams.size();

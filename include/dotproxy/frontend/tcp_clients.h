@@ -199,8 +199,9 @@ class TcpClients {
   // room: RFC 7766 §6.2.3 lets a server close idle connections under
   // resource pressure. Connections opened and left idle by a flood are
   // evicted oldest first, while a real client, which sends its query at
-  // once, is busy, not idle, until answered.
-  void EvictIdleForRoom();
+  // once, is busy, not idle, until answered. Never `newcomer`, the client
+  // just accepted.
+  void EvictIdleForRoom(uint32_t newcomer);
   // After reading: starts, keeps or ends the timer of a partial message;
   // `completed` says whether a message ended in what was just read.
   void TrackPartial(uint32_t index, bool completed);

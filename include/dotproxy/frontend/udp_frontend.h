@@ -123,8 +123,8 @@ class UdpFrontend {
   void MaybeClose(uint32_t index);
   // The datagram waited past the intake queue's bound (and is counted).
   bool Stale(const io::Datagram& datagram, Socket& socket);
-  // While intake stands, each socket's receive buffer holds about
-  // overload_wait of what the shard serves, so the kernel drops the excess
+  // While intake stands, each socket's receive buffer holds about a
+  // quarter of overload_wait of what the shard serves, so the kernel drops the excess
   // for free instead of the shard reading and dropping it (which would
   // spend the capacity the flood already exceeds); restored once the
   // queue is short again.

@@ -83,7 +83,9 @@ struct ReactorOptions {
   unsigned submission_entries = 4096;
   unsigned completion_entries = 16384;
   unsigned datagram_buffers = 2048;      // power of two
-  unsigned datagram_buffer_size = 2048;  // io_uring: header + source address + payload
+  // io_uring: header + source address + control data (receive stamp, drop
+  // count: kReceiveControlBytes) + payload.
+  unsigned datagram_buffer_size = 2048;
 };
 
 // Whether this process may use io_uring here: creates and drops a small

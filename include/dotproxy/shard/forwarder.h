@@ -124,11 +124,9 @@ class Forwarder final : public frontend::QuerySink, public upstream::AnswerSink 
   // A reply left for `client`: its time since `received`, by source.
   void ObserveReply(const frontend::ClientRef& client, metrics::AnswerSource source,
                     io::Clock::time_point received);
-  // When a client slot's query was read (its deadline is that plus the
-  // query timeout, never extended).
-  io::Clock::time_point ReceivedAt(const QuerySlot& slot) const {
-    return slot.deadline - settings_.query_timeout;
-  }
+  // When a slot's query was read (set at allocation: a reload that changes
+  // the query timeout does not move it).
+  io::Clock::time_point ReceivedAt(const QuerySlot& slot) const { return slot.received_at; }
   uint16_t UdpLimit(const dns::QueryInfo& info) const;
   // Sends the open reply's first `length` bytes (0: abandons it), through
   // dnstap when on.

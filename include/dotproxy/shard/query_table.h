@@ -45,6 +45,12 @@ struct QueryFields {
   frontend::ClientRef client;
   upstream::Binding binding;
   io::Clock::time_point sent_at{};
+  // When the client's query was read (its deadline is that plus the query
+  // timeout in force then; a reload may change the timeout, not this).
+  io::Clock::time_point received_at{};
+  // Its first attempt reached the attempt deadline with nowhere else to
+  // go: not yet counted against its upstream (the final deadline does).
+  bool attempt_timeout_pending = false;
   io::Clock::time_point attempt_deadline{};
   io::Clock::time_point deadline{};
 };
