@@ -25,7 +25,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       g++ meson ninja-build pkg-config \
       liburing-dev libwolfssl-dev libabsl-dev libsystemd-dev libtomlplusplus-dev \
-      prometheus-cpp-dev libcap2-bin ca-certificates \
+      prometheus-cpp-dev libfstrm-dev libprotobuf-c-dev protobuf-c-compiler \
+      libcap2-bin ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -41,6 +42,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       liburing2 libwolfssl35 libabsl20220623 libsystemd0 libtomlplusplus3 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 \
+      libfstrm0 libprotobuf-c1 \
       ca-certificates \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
