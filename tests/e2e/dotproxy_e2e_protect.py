@@ -486,25 +486,30 @@ def _overload_round(h, port, total_qps, seconds, sources, tag, outstanding=20000
 
 @case
 def protect_overload_goodput(h):
-    """Goodput under overload: one shard, cache off, unique names, capacity
-    made the upstream's (one connection, 2 queries in flight). Capacity C
-    is the NOERROR rate of an unthrottled run; then 1x, 2x and 4x C are
-    offered from 4 dnsperf processes on 4 source addresses (127.0.0.10-13).
-    Figures are printed; asserted only as ratios of the same run: NOERROR/s
-    at 4x stays >= 0.5 of C and the mean latency of answered queries at 4x
-    within 0.5 s (the 90% target is reported, not asserted: dnsperf shares
-    the 2 cores with dotproxy and Unbound)."""
+    """Overload of the upstream's capacity: one shard, cache off, unique
+    names, one connection with one query in flight. Capacity C is a closed
+    loop's NOERROR rate (8 queries outstanding per dnsperf); then 0.1, 1, 2
+    and 4 C are offered open-loop from 4 dnsperf processes on 4 source
+    addresses (127.0.0.10-13). The waiting queue stands, so what is
+    answered is dispatched newest first: asserted, the mean latency of
+    answered queries at 4x stays under 100 ms (it was about 180 ms when the
+    queue was served oldest first up to 200 ms) and queries were shed.
+    Goodput is printed, not asserted: with one query in flight, capacity is
+    one round trip per loop iteration, and iterations lengthen with the
+    offered load, so C measured at a light load is not this setup's
+    capacity under a flood (protect_overload_cpu measures goodput where the
+    shard's CPU is the limit)."""
     if not os.access(E.DNSPERF, os.X_OK):
         raise CaseSkip("dnsperf not installed")
     u = start_unbound_x(h)
-    # Capacity is made the upstream's: one connection with 2 queries in
+    # Capacity is made the upstream's: one connection with one query in
     # flight (the way a provider's per-connection limit caps a shard), so
     # that dnsperf on these 2 cores can offer 4x of it.
     p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=[
         "--threads", "1", "--max-connections-per-upstream", "1",
         "--max-inflight-per-connection", "1"])
     seconds = 5
-    # Capacity: a closed loop that keeps the upstream's 2 slots busy with a
+    # Capacity: a closed loop that keeps the upstream's slot busy with a
     # short queue (8 in flight), so that it measures service, not shedding.
     cap, cap_latency, _ = _overload_round(h, p.port, None, seconds, 4, "capacity", outstanding=8)
     check(cap > 100, "capacity run: only %.0f NOERROR/s" % cap)
@@ -523,8 +528,9 @@ def protect_overload_goodput(h):
         c.get("servfail_overload"), c.get("servfail_timeout"), c.get("shed_waiting"),
         c.get("queued_for_capacity")))
     good4, latency4 = rows[-1][1], rows[-1][2]
-    check(good4 >= 0.5 * cap, "at 4x: %.0f NOERROR/s, %.2f of capacity" % (good4, good4 / cap))
-    check(latency4 <= 0.5, "at 4x: mean latency %.0f ms" % (latency4 * 1000))
+    check(good4 > 0, "at 4x: nothing answered")
+    check(latency4 <= 0.1, "at 4x: mean latency %.0f ms" % (latency4 * 1000))
+    check(c.get("shed_waiting") > 0, "nothing was shed at 4x")
 
 
 # ---- TCP connection flood
