@@ -44,5 +44,21 @@ TEST(StandingQueueTest, BeginsAfterAnIntervalWithoutYoungAndEndsAfterOneWithoutO
   EXPECT_TRUE(queue.standing());
 }
 
+TEST(StandingQueueTest, AnIdleIntervalIsYoungSoOneOldElementAfterItDoesNotStand) {
+  const Clock::time_point t0{};
+  StandingQueue queue({.standing_after = milliseconds(100), .overload_wait = milliseconds(20),
+                       .max_wait = milliseconds(200)},
+                      t0);
+  // Nothing read for a second (an idle socket), then a datagram that sat
+  // in the buffer since before the loop started.
+  queue.Observe(t0 + milliseconds(1000), milliseconds(900));
+  EXPECT_FALSE(queue.standing());
+  // Old ones without a gap for another interval: now it stands.
+  for (int ms = 1010; ms < 1100; ms += 10) queue.Observe(t0 + milliseconds(ms), milliseconds(30));
+  EXPECT_FALSE(queue.standing());
+  queue.Observe(t0 + milliseconds(1100), milliseconds(30));
+  EXPECT_TRUE(queue.standing());
+}
+
 }  // namespace
 }  // namespace dotproxy::io

@@ -27,13 +27,19 @@ class StandingQueue {
  public:
   explicit StandingQueue(const StandingQueueSettings& settings = {},
                          Clock::time_point now = Clock::time_point{})
-      : settings_(settings), last_young_(now), last_old_(now) {}
+      : settings_(settings), last_young_(now), last_old_(now), last_observed_(now) {}
 
   void set_settings(const StandingQueueSettings& settings) { settings_ = settings; }
 
   // The oldest waiting element has waited `oldest_wait` at `now` (an empty
   // queue: zero).
   void Observe(Clock::time_point now, std::chrono::nanoseconds oldest_wait) {
+    // Nothing observed for an interval: the queue was empty meanwhile (an
+    // idle socket has nothing to read), so the interval was young, whatever
+    // the first element after it says (one datagram queued before the
+    // loop started is not a standing queue).
+    if (now - last_observed_ >= settings_.standing_after) last_young_ = now;
+    last_observed_ = now;
     if (oldest_wait < settings_.overload_wait / 2) {
       last_young_ = now;
     } else {
@@ -54,6 +60,7 @@ class StandingQueue {
   StandingQueueSettings settings_;
   Clock::time_point last_young_;
   Clock::time_point last_old_;
+  Clock::time_point last_observed_;
   bool standing_ = false;
 };
 
