@@ -45,7 +45,10 @@ absl::StatusOr<std::unique_ptr<Reactor>> UringReactor::Create(const ReactorOptio
     return status;
   }
   // Every buffer reserves room for a full IPv6 source address.
-  reactor->recv_template_.msg_namelen = sizeof(sockaddr_in6);
+  // Rounded up to 8: the control data follows the name in the buffer, and
+  // its cmsghdr must be aligned (28 bytes would leave it at offset 44).
+  reactor->recv_template_.msg_namelen = (sizeof(sockaddr_in6) + alignof(cmsghdr) - 1) &
+                                        ~(alignof(cmsghdr) - 1);
   // ... and the receive timestamp.
   reactor->recv_template_.msg_controllen = kReceiveControlBytes;
   return std::unique_ptr<Reactor>(std::move(reactor));
