@@ -234,11 +234,15 @@ void UdpFrontend::ShrinkReceiveBuffers(bool shrink) {
     }
   }
   Bump(shrink ? stats_.intake_overload_began : stats_.intake_overload_ended);
-  Log(Severity::kInfo,
-      shrink ? "shard %d: UDP intake overloaded: receive buffers cut to %d bytes (about %lld "
-               "datagrams) until the backlog clears"
-             : "shard %d: UDP intake recovered: receive buffers restored",
-      shard_index_, small * 2, static_cast<long long>(datagrams));
+  if (shrink) {
+    Log(Severity::kInfo,
+        "shard %d: UDP intake overloaded: receive buffers cut to %d bytes (about %lld "
+        "datagrams) until the backlog clears",
+        shard_index_, small * 2, static_cast<long long>(datagrams));
+  } else {
+    Log(Severity::kInfo, "shard %d: UDP intake recovered: receive buffers restored",
+        shard_index_);
+  }
 }
 
 void UdpFrontend::OnReceive(uint32_t socket_index, const io::Completion& completion) {
