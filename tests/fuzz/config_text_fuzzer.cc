@@ -31,7 +31,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
 
   if (auto upstream = config::ParseUpstream(text); upstream.ok()) {
-    FUZZ_CHECK(!upstream->peer.auth_name.empty());
+    // DoT upstreams are authenticated by a name; plain ones (udp://,
+    // tcp://) carry none, nor pins.
+    if (upstream->transport == config::Transport::kTls) {
+      FUZZ_CHECK(!upstream->peer.auth_name.empty());
+    } else {
+      FUZZ_CHECK(upstream->peer.auth_name.empty() && upstream->peer.pins.empty());
+    }
     FUZZ_CHECK(upstream->peer.auth_name.size() <= config::kMaxAuthNameBytes);
     FUZZ_CHECK(upstream->spec.find('^') == std::string::npos);  // logs carry no pins
     FUZZ_CHECK(upstream->address.family() == AF_INET || upstream->address.family() == AF_INET6);
