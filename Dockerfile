@@ -25,7 +25,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       g++ meson ninja-build pkg-config \
       liburing-dev libwolfssl-dev libabsl-dev libsystemd-dev libtomlplusplus-dev \
-      prometheus-cpp-dev libfstrm-dev libprotobuf-c-dev protobuf-c-compiler \
+      prometheus-cpp-dev libfstrm-dev libprotobuf-c-dev protobuf-c-compiler libnghttp2-dev \
       libcap2-bin ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -42,7 +42,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       liburing2 libwolfssl35 libabsl20220623 libsystemd0 libtomlplusplus3 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 \
-      libfstrm0 libprotobuf-c1 \
+      libfstrm0 libprotobuf-c1 libnghttp2-14 \
       ca-certificates \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \

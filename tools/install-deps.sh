@@ -31,6 +31,9 @@ PACKAGES=(
   # dnstap: Frame Streams and protobuf-c (build), the readers fstrm_capture
   # and dnstap-read (tests)
   libfstrm-dev libprotobuf-c-dev protobuf-c-compiler fstrm-bin
+  # encrypted transports: HTTP/2 for DNS over HTTPS (build); kdig (+tls,
+  # +https) as a real DoT/DoH client, dnsdist as a DoT/DoH peer (tests, bench)
+  libnghttp2-dev knot-dnsutils dnsdist
 )
 
 SUDO=""
