@@ -369,6 +369,7 @@ void UpstreamPool::OnClosed(Connection& connection, CloseReason reason, std::str
     }
     sink_->OnQueryLost(token, Tagged(u), failure);
   }
+  if (connection.kind() == ConnectionKind::kUdp) DropFallbacksOf(connection, u);
 }
 
 void UpstreamPool::UpstreamFailed(int u, std::string_view reason) {

@@ -69,11 +69,10 @@ void UpstreamPool::RetryOverTcp(Connection& connection, int u, uint32_t token,
 
 void UpstreamPool::OnFallbackAnswer(Connection& fallback, int u, uint32_t fallback_token,
                                     std::span<uint8_t> answer, const dns::ResponseInfo& info) {
-  Upstream& upstream = upstreams_[u];
-  const uint32_t channel = (fallback_token >> 16) & 0x3fff;
-  const auto udp_id = static_cast<uint16_t>(fallback_token);
-  if (channel >= upstream.connections.size()) return;
-  Connection& connection = *connections_[upstream.connections[channel]];
+  Connection* origin = FallbackOrigin(u, fallback_token);
+  if (origin == nullptr) return;
+  Connection& connection = *origin;
+  const uint16_t udp_id = FallbackUdpId(fallback_token);
   const uint32_t token = connection.Lookup(udp_id);
   if (token == IdTable::kFree || (token & kProbeToken) ||
       connection.Fallback(udp_id) != info.id) {
@@ -91,18 +90,44 @@ void UpstreamPool::OnFallbackAnswer(Connection& fallback, int u, uint32_t fallba
   Answered(connection, u, udp_id, outcome.sent_at);
 }
 
+Connection* UpstreamPool::FallbackOrigin(int u, uint32_t fallback_token) {
+  const Upstream& upstream = upstreams_[u];
+  const uint32_t channel = FallbackChannel(fallback_token);
+  if (channel >= upstream.connections.size()) return nullptr;
+  return connections_[upstream.connections[channel]].get();
+}
+
 // The TCP fallback connection closed with this retry on it.
 void UpstreamPool::LoseFallback(int u, uint32_t fallback_token, bool failure) {
-  Upstream& upstream = upstreams_[u];
-  const uint32_t channel = (fallback_token >> 16) & 0x3fff;
-  const auto udp_id = static_cast<uint16_t>(fallback_token);
-  if (channel >= upstream.connections.size()) return;
-  Connection& connection = *connections_[upstream.connections[channel]];
+  Connection* origin = FallbackOrigin(u, fallback_token);
+  if (origin == nullptr) return;
+  Connection& connection = *origin;
+  const uint16_t udp_id = FallbackUdpId(fallback_token);
   const uint32_t token = connection.Lookup(udp_id);
   if (token == IdTable::kFree || connection.Fallback(udp_id) == Connection::kNoFallback) return;
   connection.Erase(udp_id);
   Unbind({Tagged(u), connection.index(), udp_id});
   sink_->OnQueryLost(token, Tagged(u), failure);
+}
+
+// A UDP socket closed: the TCP retries of its queries are orphans now (the
+// queries were lost with the socket), so their IDs on the fallback
+// connection are freed rather than held until an answer that nobody awaits,
+// or never. A scan of the ID table: sockets close rarely (reload, shutdown,
+// a socket error), never per query.
+void UpstreamPool::DropFallbacksOf(const Connection& connection, int u) {
+  const Upstream& upstream = upstreams_[u];
+  if (upstream.fallback == kNoConnection) return;
+  Connection& fallback = *connections_[upstream.fallback];
+  if (fallback.in_flight() == 0) return;
+  const uint32_t channel = connection.index() - connections_[upstream.connections.front()]->index();
+  for (uint32_t id = 0; id < IdTable::kIds; ++id) {
+    const uint32_t token = fallback.Lookup(static_cast<uint16_t>(id));
+    if (token != IdTable::kFree && (token & kFallbackToken) && !(token & kProbeToken) &&
+        FallbackChannel(token) == channel) {
+      fallback.Erase(static_cast<uint16_t>(id));
+    }
+  }
 }
 
 // The forwarder let a UDP query go: its TCP retry, if any, goes too.

@@ -14,6 +14,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -160,14 +161,14 @@ class PlainUpstreamTest : public ::testing::TestWithParam<io::IoBackend> {
     upstream_stats_ = std::make_unique<metrics::UpstreamStats[]>(1);
   }
 
-  void Make(config::Transport transport) {
+  void Make(config::Transport transport, size_t connections = 2) {
     config::UpstreamConfig upstream;
     upstream.address = server_.address;
     upstream.transport = transport;
     upstream.spec = "plain";
     upstreams_ = {upstream};
     settings_.max_inflight_per_connection = 10;
-    settings_.max_connections_per_upstream = 2;
+    settings_.max_connections_per_upstream = connections;
     pool_ = std::make_unique<UpstreamPool>(upstreams_, settings_, *reactor_, clock_, *tls_context_,
                                            stats_, upstream_stats_.get(), 0);
     pool_->set_sink(&sink_);
@@ -289,6 +290,42 @@ TEST_P(PlainUpstreamTest, TruncatedUdpAnswerIsAskedAgainOverTcpToTheSameUpstream
   for (int i = 0; i < 20 && stats_.upstream_unknown_id.load() == 0; ++i) Pump(1);
   EXPECT_EQ(stats_.upstream_unknown_id.load(), 1u);
   EXPECT_EQ(sink_.answered.size(), 1u);
+}
+
+// A UDP socket that fails takes its queries with it; their TCP retries must
+// not stay bound on the fallback connection, waiting for answers nobody
+// wants (they would hold IDs for as long as the connection lives).
+TEST_P(PlainUpstreamTest, ClosedUdpSocketFreesItsQueriesTcpRetries) {
+  Make(config::Transport::kUdp, /*connections=*/1);
+  Binding binding;
+  ASSERT_TRUE(Send(9, "big.example", binding));
+  Pump();
+  sockaddr_in from{};
+  ASSERT_FALSE(server_.ReceiveDatagram(from).empty());
+  std::vector<uint8_t> truncated = bench::MakeAnswer("big.example", binding.id, true);
+  truncated[2] |= 0x02;  // TC=1
+  server_.SendDatagram(truncated, from);
+  Pump();
+  ASSERT_TRUE(server_.Accept());
+  Pump();
+  ASSERT_FALSE(server_.ReceiveFramed().empty());  // the retry, left unanswered
+  const Connection* fallback = nullptr;
+  for (size_t i = 0; i < pool_->connection_count(); ++i) {
+    if (pool_->connection(i).kind() == ConnectionKind::kTcp) fallback = &pool_->connection(i);
+  }
+  ASSERT_NE(fallback, nullptr);
+  EXPECT_EQ(fallback->in_flight(), 1u);
+  // Nobody serves UDP there now: the next datagram draws an ICMP port
+  // unreachable, and the socket closes (ECONNREFUSED).
+  server_.udp.reset();
+  Binding second;
+  ASSERT_TRUE(Send(10, "other.example", second));
+  for (int i = 0; i < 20 && sink_.lost.size() < 2; ++i) Pump(1);
+  std::sort(sink_.lost.begin(), sink_.lost.end());
+  EXPECT_EQ(sink_.lost, (std::vector<uint32_t>{9, 10}));
+  EXPECT_EQ(fallback->in_flight(), 0u);
+  EXPECT_TRUE(fallback->alive());  // the TCP connection itself stays
+  EXPECT_TRUE(sink_.answered.empty());
 }
 
 TEST_P(PlainUpstreamTest, TcpQueriesArePipelinedOnOneConnectionAndMatchedOutOfOrder) {

@@ -138,6 +138,8 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   static uint32_t FallbackToken(uint32_t channel, uint16_t id) {
     return kFallbackToken | channel << 16 | id;
   }
+  static uint32_t FallbackChannel(uint32_t token) { return (token >> 16) & 0x3fff; }
+  static uint16_t FallbackUdpId(uint32_t token) { return static_cast<uint16_t>(token); }
 
   struct Upstream {
     UpstreamTarget target;
@@ -183,6 +185,10 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   void OnFallbackAnswer(Connection& fallback, int upstream, uint32_t fallback_token,
                         std::span<uint8_t> answer, const dns::ResponseInfo& info);
   void LoseFallback(int upstream, uint32_t fallback_token, bool failure);
+  // The UDP connection a fallback token names, or null when the token is
+  // out of range (a socket count changed by a reload).
+  Connection* FallbackOrigin(int upstream, uint32_t fallback_token);
+  void DropFallbacksOf(const Connection& connection, int upstream);
   void ReleaseFallback(Connection& connection, int upstream, uint16_t id);
   void OnProbeAnswer(Connection& connection, int upstream, std::span<uint8_t> answer,
                      const dns::ResponseInfo& info);
