@@ -56,7 +56,9 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
         config.metrics_slot == config::UpstreamConfig::kPositionSlot ? u : config.metrics_slot];
     upstream.spec = config.spec;
     upstream.transport = config.transport;
-    Set(upstream.target.stats->healthy, 1);
+    // A new pool sees every upstream healthy; the slot says so unless
+    // another pool of this shard (a sibling group) sees it unhealthy.
+    Set(upstream.target.stats->healthy, upstream.target.stats->unhealthy_views == 0 ? 1 : 0);
     const ConnectionKind kind = config.transport == config::Transport::kUdp ? ConnectionKind::kUdp
                                 : config.transport == config::Transport::kTcp
                                     ? ConnectionKind::kTcp
@@ -84,7 +86,18 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
   probe_question_length_ = info.question_length;
 }
 
-UpstreamPool::~UpstreamPool() = default;
+UpstreamPool::~UpstreamPool() {
+  for (int u = 0; u < static_cast<int>(upstreams_.size()); ++u) CountUnhealthy(u, false);
+}
+
+void UpstreamPool::CountUnhealthy(int u, bool unhealthy) {
+  Upstream& upstream = upstreams_[u];
+  if (upstream.counted_unhealthy == unhealthy) return;
+  upstream.counted_unhealthy = unhealthy;
+  metrics::UpstreamStats& slot = *upstream.target.stats;
+  slot.unhealthy_views += unhealthy ? 1 : -1;
+  Set(slot.healthy, slot.unhealthy_views == 0 ? 1 : 0);
+}
 
 void UpstreamPool::Start() {
   for (Upstream& upstream : upstreams_) {
@@ -139,6 +152,7 @@ void UpstreamPool::Retire(io::Clock::time_point deadline) {
       upstream.probe_outstanding = false;
     }
     upstream.reconnect_pending = false;
+    CountUnhealthy(u, false);  // the new generation's view replaces this one
   }
 }
 
@@ -223,7 +237,7 @@ bool UpstreamPool::SendOn(int u, uint32_t token, std::span<uint8_t> query, Bindi
   if (connection == nullptr || !connection->Queue(token, query, id)) return false;
   binding = {Tagged(u), connection->index(), id, settings_.cache_answers};
   health_.AddInFlight(u);
-  SetGauge(upstreams_[u].target.stats->in_flight, health_.get(u).in_flight);
+  Bump(upstreams_[u].target.stats->in_flight);
   Bump(upstreams_[u].target.stats->queries);
   return true;
 }
@@ -232,7 +246,7 @@ void UpstreamPool::Unbind(const Binding& binding) {
   const int u = LocalUpstream(binding.upstream);
   if (u < 0) return;
   health_.RemoveInFlight(u);
-  SetGauge(upstreams_[u].target.stats->in_flight, health_.get(u).in_flight);
+  metrics::Drop(upstreams_[u].target.stats->in_flight);
 }
 
 void UpstreamPool::Release(uint32_t token, const Binding& binding) {
@@ -405,7 +419,7 @@ void UpstreamPool::NoteHealth(int u, bool changed) {
   Upstream& upstream = upstreams_[u];
   const UpstreamHealth& health = health_.get(u);
   const auto now = clock_.now();
-  SetGauge(upstream.target.stats->healthy, health.state == HealthState::kHealthy ? 1 : 0);
+  if (!retiring_) CountUnhealthy(u, health.state != HealthState::kHealthy);
   // Rate-limited: a flapping upstream must not flood the log.
   if (now - upstream.last_health_log < kHealthLogInterval) {
     ++upstream.health_logs_suppressed;

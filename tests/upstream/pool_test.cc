@@ -206,6 +206,44 @@ TEST_P(PoolTest, ADeadConnectionReportsEachOfItsQueriesLostOnce) {
 
 // A reload in miniature: pool A (tag 0) has queries in flight when pool B
 // (tag 1) replaces it.
+// Two pools of one shard with the same upstream (two forward-zone groups
+// listing one spec) share its metrics slot: in_flight is the sum of both,
+// and healthy is 0 while either sees the upstream unhealthy, whichever
+// pool was made or went last.
+TEST_P(PoolTest, PoolsSharingAnUpstreamsSlotAddTheirGauges) {
+  Make(/*cap=*/4, /*connections=*/1);
+  UpstreamPool other(upstreams_, settings_, *reactor_, clock_, *tls_context_, stats_,
+                     upstream_stats_.get(), 0);
+  other.set_sink(&sink_);
+  Binding a, b, c;
+  ASSERT_TRUE(Send(1, a));
+  ASSERT_TRUE(other.Send(2, query_, -1, false, b));
+  ASSERT_TRUE(other.Send(3, query_, -1, false, c));
+  EXPECT_EQ(upstream_stats_[0].in_flight.load(), 3u);
+  other.Release(2, b);
+  EXPECT_EQ(upstream_stats_[0].in_flight.load(), 2u);
+  pool_->Release(1, a);
+  EXPECT_EQ(upstream_stats_[0].in_flight.load(), 1u);
+  other.Release(3, c);
+  EXPECT_EQ(upstream_stats_[0].in_flight.load(), 0u);
+  // The first pool sees upstream 0 fail; a pool made afterwards (a reload's
+  // or a sibling group's) does not make it healthy again.
+  for (int i = 0; i < 3; ++i) {
+    Binding timed_out;
+    ASSERT_TRUE(Send(10 + i, timed_out));
+    pool_->NoteTimeout(timed_out, /*counts_against_upstream=*/true);
+    pool_->Release(10 + i, timed_out);
+  }
+  EXPECT_EQ(upstream_stats_[0].healthy.load(), 0u);
+  auto later = std::make_unique<UpstreamPool>(upstreams_, settings_, *reactor_, clock_,
+                                              *tls_context_, stats_, upstream_stats_.get(), 0);
+  EXPECT_EQ(upstream_stats_[0].healthy.load(), 0u);
+  EXPECT_EQ(upstream_stats_[1].healthy.load(), 1u);
+  // Once the pool that saw it fail retires, the others' view stands.
+  pool_->Retire(clock_.now());
+  EXPECT_EQ(upstream_stats_[0].healthy.load(), 1u);
+}
+
 class PoolSetTest : public PoolTest {
  protected:
   // Both upstreams in the default zone, or (with `zone`) the first in the

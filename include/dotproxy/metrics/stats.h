@@ -110,6 +110,10 @@ namespace dotproxy::metrics {
 inline void Bump(std::atomic<uint64_t>& counter, uint64_t n = 1) {
   counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
+// Single-writer decrement, for gauges kept as sums of +1/-1.
+inline void Drop(std::atomic<uint64_t>& gauge, uint64_t n = 1) {
+  gauge.store(gauge.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+}
 inline void Set(std::atomic<uint64_t>& gauge, uint64_t value) {
   gauge.store(value, std::memory_order_relaxed);
 }
@@ -180,6 +184,12 @@ struct UpstreamStats {
 #undef DOTPROXY_DECLARE_COUNTER
   // From sending a query to its accepted answer (probes included).
   LatencyHistogram response_time;
+  // How many of this shard's pools see the upstream unhealthy: one slot is
+  // shared by every pool that has the upstream (forward-zone groups listing
+  // the same spec, a generation retiring after a reload), so `healthy` is 1
+  // only while none does, and `in_flight` is kept as the sum of the pools'
+  // +1/-1. Shard thread only; not exported.
+  uint32_t unhealthy_views = 0;
 };
 
 }  // namespace dotproxy::metrics

@@ -150,6 +150,7 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
     // on demand and kept (not in `connections`: queries never pick it).
     uint32_t fallback = kNoConnection;
     uint32_t next_channel = 0;  // udp://: round robin over the sockets
+    bool counted_unhealthy = false;  // this pool holds one of the slot's unhealthy_views
     // Connection-level failures back off per upstream, not per connection.
     int connect_failures = 0;
     io::Clock::time_point retry_at{};
@@ -204,6 +205,9 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   void SetGauge(std::atomic<uint64_t>& gauge, uint64_t value) {
     if (!retiring_) metrics::Set(gauge, value);
   }
+  // Adds or withdraws this pool's view of `upstream` as unhealthy in the
+  // shared slot and sets the slot's `healthy` from all the views.
+  void CountUnhealthy(int upstream, bool unhealthy);
 
   PoolSettings settings_;
   uint32_t tag_ = 0;
