@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/common/wire.h"
 #include "dotproxy/upstream/zone_table.h"
 
 namespace dotproxy::upstream {
@@ -15,15 +16,7 @@ namespace {
 
 std::vector<uint8_t> Wire(std::string_view text) {
   std::vector<uint8_t> wire;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t dot = text.find('.', start);
-    if (dot == std::string_view::npos) dot = text.size();
-    wire.push_back(static_cast<uint8_t>(dot - start));
-    for (size_t i = start; i < dot; ++i) wire.push_back(static_cast<uint8_t>(text[i]));
-    start = dot + 1;
-  }
-  wire.push_back(0);
+  bench::PutName(wire, text);
   return wire;
 }
 

@@ -23,7 +23,7 @@
 #include "bench/common/wire.h"
 #include "dotproxy/dns/edns.h"
 #include "dotproxy/upstream/pool.h"
-#include "tests/io/test_reactor.h"
+#include "tests/upstream/pool_fixture.h"
 
 namespace dotproxy::upstream {
 namespace {
@@ -148,17 +148,12 @@ OptView ReadOpt(const std::vector<uint8_t>& wire) {
   return view;
 }
 
-class PlainUpstreamTest : public ::testing::TestWithParam<io::IoBackend> {
+class PlainUpstreamTest : public PoolFixture {
  protected:
   void SetUp() override {
-    reactor_ = io::MakeTestReactor(GetParam());
-    if (reactor_ == nullptr) GTEST_SKIP() << io::ToString(GetParam()) << " unavailable";
-    tls::GlobalInit();
-    auto context = tls::ClientContext::Create("");
-    ASSERT_TRUE(context.ok()) << context.status();
-    tls_context_ = *std::move(context);
+    PoolFixture::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     ASSERT_TRUE(server_.Open());
-    upstream_stats_ = std::make_unique<metrics::UpstreamStats[]>(1);
   }
 
   void Make(config::Transport transport, size_t connections = 2) {
@@ -169,23 +164,10 @@ class PlainUpstreamTest : public ::testing::TestWithParam<io::IoBackend> {
     upstreams_ = {upstream};
     settings_.max_inflight_per_connection = 10;
     settings_.max_connections_per_upstream = connections;
-    pool_ = std::make_unique<UpstreamPool>(upstreams_, settings_, *reactor_, clock_, *tls_context_,
-                                           stats_, upstream_stats_.get(), 0);
-    pool_->set_sink(&sink_);
-    pool_->Start();
-    Pump();
+    MakePool(sink_, 3);
   }
 
-  void Pump(int rounds = 3) {
-    for (int i = 0; i < rounds; ++i) {
-      clock_.Update();
-      pool_->Flush();
-      ASSERT_TRUE(io::TurnOnce(*reactor_, milliseconds(5), [&](const io::Completion& c) {
-        pool_->OnCompletion(c.data.index, c);
-      }));
-      reactor_->PublishBuffers();
-    }
-  }
+  void Pump(int rounds = 3) { PoolFixture::Pump(rounds); }
 
   // The upstream form of a query for `name`, as the forwarder builds it
   // (EDNS 4096 from the client, keepalive and padding added).
@@ -202,16 +184,7 @@ class PlainUpstreamTest : public ::testing::TestWithParam<io::IoBackend> {
     return pool_->Send(token, query_, -1, false, binding);
   }
 
-  std::unique_ptr<io::Reactor> reactor_;
-  std::unique_ptr<tls::ClientContext> tls_context_;
-  io::LoopClock clock_;
-  metrics::ShardStats stats_;
-  std::unique_ptr<metrics::UpstreamStats[]> upstream_stats_;
-  std::vector<config::UpstreamConfig> upstreams_;
-  PoolSettings settings_;
   RecordingSink sink_;
-  std::unique_ptr<UpstreamPool> pool_;
-  std::vector<uint8_t> query_;
   FakeServer server_;
 };
 

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "bench/common/wire.h"
-#include "tests/io/test_reactor.h"
+#include "tests/upstream/pool_fixture.h"
 
 namespace dotproxy::upstream {
 namespace {
@@ -68,15 +68,11 @@ MuteUpstream ListenMute() {
   return mute;
 }
 
-class PoolTest : public ::testing::TestWithParam<io::IoBackend> {
+class PoolTest : public PoolFixture {
  protected:
   void SetUp() override {
-    reactor_ = io::MakeTestReactor(GetParam());
-    if (reactor_ == nullptr) GTEST_SKIP() << io::ToString(GetParam()) << " unavailable";
-    tls::GlobalInit();
-    auto context = tls::ClientContext::Create("");
-    ASSERT_TRUE(context.ok()) << context.status();
-    tls_context_ = *std::move(context);
+    PoolFixture::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     for (int priority : {0, 1}) {
       mutes_.push_back(ListenMute());
       config::UpstreamConfig upstream;
@@ -93,39 +89,18 @@ class PoolTest : public ::testing::TestWithParam<io::IoBackend> {
     settings_.max_inflight_per_connection = cap;
     settings_.max_connections_per_upstream = connections;
     settings_.connection.connect_timeout = milliseconds(3000);
-    pool_ = std::make_unique<UpstreamPool>(upstreams_, settings_, *reactor_, clock_, *tls_context_,
-                                           stats_, upstream_stats_.get(), 0);
-    pool_->set_sink(&sink_);
-    pool_->Start();
-    Pump();
+    MakePool(sink_, 5);
   }
 
-  void Pump(int rounds = 5) {
-    for (int i = 0; i < rounds; ++i) {
-      clock_.Update();
-      pool_->Flush();
-      ASSERT_TRUE(io::TurnOnce(*reactor_, milliseconds(5), [&](const io::Completion& c) {
-        pool_->OnCompletion(c.data.index, c);
-      }));
-    }
-  }
+  void Pump(int rounds = 5) { PoolFixture::Pump(rounds); }
 
   bool Send(uint32_t token, Binding& binding, int exclude = -1, bool allow_excluded = false) {
     query_ = bench::MakeQuery("q.example", 0, true);
     return pool_->Send(token, query_, exclude, allow_excluded, binding);
   }
 
-  std::unique_ptr<io::Reactor> reactor_;
-  std::unique_ptr<tls::ClientContext> tls_context_;
-  io::LoopClock clock_;
-  metrics::ShardStats stats_;
-  std::unique_ptr<metrics::UpstreamStats[]> upstream_stats_;
   std::vector<MuteUpstream> mutes_;
-  std::vector<config::UpstreamConfig> upstreams_;
-  PoolSettings settings_;
   RecordingSink sink_;
-  std::unique_ptr<UpstreamPool> pool_;
-  std::vector<uint8_t> query_;
 };
 
 TEST_P(PoolTest, FillsTheBestUpstreamsConnectionsUpToTheCapThenTheNextPriority) {
