@@ -508,10 +508,20 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
   // ciphertext batches, the close scratch list.
   const size_t per_connection = upstream::IdTable::kIds * sizeof(uint32_t) * 2 +
                                 2 * (upstream::kMaxStreamMessage + 2) + 2 * 64 * 1024;
+  // A udp:// upstream's sockets also keep a copy of each query in flight
+  // (the pool's datagram slots, twice the in-flight cap), and the upstream
+  // has one more connection: the plain TCP one its TC=1 answers are
+  // retried on.
+  const size_t udp_upstreams = upstream::GroupedUpstreamCount(config, config::Transport::kUdp);
+  const size_t datagram_bytes =
+      udp_upstreams * static_cast<size_t>(config.max_connections_per_upstream) *
+      (2 * static_cast<size_t>(config.max_inflight_per_connection) + 16) *
+      (upstream::kMaxDatagramQuery + 48);
   memory.fixed_bytes =
       static_cast<size_t>(config.max_inflight) * sizeof(QuerySlot) +
       size_t{kReactorOptions.datagram_buffers} * kReactorOptions.datagram_buffer_size +
-      kUdpReplySlots * (frontend::kMaxUdpReply + 128) + connections * per_connection +
+      kUdpReplySlots * (frontend::kMaxUdpReply + 128) +
+      (connections + udp_upstreams) * per_connection + datagram_bytes +
       (config.rate_limit > 0 ? frontend::RateLimiter::kMemoryBytes : 0) +
       (config.dnstap.empty() ? 0 : dnstap::kRingBytesPerShard);
   memory.tcp_worst_bytes =

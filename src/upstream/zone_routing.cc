@@ -1,5 +1,6 @@
 #include "dotproxy/upstream/zone_routing.h"
 
+#include <algorithm>
 #include <map>
 #include <string>
 
@@ -39,12 +40,18 @@ std::shared_ptr<const ZoneRouting> MakeZoneRouting(std::shared_ptr<const config:
   return routing;
 }
 
-size_t GroupedUpstreamCount(const config::Config& config) {
-  size_t count = config.upstreams.size();
+size_t GroupedUpstreamCount(const config::Config& config, std::optional<config::Transport> only) {
+  auto count_of = [&](const std::vector<config::UpstreamConfig>& upstreams) {
+    if (!only) return upstreams.size();
+    return static_cast<size_t>(std::count_if(
+        upstreams.begin(), upstreams.end(),
+        [&](const config::UpstreamConfig& upstream) { return upstream.transport == *only; }));
+  };
+  size_t count = count_of(config.upstreams);
   std::map<std::string, bool> groups{{GroupKey(config.upstreams, true), true}};
   for (const config::ZoneConfig& zone : config.zones) {
     if (groups.emplace(GroupKey(zone.upstreams, zone.cache), true).second) {
-      count += zone.upstreams.size();
+      count += count_of(zone.upstreams);
     }
   }
   return count;

@@ -9,6 +9,7 @@
 // read-only by every shard (the shards build their pools from it).
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -31,7 +32,9 @@ struct ZoneRouting {
 std::shared_ptr<const ZoneRouting> MakeZoneRouting(std::shared_ptr<const config::Config> config);
 
 // How many upstreams the groups of `config` hold in all (each has its own
-// connections): the default zone's plus each distinct zone group's.
-size_t GroupedUpstreamCount(const config::Config& config);
+// connections): the default zone's plus each distinct zone group's; with
+// `only`, those of that transport.
+size_t GroupedUpstreamCount(const config::Config& config,
+                            std::optional<config::Transport> only = std::nullopt);
 
 }  // namespace dotproxy::upstream
