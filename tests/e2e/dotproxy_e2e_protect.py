@@ -524,9 +524,10 @@ def protect_overload_goodput(h):
     for name, good, latency, offered in rows:
         print("  %-4s offered %6.0f q/s  NOERROR %6.0f /s (%.2f C)  mean latency %.1f ms" % (
             name, offered, good, good / cap, latency * 1000))
-    print("  counters: servfail_overload=%d servfail_timeout=%d shed_waiting=%d queued_for_capacity=%d" % (
-        c.get("servfail_overload"), c.get("servfail_timeout"), c.get("shed_waiting"),
-        c.get("queued_for_capacity")))
+    print("  counters: servfail_overload=%d servfail_timeout=%d shed_waiting=%d queued_for_capacity=%d "
+          "intake_overload_began=%d shed_intake=%d" % (
+              c.get("servfail_overload"), c.get("servfail_timeout"), c.get("shed_waiting"),
+              c.get("queued_for_capacity"), c.get("intake_overload_began"), c.get("shed_intake")))
     good4, latency4 = rows[-1][1], rows[-1][2]
     check(good4 > 0, "at 4x: nothing answered")
     check(latency4 <= 0.1, "at 4x: mean latency %.0f ms" % (latency4 * 1000))
