@@ -169,7 +169,6 @@ class DohClient {
   bool going_away_ = false;
   bool delivering_ = false;
   uint64_t epoch_ = 0;  // bumped by Reset, so Deliver stops on a Reset inside a report
-  std::string content_length_;  // scratch for the header value
   std::string error_;
 };
 
