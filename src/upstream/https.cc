@@ -34,6 +34,7 @@ bool Connection::QueueStream(uint32_t token, std::span<uint8_t> query, uint16_t&
 // Decrypted bytes go straight to the codec; finished streams come back
 // through OnResponse before Receive returns.
 void Connection::ReadStreams() {
+  bool goaway_counted = doh_->going_away();
   while (state_ == ConnectionState::kReady) {
     const int n = session_.Read({doh_in_.get(), kDohReadChunk});
     if (n == 0) break;
@@ -49,6 +50,10 @@ void Connection::ReadStreams() {
     if (!doh_->Receive({doh_in_.get(), static_cast<size_t>(n)})) {
       Close(CloseReason::kBroken, doh_->error());
       return;
+    }
+    if (!goaway_counted && doh_->going_away()) {
+      goaway_counted = true;
+      Bump(target_.stats->goaways);
     }
   }
   if (state_ != ConnectionState::kReady) return;

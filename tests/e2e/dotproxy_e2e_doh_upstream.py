@@ -5,7 +5,8 @@ with the harness's test CA is dotproxy's upstream. Answers to UDP and TCP
 clients, many concurrent queries as streams of one connection, a wrong name
 and a wrong pin refused, failover when the DoH server dies and reconnection
 when it returns, and HTTP error statuses (a path the server does not serve)
-failed over at once. Uses the harness in dotproxy_e2e.py (loopback only,
+failed over at once; dnsdist's DoH front end (addDOHLocal) for an HTTP 503
+and the GOAWAY that ends its idle HTTP/2 connections. Uses the harness in dotproxy_e2e.py (loopback only,
 bounded waits, children ended by PID).
 
     dotproxy_e2e_doh_upstream.py --dotproxy build/dotproxy --case doh_answers
@@ -278,6 +279,107 @@ def doh_http_error_fails_over(h):
             answered += 1
     check(answered == 10, "with an HTTP-error upstream beside a good one, %d of 10 answered" % answered)
     print("HTTP 404 -> SERVFAIL in < 1.5 s alone (%d errors counted); retried on the good upstream" % errors)
+
+
+DNSDIST = "/usr/bin/dnsdist"
+
+
+class Dnsdist:
+    """dnsdist 1.7 as a DoH front end (addDOHLocal, h2o) forwarding to an
+    Unbound's plain port: `idle` seconds of idle timeout (h2o ends an idle
+    HTTP/2 connection with GOAWAY), and an HTTP 503 for fail.example.test."""
+
+    def __init__(self, h, u, idle=30):
+        if not os.access(DNSDIST, os.X_OK):
+            raise CaseSkip("dnsdist not installed")
+        self.h = h
+        self.doh_port = E.free_port()
+        self.plain_port = E.free_port()
+        self.dir = os.path.join(h.dir, "dnsdist%d" % self.doh_port)
+        os.mkdir(self.dir)
+        self.conf = os.path.join(self.dir, "dnsdist.conf")
+        self.log = os.path.join(self.dir, "dnsdist.log")
+        with open(self.conf, "w") as f:
+            f.write("\n".join([
+                # No security polling (it would query an outside name).
+                'setSecurityPollSuffix("")',
+                'setLocal("127.0.0.1:%d")' % self.plain_port,
+                'setACL({"127.0.0.0/8"})',
+                'addDOHLocal("127.0.0.1:%d", "%s", "%s", "/dns-query", {idleTimeout=%d})' % (
+                    self.doh_port, h.pki.good_pem, h.pki.good_key, idle),
+                'newServer({address="127.0.0.1:%d"})' % u.plain_port,
+                'addAction("fail.example.test.", HTTPStatusAction(503, "busy", "text/plain"))',
+                ""]))
+        self._logf = open(self.log, "ab")
+        self.proc = E.spawn([DNSDIST, "--supervised", "--disable-syslog", "-C", self.conf],
+                            self._logf, self._logf)
+        h.silent.append(self)  # stopped with the harness
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            check(self.proc.poll() is None, "dnsdist exited:\n%s" % E.tail(self.log))
+            r = subprocess.run([CURL, "-s", "--http2", "--max-time", "2", "--cacert", h.pki.ca_pem,
+                                "--resolve", "%s:%d:127.0.0.1" % (TLS_NAME, self.doh_port),
+                                "-o", "/dev/null", "-w", "%{http_code}",
+                                "https://%s:%d/dns-query?dns=%s" % (TLS_NAME, self.doh_port,
+                                                                    PROBE_QUERY)],
+                               capture_output=True, text=True, timeout=5)
+            if r.stdout.strip() == "200":
+                return
+            time.sleep(0.2)
+        raise E.CaseFailure("dnsdist DoH not ready:\n%s" % E.tail(self.log))
+
+    def stop(self):
+        if self.proc is not None:
+            E.stop_process(self.proc)
+            self.proc = None
+            self._logf.close()
+
+
+@case
+def doh_dnsdist_http_503(h):
+    """dnsdist answering one name with HTTP 503: that query gets SERVFAIL at
+    once (not at its deadline) and is counted as an HTTP error; the other
+    names keep being answered over the same connection."""
+    u = h.start_unbound()
+    d = Dnsdist(h, u)
+    spec = "https://%s:%d#%s" % (LOOPBACK4, d.doh_port, TLS_NAME)
+    p = M.start_metrics_proxy(h, upstreams=[spec], extra=["--query-timeout", "3000"])
+    for i in range(3):
+        wire, secs = E.udp_exchange(p.port, make_query("fail.example.test.", "A").to_wire(),
+                                    timeout=5.0)
+        check(wire is not None and E.rcode_of(wire) == dns.rcode.SERVFAIL,
+              "503 from dnsdist: %s" % E.describe(wire))
+        check(secs < 1.5, "SERVFAIL after %.2f s: the 503 waited for the deadline" % secs)
+        E.query_and_compare(h, u, p, "udp", "a.example.test.", "A")
+    _, samples = M.scrape(p)
+    errors = counter(samples, "http_errors", spec)
+    check(errors >= 3, "http_errors counted %s" % errors)
+    check(counter(samples, "connection_opens", spec) <= 2, "connections reopened after a 503")
+    print("503 -> SERVFAIL at once (%d HTTP errors counted), other names answered" % errors)
+
+
+@case
+def doh_dnsdist_goaway_reconnects(h):
+    """dnsdist (h2o) ends idle HTTP/2 connections with GOAWAY after 1 s: the
+    GOAWAY is counted, the connection closes as routine (no failure, no
+    backoff) and the next queries are answered on a fresh connection."""
+    u = h.start_unbound()
+    d = Dnsdist(h, u, idle=1)
+    spec = "https://%s:%d#%s" % (LOOPBACK4, d.doh_port, TLS_NAME)
+    p = M.start_metrics_proxy(h, upstreams=[spec], extra=["--threads", "1"])
+    rounds = 3
+    for i in range(rounds):
+        E.query_and_compare(h, u, p, "udp", "a.example.test.", "A")
+        E.query_and_compare(h, u, p, "tcp", "txt.example.test.", "TXT")
+        time.sleep(2.5)  # idle past dnsdist's timeout: GOAWAY
+    _, samples = M.scrape(p)
+    goaways = counter(samples, "goaways", spec)
+    opens = counter(samples, "connection_opens", spec)
+    failures = counter(samples, "connect_failures", spec)
+    check(goaways >= rounds, "GOAWAYs counted %s after %d idle periods" % (goaways, rounds))
+    check(opens >= rounds, "connections opened %s" % opens)
+    check(failures == 0, "a GOAWAY counted as a failure (%s)" % failures)
+    print("%d GOAWAYs from dnsdist, %d connections opened, 0 failures" % (goaways, opens))
 
 
 def main():
