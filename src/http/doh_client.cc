@@ -9,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "dotproxy/control/alloc_counter.h"
 
 namespace dotproxy::http {
 
@@ -48,6 +49,7 @@ void* RecyclingPool::Allocate(size_t size) {
   const int c = ClassOf(size == 0 ? 1 : size);
   if (c >= kClasses) {
     ++system_allocations_;
+    control::CountHeapAllocation();  // the shard's heap_allocations, as operator new
     auto* raw = static_cast<uint8_t*>(std::malloc(kHeader + size));
     if (raw == nullptr) return nullptr;
     ClassMark(raw + kHeader, kHeader) = kLargeBlock;
@@ -59,6 +61,7 @@ void* RecyclingPool::Allocate(size_t size) {
     return block;
   }
   ++system_allocations_;
+  control::CountHeapAllocation();
   auto* raw = static_cast<uint8_t*>(std::malloc(kHeader + ClassSize(c)));
   if (raw == nullptr) return nullptr;
   ClassMark(raw + kHeader, kHeader) = static_cast<uint32_t>(c);

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dotproxy_e2e as E  # noqa: E402
 from dotproxy_e2e import (  # noqa: E402
     GOOD_QUESTIONS, LOOPBACK4, TLS_NAME, CaseSkip, case, check, make_query)
+import dotproxy_e2e_features as F  # noqa: E402
 import dotproxy_e2e_metrics as M  # noqa: E402
 
 _INHERITED = set(E.CASES)
@@ -41,6 +42,14 @@ def start_doh_unbound(h, port=None):
     d = os.path.join(h.dir, "unbound%d" % len(h.unbounds))
     os.mkdir(d)
     u = E.Unbound(d, h.pki)
+    add_doh(u, port)
+    h.unbounds.append(u)
+    start_doh(h, u)
+    return u
+
+
+def add_doh(u, port=None):
+    """Adds a DoH listener to an Unbound's config (before it starts)."""
     u.doh_port = port or E.free_port()
     with open(u.conf) as f:
         text = f.read()
@@ -50,13 +59,23 @@ def start_doh_unbound(h, port=None):
         "  http-max-streams: 200\n  tls-port:" % (u.doh_port, u.doh_port), 1)
     with open(u.conf, "w") as f:
         f.write(text)
-    h.unbounds.append(u)
-    start_doh(h, u)
-    return u
+
+
+class UnboundXDoh(F.UnboundX):
+    """The features harness's Unbound (wild.example.test. answers any name)
+    with a DoH listener."""
+
+    def __init__(self, workdir, pki):
+        super().__init__(workdir, pki)
+        add_doh(self)
 
 
 def start_doh(h, u, timeout=10.0):
     u.start(timeout=timeout)
+    wait_doh(h, u, timeout)
+
+
+def wait_doh(h, u, timeout=10.0):
     if not os.access(CURL, os.X_OK):
         return
     deadline = time.monotonic() + timeout
@@ -279,6 +298,39 @@ def doh_http_error_fails_over(h):
             answered += 1
     check(answered == 10, "with an HTTP-error upstream beside a good one, %d of 10 answered" % answered)
     print("HTTP 404 -> SERVFAIL in < 1.5 s alone (%d errors counted); retried on the good upstream" % errors)
+
+
+@case
+def doh_no_allocation_per_query(h):
+    """--cache-size 1000 --threads 1 with an https:// upstream: after a
+    warm-up, 10,000 queries (half cache hits, half unique misses that go
+    upstream as HTTP/2 streams) make no heap allocation on the shard thread
+    (operator new, nghttp2's blocks from its pool reaching malloc, and
+    wolfSSL's: heap_allocations and tls_allocations unchanged)."""
+    u = F.start_unbound_x(h, cls=UnboundXDoh)
+    wait_doh(h, u)
+    spec = doh_spec(u)
+    p = h.start_proxy(upstreams=[spec], extra=["--cache-size", "1000", "--threads", "1"])
+    hot = ["a.example.test.", "multi.example.test.", F.wild("hot1"), F.wild("hot2")]
+    for prefix in ("warm1", "warm2"):
+        ans, bad = F._mixed_loop(p.port, 3000, prefix, hot)
+        check(not bad, "warm-up loop: %d bad answers, e.g. %s" % (len(bad), bad[:5]))
+    time.sleep(0.3)
+    c0 = F.counters(p)
+    ans, bad = F._mixed_loop(p.port, 10000, "meas", hot)
+    time.sleep(0.3)
+    c1 = F.counters(p)
+    check(not bad and ans == 10000, "measured loop: %d answered, %d bad (%s)" % (ans, len(bad), bad[:3]))
+    dm = c1.get("cache_misses") - c0.get("cache_misses")
+    check(dm >= 4900, "measured loop: %d misses (want ~5000)" % dm)
+    conns = c1.get("upstream_connects") - c0.get("upstream_connects")
+    d_heap = c1.get("heap_allocations") - c0.get("heap_allocations")
+    d_tls = c1.get("tls_allocations") - c0.get("tls_allocations")
+    check(conns == 0, "upstream_connects changed by %d during the measured loop" % conns)
+    check(d_heap == 0 and d_tls == 0,
+          "10,000 queries (%d misses over DoH) made %d heap and %d wolfSSL allocations on the "
+          "shard thread\nbefore: %s\nafter: %s" % (dm, d_heap, d_tls, c0, c1))
+    print("10,000 queries (%d over DoH): 0 heap, 0 wolfSSL allocations on the shard" % dm)
 
 
 DNSDIST = "/usr/bin/dnsdist"

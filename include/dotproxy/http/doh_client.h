@@ -55,7 +55,8 @@ class RecyclingPool {
   void Free(void* block);
   void* Reallocate(void* block, size_t size);
 
-  // Calls that reached malloc (for tests and the allocation guard).
+  // Calls that reached malloc (for tests); each is also counted in the
+  // calling shard's heap_allocations (control::CountHeapAllocation).
   uint64_t system_allocations() const { return system_allocations_; }
 
  private:
