@@ -80,6 +80,18 @@ void RecyclingPool::Free(void* block) {
   free_[c] = free_block;
 }
 
+void RecyclingPool::Reserve(size_t size, size_t count) {
+  const int c = ClassOf(size == 0 ? 1 : size);
+  if (c >= kClasses) return;
+  for (size_t i = 0; i < count; ++i) {
+    auto* raw = static_cast<uint8_t*>(std::malloc(kHeader + ClassSize(c)));
+    if (raw == nullptr) return;
+    ++system_allocations_;
+    ClassMark(raw + kHeader, kHeader) = static_cast<uint32_t>(c);
+    Free(raw + kHeader);
+  }
+}
+
 void* RecyclingPool::Reallocate(void* block, size_t size) {
   if (block == nullptr) return Allocate(size);
   if (size == 0) {
@@ -259,6 +271,9 @@ DohClient::DohClient(DohClientSettings settings, Observer& observer)
   nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks_,
                                                            &Callbacks::OnFrameNotSend);
   nghttp2_option_new(&option_);
+  // A client needs no closed streams (they only serve priorities): without
+  // this nghttp2 keeps some, and their memory, after each stream ends.
+  nghttp2_option_set_no_closed_streams(option_, 1);
   const size_t slots = std::min<size_t>(settings_.max_streams, kNoSlot);
   streams_.resize(slots);
   free_slots_.reserve(slots);
@@ -281,6 +296,20 @@ DohClient::~DohClient() {
 
 absl::Status DohClient::Start() {
   Reset();
+  if (!reserved_) {
+    // Once, at the first connect (a connection never used costs nothing):
+    // the blocks nghttp2 takes per open stream (its stream, the HEADERS and
+    // DATA items, the header array: measured on nghttp2 1.52 as about one
+    // 64-byte, three 256-byte and one 512-byte block) for every slot, with
+    // room to spare, so that the peak of concurrent streams is reached
+    // without malloc on the query path.
+    reserved_ = true;
+    const size_t slots = streams_.size();
+    pool_.Reserve(64, 2 * slots);
+    pool_.Reserve(128, 2 * slots);
+    pool_.Reserve(256, 4 * slots);
+    pool_.Reserve(512, 2 * slots);
+  }
   if (nghttp2_session_client_new3(&session_, callbacks_, this, option_, &allocator_->mem) != 0) {
     session_ = nullptr;
     return absl::ResourceExhaustedError("nghttp2_session_client_new3 failed");

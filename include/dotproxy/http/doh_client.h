@@ -41,7 +41,8 @@ inline constexpr size_t kMaxDohMessage = 65535;
 // what nghttp2 frees comes back here, not to the heap. Memory grows to the
 // peak that the codec's streams needed at once and is kept (bounded by the
 // number of stream slots, nghttp2's per-stream state and its HPACK tables:
-// a few KiB per stream), so after warm-up the query path does not allocate.
+// a few KiB per stream), so after warm-up the query path does not allocate;
+// DohClient stocks it for all its slots at its first Start.
 // Blocks larger than the biggest class go to malloc and back every time
 // (nghttp2 asks for those only at session creation: its inbound buffers).
 class RecyclingPool {
@@ -54,6 +55,9 @@ class RecyclingPool {
   void* Allocate(size_t size);
   void Free(void* block);
   void* Reallocate(void* block, size_t size);
+  // Puts `count` blocks of `size`'s class on its free list now, so the
+  // first `count` allocations of that class later do not reach malloc.
+  void Reserve(size_t size, size_t count);
 
   // Calls that reached malloc (for tests); each is also counted in the
   // calling shard's heap_allocations (control::CountHeapAllocation).
@@ -169,6 +173,7 @@ class DohClient {
   size_t active_ = 0;
   bool going_away_ = false;
   bool delivering_ = false;
+  bool reserved_ = false;  // pool_ stocked for streams_ (first Start)
   uint64_t epoch_ = 0;  // bumped by Reset, so Deliver stops on a Reset inside a report
   std::string error_;
 };
