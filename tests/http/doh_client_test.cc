@@ -305,6 +305,40 @@ TEST_F(DohClientTest, GoawayLosesStreamsAboveLastStreamIdAndStopsNewOnes) {
   EXPECT_EQ(client_.active(), 0u);
 }
 
+TEST_F(DohClientTest, StreamsBelowGoawayStillFinishThenTheSessionEnds) {
+  for (uint16_t tag = 1; tag <= 3; ++tag) ASSERT_TRUE(client_.Submit(tag, Query(tag, 'a')));
+  Pump();
+  const auto pending = server_.Pending();
+  server_.GoAway(pending[1]);  // streams 1 and 2 will still be answered
+  Pump();
+  EXPECT_TRUE(client_.going_away());
+  ASSERT_EQ(recorder_.reports.size(), 1u);  // only the third, refused
+  EXPECT_EQ(recorder_.reports[0].tag, 3);
+  EXPECT_EQ(recorder_.reports[0].result, Result::kRefused);
+  EXPECT_EQ(client_.active(), 2u);
+  EXPECT_FALSE(client_.Finished());
+  server_.Respond(pending[1], "200", "application/dns-message", server_.AnswerFor(pending[1]));
+  server_.Respond(pending[0], "200", "application/dns-message", server_.AnswerFor(pending[0]));
+  Pump();
+  ASSERT_EQ(recorder_.reports.size(), 3u);
+  EXPECT_EQ(recorder_.reports[1].result, Result::kAnswer);
+  EXPECT_EQ(recorder_.reports[2].result, Result::kAnswer);
+  EXPECT_EQ(client_.active(), 0u);
+  EXPECT_TRUE(client_.Finished());  // nothing left: the connection may close
+}
+
+TEST_F(DohClientTest, QueriesSubmittedAfterGoawayBeforeItIsReadAreRefused) {
+  Pump();
+  server_.GoAway(0);  // nothing will be processed
+  // Submitted before the client has read the GOAWAY: the request goes out
+  // (or is dropped by nghttp2) and must come back refused, never lost.
+  ASSERT_TRUE(client_.Submit(1, Query(1, 'a')));
+  Pump();
+  ASSERT_EQ(recorder_.reports.size(), 1u);
+  EXPECT_EQ(recorder_.reports[0].result, Result::kRefused);
+  EXPECT_EQ(client_.active(), 0u);
+}
+
 TEST_F(DohClientTest, CancelledQueryIsNotReported) {
   ASSERT_TRUE(client_.Submit(1, Query(1, 'a')));
   Pump();
