@@ -393,7 +393,7 @@ int main(int argc, char** argv) {
         static_cast<int>(config->upstreams.size()));
     Log(Severity::kInfo, "configuration: %s", dotproxy::daemon::ConfigSummary(*config));
     for (const auto& upstream : config->upstreams) {
-      if (upstream.transport == dotproxy::config::Transport::kTls) continue;
+      if (dotproxy::config::IsEncrypted(upstream.transport)) continue;
       Log(Severity::kWarning,
           "upstream %s: plain DNS for the default zone (allow_plaintext): queries and answers "
           "travel unencrypted and unauthenticated",

@@ -34,6 +34,9 @@ PACKAGES=(
   # encrypted transports: HTTP/2 for DNS over HTTPS (build); kdig (+tls,
   # +https) as a real DoT/DoH client, dnsdist as a DoT/DoH peer (tests, bench)
   libnghttp2-dev knot-dnsutils dnsdist
+  # tests: curl --http2 checks that a DoH server on loopback is ready
+  # (dotproxy_e2e_doh_upstream.py)
+  curl
 )
 
 SUDO=""

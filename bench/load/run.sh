@@ -40,6 +40,9 @@ Environment (defaults in brackets):
                  dotproxy_plain_tcp / dotproxy_plain_udp = the dotproxy binary to the
                  upstream's plain port (tcp:// / udp://, --allow-plaintext): the cost of
                  TLS per query, TARGETS="dotproxy dotproxy_plain_tcp dotproxy_plain_udp"
+                 dotproxy_doh = the dotproxy binary to the upstream's DoH port (https://,
+                 HTTP/2 over the same TLS): DoH against DoT for the miss path,
+                 TARGETS="dotproxy dotproxy_doh" SCENARIOS="miss-udp miss-tcp"
                  dotproxy_ratelimit = DOTPROXY_ARGS plus --rate-limit 10000000 (the
                  limiter on, never reached: its cost per query, next to dotproxy)
                  dotproxy_metrics = DOTPROXY_ARGS plus --metrics on a loopback port, never
@@ -267,7 +270,7 @@ make_certs() {
     openssl verify -CAfile "$d/ca.pem" "$d/server.pem" >/dev/null || die "generated certificate does not verify"
 }
 
-UPSTREAM_PID="" UPSTREAM_PLAIN_PORT="" UPSTREAM_DOT_PORT="" CA=""
+UPSTREAM_PID="" UPSTREAM_PLAIN_PORT="" UPSTREAM_DOT_PORT="" UPSTREAM_DOH_PORT="" CA=""
 # Both upstreams: plain + DoT port on 127.0.0.1, cannot recurse (everything outside
 # bench.test is NXDOMAIN), every name under bench.test answers A 192.0.2.1.
 start_upstream() {
@@ -275,9 +278,11 @@ start_upstream() {
     mkdir -p "$d"
     make_certs "$d"
     CA="$d/ca.pem"
-    local ports; ports="$("$PY" "$HELPER" freeports 2)"
+    local ports; ports="$("$PY" "$HELPER" freeports 3)"
     UPSTREAM_PLAIN_PORT="$(sed -n 1p <<<"$ports")"
     UPSTREAM_DOT_PORT="$(sed -n 2p <<<"$ports")"
+    # DNS over HTTPS (HTTP/2, /dns-query) with the same certificate: target dotproxy_doh.
+    UPSTREAM_DOH_PORT="$(sed -n 3p <<<"$ports")"
     "start_upstream_$UPSTREAM" "$d"
     wait_dns_ready "$UPSTREAM_PLAIN_PORT" "$UPSTREAM_PID" \
         || { cat "$RESULTS_DIR/upstream-$UPSTREAM.log" >&2; die "upstream $UPSTREAM did not come up"; }
@@ -288,7 +293,7 @@ start_upstream() {
     [ "$ans" = "192.0.2.1" ] || die "upstream DoT check failed: $ans"
     ans="$(dig +time=2 +tries=1 -p "$UPSTREAM_PLAIN_PORT" @127.0.0.1 example.com A 2>&1 | grep -o 'status: [A-Z]*' || true)"
     [ "$ans" = "status: NXDOMAIN" ] || die "upstream answers outside bench.test ($ans); refusing to run"
-    log "upstream $UPSTREAM pid $UPSTREAM_PID on core $LOAD_CPU: plain 127.0.0.1:$UPSTREAM_PLAIN_PORT, DoT 127.0.0.1:$UPSTREAM_DOT_PORT (name upstream.test)"
+    log "upstream $UPSTREAM pid $UPSTREAM_PID on core $LOAD_CPU: plain 127.0.0.1:$UPSTREAM_PLAIN_PORT, DoT 127.0.0.1:$UPSTREAM_DOT_PORT, DoH 127.0.0.1:$UPSTREAM_DOH_PORT (name upstream.test)"
 }
 
 start_upstream_dnsdist() {
@@ -299,6 +304,7 @@ setSecurityPollSuffix("")
 -- maxInFlight: plain TCP clients (dotproxy_plain_tcp) pipeline too, as on DoT.
 setLocal("127.0.0.1:$UPSTREAM_PLAIN_PORT", {maxInFlight=1000})
 addTLSLocal("127.0.0.1:$UPSTREAM_DOT_PORT", "$d/server.pem", "$d/server.key", {provider="openssl", maxInFlight=1000})
+addDOHLocal("127.0.0.1:$UPSTREAM_DOH_PORT", "$d/server.pem", "$d/server.key", "/dns-query")
 setACL({"127.0.0.0/8"})
 setMaxTCPClientThreads(1)
 setMaxTCPQueriesPerConnection(0)
@@ -319,6 +325,10 @@ server:
   interface: 127.0.0.1@$UPSTREAM_PLAIN_PORT
   interface: 127.0.0.1@$UPSTREAM_DOT_PORT
   tls-port: $UPSTREAM_DOT_PORT
+  interface: 127.0.0.1@$UPSTREAM_DOH_PORT
+  https-port: $UPSTREAM_DOH_PORT
+  http-endpoint: "/dns-query"
+  http-max-streams: 1000
   tls-service-key: "$d/server.key"
   tls-service-pem: "$d/server.pem"
   do-daemonize: no
@@ -379,6 +389,11 @@ start_target_dotproxy_epoll() { start_dotproxy dotproxy_epoll "$DOTPROXY_ARGS --
 # --allow-plaintext): what TLS costs per query, next to dotproxy.
 start_target_dotproxy_plain_tcp() {
     start_dotproxy dotproxy_plain_tcp "$DOTPROXY_ARGS --allow-plaintext" "tcp://127.0.0.1:$UPSTREAM_PLAIN_PORT"
+}
+# The same binary to the upstream's DoH port (https://, HTTP/2 streams over the
+# same TLS): what HTTP/2 framing costs per forwarded query, next to dotproxy (DoT).
+start_target_dotproxy_doh() {
+    start_dotproxy dotproxy_doh "$DOTPROXY_ARGS" "https://127.0.0.1:$UPSTREAM_DOH_PORT#upstream.test"
 }
 start_target_dotproxy_plain_udp() {
     start_dotproxy dotproxy_plain_udp "$DOTPROXY_ARGS --allow-plaintext" "udp://127.0.0.1:$UPSTREAM_PLAIN_PORT"

@@ -43,7 +43,7 @@ absl::StatusOr<int64_t> ParseDecimal(std::string_view text) {
 
 // What every upstream must satisfy, however it was written.
 absl::Status CheckUpstream(const UpstreamConfig& upstream) {
-  if (upstream.transport != Transport::kTls) return absl::OkStatus();
+  if (!IsEncrypted(upstream.transport)) return absl::OkStatus();
   if (upstream.peer.auth_name.empty()) return absl::InvalidArgumentError("empty name");
   if (auto status = CheckText(upstream.peer.auth_name, kMaxAuthNameBytes); !status.ok()) {
     return Problem("name", status);
@@ -94,10 +94,12 @@ absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
     upstream.transport = Transport::kUdp;
   } else if (consume("tcp://")) {
     upstream.transport = Transport::kTcp;
+  } else if (consume("https://")) {
+    upstream.transport = Transport::kHttps;
   } else {
     consume("tls://");
   }
-  if (upstream.transport != Transport::kTls) {
+  if (!IsEncrypted(upstream.transport)) {
     if (rest.find_first_of("#^") != std::string_view::npos) {
       return absl::InvalidArgumentError(absl::StrCat(
           quoted, "a plain (udp:// or tcp://) upstream takes no '#name' or '^pin': it is not "
@@ -138,6 +140,13 @@ absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
           absl::StrCat(quoted, "name longer than ", kMaxAuthNameBytes, " bytes"));
     }
   }
+  if (upstream.transport == Transport::kHttps) {
+    if (auto status = ParseHttpsAddress(address_text, upstream); !status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(quoted, status.message()));
+    }
+    if (upstream.peer.auth_name.empty()) upstream.peer.auth_name = upstream.address.HostString();
+    return upstream;
+  }
   // io::ParseSocketAddress quotes its input whole: bound it first.
   if (auto status = CheckText(address_text, kMaxAddressBytes); !status.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(quoted, "address ", status.message()));
@@ -147,6 +156,39 @@ absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec) {
   upstream.address = *address;
   if (upstream.peer.auth_name.empty()) upstream.peer.auth_name = upstream.address.HostString();
   return upstream;
+}
+
+absl::Status ParseHttpsAddress(std::string_view text, UpstreamConfig& upstream) {
+  // An IP literal holds no '/', so the first one starts the path.
+  const size_t slash = text.find('/');
+  std::string_view address_text = text.substr(0, slash);
+  upstream.doh_path = kDefaultDohPath;
+  if (slash != std::string_view::npos) {
+    const std::string_view path = text.substr(slash);
+    if (path.size() > kMaxDohPathBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("path longer than ", kMaxDohPathBytes, " bytes"));
+    }
+    // RFC 3986 path characters; no query ('?': POST carries the message)
+    // and no URI template ("{?dns}": write the path alone).
+    for (const char c : path) {
+      const bool allowed = absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+                           std::string_view("/-._~%!$&'()*+,;=:@").find(c) != std::string_view::npos;
+      if (!allowed) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "path '", Excerpt(path), "' holds '", Excerpt(std::string_view(&c, 1)),
+            "': write the path alone (/dns-query), without a query or URI template"));
+      }
+    }
+    upstream.doh_path = std::string(path);
+  }
+  if (auto status = CheckText(address_text, kMaxAddressBytes); !status.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("address ", status.message()));
+  }
+  auto address = io::ParseSocketAddress(address_text, kHttpsPort);
+  if (!address.ok()) return address.status();
+  upstream.address = *address;
+  return absl::OkStatus();
 }
 
 // --- Option ----------------------------------------------------------------

@@ -62,8 +62,12 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
     const std::string_view key = key_node.str();
     if (key == "address") {
       if (auto s = ReadString(errors, node, key, address_text); !s.ok()) return s;
-      // io::ParseSocketAddress quotes its input whole: bound it first.
-      if (auto s = CheckText(address_text, kMaxAddressBytes); !s.ok()) {
+      // io::ParseSocketAddress quotes its input whole: bound it first (an
+      // https:// address may carry a path).
+      if (auto s = CheckText(address_text, address_text.starts_with("https://")
+                                               ? kMaxAddressBytes + 8 + kMaxDohPathBytes
+                                               : kMaxAddressBytes);
+          !s.ok()) {
         return errors.At(node.source(), "'address'", s);
       }
       have_address = true;
@@ -118,17 +122,28 @@ absl::Status ReadUpstream(const FileErrors& errors, const toml::table& table, Up
     out = *std::move(plain);
     return absl::OkStatus();
   }
-  if (address_text.starts_with("tls://")) address_text.erase(0, 6);
-  auto address = io::ParseSocketAddress(address_text, kDotPort);
-  if (!address.ok()) {
-    return errors.At(address_node->source(), absl::StrCat("address ", address.status().message()));
+  if (address_text.starts_with("https://")) {
+    // DoH: the same name and pins, and a path after the address.
+    out.transport = Transport::kHttps;
+    if (auto s = ParseHttpsAddress(std::string_view(address_text).substr(8), out); !s.ok()) {
+      return errors.At(address_node->source(), absl::StrCat("address ", s.message()));
+    }
+  } else {
+    if (address_text.starts_with("tls://")) address_text.erase(0, 6);
+    auto address = io::ParseSocketAddress(address_text, kDotPort);
+    if (!address.ok()) {
+      return errors.At(address_node->source(), absl::StrCat("address ", address.status().message()));
+    }
+    out.address = *address;
   }
-  out.address = *address;
   if (out.peer.auth_name.empty()) out.peer.auth_name = out.address.HostString();
   if (out.peer.pin_only && out.peer.pins.empty()) {
     return errors.At(table.source(), "'pin_only = true' needs at least one pin");
   }
-  out.spec = absl::StrCat(out.address.ToString(), "#", out.peer.auth_name);
+  out.spec = out.transport == Transport::kHttps
+                 ? absl::StrCat("https://", out.address.ToString(), out.doh_path, "#",
+                                out.peer.auth_name)
+                 : absl::StrCat(out.address.ToString(), "#", out.peer.auth_name);
   return absl::OkStatus();
 }
 

@@ -32,7 +32,9 @@ constexpr Option kOptions[] = {
              "defaulting to the IP (IP SAN); PIN a base64 SHA-256\n"
              "SPKI pin (tools/spki-pin.sh), repeatable with '^';\n"
              "repeatable (default: 1.1.1.1#cloudflare-dns.com,\n"
-             "1.0.0.1#cloudflare-dns.com)"},
+             "1.0.0.1#cloudflare-dns.com); https://IP[:PORT][/PATH]\n"
+             "[#NAME][^PIN] for DNS over HTTPS (port 443, /dns-query);\n"
+             "udp:// and tcp:// for plain DNS (--allow-plaintext)"},
     {.flag = "ca-file", .toml_key = "ca_file", .kind = OptionKind::kPath, .field = &Config::ca_file,
      .value_name = "PEM", .help = "trust anchors (default: the system CA store)"},
     {.flag = "hosts-file", .toml_key = "hosts_file", .kind = OptionKind::kPath,

@@ -83,7 +83,7 @@ absl::Status CheckUpstreamList(const std::vector<UpstreamConfig>& upstreams, boo
     }
     // No silent downgrade of privacy: what leaves for the public Internet
     // goes over TLS unless the operator says otherwise.
-    if (upstream.transport != Transport::kTls && !allow_plaintext) {
+    if (!IsEncrypted(upstream.transport) && !allow_plaintext) {
       return absl::InvalidArgumentError(absl::StrCat(
           "upstream '", Excerpt(upstream.spec),
           "': plain DNS upstreams are not allowed for the default zone without "

@@ -35,7 +35,7 @@ std::string UpstreamSummary(const config::Config& config) {
     items.push_back(absl::StrCat(upstream.transport == config::Transport::kTls
                                      ? absl::StrCat(upstream.address.ToString(), "#",
                                                     upstream.peer.auth_name)
-                                     : upstream.spec,
+                                     : upstream.spec,  // udp://, tcp://, https://...
                                  upstream.peer.pins.empty() ? "" : " (pinned)",
                                  upstream.priority != 0 ? absl::StrCat(" priority ", upstream.priority) : ""));
   }

@@ -118,7 +118,7 @@ bool SameUpstream(const config::UpstreamConfig& a, const config::UpstreamConfig&
   return a.spec == b.spec && a.address == b.address && a.transport == b.transport &&
          a.peer.auth_name == b.peer.auth_name && a.peer.pins == b.peer.pins &&
          a.peer.pin_only == b.peer.pin_only && a.priority == b.priority &&
-         a.metrics_slot == b.metrics_slot;
+         a.metrics_slot == b.metrics_slot && a.doh_path == b.doh_path;
 }
 
 // Whether a reload from `a` to `b` needs a new upstream pool: anything a

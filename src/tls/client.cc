@@ -112,7 +112,7 @@ void Session::Reset() {
 }
 
 absl::Status Session::Start(const ClientContext& context, const PeerPolicy& policy,
-                            ResumptionCache* cache) {
+                            ResumptionCache* cache, std::string_view alpn) {
   Reset();
   error_.clear();
   pin_mismatch_ = false;
@@ -131,6 +131,14 @@ absl::Status Session::Start(const ClientContext& context, const PeerPolicy& poli
       wolfSSL_UseSNI(ssl_, WOLFSSL_SNI_HOST_NAME, auth_name.data(),
                      static_cast<unsigned short>(auth_name.size())) != WOLFSSL_SUCCESS) {
     return absl::InternalError("wolfSSL_UseSNI failed");
+  }
+  if (!alpn.empty()) {
+    // wolfSSL_UseALPN takes a comma-separated list and does not keep it.
+    std::string list(alpn);
+    if (wolfSSL_UseALPN(ssl_, list.data(), static_cast<unsigned int>(list.size()),
+                        WOLFSSL_ALPN_FAILED_ON_MISMATCH) != WOLFSSL_SUCCESS) {
+      return absl::InternalError("wolfSSL_UseALPN failed");
+    }
   }
   if (policy.pin_only) {
     // The operator chose pins as the only authentication: no CA or name
@@ -241,6 +249,17 @@ std::string Session::Describe() const {
   if (ssl_ == nullptr) return "";
   return absl::StrCat(wolfSSL_get_version(ssl_), " ", wolfSSL_get_cipher_name(ssl_),
                       resumed_ ? ", resumed" : "");
+}
+
+std::string_view Session::alpn() const {
+  if (ssl_ == nullptr) return {};
+  char* protocol = nullptr;
+  unsigned short length = 0;
+  if (wolfSSL_ALPN_GetProtocol(ssl_, &protocol, &length) != WOLFSSL_SUCCESS ||
+      protocol == nullptr) {
+    return {};
+  }
+  return {protocol, length};
 }
 
 int Session::Read(std::span<uint8_t> plain) {

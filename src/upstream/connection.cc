@@ -30,6 +30,7 @@ const char* ToString(ConnectionKind kind) {
     case ConnectionKind::kTls: return "tls";
     case ConnectionKind::kTcp: return "tcp";
     case ConnectionKind::kUdp: return "udp";
+    case ConnectionKind::kHttps: return "https";
   }
   return "?";
 }
@@ -66,8 +67,11 @@ Connection::Connection(uint32_t index, int upstream, UpstreamTarget& target,
       rng_(rng),
       observer_(observer),
       stats_(stats),
-      // A datagram connection frames nothing: no stream buffers.
-      framer_(kind == ConnectionKind::kUdp ? 0 : 2 * (kMaxStreamMessage + 2)) {
+      // A datagram connection frames nothing, and a DoH one has HTTP/2
+      // frames (its codec keeps each stream's body): no stream buffers.
+      framer_(kind == ConnectionKind::kUdp || kind == ConnectionKind::kHttps
+                  ? 0
+                  : 2 * (kMaxStreamMessage + 2)) {
   lost_.reserve(IdTable::kIds);
   if (kind_ == ConnectionKind::kUdp) {
     datagrams_.resize(settings_.datagram_slots);
@@ -78,6 +82,18 @@ Connection::Connection(uint32_t index, int upstream, UpstreamTarget& target,
     datagram_of_id_.reset(new uint16_t[IdTable::kIds]);
     std::fill_n(datagram_of_id_.get(), IdTable::kIds, kNoDatagram);
     return;
+  }
+  if (kind_ == ConnectionKind::kHttps) {
+    // :authority is the authentication name (an IPv6 literal in brackets).
+    const std::string& name = target_.policy->auth_name;
+    http::DohClientSettings doh;
+    doh.authority = name.find(':') != std::string::npos ? absl::StrCat("[", name, "]") : name;
+    if (target_.doh_path != nullptr) doh.path = *target_.doh_path;
+    doh.max_streams = settings_.http_streams;
+    doh_ = std::make_unique<http::DohClient>(std::move(doh),
+                                             static_cast<http::DohClient::Observer&>(*this));
+    doh_in_.reset(new uint8_t[kDohReadChunk]);
+    doh_out_.reserve(64 * 1024);
   }
   pending_plain_.reserve(64 * 1024);
   sending_.reserve(64 * 1024);
@@ -91,6 +107,7 @@ std::string Connection::Describe() const {
     case ConnectionKind::kTls: return session_.Describe();
     case ConnectionKind::kTcp: return "plain TCP";
     case ConnectionKind::kUdp: return "plain UDP";
+    case ConnectionKind::kHttps: return absl::StrCat(session_.Describe(), ", HTTP/2");
   }
   return "?";
 }
@@ -111,6 +128,15 @@ absl::Status Connection::Connect() {
   sending_.clear();
   plain_outbound_.clear();
   send_.Reset();
+  if (kind_ == ConnectionKind::kHttps) {
+    // The HTTP/2 session exists from now on, so queries that arrive during
+    // the handshake become streams queued behind the preface.
+    if (auto status = doh_->Start(); !status.ok()) {
+      fd_.reset();
+      state_ = ConnectionState::kIdle;
+      return status;
+    }
+  }
   reactor_.Connect(fd_.get(), target_.address->get(), target_.address->length,
                    Tag(io::Op::kUpstreamConnect));
   ++ops_in_flight_;
@@ -162,7 +188,8 @@ void Connection::OnConnected(const io::Completion& completion) {
     BecomeReady();
     return;
   }
-  if (auto status = session_.Start(tls_context_, *target_.policy, &target_.resumption);
+  if (auto status = session_.Start(tls_context_, *target_.policy, &target_.resumption,
+                                   kind_ == ConnectionKind::kHttps ? "h2" : "");
       !status.ok()) {
     Close(CloseReason::kHandshakeFailed, std::string(status.message()));
     return;
@@ -187,6 +214,12 @@ void Connection::DriveHandshake() {
     }
     Close(verification ? CloseReason::kVerifyFailed : CloseReason::kHandshakeFailed,
           absl::StrCat("TLS handshake: ", session_.error()));
+    return;
+  }
+  if (kind_ == ConnectionKind::kHttps && session_.alpn() != "h2") {
+    // RFC 8484 §5.2: HTTP/2 is the minimum; this codec speaks nothing else.
+    Close(CloseReason::kHandshakeFailed,
+          absl::StrCat("the upstream did not select ALPN h2 (got '", std::string(session_.alpn()), "')"));
     return;
   }
   if (session_.resumed()) Bump(target_.stats->resumptions);
@@ -268,6 +301,10 @@ void Connection::OnReceive(const io::Completion& completion) {
 }
 
 void Connection::ReadPlaintext() {
+  if (kind_ == ConnectionKind::kHttps) {
+    ReadStreams();
+    return;
+  }
   while (state_ == ConnectionState::kReady) {
     const int n = session_.Read(framer_.WritableSpace());
     if (n == 0) break;
@@ -311,6 +348,7 @@ void Connection::ReadFramed() {
 
 bool Connection::Queue(uint32_t token, std::span<uint8_t> query, uint16_t& id) {
   if (kind_ == ConnectionKind::kUdp) return QueueDatagram(token, query, id);
+  if (kind_ == ConnectionKind::kHttps) return QueueStream(token, query, id);
   if (!ids_.Insert(token, rng_, id)) return false;
   dns::header::SetId(query.data(), id);
   const size_t at = pending_plain_.size();
@@ -324,6 +362,10 @@ bool Connection::Queue(uint32_t token, std::span<uint8_t> query, uint16_t& id) {
 void Connection::Flush() {
   if (kind_ == ConnectionKind::kUdp) {
     FlushDatagrams();
+    return;
+  }
+  if (kind_ == ConnectionKind::kHttps) {
+    FlushStreams();
     return;
   }
   if (state_ != ConnectionState::kReady || pending_plain_.empty()) return;
@@ -396,6 +438,8 @@ void Connection::Close(CloseReason reason, std::string_view detail) {
   ids_.Clear();
   pending_plain_.clear();
   if (kind_ == ConnectionKind::kUdp) ClearDatagrams();
+  // Its streams die with it (reported through `lost_`, not one by one).
+  if (kind_ == ConnectionKind::kHttps) doh_->Reset();
   if (ops_in_flight_ > 0) reactor_.Abandon(fd_.get());
   MaybeRecycle();
   observer_.OnClosed(*this, reason, detail, lost_);

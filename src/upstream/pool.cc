@@ -47,11 +47,15 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
   // A UDP slot comes free only after its send completed: room for a
   // batch being sent beside a full window.
   settings_.connection.datagram_slots = 2 * settings_.max_inflight_per_connection + 16;
+  // A DoH stream slot comes free when its stream closes: the cap plus
+  // room for probes.
+  settings_.connection.http_streams = settings_.max_inflight_per_connection + 16;
   for (size_t u = 0; u < upstreams.size(); ++u) {
     const config::UpstreamConfig& config = upstreams[u];
     Upstream& upstream = upstreams_[u];
     upstream.target.address = &config.address;
     upstream.target.policy = &config.peer;
+    upstream.target.doh_path = &config.doh_path;
     upstream.target.stats = &upstream_stats[
         config.metrics_slot == config::UpstreamConfig::kPositionSlot ? u : config.metrics_slot];
     upstream.spec = config.spec;
@@ -62,6 +66,8 @@ UpstreamPool::UpstreamPool(std::span<const config::UpstreamConfig> upstreams,
     const ConnectionKind kind = config.transport == config::Transport::kUdp ? ConnectionKind::kUdp
                                 : config.transport == config::Transport::kTcp
                                     ? ConnectionKind::kTcp
+                                : config.transport == config::Transport::kHttps
+                                    ? ConnectionKind::kHttps
                                     : ConnectionKind::kTls;
     auto add = [&](ConnectionKind k) {
       const auto local = static_cast<uint32_t>(connections_.size());
@@ -113,7 +119,7 @@ bool UpstreamPool::Describe(int upstream, const sockaddr** address, bool* tls, b
   if (u < 0) return false;
   const Upstream& entry = upstreams_[static_cast<size_t>(u)];
   *address = entry.target.address->get();
-  *tls = entry.transport == config::Transport::kTls;
+  *tls = config::IsEncrypted(entry.transport);
   *udp = entry.transport == config::Transport::kUdp;
   return true;
 }
@@ -180,7 +186,10 @@ bool UpstreamPool::Usable(int u) const {
   for (uint32_t index : upstream.connections) {
     const Connection& connection = *connections_[index];
     if (connection.alive()) {
-      if (connection.in_flight() < settings_.max_inflight_per_connection) return true;
+      if (connection.in_flight() < settings_.max_inflight_per_connection &&
+          connection.accepting()) {
+        return true;
+      }
     } else if (connection.state() == ConnectionState::kIdle) {
       can_open = true;
     }
@@ -195,13 +204,16 @@ Connection* UpstreamPool::Acquire(int u) {
   // A verified connection first, then one being set up, then a new one.
   for (uint32_t index : upstream.connections) {
     Connection& connection = *connections_[index];
-    if (connection.state() == ConnectionState::kReady && connection.in_flight() < cap) {
+    if (connection.state() == ConnectionState::kReady && connection.in_flight() < cap &&
+        connection.accepting()) {
       return &connection;
     }
   }
   for (uint32_t index : upstream.connections) {
     Connection& connection = *connections_[index];
-    if (connection.alive() && connection.in_flight() < cap) return &connection;
+    if (connection.alive() && connection.in_flight() < cap && connection.accepting()) {
+      return &connection;
+    }
   }
   if (clock_.now() < upstream.retry_at) return nullptr;
   for (uint32_t index : upstream.connections) {
@@ -384,6 +396,33 @@ void UpstreamPool::OnClosed(Connection& connection, CloseReason reason, std::str
     sink_->OnQueryLost(token, Tagged(u), failure);
   }
   if (connection.kind() == ConnectionKind::kUdp) DropFallbacksOf(connection, u);
+}
+
+// A DoH query failed on a connection that stays up: retried once (elsewhere
+// when possible) or failed now, as a query lost with its connection.
+void UpstreamPool::OnQueryFailed(Connection& connection, uint32_t token, bool upstream_failed,
+                                 std::string_view detail) {
+  const int u = connection.upstream();
+  Unbind({Tagged(u), connection.index(), 0});
+  if (upstream_failed) {
+    NoteHealth(u, health_.RecordFailure(u, clock_.now()));
+    Upstream& upstream = upstreams_[u];
+    const auto now = clock_.now();
+    if (now - upstream.last_failure_log >= kFailureLogInterval) {
+      upstream.last_failure_log = now;
+      Log(Severity::kWarning, "shard %d: upstream %s: query failed: %s", shard_index_,
+          upstream.spec, std::string(detail));
+    }
+  }
+  if (token & kProbeToken) {
+    upstreams_[u].probe_outstanding = false;
+    return;
+  }
+  if (token & kFallbackToken) {  // not made on DoH connections; for completeness
+    LoseFallback(u, token, upstream_failed);
+    return;
+  }
+  sink_->OnQueryLost(token, Tagged(u), upstream_failed);
 }
 
 void UpstreamPool::UpstreamFailed(int u, std::string_view reason) {

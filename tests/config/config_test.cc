@@ -167,6 +167,46 @@ TEST(ParseUpstreamTest, SchemesNameTheTransport) {
   EXPECT_EQ(tcp->address.ToString(), "[fd00::53]:5353");
 }
 
+TEST(ParseUpstreamTest, HttpsDefaultsToPort443AndDnsQuery) {
+  auto doh = ParseUpstream("https://9.9.9.9#dns.quad9.net");
+  ASSERT_TRUE(doh.ok()) << doh.status();
+  EXPECT_EQ(doh->transport, Transport::kHttps);
+  EXPECT_EQ(doh->address.ToString(), "9.9.9.9:443");
+  EXPECT_EQ(doh->doh_path, "/dns-query");
+  EXPECT_EQ(doh->peer.auth_name, "dns.quad9.net");
+  EXPECT_TRUE(IsEncrypted(doh->transport));
+  auto bare = ParseUpstream("https://127.0.0.1");
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ(bare->peer.auth_name, "127.0.0.1");  // an IP SAN, as for DoT
+}
+
+TEST(ParseUpstreamTest, HttpsTakesPortPathNameAndPins) {
+  const std::string pin(43, 'A');
+  auto doh = ParseUpstream("https://[::1]:8443/resolve/v1#doh.test^" + pin + "=");
+  ASSERT_TRUE(doh.ok()) << doh.status();
+  EXPECT_EQ(doh->address.ToString(), "[::1]:8443");
+  EXPECT_EQ(doh->doh_path, "/resolve/v1");
+  EXPECT_EQ(doh->peer.auth_name, "doh.test");
+  EXPECT_EQ(doh->peer.pins.size(), 1u);
+  EXPECT_EQ(doh->spec, "https://[::1]:8443/resolve/v1#doh.test");
+  auto v4 = ParseUpstream("https://127.0.0.1:8443/dns-query");
+  ASSERT_TRUE(v4.ok()) << v4.status();
+  EXPECT_EQ(v4->address.port(), 8443);
+}
+
+TEST(ParseUpstreamTest, HttpsRefusesQueriesTemplatesAndBadAddresses) {
+  auto templated = ParseUpstream("https://1.1.1.1/dns-query{?dns}");
+  ASSERT_FALSE(templated.ok());
+  EXPECT_NE(templated.status().message().find("without a query or URI template"),
+            std::string::npos) << templated.status();
+  EXPECT_FALSE(ParseUpstream("https://1.1.1.1/dns-query?dns=x").ok());
+  EXPECT_FALSE(ParseUpstream("https://1.1.1.1/a b").ok());
+  EXPECT_FALSE(ParseUpstream("https://dns.google/dns-query").ok());  // not an IP
+  EXPECT_FALSE(ParseUpstream("https:///dns-query").ok());
+  EXPECT_FALSE(ParseUpstream("https://1.1.1.1/" + std::string(300, 'a')).ok());
+  EXPECT_FALSE(ParseUpstream("https://1.1.1.1#").ok());
+}
+
 TEST(ParseUpstreamTest, PlainUpstreamsTakeNoNameOrPin) {
   auto named = ParseUpstream("udp://10.0.0.1#internal");
   ASSERT_FALSE(named.ok());
@@ -665,6 +705,32 @@ TEST_F(ConfigFileTest, ReadsPlainUpstreamsAndAllowPlaintext) {
                                       "[[upstream]]\naddress = \"udp://10.96.0.10\"\nname = \"x\"\n");
   Config refused;
   EXPECT_TRUE(FailsMentioning(LoadConfigFile(named, refused), "named.toml:1"));
+}
+
+TEST_F(ConfigFileTest, ReadsHttpsUpstreams) {
+  const std::string path = WriteFile("doh.toml", "listen = [\"127.0.0.1:53\"]\n"
+                                     "[[upstream]]\naddress = \"https://127.0.0.1:8443/q\"\n"
+                                     "name = \"doh.test\"\n"
+                                     "[[upstream]]\naddress = \"https://[::1]\"\n");
+  Config config;
+  ASSERT_TRUE(LoadConfigFile(path, config).ok());
+  ASSERT_EQ(config.upstreams.size(), 2u);
+  EXPECT_EQ(config.upstreams[0].transport, Transport::kHttps);
+  EXPECT_EQ(config.upstreams[0].address.port(), 8443);
+  EXPECT_EQ(config.upstreams[0].doh_path, "/q");
+  EXPECT_EQ(config.upstreams[0].peer.auth_name, "doh.test");
+  EXPECT_EQ(config.upstreams[0].spec, "https://127.0.0.1:8443/q#doh.test");
+  EXPECT_EQ(config.upstreams[1].address.port(), 443);
+  EXPECT_EQ(config.upstreams[1].doh_path, "/dns-query");
+  EXPECT_EQ(config.upstreams[1].peer.auth_name, "::1");
+  // Encrypted: no allow_plaintext needed.
+  EXPECT_TRUE(ValidateConfig(config).ok()) << ValidateConfig(config);
+  const std::string bad = WriteFile("bad_doh.toml",
+                                    "[[upstream]]\naddress = \"https://127.0.0.1/x?y\"\n");
+  Config refused;
+  const absl::Status status = LoadConfigFile(bad, refused);
+  EXPECT_TRUE(FailsMentioning(status, "bad_doh.toml:2")) << status;
+  EXPECT_TRUE(FailsMentioning(status, "without a query"));
 }
 
 TEST_F(ConfigFileTest, RefusesDevZero) {

@@ -1,5 +1,6 @@
 // Fuzz target "config_text": the parsers of single values, fed the same
-// text: the upstream spec (config::ParseUpstream, IP[:PORT][#NAME][^PIN...]),
+// text: the upstream spec (config::ParseUpstream, IP[:PORT][#NAME][^PIN...],
+// https://IP[:PORT][/PATH]..., udp://, tcp://),
 // a SPKI pin (ParsePin), a CIDR (frontend::ParseCidr), a socket address
 // (io::ParseSocketAddress), and every option row's flag syntax
 // (Option::SetFromText: numbers, choices, paths, lists). Accepted values
@@ -31,10 +32,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
 
   if (auto upstream = config::ParseUpstream(text); upstream.ok()) {
-    // DoT upstreams are authenticated by a name; plain ones (udp://,
-    // tcp://) carry none, nor pins.
-    if (upstream->transport == config::Transport::kTls) {
+    // DoT and DoH upstreams are authenticated by a name; plain ones
+    // (udp://, tcp://) carry none, nor pins. A DoH path is a bounded path.
+    if (config::IsEncrypted(upstream->transport)) {
       FUZZ_CHECK(!upstream->peer.auth_name.empty());
+      if (upstream->transport == config::Transport::kHttps) {
+        FUZZ_CHECK(!upstream->doh_path.empty() && upstream->doh_path[0] == '/');
+        FUZZ_CHECK(upstream->doh_path.size() <= config::kMaxDohPathBytes);
+        FUZZ_CHECK(upstream->doh_path.find_first_of("?#{} ") == std::string::npos);
+      }
     } else {
       FUZZ_CHECK(upstream->peer.auth_name.empty() && upstream->peer.pins.empty());
     }

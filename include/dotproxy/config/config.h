@@ -38,17 +38,30 @@ inline constexpr size_t kMaxAuthNameBytes = 253;
 using SpkiPin = tls::SpkiPin;
 
 // How queries reach an upstream. kTls is DNS over TLS (RFC 7858), the
-// default; kTcp and kUdp are plain DNS (RFC 1035, RFC 7766), for internal
-// resolvers reached over a network the operator trusts (forward zones).
-enum class Transport : uint8_t { kTls, kTcp, kUdp };
+// default; kHttps is DNS over HTTPS (RFC 8484: HTTP/2 over the same TLS,
+// verification and pins); kTcp and kUdp are plain DNS (RFC 1035, RFC
+// 7766), for internal resolvers reached over a network the operator trusts
+// (forward zones).
+enum class Transport : uint8_t { kTls, kTcp, kUdp, kHttps };
 inline constexpr uint16_t kPlainDnsPort = 53;
+inline constexpr uint16_t kHttpsPort = 443;
+inline constexpr char kDefaultDohPath[] = "/dns-query";  // RFC 8484 §4.1.1's example
+// Longest DoH :path accepted.
+inline constexpr size_t kMaxDohPathBytes = 256;
+// TLS-protected and authenticated (name, pins): DoT and DoH.
+inline bool IsEncrypted(Transport transport) {
+  return transport == Transport::kTls || transport == Transport::kHttps;
+}
 
 struct UpstreamConfig {
   io::SocketAddress address;
   // From the spec's scheme: "tls://" or none is kTls, "tcp://" kTcp,
-  // "udp://" kUdp (which falls back to TCP on a TC=1 answer). Plain
-  // upstreams carry no name or pins.
+  // "udp://" kUdp (which falls back to TCP on a TC=1 answer), "https://"
+  // kHttps. Plain upstreams carry no name or pins.
   Transport transport = Transport::kTls;
+  // kHttps: the request :path (RFC 8484 POST), kDefaultDohPath unless the
+  // spec names one.
+  std::string doh_path;
   // How the upstream is authenticated, used as is by its TLS sessions:
   // auth_name is SNI and the certificate name check (default: the IP
   // literal, which must then appear as an IP SAN); with pins, some
@@ -212,9 +225,14 @@ absl::Status LoadConfigText(std::string_view text, const std::string& path, Conf
 // reading one cannot exhaust memory.
 inline constexpr size_t kMaxConfigFileBytes = size_t{16} << 20;
 
-// Parses `IP[:PORT][#NAME][^PIN[^PIN...]]` (IPv6 in brackets when a port
-// follows).
+// Parses `[tls://]IP[:PORT][#NAME][^PIN[^PIN...]]` (IPv6 in brackets when a
+// port follows), `https://IP[:PORT][/PATH][#NAME][^PIN...]` (DoH: port 443,
+// path /dns-query by default), `tcp://IP[:PORT]` and `udp://IP[:PORT]`.
 absl::StatusOr<UpstreamConfig> ParseUpstream(std::string_view spec);
+
+// The `IP[:PORT][/PATH]` of an https:// upstream (scheme removed): sets
+// `upstream.address` and `upstream.doh_path`.
+absl::Status ParseHttpsAddress(std::string_view text, UpstreamConfig& upstream);
 
 // Every upstream of every zone, the default zone's first, then each zone's
 // in order (metric slots are assigned over this list).

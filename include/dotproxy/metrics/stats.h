@@ -101,6 +101,8 @@ namespace dotproxy::metrics {
   X(verify_failures, "certificate, name or pin verification failures")       \
   X(pin_failures, "of which SPKI pin mismatches")                            \
   X(tc_fallbacks, "truncated UDP answers retried over TCP (udp:// only)")   \
+  X(http_errors, "DoH queries failed by HTTP status, content type, body or stream reset (https:// only)") \
+  X(goaways, "HTTP/2 GOAWAYs received; the connection finishes its streams and closes (https:// only)") \
   X(healthy, "1 when healthy, 0 when unhealthy (gauge)")                     \
   X(latency_us, "latency EWMA in microseconds (gauge)")                      \
   X(in_flight, "queries in flight (gauge)")                                  \

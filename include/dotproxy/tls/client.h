@@ -13,6 +13,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -82,8 +83,12 @@ class Session {
   //
   // `cache` (may be null) offers its session for resumption and receives new
   // tickets; it must outlive this session's handshake and reads.
+  //
+  // `alpn` (when not empty) is offered as the only application protocol
+  // (RFC 7301), and the handshake fails unless the server selects it
+  // ("h2" for DNS over HTTPS).
   absl::Status Start(const ClientContext& context, const PeerPolicy& policy,
-                     ResumptionCache* cache);
+                     ResumptionCache* cache, std::string_view alpn = {});
   // Drops the wolfSSL object and all buffered bytes.
   void Reset();
 
@@ -114,6 +119,8 @@ class Session {
   bool verified() const { return handshake_done_; }
   // "TLSv1.3 TLS13-CHACHA20-POLY1305-SHA256, resumed", for logs.
   std::string Describe() const;
+  // The application protocol the server selected (ALPN), empty when none.
+  std::string_view alpn() const;
   // True when the last failure was a pin mismatch.
   bool pin_mismatch() const { return pin_mismatch_; }
   // True when the last failure was the peer failing authentication (CA,

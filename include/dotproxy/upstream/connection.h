@@ -6,7 +6,11 @@
 // send in flight, close. The same connection without TLS is a plain
 // DNS-over-TCP one (RFC 7766, kind kTcp: the framed batch goes to the
 // socket as it is), and kind kUdp is a connected UDP socket to the upstream
-// that sends each query as a datagram (datagram.cc). Pipelined queries are matched by ID (RFC 7766
+// that sends each query as a datagram (datagram.cc). Kind kHttps is DNS
+// over HTTPS (RFC 8484, https.cc): the same TCP connect, TLS handshake,
+// verification and batched writes, with ALPN "h2" and an HTTP/2 codec
+// (http::DohClient) between TLS and the DNS messages; each query is a
+// stream. Pipelined queries are matched by ID (RFC 7766
 // §6.2.1) through the connection's own ID table, which maps an upstream ID
 // to an opaque token. It reports readiness, answers and its close to a
 // ConnectionObserver (the pool) and never touches query slots.
@@ -25,6 +29,7 @@
 
 #include "dotproxy/dns/message.h"
 #include "dotproxy/dns/stream_framer.h"
+#include "dotproxy/http/doh_client.h"
 #include "dotproxy/io/clock.h"
 #include "dotproxy/io/reactor.h"
 #include "dotproxy/io/socket.h"
@@ -64,6 +69,7 @@ enum class ConnectionKind : uint8_t {
   kTls,  // DNS over TLS (RFC 7858)
   kTcp,  // plain DNS over TCP, pipelined (RFC 7766)
   kUdp,  // plain DNS over a connected UDP socket (RFC 1035 §4.2.1)
+  kHttps,  // DNS over HTTPS (RFC 8484): HTTP/2 streams over TLS
 };
 const char* ToString(ConnectionKind kind);
 
@@ -75,6 +81,9 @@ inline constexpr size_t kMaxDatagramQuery = 1232;
 
 // Largest DNS message on a stream (RFC 1035 §4.2.2: 16-bit length).
 inline constexpr size_t kMaxStreamMessage = 65535;
+// kHttps: plaintext decrypted per read for the HTTP/2 codec (one TLS
+// record's worth).
+inline constexpr size_t kDohReadChunk = 16 * 1024;
 
 // What a connection knows of its upstream. Owned by the pool, shared by the
 // upstream's connections.
@@ -83,6 +92,8 @@ struct UpstreamTarget {
   const tls::PeerPolicy* policy = nullptr;     // borrowed from the Config
   tls::ResumptionCache resumption;  // this shard's ticket for the upstream
   metrics::UpstreamStats* stats = nullptr;
+  // kHttps: the request :path (borrowed from the Config).
+  const std::string* doh_path = nullptr;
 };
 
 struct ConnectionSettings {
@@ -97,6 +108,9 @@ struct ConnectionSettings {
   // kUdp: queries in flight at once (the pool's per-connection cap); each
   // has a preallocated copy of its query.
   size_t datagram_slots = 128;
+  // kHttps: HTTP/2 streams in flight at once (the pool's per-connection
+  // cap and room for probes); each has preallocated query and body buffers.
+  size_t http_streams = 128;
 };
 
 class Connection;
@@ -111,16 +125,21 @@ class ConnectionObserver {
   // (their IDs are already freed); it borrows the connection's scratch.
   virtual void OnClosed(Connection& connection, CloseReason reason, std::string_view detail,
                         std::span<const uint32_t> lost) = 0;
+  // kHttps: the query under `token` ended without an answer while the
+  // connection stays up (HTTP status, content type, body, stream reset:
+  // `upstream_failed`; refused after GOAWAY: not). Its ID is already freed.
+  virtual void OnQueryFailed(Connection& connection, uint32_t token, bool upstream_failed,
+                             std::string_view detail) = 0;
 };
 
-class Connection {
+class Connection : private http::DohClient::Observer {
  public:
   Connection(uint32_t index, int upstream, UpstreamTarget& target,
              const ConnectionSettings& settings, io::Reactor& reactor,
              const io::LoopClock& clock, const tls::ClientContext& tls_context, FastRng& rng,
              ConnectionObserver& observer, metrics::ShardStats& stats,
              ConnectionKind kind = ConnectionKind::kTls);
-  ~Connection();
+  ~Connection() override;
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
@@ -141,6 +160,7 @@ class Connection {
   void Erase(uint16_t id) {
     ids_.Erase(id);
     if (kind_ == ConnectionKind::kUdp) FreeDatagram(id);
+    if (kind_ == ConnectionKind::kHttps) doh_->Cancel(id);  // RST_STREAM unless answered
   }
   // An answer matched: the stream is alive.
   void NoteAnswered();
@@ -159,6 +179,9 @@ class Connection {
            state_ == ConnectionState::kHandshaking;
   }
   size_t in_flight() const { return ids_.size(); }
+  // False once a DoH upstream sent GOAWAY: the streams it still serves
+  // finish here, new queries go to another connection.
+  bool accepting() const { return kind_ != ConnectionKind::kHttps || !doh_->going_away(); }
   int upstream() const { return upstream_; }
   uint32_t index() const { return index_; }
   ConnectionKind kind() const { return kind_; }
@@ -196,8 +219,14 @@ class Connection {
   // Reads the socket's local address (one getsockname per connection).
   void NoteLocalAddress();
   std::vector<uint8_t>& Outbound() {
-    return kind_ == ConnectionKind::kTls ? session_.outbound() : plain_outbound_;
+    return kind_ == ConnectionKind::kTcp ? plain_outbound_ : session_.outbound();
   }
+  // kHttps (https.cc).
+  bool QueueStream(uint32_t token, std::span<uint8_t> query, uint16_t& id);
+  void ReadStreams();
+  void FlushStreams();
+  void OnResponse(uint16_t tag, http::DohClient::Result result, int status,
+                  std::span<uint8_t> body) override;
   // kUdp (datagram.cc). A query's datagram, borrowed by its SendTo.
   struct DatagramQuery {
     io::MessageHeader header;
@@ -264,6 +293,12 @@ class Connection {
   std::vector<uint16_t> sent_datagrams_;     // slots whose SendTo may be in flight
   std::unique_ptr<uint16_t[]> datagram_of_id_;  // kNoDatagram when unbound
   int datagram_sends_ = 0;  // SendTo operations in flight
+
+  // kHttps: the HTTP/2 codec, plaintext read from TLS for it, and what it
+  // drained for this iteration's one TLS write.
+  std::unique_ptr<http::DohClient> doh_;
+  std::unique_ptr<uint8_t[]> doh_in_;
+  std::vector<uint8_t> doh_out_;
 };
 
 }  // namespace dotproxy::upstream

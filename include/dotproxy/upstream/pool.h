@@ -168,6 +168,8 @@ class UpstreamPool final : public QueryRouter, public ConnectionObserver {
   // ConnectionObserver (only its connections call these).
   void OnReady(Connection& connection) override;
   void OnMessage(Connection& connection, std::span<uint8_t> message) override;
+  void OnQueryFailed(Connection& connection, uint32_t token, bool upstream_failed,
+                     std::string_view detail) override;
   void OnClosed(Connection& connection, CloseReason reason, std::string_view detail,
                 std::span<const uint32_t> lost) override;
 
