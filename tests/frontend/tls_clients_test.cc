@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "bench/common/wire.h"
+#include "dotproxy/dns/stream_framer.h"
 #include "dotproxy/tls/client.h"
 #include "tests/io/test_reactor.h"
 
@@ -109,6 +110,53 @@ struct Client {
   }
 };
 
+// A stand-in for the DoH codec on the StreamProtocol seam: DNS-over-TCP
+// framing in, but each query on its own odd stream id (as HTTP/2 client
+// streams are), answers tagged with their stream id on the way out.
+class FakeHttpsProtocol final : public StreamProtocol {
+ public:
+  explicit FakeHttpsProtocol(std::span<uint8_t> out) : framer_(in_), out_(out) {}
+  void Reset() override {
+    framer_.Clear();
+    out_end_ = 0;
+    next_stream_ = 1;
+  }
+  std::span<uint8_t> InputSpace() override { return framer_.WritableSpace(); }
+  Intake CommitInput(size_t n, Host& host) override {
+    framer_.Commit(n);
+    std::span<uint8_t> message;
+    while (framer_.NextMessage(512, message) == dns::StreamFramer::Next::kMessage) {
+      const uint32_t stream = next_stream_;
+      next_stream_ += 2;
+      if (!host.OnQuery(message, stream)) return Intake::kClosed;
+    }
+    framer_.Compact();
+    return Intake::kOk;
+  }
+  bool mid_message() const override { return !framer_.empty(); }
+  std::span<uint8_t> BeginAnswer(uint32_t, size_t max_length) override {
+    if (out_.size() - out_end_ < 3 + max_length) return {};
+    return out_.subspan(out_end_ + 3, max_length);
+  }
+  void CommitAnswer(uint32_t stream, size_t length) override {
+    dns::WriteLengthPrefix(out_.data() + out_end_, length + 1);
+    out_[out_end_ + 2] = static_cast<uint8_t>(stream);
+    out_end_ += 3 + length;
+  }
+  std::span<const uint8_t> Output() override { return out_.first(out_end_); }
+  void Consumed(size_t n) override {
+    std::memmove(out_.data(), out_.data() + n, out_end_ - n);
+    out_end_ -= n;
+  }
+
+ private:
+  uint8_t in_[2048];
+  dns::StreamFramer framer_;
+  std::span<uint8_t> out_;
+  size_t out_end_ = 0;
+  uint32_t next_stream_ = 1;
+};
+
 class TlsClientsTest : public ::testing::TestWithParam<io::IoBackend> {
  protected:
   void SetUp() override {
@@ -126,13 +174,14 @@ class TlsClientsTest : public ::testing::TestWithParam<io::IoBackend> {
     policy_.auth_name = "upstream.test";
   }
 
-  void Open(TlsLimits limits = {}, const std::string& client_ca = "") {
+  void Open(TlsLimits limits = {}, const std::string& client_ca = "",
+            const StreamProtocolFactory& https = nullptr) {
     tls::ServerOptions options{PkiDir() + "/server.pem", PkiDir() + "/server.key",
                                client_ca.empty() ? "" : PkiDir() + "/" + client_ca};
     auto server = tls::ServerContext::Create(options);
     ASSERT_TRUE(server.ok()) << server.status();
     room_ = std::make_unique<TlsClients>(*reactor_, clock_, acl_, stats_, 0);
-    ASSERT_TRUE(room_->Open(listen_, *server, limits).ok());
+    ASSERT_TRUE(room_->Open(listen_, *server, limits, https).ok());
     room_->set_sink(&sink_);
     room_->Start();
   }
@@ -311,6 +360,37 @@ TEST_P(TlsClientsTest, AStaleClientRefReachesNothing) {
   EXPECT_EQ(room_->open_clients(), 0u);
   EXPECT_TRUE(room_->BeginReply(sink_.clients[0], 100).empty());
   room_->QueryDone(sink_.clients[0]);  // harmless
+}
+
+// The DoH seam: an https listener's connections speak the factory's protocol,
+// its stream ids reach the forwarder in ClientRef::stream and come back.
+TEST_P(TlsClientsTest, AnHttpsListenerRunsTheFactorysProtocolWithStreamIds) {
+  listen_[0].kind = TlsListenerKind::kHttps;
+  Open({}, "", [](std::span<uint8_t> out) { return std::make_unique<FakeHttpsProtocol>(out); });
+  auto client = Connect();
+  Handshake({client.get()});
+  ASSERT_TRUE(client->done) << client->session.error();
+  Bytes burst = Framed(bench::MakeQuery("a.example.test", 1, false));
+  const Bytes second = Framed(bench::MakeQuery("b.example.test", 2, false));
+  burst.insert(burst.end(), second.begin(), second.end());
+  ASSERT_TRUE(client->session.Write(burst));
+  client->Flush();
+  for (int i = 0; i < 50 && sink_.queries.size() < 2; ++i) Pump(1);
+  ASSERT_EQ(sink_.queries.size(), 2u);
+  EXPECT_EQ(sink_.clients[0].transport, Transport::kTls);
+  EXPECT_EQ(sink_.clients[0].stream, 1u);
+  EXPECT_EQ(sink_.clients[1].stream, 3u);
+  for (size_t q : {1u, 0u}) {
+    std::span<uint8_t> space = room_->BeginReply(sink_.clients[q], sink_.queries[q].size());
+    ASSERT_EQ(space.size(), sink_.queries[q].size());
+    std::memcpy(space.data(), sink_.queries[q].data(), space.size());
+    room_->CommitReply(sink_.clients[q], space.size());
+    room_->QueryDone(sink_.clients[q]);
+  }
+  const std::vector<Bytes> answers = ReadAnswers(*client, 2);
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_EQ(answers[0][0], 3);  // stream 3 answered first
+  EXPECT_EQ(answers[1][0], 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, TlsClientsTest,

@@ -95,8 +95,11 @@ class TlsClients final : private StreamProtocol::Host {
   // Binds a listener per address (SO_REUSEPORT: one per shard) and sizes
   // the client table. `context` serves the handshakes (not null when any
   // listener is given).
+  // `https` makes the protocol of connections on kHttps listeners (DoH);
+  // required when any listener is one.
   absl::Status Open(std::span<const TlsListen> listen,
-                    std::shared_ptr<const tls::ServerContext> context, const TlsLimits& limits);
+                    std::shared_ptr<const tls::ServerContext> context, const TlsLimits& limits,
+                    const StreamProtocolFactory& https = nullptr);
   void set_sink(QuerySink* sink) { sink_ = sink; }
   // A reload: new handshakes use `context`; sessions established or in
   // progress keep the one they started with until they close.
@@ -145,7 +148,9 @@ class TlsClients final : private StreamProtocol::Host {
     int ops_in_flight = 0;
     io::UniqueFd fd;
     tls::ServerSession session;
-    std::unique_ptr<StreamProtocol> protocol;  // DoT; a DoH slot would hold its codec's adapter
+    std::unique_ptr<StreamProtocol> dot;
+    std::unique_ptr<StreamProtocol> https;  // null without kHttps listeners
+    StreamProtocol* protocol = nullptr;     // the current connection's: one of the two
     std::vector<uint8_t> sending;              // ciphertext of the send in flight
     io::StreamSend send;
     bool recv_in_flight = false;
