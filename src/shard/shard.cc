@@ -536,8 +536,9 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
       kUdpReplySlots * (frontend::kMaxUdpReply + 128) + connections * per_connection +
       (config.rate_limit > 0 ? frontend::RateLimiter::kMemoryBytes : 0) +
       (config.dnstap.empty() ? 0 : dnstap::kRingBytesPerShard);
-  memory.tcp_worst_bytes =
-      static_cast<size_t>(config.max_tcp_clients) * frontend::TcpClients::kClientBytes;
+  memory.tcp_worst_bytes = static_cast<size_t>(config.max_tcp_clients) *
+      (frontend::TcpClients::kClientBytes +
+       (config.listen_tls.empty() ? 0 : frontend::TlsClients::kClientBytes));
   return memory;
 }
 

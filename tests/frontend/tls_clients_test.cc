@@ -150,7 +150,7 @@ class FakeHttpsProtocol final : public StreamProtocol {
   }
 
  private:
-  uint8_t in_[2048];
+  uint8_t in_[2048] = {};
   dns::StreamFramer framer_;
   std::span<uint8_t> out_;
   size_t out_end_ = 0;
