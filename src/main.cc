@@ -40,6 +40,7 @@
 #include "dotproxy/policy/tables.h"
 #include "dotproxy/shard/shard.h"
 #include "dotproxy/tls/client.h"
+#include "dotproxy/tls/server.h"
 #include "dotproxy_build_config.h"
 
 
@@ -218,6 +219,16 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (!config->listen_tls.empty()) {
+    // The TLS listeners' certificate: read and checked once, shared by every shard.
+    auto server = dotproxy::tls::ServerContext::Create(
+        {config->tls_cert, config->tls_key, config->tls_client_ca});
+    if (!server.ok()) {
+      std::fprintf(stderr, "dotproxy: %s\n", std::string(server.status().message()).c_str());
+      return 2;
+    }
+    config->tls_server = *std::move(server);
+  }
   // The I/O engine, chosen once so that every shard runs the same one.
   std::string backend_line;
   if (auto status = ChooseIoBackend(*config, backend_line); !status.ok()) {
@@ -391,6 +402,16 @@ int main(int argc, char** argv) {
     }
     Log(Severity::kInfo, "serving on %s with %d shards, %d upstreams", listen, config->threads,
         static_cast<int>(config->upstreams.size()));
+    if (!config->listen_tls.empty()) {
+      std::string tls_listen;
+      for (const auto& address : config->listen_tls) {
+        absl::StrAppend(&tls_listen, tls_listen.empty() ? "" : " ", address.ToString());
+      }
+      Log(Severity::kInfo, "DNS-over-TLS on %s (certificate %s%s)", tls_listen, config->tls_cert,
+          config->tls_client_ca.empty() ? ""
+                                        : absl::StrCat("; client certificates from ",
+                                                       config->tls_client_ca, " required"));
+    }
     Log(Severity::kInfo, "configuration: %s", dotproxy::daemon::ConfigSummary(*config));
     for (const auto& upstream : config->upstreams) {
       if (dotproxy::config::IsEncrypted(upstream.transport)) continue;
