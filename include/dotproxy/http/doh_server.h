@@ -1,0 +1,187 @@
+#pragma once
+// The server side of DNS over HTTPS (RFC 8484) on one HTTP/2 connection,
+// sans I/O: plaintext in (Receive), plaintext out (WriteOutput); whoever owns
+// the connection (the TLS front end) moves the bytes. Each valid request's
+// DNS query goes to a DohQuerySink with its stream id; the answer comes back
+// by stream id (Answer), and every query handed up ends with QueryDone.
+//
+//   DohServerSession session(options);        // once per connection slot
+//   session.Start(&sink);                     // connection accepted
+//   session.Receive(plaintext);               // -> sink.OnDohQuery(id, wire)
+//   session.Answer(id, answer); session.QueryDone(id);
+//   n = session.WriteOutput(buffer);          // -> TLS
+//   if (!session.alive()) { flush, close; session.Reset(); }
+//
+// Requests: GET PATH?dns=<base64url> and POST PATH with content-type
+// application/dns-message (PATH default /dns-query). Errors are HTTP
+// statuses: 404 other path, 405 other method, 415 other content type, 413
+// body over max_query_bytes (frontend::kMaxQuerySize), 414 a dns= parameter that decodes to
+// more, 400 missing or bad dns= parameter, an empty body or a message that
+// is not a DNS query (shorter than a header, or QR=1), 431 headers over the
+// limit, 503 a query the proxy ended without an answer. HTTP/2 only (the
+// TLS front end offers ALPN "h2" alone); no HTTP/1.1.
+//
+// Memory: nghttp2 allocates through a per-connection BoundedPool
+// (nghttp2_session_server_new3 with an nghttp2_mem over it), and the
+// answers waiting to be framed are copied into the same pool, so nothing
+// here calls malloc after construction, and a connection's memory is
+// bounded by DohServerOptions::pool_bytes whatever its peer does. Shard
+// thread only; the sink is called from inside Receive only.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+
+struct nghttp2_session;
+struct nghttp2_option;
+
+namespace dotproxy::http {
+
+class BoundedPool;
+
+// Counters of the DoH front end, shared by the sessions of a shard (plain
+// fields: one writer, the shard thread).
+struct DohServerStats {
+  uint64_t requests = 0;         // request streams opened
+  uint64_t queries = 0;          // DNS queries handed to the sink
+  uint64_t answers = 0;          // 200 responses submitted
+  uint64_t status_400 = 0;       // bad dns= parameter, empty body, not a query
+  uint64_t status_404 = 0;
+  uint64_t status_405 = 0;
+  uint64_t status_413 = 0;       // body (POST) too large
+  uint64_t status_414 = 0;       // dns= parameter (GET) too large
+  uint64_t status_415 = 0;
+  uint64_t status_431 = 0;       // request headers over max_header_bytes
+  uint64_t status_503 = 0;       // query ended without an answer
+  uint64_t refused_streams = 0;  // no free stream slot: RST_STREAM(REFUSED_STREAM)
+  uint64_t reset_in_flight = 0;  // streams reset by the client while their query was out
+  uint64_t late_answers = 0;     // answers for streams already gone (no-op)
+  uint64_t protocol_errors = 0;  // sessions ended by bad framing or out of memory
+  uint64_t goaways = 0;          // sessions ended by the client's GOAWAY
+};
+
+struct DohServerOptions {
+  std::string path = "/dns-query";
+  // SETTINGS_MAX_CONCURRENT_STREAMS, and the number of stream slots (each
+  // holds one query of up to frontend::kMaxQuerySize). A stream reset by
+  // the client keeps its slot until the proxy ends its query, so resets
+  // cannot multiply the queries in flight.
+  uint32_t max_concurrent_streams = 100;
+  // Largest DNS query accepted (body or decoded dns=); the front end sets
+  // frontend::kMaxQuerySize (not included here: frontend depends on http).
+  size_t max_query_bytes = 1024;
+  // Sum of a request's header names and values (HPACK-decoded).
+  size_t max_header_bytes = 8 * 1024;
+  // The per-connection pool for nghttp2 and pending answers; reserved, and
+  // committed only as it is touched. A 64 KiB answer takes a 128 KiB block.
+  size_t pool_bytes = 1024 * 1024;
+  DohServerStats* stats = nullptr;  // may be null: counted in a private struct
+};
+
+// Receives each valid request's DNS query. `wire` is the session's copy,
+// valid for the call (the sink may patch it in place, e.g. the ID).
+class DohQuerySink {
+ public:
+  virtual ~DohQuerySink() = default;
+  virtual void OnDohQuery(int32_t stream_id, std::span<uint8_t> wire) = 0;
+};
+
+// The HTTP freshness lifetime for a DNS answer (RFC 8484 §5.1): the smallest
+// TTL in the answer section; with no answer records, the negative-caching
+// TTL of an SOA in the authority section (min of its TTL and MINIMUM, RFC
+// 2308 §5); otherwise (errors, NODATA without SOA) 0. Also 0 for an answer
+// that does not parse.
+uint32_t DohMaxAge(std::span<const uint8_t> answer);
+
+// Decodes base64url without padding (a trailing '=' or two is tolerated).
+// Returns the decoded length, or -1 for a character outside the alphabet or
+// an impossible length, or -2 when it does not fit `out`.
+int DecodeBase64Url(std::string_view text, std::span<uint8_t> out);
+
+class DohServerSession {
+ public:
+  enum class ReceiveResult : uint8_t {
+    kOk,
+    kClose,  // broken framing, GOAWAY or out of memory: write what is left, then close
+  };
+
+  explicit DohServerSession(const DohServerOptions& options);
+  ~DohServerSession();
+  DohServerSession(const DohServerSession&) = delete;
+  DohServerSession& operator=(const DohServerSession&) = delete;
+
+  // A new connection: creates the nghttp2 session and queues the server
+  // SETTINGS. REQUIRES: not started, or Reset() since.
+  absl::Status Start(DohQuerySink* sink);
+  // The connection is gone: drops the nghttp2 session and every stream;
+  // later Answer/QueryDone calls for its streams are no-ops.
+  void Reset();
+
+  // Plaintext from the client. May call the sink.
+  ReceiveResult Receive(std::span<const uint8_t> bytes);
+  // Copies pending plaintext for the client into `out`; returns the bytes
+  // written (0: nothing pending). Call until it returns less than out.size().
+  size_t WriteOutput(std::span<uint8_t> out);
+  bool has_output() const;
+  // False once both sides are done (after a GOAWAY either way, or a
+  // protocol error): write what WriteOutput still gives, then close.
+  bool alive() const;
+
+  // The answer to the query handed up as `stream_id`: a 200 response with
+  // content-type, content-length and cache-control max-age (DohMaxAge). A
+  // no-op (false) when the stream is gone (reset by the client, session
+  // ended) or already answered; false too when the pool cannot hold it
+  // (the stream then gets 503 at QueryDone).
+  bool Answer(int32_t stream_id, std::span<const uint8_t> wire);
+  // Ends the query handed up as `stream_id`, answered or not (without an
+  // answer the stream gets 503). Frees its slot once the stream has closed.
+  void QueryDone(int32_t stream_id);
+
+  // Queries handed up and not yet QueryDone (reset streams included).
+  uint32_t queries_in_flight() const { return queries_in_flight_; }
+  uint32_t streams_in_use() const { return slots_in_use_; }
+  const BoundedPool& pool() const { return *pool_; }
+  const DohServerStats& stats() const { return *stats_; }
+
+ private:
+  struct Stream;
+  friend struct DohCallbacks;
+
+  Stream* FindStream(int32_t stream_id);
+  Stream* TakeSlot(int32_t stream_id);
+  void ReleaseIfDone(Stream& stream);
+  void OnHeader(Stream& stream, std::string_view name, std::string_view value);
+  void OnHeadersEnd(Stream& stream);
+  void OnRequestEnd(Stream& stream);
+  void OnBody(Stream& stream, std::span<const uint8_t> data);
+  void OnStreamClose(int32_t stream_id);
+  void RespondError(Stream& stream, int status);
+  void Fail();
+
+  DohServerOptions options_;
+  DohServerStats own_stats_;
+  DohServerStats* stats_;
+  std::unique_ptr<BoundedPool> pool_;
+  nghttp2_option* option_ = nullptr;
+  nghttp2_session* session_ = nullptr;
+  DohQuerySink* sink_ = nullptr;
+  std::vector<Stream> slots_;
+  std::vector<uint8_t> query_bytes_;  // max_query_bytes per slot
+  std::vector<uint32_t> free_slots_;
+  uint32_t slots_in_use_ = 0;
+  uint32_t queries_in_flight_ = 0;
+  bool failed_ = false;
+  bool terminating_ = false;  // the client sent GOAWAY: ours is queued
+  // A chunk nghttp2_session_mem_send returned that did not fit the last
+  // WriteOutput: valid until the next mem_send.
+  const uint8_t* pending_ = nullptr;
+  size_t pending_length_ = 0;
+};
+
+}  // namespace dotproxy::http
