@@ -318,6 +318,15 @@ bool DohServerSession::alive() const {
          nghttp2_session_want_write(session_) != 0;
 }
 
+uint32_t DohServerSession::requests_incomplete() const {
+  if (slots_in_use_ == 0) return 0;
+  uint32_t count = 0;
+  for (const Stream& stream : slots_) {
+    if (stream.id != 0 && !stream.closed && !stream.handed_up && !stream.responded) ++count;
+  }
+  return count;
+}
+
 void DohServerSession::Fail() {
   if (!failed_) ++stats_->protocol_errors;
   failed_ = true;
@@ -408,7 +417,7 @@ void DohServerSession::OnHeadersEnd(Stream& stream) {
 void DohServerSession::OnBody(Stream& stream, std::span<const uint8_t> data) {
   if (stream.responded || stream.method != Stream::Method::kPost) return;
   if (data.size() > options_.max_query_bytes - stream.query_length) return RespondError(stream, 413);
-  std::memcpy(stream.query + stream.query_length, data.data(), data.size());
+  if (!data.empty()) std::memcpy(stream.query + stream.query_length, data.data(), data.size());
   stream.query_length += data.size();
 }
 
@@ -466,7 +475,7 @@ bool DohServerSession::Answer(int32_t stream_id, std::span<const uint8_t> wire) 
   }
   auto* copy = static_cast<uint8_t*>(pool_->Allocate(wire.size()));
   if (copy == nullptr) return false;  // QueryDone answers 503
-  std::memcpy(copy, wire.data(), wire.size());
+  if (!wire.empty()) std::memcpy(copy, wire.data(), wire.size());
   char length_text[24];
   char cache_text[32];
   absl::SNPrintF(length_text, sizeof(length_text), "%u", static_cast<uint32_t>(wire.size()));

@@ -190,7 +190,7 @@ class Client {
                           nghttp2_data_source* source, void*) {
     auto* body = static_cast<Body*>(source->ptr);
     const size_t take = std::min(length, body->data.size() - body->sent);
-    std::memcpy(buffer, body->data.data() + body->sent, take);
+    if (take > 0) std::memcpy(buffer, body->data.data() + body->sent, take);
     body->sent += take;
     if (body->sent == body->data.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
     return static_cast<ssize_t>(take);
@@ -364,6 +364,38 @@ TEST_F(DohServerSessionTest, OversizedBodyWithoutContentLengthIsRefusedAsItArriv
   EXPECT_TRUE(sink_.queries.empty());
   EXPECT_EQ(server_->streams_in_use(), 0u);
   EXPECT_TRUE(server_->alive());
+}
+
+TEST_F(DohServerSessionTest, CountsRequestsStillArriving) {
+  // HEADERS without END_STREAM: the request is begun, its body not sent.
+  nghttp2_nv nva[] = {
+      {(uint8_t*)":method", (uint8_t*)"POST", 7, 4, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t*)":scheme", (uint8_t*)"https", 7, 5, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t*)":authority", (uint8_t*)"x", 10, 1, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t*)":path", (uint8_t*)"/dns-query", 5, 10, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t*)"content-type", (uint8_t*)"application/dns-message", 12, 23, NGHTTP2_NV_FLAG_NONE},
+  };
+  const int32_t id = nghttp2_submit_headers(client_.session_, NGHTTP2_FLAG_NONE, -1, nullptr, nva, 5, nullptr);
+  client_.Pump(*server_);
+  EXPECT_EQ(server_->requests_incomplete(), 1u);
+  const std::vector<uint8_t> query = Query(0);
+  nghttp2_data_provider provider{};
+  struct Once {
+    static ssize_t Read(nghttp2_session*, int32_t, uint8_t* buffer, size_t, uint32_t* flags,
+                        nghttp2_data_source* source, void*) {
+      auto* q = static_cast<const std::vector<uint8_t>*>(source->ptr);
+      std::memcpy(buffer, q->data(), q->size());
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      return static_cast<ssize_t>(q->size());
+    }
+  };
+  provider.source.ptr = const_cast<std::vector<uint8_t>*>(&query);
+  provider.read_callback = Once::Read;
+  ASSERT_EQ(nghttp2_submit_data(client_.session_, NGHTTP2_FLAG_END_STREAM, id, &provider), 0);
+  client_.Pump(*server_);
+  EXPECT_EQ(server_->requests_incomplete(), 0u);
+  ASSERT_EQ(sink_.queries.size(), 1u);
+  EXPECT_EQ(sink_.queries[0].second, query);
 }
 
 TEST_F(DohServerSessionTest, QueryEndedWithoutAnswerGets503) {

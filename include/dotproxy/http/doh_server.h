@@ -146,6 +146,9 @@ class DohServerSession {
   // Queries handed up and not yet QueryDone (reset streams included).
   uint32_t queries_in_flight() const { return queries_in_flight_; }
   uint32_t streams_in_use() const { return slots_in_use_; }
+  // Requests begun (HEADERS seen) whose query is not complete yet: the
+  // front end's message timeout (slowloris) runs while this is not 0.
+  uint32_t requests_incomplete() const;
   const BoundedPool& pool() const { return *pool_; }
   const DohServerStats& stats() const { return *stats_; }
 
