@@ -34,6 +34,10 @@ PACKAGES=(
   # encrypted transports: HTTP/2 for DNS over HTTPS (build); kdig (+tls,
   # +https) as a real DoT/DoH client, dnsdist as a DoT/DoH peer (tests, bench)
   libnghttp2-dev knot-dnsutils dnsdist
+  # bench: h2load (nghttp2-client) loads the DoH listeners too: dnsperf 2.10's
+  # DoH mode loses answers from dnsdist 1.7's DoH front end past one query
+  # in flight (bench/load/doh_listener.py)
+  nghttp2-client
 )
 
 SUDO=""
