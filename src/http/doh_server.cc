@@ -53,6 +53,11 @@ void* PoolRealloc(void* block, size_t size, void* pool) {
   return p->Reallocate(block, size);
 }
 
+// Single writer: a relaxed load and store, not a locked increment.
+void Bump(std::atomic<uint64_t>& counter) {
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
 std::string_view View(const uint8_t* data, size_t length) {
   return {reinterpret_cast<const char*>(data), length};
 }
@@ -94,12 +99,12 @@ struct DohCallbacks {
   static int BeginHeaders(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) {
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     DohServerSession& self = Of(user_data);
-    ++self.stats_->requests;
+    Bump(self.stats_.requests);
     DohServerSession::Stream* stream = self.TakeSlot(frame->hd.stream_id);
     if (stream == nullptr) {
       // Every slot holds a query still out (streams reset by the client
       // included): the client may retry this one later.
-      ++self.stats_->refused_streams;
+      Bump(self.stats_.refused_streams);
       nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
                                 NGHTTP2_REFUSED_STREAM);
       return 0;
@@ -131,7 +136,7 @@ struct DohCallbacks {
     if (frame->hd.type == NGHTTP2_GOAWAY) {
       // The client is leaving: no answer it still waits for matters more
       // than ending the connection promptly (answers now are no-ops).
-      ++self.stats_->goaways;
+      Bump(self.stats_.goaways);
       self.terminating_ = true;
       nghttp2_session_terminate_session(session, NGHTTP2_NO_ERROR);
       return 0;
@@ -208,7 +213,7 @@ struct DohCallbacks {
 
 DohServerSession::DohServerSession(const DohServerOptions& options)
     : options_(options),
-      stats_(options.stats != nullptr ? options.stats : &own_stats_),
+      stats_(options.stats != nullptr ? *options.stats : own_counters_.Refs()),
       pool_(std::make_unique<BoundedPool>(options.pool_bytes)),
       slots_(std::max<uint32_t>(options.max_concurrent_streams, 1)),
       query_bytes_(slots_.size() * options.max_query_bytes) {
@@ -328,7 +333,7 @@ uint32_t DohServerSession::requests_incomplete() const {
 }
 
 void DohServerSession::Fail() {
-  if (!failed_) ++stats_->protocol_errors;
+  if (!failed_) Bump(stats_.protocol_errors);
   failed_ = true;
 }
 
@@ -432,7 +437,7 @@ void DohServerSession::OnRequestEnd(Stream& stream) {
   }
   stream.handed_up = true;
   ++queries_in_flight_;
-  ++stats_->queries;
+  Bump(stats_.queries);
   if (sink_ != nullptr) sink_->OnDohQuery(stream.id, {stream.query, length});
 }
 
@@ -440,21 +445,21 @@ void DohServerSession::OnStreamClose(int32_t stream_id) {
   Stream* stream = DohCallbacks::StreamOf(session_, stream_id);
   if (stream == nullptr) return;  // refused at its first HEADERS
   stream->closed = true;
-  if (stream->handed_up && !stream->responded) ++stats_->reset_in_flight;
+  if (stream->handed_up && !stream->responded) Bump(stats_.reset_in_flight);
   ReleaseIfDone(*stream);
 }
 
 void DohServerSession::RespondError(Stream& stream, int status) {
   stream.responded = true;
   switch (status) {
-    case 400: ++stats_->status_400; break;
-    case 404: ++stats_->status_404; break;
-    case 405: ++stats_->status_405; break;
-    case 413: ++stats_->status_413; break;
-    case 414: ++stats_->status_414; break;
-    case 415: ++stats_->status_415; break;
-    case 431: ++stats_->status_431; break;
-    default: ++stats_->status_503; break;
+    case 400: Bump(stats_.status_400); break;
+    case 404: Bump(stats_.status_404); break;
+    case 405: Bump(stats_.status_405); break;
+    case 413: Bump(stats_.status_413); break;
+    case 414: Bump(stats_.status_414); break;
+    case 415: Bump(stats_.status_415); break;
+    case 431: Bump(stats_.status_431); break;
+    default: Bump(stats_.status_503); break;
   }
   char status_text[4];
   absl::SNPrintF(status_text, sizeof(status_text), "%d", status);
@@ -470,7 +475,7 @@ bool DohServerSession::Answer(int32_t stream_id, std::span<const uint8_t> wire) 
   Stream* stream = FindStream(stream_id);
   if (stream == nullptr || stream->closed || stream->responded || session_ == nullptr || failed_ ||
       terminating_) {
-    ++stats_->late_answers;
+    Bump(stats_.late_answers);
     return false;
   }
   auto* copy = static_cast<uint8_t*>(pool_->Allocate(wire.size()));
@@ -498,7 +503,7 @@ bool DohServerSession::Answer(int32_t stream_id, std::span<const uint8_t> wire) 
     return false;
   }
   stream->responded = true;
-  ++stats_->answers;
+  Bump(stats_.answers);
   return true;
 }
 

@@ -28,6 +28,7 @@
 // bounded by DohServerOptions::pool_bytes whatever its peer does. Shard
 // thread only; the sink is called from inside Receive only.
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -45,25 +46,45 @@ namespace dotproxy::http {
 
 class BoundedPool;
 
-// Counters of the DoH front end, shared by the sessions of a shard (plain
-// fields: one writer, the shard thread).
+// Counters of the DoH front end (name, what it counts). The shard binds
+// them to its metrics::ShardStats rows doh_<name> (Envoy's counters-as-a-
+// struct-of-references: this subsystem does not include metrics). Single
+// writer, the shard thread: relaxed load + store, no locked instruction.
+#define DOTPROXY_DOH_SERVER_COUNTERS(X)                                              \
+  X(requests, "DoH request streams opened")                                         \
+  X(queries, "DoH queries handed to the resolver")                                  \
+  X(answers, "DoH answers sent (200)")                                              \
+  X(status_400, "DoH requests answered 400: bad dns= parameter, empty body, not a query") \
+  X(status_404, "DoH requests answered 404: unknown path")                          \
+  X(status_405, "DoH requests answered 405: method other than GET or POST")         \
+  X(status_413, "DoH requests answered 413: body over the largest query")           \
+  X(status_414, "DoH requests answered 414: dns= parameter over the largest query") \
+  X(status_415, "DoH requests answered 415: content type not application/dns-message") \
+  X(status_431, "DoH requests answered 431: headers over the limit")                \
+  X(status_503, "DoH queries ended without an answer (503)")                        \
+  X(refused_streams, "DoH streams refused for lack of a free slot (RST_STREAM REFUSED_STREAM)") \
+  X(reset_in_flight, "DoH streams reset by the client while their query was out")   \
+  X(late_answers, "DoH answers dropped: their stream was gone")                     \
+  X(protocol_errors, "DoH connections ended by broken HTTP/2 framing or memory exhausted") \
+  X(goaways, "DoH connections ended by the client's GOAWAY")
+
 struct DohServerStats {
-  uint64_t requests = 0;         // request streams opened
-  uint64_t queries = 0;          // DNS queries handed to the sink
-  uint64_t answers = 0;          // 200 responses submitted
-  uint64_t status_400 = 0;       // bad dns= parameter, empty body, not a query
-  uint64_t status_404 = 0;
-  uint64_t status_405 = 0;
-  uint64_t status_413 = 0;       // body (POST) too large
-  uint64_t status_414 = 0;       // dns= parameter (GET) too large
-  uint64_t status_415 = 0;
-  uint64_t status_431 = 0;       // request headers over max_header_bytes
-  uint64_t status_503 = 0;       // query ended without an answer
-  uint64_t refused_streams = 0;  // no free stream slot: RST_STREAM(REFUSED_STREAM)
-  uint64_t reset_in_flight = 0;  // streams reset by the client while their query was out
-  uint64_t late_answers = 0;     // answers for streams already gone (no-op)
-  uint64_t protocol_errors = 0;  // sessions ended by bad framing or out of memory
-  uint64_t goaways = 0;          // sessions ended by the client's GOAWAY
+#define DOTPROXY_DOH_REFERENCE(name, help) std::atomic<uint64_t>& name;
+  DOTPROXY_DOH_SERVER_COUNTERS(DOTPROXY_DOH_REFERENCE)
+#undef DOTPROXY_DOH_REFERENCE
+};
+
+// Storage for the counters where there is no ShardStats (tests, a session
+// given none).
+struct DohServerCounters {
+#define DOTPROXY_DOH_STORAGE(name, help) std::atomic<uint64_t> name{0};
+  DOTPROXY_DOH_SERVER_COUNTERS(DOTPROXY_DOH_STORAGE)
+#undef DOTPROXY_DOH_STORAGE
+  DohServerStats Refs() {
+#define DOTPROXY_DOH_BIND(name, help) name,
+    return DohServerStats{DOTPROXY_DOH_SERVER_COUNTERS(DOTPROXY_DOH_BIND)};
+#undef DOTPROXY_DOH_BIND
+  }
 };
 
 struct DohServerOptions {
@@ -81,7 +102,7 @@ struct DohServerOptions {
   // The per-connection pool for nghttp2 and pending answers; reserved, and
   // committed only as it is touched. A 64 KiB answer takes a 128 KiB block.
   size_t pool_bytes = 1024 * 1024;
-  DohServerStats* stats = nullptr;  // may be null: counted in a private struct
+  const DohServerStats* stats = nullptr;  // may be null: counted in the session's own
 };
 
 // Receives each valid request's DNS query. `wire` is the session's copy,
@@ -150,7 +171,7 @@ class DohServerSession {
   // front end's message timeout (slowloris) runs while this is not 0.
   uint32_t requests_incomplete() const;
   const BoundedPool& pool() const { return *pool_; }
-  const DohServerStats& stats() const { return *stats_; }
+  const DohServerStats& stats() const { return stats_; }
 
  private:
   struct Stream;
@@ -168,8 +189,8 @@ class DohServerSession {
   void Fail();
 
   DohServerOptions options_;
-  DohServerStats own_stats_;
-  DohServerStats* stats_;
+  DohServerCounters own_counters_;
+  DohServerStats stats_;
   std::unique_ptr<BoundedPool> pool_;
   nghttp2_option* option_ = nullptr;
   nghttp2_session* session_ = nullptr;
