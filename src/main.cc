@@ -40,6 +40,7 @@
 #include "dotproxy/policy/tables.h"
 #include "dotproxy/shard/shard.h"
 #include "dotproxy/tls/client.h"
+#include "dotproxy/tls/server.h"
 #include "dotproxy_build_config.h"
 
 
@@ -217,6 +218,16 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "dotproxy: %s\n", std::string(context.status().message()).c_str());
       return 2;
     }
+  }
+  if (!config->listen_tls.empty()) {
+    // The TLS listeners' certificate: read and checked once, shared by every shard.
+    auto server = dotproxy::tls::ServerContext::Create(
+        {config->tls_cert, config->tls_key, config->tls_client_ca});
+    if (!server.ok()) {
+      std::fprintf(stderr, "dotproxy: %s\n", std::string(server.status().message()).c_str());
+      return 2;
+    }
+    config->tls_server = *std::move(server);
   }
   // The I/O engine, chosen once so that every shard runs the same one.
   std::string backend_line;

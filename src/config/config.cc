@@ -329,6 +329,9 @@ absl::Status ValidateConfig(const Config& config) {
   if (auto status = CheckText(config.ca_file, kMaxPathBytes); !status.ok()) {
     return Problem("--ca-file", status);
   }
+  if (!config.listen_tls.empty() && (config.tls_cert.empty() || config.tls_key.empty())) {
+    return absl::InvalidArgumentError("--listen-tls needs --tls-cert and --tls-key");
+  }
   if (auto status = CheckUpstreamList(config.upstreams, config.allow_plaintext, ""); !status.ok()) {
     return status;
   }

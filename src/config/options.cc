@@ -19,6 +19,21 @@ constexpr Option kOptions[] = {
      .kind = OptionKind::kAddressList, .field = &Config::listen, .value_name = "ADDR:PORT",
      .help = "UDP and TCP listen address, e.g. 127.0.0.1:53 or [::1]:53;\n"
              "repeatable (default: 127.0.0.1:53 and [::1]:53)"},
+    {.flag = "listen-tls", .toml_key = "listen_tls", .kind = OptionKind::kAddressList,
+     .field = &Config::listen_tls, .value_name = "ADDR:PORT",
+     .help = "DNS-over-TLS listen address (RFC 7858, ALPN \"dot\"), e.g.\n"
+             "127.0.0.1:853; repeatable; needs --tls-cert and --tls-key"},
+    {.flag = "tls-cert", .toml_key = "tls_cert", .kind = OptionKind::kPath,
+     .field = &Config::tls_cert, .value_name = "PEM",
+     .help = "certificate chain of the TLS listeners, leaf first\n"
+             "(reloaded on SIGHUP)"},
+    {.flag = "tls-key", .toml_key = "tls_key", .kind = OptionKind::kPath,
+     .field = &Config::tls_key, .value_name = "PEM",
+     .help = "private key of --tls-cert (reloaded on SIGHUP)"},
+    {.flag = "tls-client-ca", .toml_key = "tls_client_ca", .kind = OptionKind::kPath,
+     .field = &Config::tls_client_ca, .value_name = "PEM",
+     .help = "mutual TLS: TLS clients must present a certificate from\n"
+             "this CA, others are refused at the handshake"},
     // A switch: no variable (switches have no variable syntax).
     {.flag = "freebind", .toml_key = "freebind", .kind = OptionKind::kSwitch,
      .field = &Config::freebind,

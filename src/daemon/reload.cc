@@ -9,6 +9,7 @@
 #include "dotproxy/control/log.h"
 #include "dotproxy/policy/tables.h"
 #include "dotproxy/tls/client.h"
+#include "dotproxy/tls/server.h"
 
 namespace dotproxy::daemon {
 namespace {
@@ -81,6 +82,7 @@ absl::StatusOr<std::shared_ptr<const config::Config>> LoadNextConfig(
   if (auto tls = tls::ClientContext::Create(next->ca_file); !tls.ok()) {
     return tls.status();
   }
+  ReloadServerContext(running, *next);
   const std::vector<config::UpstreamConfig*> all = config::AllUpstreams(*next);
   std::vector<std::string> specs;
   for (const auto* upstream : all) specs.push_back(upstream->spec);
@@ -91,6 +93,31 @@ absl::StatusOr<std::shared_ptr<const config::Config>> LoadNextConfig(
 }
 
 }  // namespace
+
+void ReloadServerContext(const config::Config& running, config::Config& next) {
+  if (next.listen_tls.empty()) return;
+  // Tickets carry no authorization without client certificates: the keys
+  // (and so every ticket issued) survive the reload. With mutual TLS a
+  // ticket stands for a certificate checked against the old CA, so the
+  // keys change and every client shows its certificate again.
+  std::shared_ptr<const tls::TicketKeys> keys;
+  if (running.tls_server != nullptr && running.tls_client_ca.empty() &&
+      next.tls_client_ca.empty()) {
+    keys = running.tls_server->ticket_keys();
+  }
+  auto server = tls::ServerContext::Create({next.tls_cert, next.tls_key, next.tls_client_ca}, keys);
+  if (server.ok()) {
+    next.tls_server = *std::move(server);
+    return;
+  }
+  // Keep serving with what runs: a certificate being replaced file by file
+  // must not take the listener down.
+  Log(Severity::kError, "reload: TLS certificate kept: %s", server.status().message());
+  next.tls_server = running.tls_server;
+  next.tls_cert = running.tls_cert;
+  next.tls_key = running.tls_key;
+  next.tls_client_ca = running.tls_client_ca;
+}
 
 void KeepRestartOnly(const config::Config& running, config::Config& next,
                      std::vector<std::string>& kept) {
@@ -109,6 +136,8 @@ void KeepRestartOnly(const config::Config& running, config::Config& next,
   keep("udp_buffer", next.udp_socket_buffer, running.udp_socket_buffer, equal);
   keep("metrics_listen", next.metrics_listen, running.metrics_listen, equal);
   keep("freebind", next.freebind, running.freebind, equal);
+  // TLS listeners are bound at start (certificates and keys reload).
+  keep("listen_tls", next.listen_tls, running.listen_tls, equal);
   // The writer and its rings are set up at start (dnstap_messages reloads).
   keep("dnstap", next.dnstap, running.dnstap, equal);
   keep("dnstap_identity", next.dnstap_identity, running.dnstap_identity, equal);

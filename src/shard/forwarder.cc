@@ -19,7 +19,8 @@ constexpr size_t kMaxBlockedGroups = 4;
 // query_duration is indexed by Transport.
 static_assert(static_cast<size_t>(Transport::kUdp) == 0 &&
               static_cast<size_t>(Transport::kTcp) == 1 &&
-              std::size(metrics::kTransportNames) == 2);
+              static_cast<size_t>(Transport::kTls) == 2 &&
+              std::size(metrics::kTransportNames) == 3);
 static_assert(policy::kMaxListSlots == metrics::kMaxBlocklistSlots);
 }  // namespace
 
@@ -189,8 +190,8 @@ bool Forwarder::Limited(std::span<const uint8_t> query, const dns::QueryInfo& in
       std::chrono::duration_cast<std::chrono::nanoseconds>(clock_.now().time_since_epoch()).count();
   const frontend::RateVerdict verdict = rate_limiter_->Check(client.source(), now_ns);
   if (verdict == frontend::RateVerdict::kAllow) return false;
-  if (client.transport == Transport::kTcp) {
-    // A TCP source is no spoof (the handshake proved it) and the answer is
+  if (client.transport != Transport::kUdp) {
+    // A TCP (or TLS) source is no spoof (the handshake proved it) and the answer is
     // not amplified: a short REFUSED tells the client to go elsewhere and
     // frees its pipelining slot at once, where slowing the connection would
     // hold its buffers.
@@ -513,7 +514,7 @@ void Forwarder::ShedWaiting() {
     if (now - ReceivedAt(slot) < bound) return;
     table_.waiting().PopFront();
     Bump(stats_.shed_waiting);
-    if (slot.kind == SlotKind::kClient && slot.client.transport == Transport::kTcp) {
+    if (slot.kind == SlotKind::kClient && slot.client.transport != Transport::kUdp) {
       Fail(index, stats_.servfail_overload);
     } else if (slot.kind == SlotKind::kPrefetch) {
       Fail(index, stats_.cache_prefetches);

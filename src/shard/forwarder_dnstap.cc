@@ -34,8 +34,9 @@ void Forwarder::TapClient(dnstap::MessageType type, const frontend::ClientRef& c
   if (!tap_->wants(type)) return;
   dnstap::EventHeader header;
   header.type = type;
-  header.protocol = client.transport == frontend::Transport::kUdp ? dnstap::SocketProtocol::kUdp
-                                                                  : dnstap::SocketProtocol::kTcp;
+  header.protocol = client.transport == frontend::Transport::kUdp   ? dnstap::SocketProtocol::kUdp
+                    : client.transport == frontend::Transport::kTcp ? dnstap::SocketProtocol::kTcp
+                                                                    : dnstap::SocketProtocol::kDot;
   header.query_address = dnstap::EventAddress::From(client.source());
   header.response_address = dnstap::EventAddress::From(replier_.LocalAddress(client));
   SetTimes(header, type, clock_.now(), query_time);

@@ -2,7 +2,8 @@
 // together:
 //
 //   UdpFrontend ─┐                          ┌─> PacketCache
-//   TcpClients  ─┼─ QuerySink ─> Forwarder ─┼─> PoolSet ─> UpstreamPool ─> Connection
+//   TcpClients  ─┤
+//   TlsClients  ─┼─ QuerySink ─> Forwarder ─┼─> PoolSet ─> UpstreamPool ─> Connection
 //                └──── Replier (Frontends) <┘      AnswerSink <─┘
 //
 // One iteration: apply a reloaded configuration if one was posted → reap
@@ -26,6 +27,7 @@
 #include "dotproxy/frontend/frontends.h"
 #include "dotproxy/frontend/rate_limiter.h"
 #include "dotproxy/frontend/tcp_clients.h"
+#include "dotproxy/frontend/tls_clients.h"
 #include "dotproxy/frontend/udp_frontend.h"
 #include "dotproxy/io/clock.h"
 #include "dotproxy/io/reactor.h"
@@ -223,6 +225,7 @@ class ShardLoop {
   std::unique_ptr<cache::PacketCache> cache_;  // null when --cache-size 0
   std::unique_ptr<frontend::UdpFrontend> udp_;
   std::unique_ptr<frontend::TcpClients> tcp_;
+  std::unique_ptr<frontend::TlsClients> tls_;
   std::unique_ptr<frontend::Frontends> frontends_;
   upstream::PoolSet pools_;
   std::unique_ptr<Forwarder> forwarder_;
@@ -264,7 +267,14 @@ absl::Status ShardLoop::Setup() {
       !status.ok()) {
     return status;
   }
-  frontends_ = std::make_unique<frontend::Frontends>(*udp_, *tcp_);
+  tls_ = std::make_unique<frontend::TlsClients>(*reactor_, clock_, acl_, stats_, index_);
+  std::vector<frontend::TlsListen> tls_listen;
+  for (const auto& address : config.listen_tls) tls_listen.push_back({address});  // DoT
+  if (auto status = tls_->Open(tls_listen, config.tls_server, frontend::TlsLimits::From(tcp_limits));
+      !status.ok()) {
+    return status;
+  }
+  frontends_ = std::make_unique<frontend::Frontends>(*udp_, *tcp_, *tls_);
 
   if (config.cache_size > 0) {
     cache::CacheConfig cache_config = config.cache;
@@ -287,6 +297,7 @@ absl::Status ShardLoop::Setup() {
   first_pool_ = *std::move(pool);
   udp_->set_sink(forwarder_.get());
   tcp_->set_sink(forwarder_.get());
+  tls_->set_sink(forwarder_.get());
   return absl::OkStatus();
 }
 
@@ -363,6 +374,8 @@ void ShardLoop::ApplyPostedConfig() {
   }
   tcp_->SetIdleTimeout(next->tcp_idle_timeout);
   tcp_->SetMessageTimeout(next->tcp_message_timeout);
+  tls_->SetTimeouts(next->tcp_idle_timeout, next->tcp_message_timeout);
+  tls_->SetContext(next->tls_server);  // new handshakes only; sessions keep theirs
   if (cache_) cache_->SetPolicy(next->cache);
   forwarder_->UpdateSettings(MakeForwarderSettings(*next));
   // The destination is restart-only (main's writer); the types are not.
@@ -392,6 +405,9 @@ void ShardLoop::Route(const io::Completion& completion) {
     case io::Op::kAccept: tcp_->OnAccept(index, completion); break;
     case io::Op::kClientRecv: tcp_->OnReceive(index, completion); break;
     case io::Op::kClientSend: tcp_->OnSendDone(index, completion); break;
+    case io::Op::kTlsAccept: tls_->OnAccept(index, completion); break;
+    case io::Op::kTlsRecv: tls_->OnReceive(index, completion); break;
+    case io::Op::kTlsSend: tls_->OnSendDone(index, completion); break;
     case io::Op::kUpstreamConnect:
     case io::Op::kUpstreamRecv:
     case io::Op::kUpstreamSend: pools_.OnCompletion(index, completion); break;
@@ -423,6 +439,7 @@ bool ShardLoop::SubmitAndWait(std::chrono::milliseconds wait) {
 bool ShardLoop::Run() {
   udp_->Start();
   tcp_->Start();
+  tls_->Start();
   pools_.Install(std::move(first_pool_), clock_.now());
   bool healthy = true;
   while (true) {
@@ -439,6 +456,7 @@ bool ShardLoop::Run() {
     // Timers.
     forwarder_->RunTimers(draining_);
     tcp_->ExpireIdle();
+    tls_->ExpireIdle();
     pools_.RunTimers(draining_);
     if (draining_ && (forwarder_->in_flight() == 0 || clock_.now() >= drain_deadline_)) break;
 
@@ -448,6 +466,7 @@ bool ShardLoop::Run() {
     forwarder_->DispatchWaiting();
     pools_.Flush();
     tcp_->Flush();
+    tls_->Flush();
     reactor_->PublishBuffers();
 
     auto wait = kMaxWait;
@@ -458,6 +477,7 @@ bool ShardLoop::Run() {
       wait = std::clamp(until + std::chrono::milliseconds(1), std::chrono::milliseconds(1),
                         kMaxWait);
     }
+    if (tls_->has_deferred()) wait = std::chrono::milliseconds(0);  // handshakes waiting
     if (!SubmitAndWait(wait)) {
       healthy = false;
       break;
@@ -471,6 +491,7 @@ bool ShardLoop::Run() {
   // Whatever is still in flight gets SERVFAIL, then a last flush.
   forwarder_->FailAll();
   tcp_->Flush();
+  tls_->Flush();
   (void)reactor_->Submit();
   // Give the final replies a moment to leave (UDP sends complete inline).
   const auto flush_deadline = io::Clock::now() + std::chrono::milliseconds(200);
@@ -491,6 +512,7 @@ void ShardLoop::BeginDrain() {
   // Stop intake. UDP sockets stay open to carry the remaining answers.
   udp_->StopIntake();
   tcp_->StopIntake();
+  tls_->StopIntake();
 }
 
 size_t CacheEntriesPerShard(const config::Config& config) {

@@ -13,10 +13,6 @@
 namespace dotproxy::tls {
 namespace {
 
-// Room for a few full TLS records (16 KiB + overhead each).
-constexpr size_t kInboundCapacity = 64 * 1024;
-constexpr size_t kOutboundReserve = 64 * 1024;
-
 bool IsIpLiteral(const std::string& name) {
   in6_addr v6;
   in_addr v4;
@@ -37,7 +33,8 @@ void ResumptionCache::Store(WOLFSSL_SESSION* session) {
 }
 
 int Session::NewSessionCallback(WOLFSSL* ssl, WOLFSSL_SESSION* session) {
-  auto* self = static_cast<Session*>(wolfSSL_GetIOReadCtx(ssl));
+  // The I/O context is the session's MemoryIo base (MemoryIo::Attach).
+  auto* self = static_cast<Session*>(static_cast<MemoryIo*>(wolfSSL_GetIOReadCtx(ssl)));
   if (self == nullptr || self->cache_ == nullptr) return 0;
   WOLFSSL_SESSION* copy = wolfSSL_SESSION_dup(session);
   if (copy == nullptr) return 0;
@@ -89,14 +86,14 @@ absl::StatusOr<std::unique_ptr<ClientContext>> ClientContext::Create(const std::
   wolfSSL_CTX_UseSessionTicket(ctx);
   wolfSSL_CTX_set_session_cache_mode(ctx, WOLFSSL_SESS_CACHE_CLIENT | WOLFSSL_SESS_CACHE_NO_INTERNAL);
   wolfSSL_CTX_sess_set_new_cb(ctx, &Session::NewSessionCallback);
-  wolfSSL_SetIORecv(ctx, &Session::RecvCallback);
-  wolfSSL_SetIOSend(ctx, &Session::SendCallback);
+  wolfSSL_SetIORecv(ctx, &MemoryIo::RecvCallback);
+  wolfSSL_SetIOSend(ctx, &MemoryIo::SendCallback);
   return context;
 }
 
 ClientContext::~ClientContext() { wolfSSL_CTX_free(ctx_); }
 
-Session::Session() : inbound_(new uint8_t[kInboundCapacity]) { outbound_.reserve(kOutboundReserve); }
+Session::Session() = default;
 
 Session::~Session() { Reset(); }
 
@@ -106,8 +103,7 @@ void Session::Reset() {
   if (pending_session_ != nullptr) wolfSSL_SESSION_free(pending_session_);
   pending_session_ = nullptr;
   resumed_ = false;
-  in_begin_ = in_end_ = 0;
-  outbound_.clear();
+  Clear();
   handshake_done_ = false;
 }
 
@@ -122,8 +118,7 @@ absl::Status Session::Start(const ClientContext& context, const PeerPolicy& poli
   const std::string& auth_name = policy.auth_name;
   ssl_ = wolfSSL_new(context.get());
   if (ssl_ == nullptr) return absl::InternalError("wolfSSL_new failed");
-  wolfSSL_SetIOReadCtx(ssl_, this);
-  wolfSSL_SetIOWriteCtx(ssl_, this);
+  Attach(ssl_);
   if (cache != nullptr && cache->get() != nullptr) wolfSSL_set_session(ssl_, cache->get());
   // X25519 first: the cheapest full handshake in this wolfSSL build.
   wolfSSL_UseKeyShare(ssl_, WOLFSSL_ECC_X25519);
@@ -140,35 +135,6 @@ absl::Status Session::Start(const ClientContext& context, const PeerPolicy& poli
     return absl::InternalError("wolfSSL_check_domain_name failed");
   }
   return absl::OkStatus();
-}
-
-std::span<uint8_t> Session::InboundSpace() {
-  if (in_begin_ == in_end_) {
-    in_begin_ = in_end_ = 0;
-  } else if (in_begin_ > 0 && kInboundCapacity - in_end_ < kInboundCapacity / 4) {
-    std::memmove(inbound_.get(), inbound_.get() + in_begin_, in_end_ - in_begin_);
-    in_end_ -= in_begin_;
-    in_begin_ = 0;
-  }
-  return {inbound_.get() + in_end_, kInboundCapacity - in_end_};
-}
-
-int Session::RecvCallback(WOLFSSL*, char* buf, int size, void* ctx) {
-  auto* self = static_cast<Session*>(ctx);
-  const size_t available = self->in_end_ - self->in_begin_;
-  // An empty buffer means "not yet": the shard sees a peer's close on the
-  // socket itself and drops the session.
-  if (available == 0) return WOLFSSL_CBIO_ERR_WANT_READ;
-  const size_t n = std::min(available, static_cast<size_t>(size));
-  std::memcpy(buf, self->inbound_.get() + self->in_begin_, n);
-  self->in_begin_ += n;
-  return static_cast<int>(n);
-}
-
-int Session::SendCallback(WOLFSSL*, char* buf, int size, void* ctx) {
-  auto* self = static_cast<Session*>(ctx);
-  self->outbound_.insert(self->outbound_.end(), buf, buf + size);
-  return size;
 }
 
 void Session::RecordError(int ret) {

@@ -28,6 +28,10 @@ namespace dotproxy::policy {
 class Tables;  // dotproxy/policy/tables.h
 }  // namespace dotproxy::policy
 
+namespace dotproxy::tls {
+class ServerContext;
+}  // namespace dotproxy::tls
+
 namespace dotproxy::config {
 
 inline constexpr uint16_t kDotPort = 853;  // RFC 7858 §3.1
@@ -98,6 +102,16 @@ absl::StatusOr<SpkiPin> ParsePin(std::string_view base64);
 
 struct Config {
   std::vector<io::SocketAddress> listen;
+  // DNS-over-TLS listeners (RFC 7858), with the server certificate and key
+  // and, for mutual TLS, the CA client certificates must come from.
+  std::vector<io::SocketAddress> listen_tls;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // Built from tls_cert/tls_key/tls_client_ca by main (start) and the reload
+  // (control thread), shared read-only by every shard; null without
+  // listen_tls. A reload whose files do not load keeps the running one.
+  std::shared_ptr<const tls::ServerContext> tls_server;
   // IP_FREEBIND on every listener: listen addresses may not exist yet (a
   // link-local service address, NodeLocal DNSCache style).
   bool freebind = false;

@@ -43,6 +43,10 @@ void Reload(ReloadContext& context);
 // Settings that size a shard's tables and sockets at start: those of `next`
 // that differ from `running` are set back to the running values and their
 // names appended to `kept`.
+// The TLS listeners' context for `next` (control thread): built from its
+// certificate, key and client CA files, or, when they do not load, the
+// running one kept (logged), with the running file names.
+void ReloadServerContext(const config::Config& running, config::Config& next);
 void KeepRestartOnly(const config::Config& running, config::Config& next,
                      std::vector<std::string>& kept);
 

@@ -20,7 +20,11 @@
 
 namespace dotproxy::frontend {
 
-enum class Transport : uint8_t { kUdp, kTcp };
+// kTls: a connection of the TLS room (TlsClients), whatever its plaintext
+// protocol (DNS-over-TCP framing for DoT, HTTP/2 for DoH); `stream` names
+// the query within it (0 for DoT, the HTTP/2 stream id for DoH). The order
+// indexes metrics::kTransportNames.
+enum class Transport : uint8_t { kUdp, kTcp, kTls };
 
 // Largest query accepted from a client, on any transport; a query slot keeps
 // the query for its lifetime, so this bounds the slot size.
@@ -36,8 +40,9 @@ struct ClientRef {
   uint16_t udp_socket = 0;              // UDP: index of the receiving socket
   socklen_t address_length = 0;         // the client's address (UDP: where the
   sockaddr_in6 address{};               //   answer goes; IPv4 fits in it)
-  uint32_t tcp_client = 0;              // TCP: client table index
+  uint32_t tcp_client = 0;              // TCP, TLS: the room's client table index
   uint32_t tcp_generation = 0;          //   and generation (stale after close)
+  uint32_t stream = 0;                  // TLS: the query's stream on the connection
 
   const sockaddr* udp_address() const { return reinterpret_cast<const sockaddr*>(&address); }
   // The client's address on either transport (rate limiting); family
@@ -50,6 +55,13 @@ struct ClientRef {
     client.udp_socket = socket;
     client.address_length = length <= sizeof(client.address) ? length : sizeof(client.address);
     std::memcpy(&client.address, source, client.address_length);
+    return client;
+  }
+  static ClientRef Tls(uint32_t client_index, uint32_t generation, uint32_t stream,
+                       const sockaddr* peer = nullptr, socklen_t length = 0) {
+    ClientRef client = Tcp(client_index, generation, peer, length);
+    client.transport = Transport::kTls;
+    client.stream = stream;
     return client;
   }
   static ClientRef Tcp(uint32_t client_index, uint32_t generation,

@@ -27,6 +27,9 @@ enum class Op : uint8_t {
   kUpstreamRecv,     // Connection: ciphertext receive
   kUpstreamSend,     // Connection: ciphertext send
   kCancel,           // Reactor: cancellation requests (completion ignored)
+  kTlsAccept,        // TlsClients: multishot accept (index: listener)
+  kTlsRecv,          // TlsClients: ciphertext receive on a client connection
+  kTlsSend,          // TlsClients: ciphertext send on a client connection
 };
 
 inline constexpr uint32_t kMaxIndex = 0xffffff;

@@ -75,6 +75,23 @@ namespace dotproxy::metrics {
   X(tcp_bad_frame, "client TCP connections closed for an oversized frame")           \
   X(tcp_slow_closed, "client TCP connections closed for not reading answers")         \
   X(tcp_message_timeout_closed, "client TCP connections closed with a message incomplete past --tcp-message-timeout") \
+  X(tls_queries, "queries received over client TLS connections (DoT)")             \
+  X(tls_accepted, "client TLS connections accepted")                                 \
+  X(tls_rejected, "client TLS connections refused at the per-shard cap")             \
+  X(tls_acl_refused, "TLS connections from sources outside --allow, closed")         \
+  X(tls_handshakes, "client TLS handshakes completed")                               \
+  X(tls_resumed, "of which resumed a session by ticket")                            \
+  X(tls_handshake_failures, "client TLS handshakes failed (protocol, ALPN, timeout, peer gone)") \
+  X(tls_client_cert_refused, "client TLS handshakes refused: no or untrusted client certificate (mTLS)") \
+  X(tls_handshake_deferred, "client TLS handshake steps deferred to a later loop iteration by the per-shard budget") \
+  X(tls_accept_paused, "times accepting TLS connections paused: the per-shard cap on handshakes in progress was reached") \
+  X(tls_handshake_evicted, "stalled client TLS handshakes (older than 1 s) closed at the per-shard cap to let a newcomer in") \
+  X(tls_idle_closed, "client TLS connections closed for idleness")                   \
+  X(tls_idle_evicted, "idle client TLS connections closed near the cap to make room") \
+  X(tls_timeout_closed, "client TLS connections closed with a handshake or message incomplete past --tcp-message-timeout") \
+  X(tls_slow_closed, "client TLS connections closed for not reading answers")        \
+  X(tls_bad_frame, "client TLS connections closed for an oversized frame")           \
+  X(tls_clients, "client TLS connections open (gauge)")                              \
   X(cache_hits, "queries answered from the cache")                                   \
   X(cache_misses, "queries the cache could not answer")                              \
   X(cache_stale_answers, "expired answers served because upstreams failed (RFC 8767)") \
@@ -138,7 +155,7 @@ struct LatencyHistogram {
 
 // Labels of ShardStats::query_duration. Transport order is
 // frontend::Transport's (forwarder.cc checks it).
-inline constexpr std::string_view kTransportNames[] = {"udp", "tcp"};
+inline constexpr std::string_view kTransportNames[] = {"udp", "tcp", "tls"};
 // Where a client's answer came from.
 enum class AnswerSource : uint8_t { kCache, kUpstream, kStale, kLocal };
 inline constexpr std::string_view kAnswerSourceNames[] = {"cache", "upstream", "stale", "local"};

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "dotproxy/tls/memory_io.h"
 
 struct WOLFSSL_CTX;
 struct WOLFSSL;
@@ -67,7 +68,7 @@ class ClientContext {
   WOLFSSL_CTX* ctx_;
 };
 
-class Session {
+class Session : private MemoryIo {
  public:
   enum class Step : uint8_t { kDone, kWantRead, kError };
 
@@ -88,8 +89,8 @@ class Session {
   void Reset();
 
   // Ciphertext intake: receive into InboundSpace(), then CommitInbound(n).
-  std::span<uint8_t> InboundSpace();
-  void CommitInbound(size_t n) { in_end_ += n; }
+  using MemoryIo::CommitInbound;
+  using MemoryIo::InboundSpace;
 
   // Advances the handshake. kWantRead: send outbound() and wait for bytes.
   Step Handshake();
@@ -104,7 +105,7 @@ class Session {
 
   // Ciphertext waiting to be sent. The caller swaps it out and keeps it
   // alive until the send completes.
-  std::vector<uint8_t>& outbound() { return outbound_; }
+  using MemoryIo::outbound;
 
   // The last failure in words (certificate verification, alert, ...).
   const std::string& error() const { return error_; }
@@ -120,11 +121,6 @@ class Session {
   // name, validity, pin), not a dropped connection or a protocol error.
   bool verification_failed() const { return verification_failed_; }
 
-  // wolfSSL I/O callbacks (installed on the context): copy ciphertext from
-  // the inbound buffer / append it to the outbound buffer.
-  static int RecvCallback(WOLFSSL* ssl, char* buf, int size, void* ctx);
-  static int SendCallback(WOLFSSL* ssl, char* buf, int size, void* ctx);
-
   static int NewSessionCallback(WOLFSSL* ssl, WOLFSSL_SESSION* session);
 
  private:
@@ -132,10 +128,6 @@ class Session {
   bool PeerMatchesPin();
 
   WOLFSSL* ssl_ = nullptr;
-  std::unique_ptr<uint8_t[]> inbound_;
-  size_t in_begin_ = 0;
-  size_t in_end_ = 0;
-  std::vector<uint8_t> outbound_;
   std::string error_;
   bool handshake_done_ = false;
   bool resumed_ = false;

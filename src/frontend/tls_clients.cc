@@ -1,0 +1,590 @@
+#include "dotproxy/frontend/tls_clients.h"
+
+#include <netinet/tcp.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "dotproxy/control/log.h"
+#include "src/frontend/dot_protocol.h"
+
+namespace dotproxy::frontend {
+namespace {
+
+using control::Log;
+using control::Severity;
+using metrics::Bump;
+
+constexpr size_t kPageSize = 4096;
+constexpr size_t kInCapacity = 4 * (kMaxQuerySize + 2);
+constexpr size_t kInSlot = (kInCapacity + kPageSize - 1) / kPageSize * kPageSize;
+constexpr size_t kOutSlot =
+    (StreamProtocol::kOutCapacity + kPageSize - 1) / kPageSize * kPageSize;
+constexpr size_t kSlotBytes = kInSlot + kOutSlot;
+constexpr size_t kSendReserve = 64 * 1024;
+
+}  // namespace
+
+TlsClients::TlsClients(io::Reactor& reactor, const io::LoopClock& clock, const Acl& acl,
+                       metrics::ShardStats& stats, int shard_index)
+    : reactor_(reactor), clock_(clock), acl_(acl), stats_(stats), shard_index_(shard_index) {}
+
+TlsClients::~TlsClients() {
+  clients_.clear();  // the protocols borrow the region
+  if (region_ != nullptr) munmap(region_, region_bytes_);
+}
+
+absl::Status TlsClients::Open(std::span<const TlsListen> listen,
+                              std::shared_ptr<const tls::ServerContext> context,
+                              const TlsLimits& limits) {
+  limits_ = limits;
+  context_ = std::move(context);
+  if (listen.empty()) return absl::OkStatus();
+  if (context_ == nullptr) return absl::InvalidArgumentError("TLS listeners need --tls-cert/--tls-key");
+  for (const TlsListen& item : listen) {
+    auto fd = io::OpenTcpListener(item.address, 1024, limits.freebind);
+    if (!fd.ok()) return fd.status();
+    Listener& listener = listeners_.emplace_back();
+    listener.fd = *std::move(fd);
+    listener.address = item.address;
+    listener.kind = item.kind;
+  }
+  region_bytes_ = static_cast<size_t>(limits.max_clients) * kSlotBytes;
+  void* region = mmap(nullptr, region_bytes_, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (region == MAP_FAILED) {
+    region_bytes_ = 0;
+    return absl::ResourceExhaustedError(
+        absl::StrCat("TLS client buffers: mmap failed: ", std::strerror(errno)));
+  }
+  region_ = static_cast<uint8_t*>(region);
+  clients_ = std::vector<Client>(static_cast<size_t>(limits.max_clients));
+  for (size_t i = 0; i < clients_.size(); ++i) {
+    uint8_t* slot = region_ + i * kSlotBytes;
+    clients_[i].protocol = std::make_unique<DotProtocol>(
+        std::span<uint8_t>(slot, kInCapacity),
+        std::span<uint8_t>(slot + kInSlot, StreamProtocol::kOutCapacity));
+    clients_[i].sending.reserve(kSendReserve);
+  }
+  idle_.Bind(&clients_);
+  partial_.Bind(&clients_);
+  deferred_.Bind(&clients_);
+  handshaking_.Bind(&clients_);
+  free_clients_.reserve(clients_.size());
+  for (uint32_t i = static_cast<uint32_t>(clients_.size()); i-- > 0;) free_clients_.push_back(i);
+  dirty_.reserve(clients_.size());
+  return absl::OkStatus();
+}
+
+void TlsClients::SetContext(std::shared_ptr<const tls::ServerContext> context) {
+  if (context != nullptr) context_ = std::move(context);
+}
+
+bool TlsClients::ShouldAccept() const {
+  return started_ && !intake_stopped_ && handshakes_in_progress_ < limits_.max_handshakes;
+}
+
+void TlsClients::ArmAccepts() {
+  if (!ShouldAccept()) return;
+  accept_paused_ = false;
+  for (uint32_t i = 0; i < listeners_.size(); ++i) {
+    Listener& listener = listeners_[i];
+    if (listener.accepting) continue;
+    listener.accepting = true;
+    reactor_.AcceptMultishot(listener.fd.get(), {io::Op::kTlsAccept, i, 1});
+  }
+}
+
+// Connections keep arriving in the kernel's backlog meanwhile (see the header).
+void TlsClients::PauseAccepts() {
+  if (accept_paused_) return;
+  accept_paused_ = true;
+  Bump(stats_.tls_accept_paused);
+  for (const Listener& listener : listeners_) {
+    if (listener.accepting) reactor_.CancelFd(listener.fd.get());
+  }
+}
+
+void TlsClients::Start() {
+  started_ = true;
+  budget_ = limits_.handshake_steps_per_iteration;
+  ArmAccepts();
+}
+
+void TlsClients::StopIntake() {
+  intake_stopped_ = true;
+  for (const Listener& listener : listeners_) {
+    if (listener.accepting) reactor_.Abandon(listener.fd.get());
+  }
+}
+
+std::vector<io::SocketAddress> TlsClients::listen_addresses() const {
+  std::vector<io::SocketAddress> out;
+  for (const Listener& listener : listeners_) out.push_back(listener.address);
+  return out;
+}
+
+void TlsClients::OnAccept(uint32_t listener_index, const io::Completion& completion) {
+  if (listener_index >= listeners_.size()) {
+    if (completion.result >= 0) ::close(completion.result);
+    return;
+  }
+  Listener& listener = listeners_[listener_index];
+  if (completion.result >= 0) {
+    io::UniqueFd fd(completion.result);
+    sockaddr_storage peer{};
+    socklen_t peer_length = sizeof(peer);
+    const bool allowed =
+        getpeername(fd.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) == 0 &&
+        acl_.Allows(reinterpret_cast<const sockaddr*>(&peer));
+    if (!allowed) {
+      Bump(stats_.tls_acl_refused);
+    } else if (intake_stopped_ || free_clients_.empty()) {
+      if (!intake_stopped_) Bump(stats_.tls_rejected);
+    } else {
+      const int one = 1;
+      setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      const uint32_t index = free_clients_.back();
+      free_clients_.pop_back();
+      Client& client = clients_[index];
+      client.state = State::kOpen;
+      client.fd = std::move(fd);
+      client.protocol->Reset();
+      client.sending.clear();
+      client.send.Reset();
+      client.recv_in_flight = client.dirty = client.read_closed = false;
+      client.reading_paused = client.close_after_send = false;
+      client.queries_in_flight = 0;
+      client.ops_in_flight = 0;
+      std::memcpy(&client.peer, &peer, sizeof(peer));
+      client.peer_length = peer_length;
+      socklen_t local_length = sizeof(client.local);
+      if (getsockname(client.fd.get(), reinterpret_cast<sockaddr*>(&client.local),
+                      &local_length) != 0) {
+        client.local.ss_family = AF_UNSPEC;
+      }
+      client.handshaking = true;
+      ++handshakes_in_progress_;
+      client.accepted_at = clock_.now();
+      handshaking_.PushBack(index);
+      Bump(stats_.tls_accepted);
+      metrics::Set(stats_.tls_clients, open_clients());
+      Touch(index);
+      // The handshake must be over within the message timeout.
+      client.partial_since = clock_.now();
+      partial_.PushBack(index);
+      if (auto status = client.session.Start(context_, AlpnFor(listener.kind)); !status.ok()) {
+        Log(Severity::kWarning, "shard %d: TLS session: %s", shard_index_, status.message());
+        Bump(stats_.tls_handshake_failures);
+        Close(index);
+      } else {
+        ArmReceive(index);
+        EvictIdleForRoom(index);
+      }
+      if (handshakes_in_progress_ >= limits_.max_handshakes && !EvictStalledHandshake()) {
+        PauseAccepts();
+      }
+    }
+  } else if (completion.result != -ECANCELED && completion.result != -EINVAL) {
+    Log(Severity::kWarning, "shard %d: TLS accept failed: %s", shard_index_,
+        std::strerror(-completion.result));
+  }
+  if (completion.more) return;
+  listener.accepting = false;
+  ArmAccepts();
+}
+
+void TlsClients::ArmReceive(uint32_t index) {
+  Client& client = clients_[index];
+  const std::span<uint8_t> space = client.session.InboundSpace();
+  if (space.empty()) return;  // resumed by Process once the session drains it
+  reactor_.Recv(client.fd.get(), space, {io::Op::kTlsRecv, index, client.generation});
+  client.recv_in_flight = true;
+  ++client.ops_in_flight;
+}
+
+void TlsClients::OnReceive(uint32_t index, const io::Completion& completion) {
+  Client& client = clients_[index];
+  if (client.generation != completion.data.generation) return;
+  client.recv_in_flight = false;
+  --client.ops_in_flight;
+  if (client.state != State::kOpen) {
+    MaybeRecycle(index);
+    return;
+  }
+  if (completion.result <= 0) {
+    client.read_closed = true;
+    partial_.Remove(index);
+    if (client.handshaking) {
+      Bump(stats_.tls_handshake_failures);  // gone before finishing
+      Close(index);
+    } else if (completion.result < 0 || Drained(client)) {
+      Close(index);
+    }
+    return;
+  }
+  client.session.CommitInbound(static_cast<size_t>(completion.result));
+  Touch(index);
+  if (intake_stopped_) return;
+  Process(index);
+}
+
+void TlsClients::Process(uint32_t index) {
+  Client& client = clients_[index];
+  if (client.state != State::kOpen) return;
+  if (client.handshaking) {
+    if (client.session.inbound_pending() == 0) {
+      Settle(index);
+      return;
+    }
+    if (budget_ <= 0) {
+      // Its bytes stay in the session's buffer; no receive is armed until
+      // its turn comes (Flush).
+      if (!deferred_.Contains(index)) {
+        deferred_.PushBack(index);
+        Bump(stats_.tls_handshake_deferred);
+      }
+      return;
+    }
+    --budget_;
+    const tls::ServerSession::Step step = client.session.Handshake();
+    if (!client.session.outbound().empty()) MarkDirty(index);
+    if (step == tls::ServerSession::Step::kError) {
+      HandshakeFailed(index);
+      return;
+    }
+    if (step == tls::ServerSession::Step::kWantRead) {
+      Settle(index);
+      return;
+    }
+    HandshakeEnded(client);
+    Bump(stats_.tls_handshakes);
+    if (client.session.resumed()) Bump(stats_.tls_resumed);
+    partial_.Remove(index);
+  }
+  const uint64_t before = handed_up_;
+  current_ = index;
+  processing_ = index;
+  absl::Cleanup done = [this] { processing_ = io::kNoIndex; };
+  while (!Backlogged(client)) {
+    const int n = client.session.Read(client.protocol->InputSpace());
+    if (n == 0) break;
+    if (n < 0) {
+      if (!client.session.error().empty()) {
+        Close(index);  // a record failed to decrypt: the stream is broken
+        return;
+      }
+      client.read_closed = true;  // close_notify: answer what is pending
+      break;
+    }
+    switch (client.protocol->CommitInput(static_cast<size_t>(n), *this)) {
+      case StreamProtocol::Intake::kOk: break;
+      case StreamProtocol::Intake::kError:
+        Bump(stats_.tls_bad_frame);
+        Close(index);
+        return;
+      case StreamProtocol::Intake::kClosed: return;
+    }
+  }
+  if (client.state != State::kOpen) return;
+  std::move(done).Invoke();
+  if (!client.session.outbound().empty()) MarkDirty(index);
+  // The message timer: restarted when a message completed, kept while the
+  // same message stays incomplete (a trickle does not extend it).
+  if (!client.protocol->mid_message()) {
+    partial_.Remove(index);
+  } else if (handed_up_ != before || !partial_.Contains(index)) {
+    partial_.Remove(index);
+    client.partial_since = clock_.now();
+    partial_.PushBack(index);
+  }
+  Settle(index);
+}
+
+bool TlsClients::OnQuery(std::span<uint8_t> wire, uint32_t stream) {
+  Client& client = clients_[current_];
+  const uint32_t generation = client.generation;
+  ++handed_up_;
+  Bump(stats_.tls_queries);
+  ++client.queries_in_flight;
+  sink_->OnQuery(wire, ClientRef::Tls(current_, generation, stream,
+                                      reinterpret_cast<const sockaddr*>(&client.peer),
+                                      client.peer_length));
+  return client.state == State::kOpen && client.generation == generation;
+}
+
+bool TlsClients::EvictStalledHandshake() {
+  if (handshaking_.empty()) return false;
+  const uint32_t oldest = handshaking_.head();
+  if (clock_.now() - clients_[oldest].accepted_at < kStalledHandshake) return false;
+  Bump(stats_.tls_handshake_evicted);
+  Close(oldest);
+  return true;
+}
+
+void TlsClients::HandshakeEnded(Client& client) {
+  if (!client.handshaking) return;
+  client.handshaking = false;
+  handshaking_.Remove(static_cast<uint32_t>(&client - clients_.data()));
+  --handshakes_in_progress_;
+  if (accept_paused_) ArmAccepts();
+}
+
+void TlsClients::HandshakeFailed(uint32_t index) {
+  Client& client = clients_[index];
+  switch (client.session.failure()) {
+    case tls::ServerSession::Failure::kNoClientCert:
+    case tls::ServerSession::Failure::kBadClientCert:
+      Bump(stats_.tls_client_cert_refused);
+      break;
+    default:
+      Bump(stats_.tls_handshake_failures);
+      break;
+  }
+  Log(Severity::kDebug, "shard %d: TLS handshake failed: %s", shard_index_,
+      client.session.error());
+  HandshakeEnded(client);
+  partial_.Remove(index);
+  client.read_closed = true;
+  if (client.session.outbound().empty()) {
+    Close(index);
+  } else {
+    client.close_after_send = true;  // the alert tells the client why
+    MarkDirty(index);
+  }
+}
+
+bool TlsClients::Backlogged(Client& client) const {
+  return client.queries_in_flight >= limits_.max_queries_per_client ||
+         client.protocol->output_pending() >= StreamProtocol::kOutCapacity / 4;
+}
+
+bool TlsClients::Drained(Client& client) const {
+  return client.queries_in_flight == 0 && client.protocol->output_pending() == 0 &&
+         !client.send.in_flight() && client.session.outbound().empty();
+}
+
+// Reading resumes only once the client's backlog has shrunk; a client that
+// sent close_notify or FIN is closed once everything it asked is answered.
+void TlsClients::Settle(uint32_t index) {
+  Client& client = clients_[index];
+  if (client.state != State::kOpen) return;
+  if (client.read_closed) {
+    if (Drained(client) && !client.close_after_send) Close(index);
+    return;
+  }
+  if (Backlogged(client)) {
+    client.reading_paused = true;
+    if (!client.handshaking) partial_.Remove(index);  // its message waits on us
+    return;
+  }
+  if (client.reading_paused) {
+    client.reading_paused = false;
+    if (client.protocol->mid_message() && !partial_.Contains(index)) {
+      client.partial_since = clock_.now();
+      partial_.PushBack(index);
+    }
+    // What arrived before the pause is decrypted first.
+    if (client.session.inbound_pending() > 0 || client.session.handshake_done()) {
+      Process(index);
+      return;
+    }
+  }
+  if (!client.recv_in_flight) ArmReceive(index);
+}
+
+void TlsClients::MarkDirty(uint32_t index) {
+  Client& client = clients_[index];
+  if (client.dirty) return;
+  client.dirty = true;
+  dirty_.push_back(index);
+}
+
+// One encryption per batch of answers (many DNS messages per record), one
+// send in flight; answers queue in the protocol's buffer meanwhile.
+void TlsClients::TrySend(uint32_t index) {
+  Client& client = clients_[index];
+  if (client.state != State::kOpen || client.send.in_flight()) return;
+  if (client.session.handshake_done() && !client.close_after_send) {
+    const std::span<const uint8_t> plain = client.protocol->Output();
+    if (!plain.empty()) {
+      if (!client.session.Write(plain)) {
+        Close(index);
+        return;
+      }
+      client.protocol->Consumed(plain.size());
+    }
+  }
+  if (client.session.outbound().empty()) {
+    if (client.close_after_send) Close(index);
+    return;
+  }
+  client.sending.clear();
+  std::swap(client.sending, client.session.outbound());
+  client.send.Start(reactor_, client.fd.get(), client.sending,
+                    {io::Op::kTlsSend, index, client.generation});
+  ++client.ops_in_flight;
+}
+
+void TlsClients::OnSendDone(uint32_t index, const io::Completion& completion) {
+  Client& client = clients_[index];
+  if (client.generation != completion.data.generation) return;
+  --client.ops_in_flight;
+  if (client.state != State::kOpen) {
+    client.send.Reset();
+    MaybeRecycle(index);
+    return;
+  }
+  switch (client.send.OnComplete(reactor_, client.fd.get(), completion,
+                                 {io::Op::kTlsSend, index, client.generation})) {
+    case io::StreamSend::Result::kResumed:
+      ++client.ops_in_flight;
+      Touch(index);
+      return;
+    case io::StreamSend::Result::kFailed:
+      Close(index);
+      return;
+    case io::StreamSend::Result::kComplete:
+      Touch(index);
+      client.sending.clear();
+      TrySend(index);
+      Settle(index);
+      return;
+  }
+}
+
+void TlsClients::Flush() {
+  budget_ = limits_.handshake_steps_per_iteration;
+  while (!deferred_.empty() && budget_ > 0) {
+    const uint32_t index = deferred_.head();
+    deferred_.Remove(index);
+    Process(index);
+  }
+  for (size_t i = 0; i < dirty_.size(); ++i) {
+    const uint32_t index = dirty_[i];
+    clients_[index].dirty = false;
+    TrySend(index);
+  }
+  dirty_.clear();
+}
+
+TlsClients::Client* TlsClients::Find(const ClientRef& ref) {
+  if (ref.tcp_client >= clients_.size()) return nullptr;
+  Client& client = clients_[ref.tcp_client];
+  if (client.state != State::kOpen || client.generation != ref.tcp_generation) return nullptr;
+  return &client;
+}
+
+std::span<uint8_t> TlsClients::BeginReply(const ClientRef& ref, size_t max_length) {
+  Client* client = Find(ref);
+  if (client == nullptr) return {};
+  std::span<uint8_t> space = client->protocol->BeginAnswer(ref.stream, max_length);
+  if (space.empty()) {
+    Bump(stats_.tls_slow_closed);
+    Close(ref.tcp_client);
+  }
+  return space;
+}
+
+void TlsClients::CommitReply(const ClientRef& ref, size_t length) {
+  Client* client = Find(ref);
+  if (client == nullptr || length == 0) return;
+  client->protocol->CommitAnswer(ref.stream, length);
+  MarkDirty(ref.tcp_client);
+}
+
+void TlsClients::QueryDone(const ClientRef& ref) {
+  Client* client = Find(ref);
+  if (client == nullptr) return;
+  --client->queries_in_flight;
+  client->protocol->QueryDone(ref.stream);
+  // Not from inside Process (a query answered at once): it settles itself.
+  if ((client->reading_paused || client->read_closed) && !processing(ref.tcp_client)) {
+    Settle(ref.tcp_client);
+  }
+}
+
+const sockaddr* TlsClients::LocalAddress(const ClientRef& ref) const {
+  if (ref.tcp_client >= clients_.size()) return nullptr;
+  const Client& client = clients_[ref.tcp_client];
+  return client.generation == ref.tcp_generation ? reinterpret_cast<const sockaddr*>(&client.local)
+                                                 : nullptr;
+}
+
+void TlsClients::Close(uint32_t index) {
+  Client& client = clients_[index];
+  if (client.state != State::kOpen) return;
+  client.state = State::kClosing;
+  HandshakeEnded(client);
+  idle_.Remove(index);
+  partial_.Remove(index);
+  deferred_.Remove(index);
+  if (client.ops_in_flight > 0) reactor_.Abandon(client.fd.get());
+  MaybeRecycle(index);
+}
+
+void TlsClients::MaybeRecycle(uint32_t index) {
+  Client& client = clients_[index];
+  if (client.state != State::kClosing || client.ops_in_flight > 0) return;
+  client.fd.reset();
+  // Frees the wolfSSL object and drops this session's reference to the
+  // context it started with (after a reload, possibly the last one).
+  client.session.Reset();
+  client.protocol->Reset();
+  client.sending.clear();
+  client.state = State::kFree;
+  ++client.generation;
+  free_clients_.push_back(index);
+  metrics::Set(stats_.tls_clients, open_clients());
+}
+
+void TlsClients::Touch(uint32_t index) {
+  clients_[index].last_activity = clock_.now();
+  idle_.Remove(index);
+  idle_.PushBack(index);
+}
+
+// As TcpClients::EvictIdleForRoom: near the cap the least recently active
+// client that waits for nothing makes room for a newcomer.
+void TlsClients::EvictIdleForRoom(uint32_t newcomer) {
+  const size_t reserve = std::max<size_t>(1, clients_.size() / 16);
+  if (free_clients_.size() >= reserve || clients_.size() < 2) return;
+  int looked = 0;
+  for (uint32_t index = idle_.head(); index != io::kNoIndex && looked < 16; ++looked) {
+    const uint32_t next = idle_.Next(index);
+    Client& client = clients_[index];
+    const bool busy_partial =
+        partial_.Contains(index) && clock_.now() - client.partial_since < std::chrono::seconds(1);
+    if (index != newcomer && !busy_partial && Drained(client)) {
+      Bump(stats_.tls_idle_evicted);
+      Close(index);
+      return;
+    }
+    index = next;
+  }
+}
+
+void TlsClients::ExpireIdle() {
+  // Paused at the handshake cap: stalled handshakes make room (ArmAccepts
+  // runs as each ends).
+  for (int i = 0; accept_paused_ && i < limits_.max_handshakes && EvictStalledHandshake(); ++i) {
+  }
+  while (!idle_.empty() &&
+         clock_.now() - clients_[idle_.head()].last_activity >= limits_.idle_timeout) {
+    Bump(stats_.tls_idle_closed);
+    Close(idle_.head());
+  }
+  while (!partial_.empty() &&
+         clock_.now() - clients_[partial_.head()].partial_since >= limits_.message_timeout) {
+    Bump(stats_.tls_timeout_closed);
+    Close(partial_.head());
+  }
+}
+
+}  // namespace dotproxy::frontend
