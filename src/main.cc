@@ -219,7 +219,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (!config->listen_tls.empty()) {
+  if (!config->listen_tls.empty() || !config->listen_https.empty()) {
     // The TLS listeners' certificate: read and checked once, shared by every shard.
     auto server = dotproxy::tls::ServerContext::Create(
         {config->tls_cert, config->tls_key, config->tls_client_ca});

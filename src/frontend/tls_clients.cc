@@ -12,6 +12,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "dotproxy/control/log.h"
+#include "src/frontend/doh_protocol.h"
 #include "src/frontend/dot_protocol.h"
 
 namespace dotproxy::frontend {
@@ -28,12 +29,16 @@ constexpr size_t kOutSlot =
     (StreamProtocol::kOutCapacity + kPageSize - 1) / kPageSize * kPageSize;
 constexpr size_t kSlotBytes = kInSlot + kOutSlot;
 constexpr size_t kSendReserve = 64 * 1024;
+bool IsHttps(const TlsListen& item) { return item.kind == TlsListenerKind::kHttps; }
 
 }  // namespace
 
 TlsClients::TlsClients(io::Reactor& reactor, const io::LoopClock& clock, const Acl& acl,
                        metrics::ShardStats& stats, int shard_index)
-    : reactor_(reactor), clock_(clock), acl_(acl), stats_(stats), shard_index_(shard_index) {}
+    : reactor_(reactor), clock_(clock), acl_(acl), stats_(stats), shard_index_(shard_index),
+      doh_stats_(DohProtocol::StatsOf(stats)) {
+  doh_options_.stats = &doh_stats_;
+}
 
 TlsClients::~TlsClients() {
   clients_.clear();  // the protocols borrow the region
@@ -55,6 +60,7 @@ absl::Status TlsClients::Open(std::span<const TlsListen> listen,
     listener.address = item.address;
     listener.kind = item.kind;
   }
+  const bool has_https = std::any_of(listen.begin(), listen.end(), IsHttps);
   region_bytes_ = static_cast<size_t>(limits.max_clients) * kSlotBytes;
   void* region = mmap(nullptr, region_bytes_, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -67,9 +73,11 @@ absl::Status TlsClients::Open(std::span<const TlsListen> listen,
   clients_ = std::vector<Client>(static_cast<size_t>(limits.max_clients));
   for (size_t i = 0; i < clients_.size(); ++i) {
     uint8_t* slot = region_ + i * kSlotBytes;
-    clients_[i].protocol = std::make_unique<DotProtocol>(
+    clients_[i].dot = std::make_unique<DotProtocol>(
         std::span<uint8_t>(slot, kInCapacity),
         std::span<uint8_t>(slot + kInSlot, StreamProtocol::kOutCapacity));
+    if (has_https) clients_[i].doh = std::make_unique<DohProtocol>(doh_options_);
+    clients_[i].protocol = clients_[i].dot.get();
     clients_[i].sending.reserve(kSendReserve);
   }
   idle_.Bind(&clients_);
@@ -155,6 +163,7 @@ void TlsClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       Client& client = clients_[index];
       client.state = State::kOpen;
       client.fd = std::move(fd);
+      client.protocol = listener.kind == TlsListenerKind::kHttps ? client.doh.get() : client.dot.get();
       client.protocol->Reset();
       client.sending.clear();
       client.send.Reset();
@@ -294,7 +303,8 @@ void TlsClients::Process(uint32_t index) {
   }
   if (client.state != State::kOpen) return;
   std::move(done).Invoke();
-  if (!client.session.outbound().empty()) MarkDirty(index);
+  // DoH writes without an answer too (SETTINGS, their ACKs, PING replies).
+  if (!client.session.outbound().empty() || client.protocol->output_pending() > 0) MarkDirty(index);
   // The message timer: restarted when a message completed, kept while the
   // same message stays incomplete (a trickle does not extend it).
   if (!client.protocol->mid_message()) {

@@ -99,12 +99,12 @@ struct DohCallbacks {
   static int BeginHeaders(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) {
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     DohServerSession& self = Of(user_data);
-    Bump(self.stats_.requests);
+    Bump(self.stats_.doh_requests);
     DohServerSession::Stream* stream = self.TakeSlot(frame->hd.stream_id);
     if (stream == nullptr) {
       // Every slot holds a query still out (streams reset by the client
       // included): the client may retry this one later.
-      Bump(self.stats_.refused_streams);
+      Bump(self.stats_.doh_refused_streams);
       nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
                                 NGHTTP2_REFUSED_STREAM);
       return 0;
@@ -136,7 +136,7 @@ struct DohCallbacks {
     if (frame->hd.type == NGHTTP2_GOAWAY) {
       // The client is leaving: no answer it still waits for matters more
       // than ending the connection promptly (answers now are no-ops).
-      Bump(self.stats_.goaways);
+      Bump(self.stats_.doh_goaways);
       self.terminating_ = true;
       nghttp2_session_terminate_session(session, NGHTTP2_NO_ERROR);
       return 0;
@@ -166,18 +166,6 @@ struct DohCallbacks {
     return 0;
   }
 
-  static int OnFrameSent(nghttp2_session* session, const nghttp2_frame* frame, void* /*user_data*/) {
-    if (frame->hd.type != NGHTTP2_HEADERS || (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) return 0;
-    DohServerSession::Stream* stream = StreamOf(session, frame->hd.stream_id);
-    // RFC 9113 §8.1: a server that answered before the request ended (an
-    // error status) may ask the client to stop sending it. Only once the
-    // response is out: queued earlier, the reset would cancel it.
-    if (stream != nullptr && !stream->request_ended) {
-      nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
-    }
-    return 0;
-  }
-
   static ssize_t ReadAnswer(nghttp2_session* /*session*/, int32_t /*stream_id*/, uint8_t* buffer,
                             size_t length, uint32_t* data_flags, nghttp2_data_source* source,
                             void* user_data) {
@@ -204,7 +192,6 @@ struct DohCallbacks {
       nghttp2_session_callbacks_set_on_frame_recv_callback(c, OnFrame);
       nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, OnData);
       nghttp2_session_callbacks_set_on_stream_close_callback(c, OnClose);
-      nghttp2_session_callbacks_set_on_frame_send_callback(c, OnFrameSent);
       return c;
     }();
     return callbacks;
@@ -216,11 +203,11 @@ DohServerSession::DohServerSession(const DohServerOptions& options)
       stats_(options.stats != nullptr ? *options.stats : own_counters_.Refs()),
       pool_(std::make_unique<BoundedPool>(options.pool_bytes)),
       slots_(std::max<uint32_t>(options.max_concurrent_streams, 1)),
-      query_bytes_(slots_.size() * options.max_query_bytes) {
+      query_bytes_(new uint8_t[slots_.size() * options.max_query_bytes]) {
   free_slots_.reserve(slots_.size());
   for (uint32_t i = static_cast<uint32_t>(slots_.size()); i-- > 0;) {
     slots_[i].slot = i;
-    slots_[i].query = query_bytes_.data() + i * options_.max_query_bytes;
+    slots_[i].query = query_bytes_.get() + i * options_.max_query_bytes;
     free_slots_.push_back(i);
   }
   nghttp2_option_new(&option_);
@@ -333,7 +320,7 @@ uint32_t DohServerSession::requests_incomplete() const {
 }
 
 void DohServerSession::Fail() {
-  if (!failed_) Bump(stats_.protocol_errors);
+  if (!failed_) Bump(stats_.doh_protocol_errors);
   failed_ = true;
 }
 
@@ -437,7 +424,7 @@ void DohServerSession::OnRequestEnd(Stream& stream) {
   }
   stream.handed_up = true;
   ++queries_in_flight_;
-  Bump(stats_.queries);
+  Bump(stats_.doh_queries);
   if (sink_ != nullptr) sink_->OnDohQuery(stream.id, {stream.query, length});
 }
 
@@ -445,21 +432,21 @@ void DohServerSession::OnStreamClose(int32_t stream_id) {
   Stream* stream = DohCallbacks::StreamOf(session_, stream_id);
   if (stream == nullptr) return;  // refused at its first HEADERS
   stream->closed = true;
-  if (stream->handed_up && !stream->responded) Bump(stats_.reset_in_flight);
+  if (stream->handed_up && !stream->responded) Bump(stats_.doh_reset_in_flight);
   ReleaseIfDone(*stream);
 }
 
 void DohServerSession::RespondError(Stream& stream, int status) {
   stream.responded = true;
   switch (status) {
-    case 400: Bump(stats_.status_400); break;
-    case 404: Bump(stats_.status_404); break;
-    case 405: Bump(stats_.status_405); break;
-    case 413: Bump(stats_.status_413); break;
-    case 414: Bump(stats_.status_414); break;
-    case 415: Bump(stats_.status_415); break;
-    case 431: Bump(stats_.status_431); break;
-    default: Bump(stats_.status_503); break;
+    case 400: Bump(stats_.doh_status_400); break;
+    case 404: Bump(stats_.doh_status_404); break;
+    case 405: Bump(stats_.doh_status_405); break;
+    case 413: Bump(stats_.doh_status_413); break;
+    case 414: Bump(stats_.doh_status_414); break;
+    case 415: Bump(stats_.doh_status_415); break;
+    case 431: Bump(stats_.doh_status_431); break;
+    default: Bump(stats_.doh_status_503); break;
   }
   char status_text[4];
   absl::SNPrintF(status_text, sizeof(status_text), "%d", status);
@@ -468,6 +455,9 @@ void DohServerSession::RespondError(Stream& stream, int status) {
       Header("content-length", "0"),
       Header("allow", "GET, POST"),  // RFC 9110 §15.5.6: required with 405
   };
+  // A request body still arriving is read and dropped (nghttp2 keeps the
+  // flow-control window open): no RST_STREAM(NO_ERROR) after the response,
+  // which RFC 9113 §8.1 allows but curl reports as a stream error.
   nghttp2_submit_response(session_, stream.id, headers, status == 405 ? 3 : 2, nullptr);
 }
 
@@ -475,7 +465,7 @@ bool DohServerSession::Answer(int32_t stream_id, std::span<const uint8_t> wire) 
   Stream* stream = FindStream(stream_id);
   if (stream == nullptr || stream->closed || stream->responded || session_ == nullptr || failed_ ||
       terminating_) {
-    Bump(stats_.late_answers);
+    Bump(stats_.doh_late_answers);
     return false;
   }
   auto* copy = static_cast<uint8_t*>(pool_->Allocate(wire.size()));
@@ -503,7 +493,7 @@ bool DohServerSession::Answer(int32_t stream_id, std::span<const uint8_t> wire) 
     return false;
   }
   stream->responded = true;
-  Bump(stats_.answers);
+  Bump(stats_.doh_answers);
   return true;
 }
 

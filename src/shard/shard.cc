@@ -270,6 +270,7 @@ absl::Status ShardLoop::Setup() {
   tls_ = std::make_unique<frontend::TlsClients>(*reactor_, clock_, acl_, stats_, index_);
   std::vector<frontend::TlsListen> tls_listen;
   for (const auto& address : config.listen_tls) tls_listen.push_back({address});  // DoT
+  for (const auto& a : config.listen_https) tls_listen.push_back({a, frontend::TlsListenerKind::kHttps});
   if (auto status = tls_->Open(tls_listen, config.tls_server, frontend::TlsLimits::From(tcp_limits));
       !status.ok()) {
     return status;

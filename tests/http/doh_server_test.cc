@@ -84,7 +84,7 @@ TEST_F(DohServerSessionTest, GetAndPostReachTheSinkAndAreAnswered) {
   }
   EXPECT_EQ(server_->queries_in_flight(), 0u);
   EXPECT_EQ(server_->streams_in_use(), 0u);
-  EXPECT_EQ(server_->stats().answers.load(), 2u);
+  EXPECT_EQ(server_->stats().doh_answers.load(), 2u);
   EXPECT_TRUE(server_->alive());
 }
 
@@ -102,7 +102,7 @@ TEST_F(DohServerSessionTest, ManyConcurrentStreamsAnsweredOutOfOrder) {
   for (uint16_t i = 0; i < 100; ++i) ids.push_back(i % 2 ? client_.Get(Query(i)) : client_.Post(Query(i)));
   client_.Pump(*server_);
   ASSERT_EQ(sink_.queries.size(), 100u);
-  EXPECT_EQ(server_->stats().refused_streams.load(), 0u);
+  EXPECT_EQ(server_->stats().doh_refused_streams.load(), 0u);
   // Each answer carries its query's ID: answered last to first, every body
   // must still land on its own stream.
   for (size_t i = sink_.queries.size(); i-- > 0;) {
@@ -163,13 +163,13 @@ TEST_F(DohServerSessionTest, ErrorStatuses) {
   EXPECT_TRUE(sink_.queries.empty());
   EXPECT_EQ(server_->streams_in_use(), 0u);
   const DohServerStats& stats = server_->stats();
-  EXPECT_EQ(stats.status_404.load(), 2u);
-  EXPECT_EQ(stats.status_405.load(), 2u);
-  EXPECT_EQ(stats.status_415.load(), 2u);
-  EXPECT_EQ(stats.status_413.load(), 1u);
-  EXPECT_EQ(stats.status_414.load(), 1u);
-  EXPECT_EQ(stats.status_400.load(), 7u);
-  EXPECT_EQ(stats.status_431.load(), 1u);
+  EXPECT_EQ(stats.doh_status_404.load(), 2u);
+  EXPECT_EQ(stats.doh_status_405.load(), 2u);
+  EXPECT_EQ(stats.doh_status_415.load(), 2u);
+  EXPECT_EQ(stats.doh_status_413.load(), 1u);
+  EXPECT_EQ(stats.doh_status_414.load(), 1u);
+  EXPECT_EQ(stats.doh_status_400.load(), 7u);
+  EXPECT_EQ(stats.doh_status_431.load(), 1u);
   // The session is still good for real queries.
   const int32_t ok = client_.Get(query);
   client_.Pump(*server_);
@@ -237,7 +237,7 @@ TEST_F(DohServerSessionTest, StreamResetInFlightMakesTheAnswerANoOp) {
   ASSERT_EQ(sink_.queries.size(), 1u);
   client_.Reset(id);
   client_.Pump(*server_);
-  EXPECT_EQ(server_->stats().reset_in_flight.load(), 1u);
+  EXPECT_EQ(server_->stats().doh_reset_in_flight.load(), 1u);
   // The slot stays taken until the proxy ends the query.
   EXPECT_EQ(server_->streams_in_use(), 1u);
   EXPECT_EQ(server_->queries_in_flight(), 1u);
@@ -246,7 +246,7 @@ TEST_F(DohServerSessionTest, StreamResetInFlightMakesTheAnswerANoOp) {
   client_.Pump(*server_);
   EXPECT_EQ(server_->streams_in_use(), 0u);
   EXPECT_EQ(server_->queries_in_flight(), 0u);
-  EXPECT_EQ(server_->stats().late_answers.load(), 1u);
+  EXPECT_EQ(server_->stats().doh_late_answers.load(), 1u);
   EXPECT_EQ(client_.responses[id].status, 0);
   EXPECT_EQ(client_.responses[id].close_error, static_cast<uint32_t>(NGHTTP2_CANCEL));
   EXPECT_TRUE(server_->alive());
@@ -266,7 +266,7 @@ TEST_F(DohServerSessionTest, ResetStreamsCannotMultiplyQueriesInFlight) {
   const int32_t c = client_.Post(Query(3));
   client_.Pump(*server_);
   EXPECT_EQ(client_.responses[c].close_error, static_cast<uint32_t>(NGHTTP2_REFUSED_STREAM));
-  EXPECT_EQ(server_->stats().refused_streams.load(), 1u);
+  EXPECT_EQ(server_->stats().doh_refused_streams.load(), 1u);
   EXPECT_EQ(sink_.queries.size(), 2u);
   server_->QueryDone(a);
   const int32_t d = client_.Post(Query(4));
@@ -286,7 +286,7 @@ TEST_F(DohServerSessionTest, GarbageEndsTheSession) {
   EXPECT_EQ(server_->Receive({reinterpret_cast<const uint8_t*>(garbage), sizeof(garbage) - 1}),
             DohServerSession::ReceiveResult::kClose);
   EXPECT_FALSE(server_->alive());
-  EXPECT_EQ(server_->stats().protocol_errors.load(), 1u);
+  EXPECT_EQ(server_->stats().doh_protocol_errors.load(), 1u);
   EXPECT_FALSE(server_->Answer(1, AnswerFor(0, {60})));
 }
 
@@ -308,7 +308,7 @@ TEST_F(DohServerSessionTest, GoawayFromTheClientEndsTheSession) {
   client_.Pump(*server_);
   EXPECT_EQ(client_.last_receive_, static_cast<int>(DohServerSession::ReceiveResult::kClose));
   EXPECT_FALSE(server_->alive());
-  EXPECT_EQ(server_->stats().goaways.load(), 1u);
+  EXPECT_EQ(server_->stats().doh_goaways.load(), 1u);
   EXPECT_FALSE(server_->Answer(id, AnswerFor(0, {60})));
   server_->QueryDone(id);
   // The slot can be reused by the next connection.

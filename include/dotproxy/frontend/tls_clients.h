@@ -46,6 +46,7 @@
 #include "dotproxy/frontend/client_ref.h"
 #include "dotproxy/frontend/stream_protocol.h"
 #include "dotproxy/frontend/tcp_clients.h"
+#include "dotproxy/http/doh_server.h"
 #include "dotproxy/io/clock.h"
 #include "dotproxy/io/index_list.h"
 #include "dotproxy/io/reactor.h"
@@ -145,7 +146,11 @@ class TlsClients final : private StreamProtocol::Host {
     int ops_in_flight = 0;
     io::UniqueFd fd;
     tls::ServerSession session;
-    std::unique_ptr<StreamProtocol> protocol;  // DoT; a DoH slot would hold its codec's adapter
+    // The protocol of the connection now open: `dot`, or `doh` when it came
+    // from a --listen-https listener (made at Open only when there is one).
+    StreamProtocol* protocol = nullptr;
+    std::unique_ptr<StreamProtocol> dot;
+    std::unique_ptr<StreamProtocol> doh;
     std::vector<uint8_t> sending;              // ciphertext of the send in flight
     io::StreamSend send;
     bool recv_in_flight = false;
@@ -197,6 +202,10 @@ class TlsClients final : private StreamProtocol::Host {
   const Acl& acl_;
   metrics::ShardStats& stats_;
   int shard_index_;
+  // The DoH connections' counters (this shard's doh_* rows) and codec
+  // options: /dns-query, 100 streams, the proxy's largest query.
+  http::DohServerStats doh_stats_;
+  http::DohServerOptions doh_options_;
   QuerySink* sink_ = nullptr;
   TlsLimits limits_;
   std::shared_ptr<const tls::ServerContext> context_;
