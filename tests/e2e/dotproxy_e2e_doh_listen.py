@@ -218,7 +218,10 @@ def doh_dnsperf(h):
     with open(data, "w") as f:
         f.write("a.example.test. A\ntxt.example.test. TXT\nmulti.example.test. A\n"
                 "nonexistent.example.test. A\n")
-    for method, least in (("GET", 100), ("POST", 10)):
+    # dnsperf's DoH pacing varies run to run (26 to 1000 queries a second
+    # at one in flight, with answers in well under a millisecond: it waits
+    # on its own sockets), so the floor is low; loss and statuses are exact.
+    for method, least in (("GET", 10), ("POST", 5)):
         argv = [DNSPERF, "-m", "doh", "-s", LOOPBACK4, "-p", str(p.https_port), "-d", data,
                 "-l", "3", "-c", "1", "-q", "1", "-t", "2",
                 "-O", "doh-uri=https://%s:%d/dns-query" % (TLS_NAME, p.https_port),
