@@ -305,6 +305,60 @@ def doh_garbage_closes(h):
     print("HTTP/1.1 and bad framing closed; the listener still answers")
 
 
+H2LOAD = "/usr/bin/h2load"
+
+
+def h2load(p, query_path, connections, requests):
+    need(H2LOAD)
+    argv = [H2LOAD, "-c", str(connections), "-m", "10", "-n", str(requests), "-d", query_path,
+            "-H", "content-type: application/dns-message",
+            "https://%s:%d/dns-query" % (LOOPBACK4, p.https_port)]
+    rc, out, err = E.run_cmd(argv, timeout=60)
+    check(rc == 0, "h2load: rc %d\n%s%s" % (rc, out, err))
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
+    check(m and int(m.group(1)) == requests, "h2load: not all %d requests succeeded:\n%s" % (
+        requests, out))
+    check(re.search(r"status codes: %d 2xx" % requests, out), "h2load: statuses:\n%s" % out)
+
+
+@case
+def doh_no_allocation_per_query(h):
+    """--threads 1, cache hits over DoH (h2load POST, 2 connections x 10
+    streams): 1,000 and then 9,000 queries on new connections each leave the
+    shard's heap and wolfSSL allocation counters grown by the same amount,
+    what two connections cost (accept, handshake): the per-query path,
+    nghttp2 included (its bounded per-connection pool), allocates nothing.
+    The doh_* counters show the queries in the SIGUSR1 report."""
+    import dotproxy_e2e_metrics as M
+    u = h.start_unbound()
+    p = start_doh(h, u, extra=["--cache-size", "1000", "--threads", "1"])
+    query_path = os.path.join(h.dir, "query.bin")
+    with open(query_path, "wb") as f:
+        f.write(make_query("a.example.test.", "A", qid=0).to_wire())
+    for _ in range(2):
+        h2load(p, query_path, 2, 1000)  # warm-up: the cache entry, every lazy init
+    deltas = []
+    for requests in (1000, 9000, 1000, 9000):
+        c0 = M.sigusr1_counters(p)
+        h2load(p, query_path, 2, requests)
+        c1 = M.sigusr1_counters(p)
+        deltas.append((requests, c1.get("heap_allocations", 0) - c0.get("heap_allocations", 0),
+                       c1.get("tls_allocations", 0) - c0.get("tls_allocations", 0),
+                       c1.get("doh_answers", 0) - c0.get("doh_answers", 0)))
+    print("DoH, per run of 2 new connections: (queries, heap allocations, wolfSSL allocations, "
+          "doh_answers) %s" % deltas)
+    for requests, _, _, answers in deltas:
+        check(answers == requests, "doh_answers grew by %d for %d queries" % (answers, requests))
+    small = [d for d in deltas if d[0] == 1000]
+    big = [d for d in deltas if d[0] == 9000]
+    # 8,000 more queries may not cost more than a few allocations (they do
+    # not all land on connections in the same state when h2load stops).
+    for (_, heap_s, tls_s, _), (_, heap_b, tls_b, _) in zip(small, big):
+        check(heap_b - heap_s <= 8 and tls_b - tls_s <= 8,
+              "8,000 more DoH queries made %d more heap and %d more wolfSSL allocations: %s" % (
+                  heap_b - heap_s, tls_b - tls_s, deltas))
+
+
 def main():
     E.own_cases_only(_INHERITED)
     return E.main()
