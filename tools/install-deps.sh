@@ -34,9 +34,9 @@ PACKAGES=(
   # encrypted transports: HTTP/2 for DNS over HTTPS (build); kdig (+tls,
   # +https) as a real DoT/DoH client, dnsdist as a DoT/DoH peer (tests, bench)
   libnghttp2-dev knot-dnsutils dnsdist
-  # bench: h2load (nghttp2-client) loads the DoH listeners too: dnsperf 2.10's
-  # DoH mode loses answers from dnsdist 1.7's DoH front end past one query
-  # in flight (bench/load/doh_listener.py)
+  # tests, bench: h2load (nghttp2-client) loads the DoH listeners (e2e
+  # doh_no_allocation_per_query, bench/load/doh_listener.py): dnsperf 2.10's
+  # DoH mode loses answers past one query in flight, from any server
   nghttp2-client
 )
 

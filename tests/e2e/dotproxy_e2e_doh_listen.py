@@ -305,6 +305,34 @@ def doh_garbage_closes(h):
     print("HTTP/1.1 and bad framing closed; the listener still answers")
 
 
+@case
+def doh_mtls(h):
+    """--tls-client-ca on the DoH listener: curl with a client certificate
+    from that CA gets its answer; without one (or with one from another CA)
+    the handshake fails, counted in tls_client_cert_refused."""
+    import dotproxy_e2e_metrics as M
+    import dotproxy_e2e_tls_listen as T  # here: its cases must not become ours
+    u = h.start_unbound()
+    key, pem = T.client_cert(h)
+    evil_key, evil_pem = T.client_cert(h, "evilclient", "evilca")
+    p = start_doh(h, u, extra=["--tls-client-ca", h.pki.ca_pem])
+    wire = make_query("a.example.test.", "A", qid=0).to_wire()
+    status, headers, body, _ = curl(h, p, ["--cert", pem, "--key", key,
+                                         url(p, query="?dns=" + b64url(wire))])
+    expect_answer("GET with a client certificate", status, headers, body, wire,
+                  u.reference("a.example.test.", "A"))
+    for what, extra in (("no client certificate", []),
+                        ("a certificate from another CA", ["--cert", evil_pem, "--key", evil_key])):
+        argv = [CURL, "--http2", "--silent", "--max-time", "5", "--cacert", h.pki.ca_pem,
+                "--resolve", "%s:%d:%s" % (TLS_NAME, p.https_port, LOOPBACK4), "--output", "/dev/null",
+                "--write-out", "%{http_code}"] + extra + [url(p, query="?dns=" + b64url(wire))]
+        rc, out, _ = E.run_cmd(argv, timeout=10)
+        check(rc != 0 and out.strip() in ("", "000"), "%s: curl rc %d, status %s" % (what, rc, out))
+    refused = M.sigusr1_counters(p).get("tls_client_cert_refused", 0)
+    check(refused >= 2, "tls_client_cert_refused %d after 2 refused handshakes" % refused)
+    print("DoH with mTLS: served with a client certificate, %d refused without" % refused)
+
+
 H2LOAD = "/usr/bin/h2load"
 
 
