@@ -15,10 +15,10 @@ HTTP 200; 4 qps at -q 20); it is used against dotproxy in the e2e tests.
 Everything on 127.0.0.1; the upstream serves only bench.test (local-zone
 "." static). Every child is stopped by PID; every wait is bounded.
 
-    DOTPROXY=build/src/dotproxy DURATION=5 bench/load/doh_listener.py
+    DOTPROXY=build/dotproxy DURATION=5 bench/load/doh_listener.py
     TARGETS="dotproxy dnsdist" CLIENTS=10 STREAMS=20 bench/load/doh_listener.py
 
-Environment: DOTPROXY (binary, default build/src/dotproxy), TARGETS ("dotproxy
+Environment: DOTPROXY (binary, default build/dotproxy), TARGETS ("dotproxy
 dnsdist"), DURATION (s, 5), CLIENTS (connections, 10), STREAMS (concurrent
 streams per connection, 10), LOAD_CPU (0), TARGET_CPU (1), RESULTS_DIR
 (default a new dir under /tmp). Needs unbound, dnsdist, h2load, kdig,
@@ -40,7 +40,7 @@ sys.path.insert(0, HERE)
 import bench_helper  # noqa: E402
 
 ENV = os.environ
-DOTPROXY = ENV.get("DOTPROXY", os.path.join(HERE, "..", "..", "build", "src", "dotproxy"))
+DOTPROXY = ENV.get("DOTPROXY", os.path.join(HERE, "..", "..", "build", "dotproxy"))
 TARGETS = ENV.get("TARGETS", "dotproxy dnsdist").split()
 DURATION = int(ENV.get("DURATION", "5"))
 CLIENTS = int(ENV.get("CLIENTS", "10"))
