@@ -402,6 +402,24 @@ int main(int argc, char** argv) {
     }
     Log(Severity::kInfo, "serving on %s with %d shards, %d upstreams", listen, config->threads,
         static_cast<int>(config->upstreams.size()));
+    if (!config->listen_tls.empty()) {
+      std::string tls_listen;
+      for (const auto& address : config->listen_tls) {
+        absl::StrAppend(&tls_listen, tls_listen.empty() ? "" : " ", address.ToString());
+      }
+      Log(Severity::kInfo, "DNS-over-TLS on %s (certificate %s%s)", tls_listen, config->tls_cert,
+          config->tls_client_ca.empty() ? ""
+                                        : absl::StrCat("; client certificates from ",
+                                                       config->tls_client_ca, " required"));
+    }
+    if (!config->listen_https.empty()) {
+      std::string https_listen;
+      for (const auto& address : config->listen_https) {
+        absl::StrAppend(&https_listen, https_listen.empty() ? "" : " ", address.ToString());
+      }
+      Log(Severity::kInfo, "DNS-over-HTTPS (HTTP/2, /dns-query) on %s (certificate %s%s)", https_listen,
+          config->tls_cert, config->tls_client_ca.empty() ? "" : "; client certificates required");
+    }
     Log(Severity::kInfo, "configuration: %s", dotproxy::daemon::ConfigSummary(*config));
     for (const auto& upstream : config->upstreams) {
       if (upstream.transport == dotproxy::config::Transport::kTls) continue;

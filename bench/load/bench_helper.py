@@ -372,6 +372,19 @@ def ratios(path):
     out.append("- **TCP clients, cache hits (max), CPU µs/q:** dotproxy %s / dnsdist %s = **%s×** "
                "(QPS %s vs %s)" % (f1(cpu(d)), f1(cpu(dd)), ratio(cpu(d), cpu(dd)),
                                    _f(d and d.get("qps"), "%.0f"), _f(dd and dd.get("qps"), "%.0f")))
+    for scen in ("hit", "miss"):
+        offered = sorted({str(r.get("offered")) for r in rows
+                          if r.get("proto") == "dot" and r.get("scenario") == scen})
+        for o in offered:
+            d, dd = get("dotproxy", scen, "dot", o), get("dnsdist", scen, "dot", o)
+            if d is None and dd is None:
+                continue
+            out.append("- **DoT clients (dnsperf -m dot), %s, %s qps offered:** CPU µs/q dotproxy "
+                       "%s / dnsdist %s = **%s×**; QPS %s vs %s; p99 %s vs %s µs" % (
+                           "cache hits" if scen == "hit" else "misses", o, f1(cpu(d)), f1(cpu(dd)),
+                           ratio(cpu(d), cpu(dd)), _f(d and d.get("qps"), "%.0f"),
+                           _f(dd and dd.get("qps"), "%.0f"), _us(d and d.get("p99_s")),
+                           _us(dd and dd.get("p99_s"))))
     p99 = []
     for t in ("dotproxy",) + PEERS:
         r = get(t, "miss", "udp", "20000")

@@ -23,6 +23,10 @@ Scenarios (SCENARIOS, in this order):
   hit-tcp    the same with TCP clients (dnsperf -m tcp)
   miss-udp   cache misses: unique names, UDP, rates MISS_RATES
   miss-tcp   misses with TCP clients, rates MISS_TCP_RATES
+  hit-dot    cache hits from DNS-over-TLS clients (dnsperf -m dot) to the target's DoT
+             listener (dotproxy --listen-tls, dnsdist addTLSLocal), rates HIT_RATES;
+             only dotproxy* and dnsdist targets (not in the default SCENARIOS)
+  miss-dot   misses from DoT clients, rates MISS_TCP_RATES
   burst      BURST_QUERIES unique queries at once from BURST_SOCKETS UDP sockets;
              answers counted within BURST_WINDOW seconds
 
@@ -117,7 +121,7 @@ UPSTREAM="${UPSTREAM:-dnsdist}"
 CALIBRATE="${CALIBRATE:-1}"
 case "$UPSTREAM" in unbound|dnsdist) ;; *) echo "UPSTREAM must be unbound or dnsdist" >&2; exit 2 ;; esac
 for sc in $SCENARIOS $PERF_SCENARIOS; do
-    case "$sc" in hit-udp|hit-tcp|miss-udp|miss-tcp|burst) ;; *) echo "unknown scenario '$sc'" >&2; exit 2 ;; esac
+    case "$sc" in hit-udp|hit-tcp|miss-udp|miss-tcp|hit-dot|miss-dot|burst) ;; *) echo "unknown scenario '$sc'" >&2; exit 2 ;; esac
 done
 TS="$(date +%Y%m%d-%H%M%S)"
 RESULTS_DIR="${RESULTS_DIR:-$HERE/results/$TS}"
@@ -268,6 +272,9 @@ make_certs() {
 }
 
 UPSTREAM_PID="" UPSTREAM_PLAIN_PORT="" UPSTREAM_DOT_PORT="" CA=""
+# The targets' own DoT listener (hit-dot, miss-dot): the upstream's certificate
+# (SAN upstream.test; dnsperf does not verify) on TARGET_TLS_PORT.
+TARGET_TLS_PORT="" TARGET_CERT="" TARGET_KEY=""
 # Both upstreams: plain + DoT port on 127.0.0.1, cannot recurse (everything outside
 # bench.test is NXDOMAIN), every name under bench.test answers A 192.0.2.1.
 start_upstream() {
@@ -275,6 +282,7 @@ start_upstream() {
     mkdir -p "$d"
     make_certs "$d"
     CA="$d/ca.pem"
+    TARGET_CERT="$d/server.pem" TARGET_KEY="$d/server.key"
     local ports; ports="$("$PY" "$HELPER" freeports 2)"
     UPSTREAM_PLAIN_PORT="$(sed -n 1p <<<"$ports")"
     UPSTREAM_DOT_PORT="$(sed -n 2p <<<"$ports")"
@@ -425,10 +433,12 @@ start_dotproxy() {
     local name="$1" extra="$2" bin="${DOTPROXY_BIN:-$DOTPROXY}"
     local upstream="${3:-127.0.0.1:$UPSTREAM_DOT_PORT#upstream.test}"
     [ -x "$bin" ] || { log "dotproxy binary not found at $bin (set DOTPROXY= or DOTPROXY_BASE=)"; return 1; }
-    TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
+    local ports; ports="$("$PY" "$HELPER" freeports 2)"
+    TARGET_PORT="$(sed -n 1p <<<"$ports")" TARGET_TLS_PORT="$(sed -n 2p <<<"$ports")"
     local cmd=("$bin" --listen "127.0.0.1:$TARGET_PORT"
                --upstream "$upstream"
-               --ca-file "$CA" --threads 1)
+               --ca-file "$CA" --threads 1
+               --listen-tls "127.0.0.1:$TARGET_TLS_PORT" --tls-cert "$TARGET_CERT" --tls-key "$TARGET_KEY")
     # shellcheck disable=SC2206
     [ -n "$extra" ] && cmd+=($extra)
     echo "${cmd[*]}" > "$RESULTS_DIR/$name.cmdline"
@@ -484,11 +494,14 @@ EOF
 start_target_dnsdist() {
     local d="$WORK/dnsdist_target"
     mkdir -p "$d"
-    TARGET_PORT="$("$PY" "$HELPER" freeports 1)"
+    local ports; ports="$("$PY" "$HELPER" freeports 2)"
+    TARGET_PORT="$(sed -n 1p <<<"$ports")" TARGET_TLS_PORT="$(sed -n 2p <<<"$ports")"
     cat > "$d/dnsdist.conf" <<EOF
 -- No security polling: it would query secpoll.powerdns.com via /etc/resolv.conf (off-host).
 setSecurityPollSuffix("")
 setLocal("127.0.0.1:$TARGET_PORT")
+-- DoT clients (hit-dot, miss-dot): the same certificate as dotproxy's listener.
+addTLSLocal("127.0.0.1:$TARGET_TLS_PORT", "$TARGET_CERT", "$TARGET_KEY", {provider="openssl"})
 setACL({"127.0.0.0/8"})
 newServer({address="127.0.0.1:$UPSTREAM_DOT_PORT", tls="openssl", subjectName="upstream.test", caStore="$CA", validateCertificates=true})
 pc = newPacketCache(100000, {maxTTL=86400, minTTL=0})
@@ -530,6 +543,8 @@ target_supports() {
     case "$target:$sc" in
         reflector:hit-udp|reflector:burst) return 0 ;;
         reflector:*) return 1 ;;
+        dotproxy*:*-dot|dnsdist:*-dot) return 0 ;;
+        *:*-dot) return 1 ;;
         *) return 0 ;;
     esac
 }
@@ -557,11 +572,14 @@ run_one() {
     local raw="$RESULTS_DIR/$tag.dnsperf.txt"
     local data="$WORK/names.txt"
     local mode="${proto%%-*}"
+    # The target's DoT listener for its DoT scenarios (the calibration's
+    # "dot-1conn" is the upstream's own DoT port, TARGET_PORT).
+    local port="$TARGET_PORT"; [ "$proto" = dot ] && port="$TARGET_TLS_PORT"
     if [ "$scenario" = hit ]; then
         write_hit_names "$data"
         # Prime the target's cache (not measured): every name once, over the same transport
         # (dnsdist's cache key includes it).
-        timeout -k 5 $((TIMEOUT + 30)) taskset -c "$LOAD_CPU" dnsperf -s 127.0.0.1 -p "$TARGET_PORT" \
+        timeout -k 5 $((TIMEOUT + 30)) taskset -c "$LOAD_CPU" dnsperf -s 127.0.0.1 -p "$port" \
             -m "$mode" -d "$data" -n 1 -c 1 -q 50 -t "$TIMEOUT" >"$RESULTS_DIR/$tag.prime.txt" 2>&1 || true
         sleep 0.5
     else
@@ -569,7 +587,7 @@ run_one() {
         awk -v n="$NAMES" -v r="$RUN_IDX" 'BEGIN { for (i = 1; i <= n; i++) printf "r%d-q%d.bench.test A\n", r, i }' > "$data"
     fi
 
-    local args=(-s 127.0.0.1 -p "$TARGET_PORT" -m "$mode" -d "$data" -l "$DURATION"
+    local args=(-s 127.0.0.1 -p "$port" -m "$mode" -d "$data" -l "$DURATION"
                 -c "$clients" -q "$OUTSTANDING" -t "$TIMEOUT")
     [ "$rate" != max ] && args+=(-Q "$rate")
     [ "$PERCENTILES" = 1 ] && args+=(-v)
@@ -695,12 +713,14 @@ for target in $TARGETS; do
     ready_mode=""; [ "$target" = reflector ] && ready_mode=reflect
     protos="udp"
     for sc in $SCENARIOS $([ "$PERF" = 1 ] && echo "$PERF_SCENARIOS"); do
-        case "$sc" in *-tcp) target_supports "$target" "$sc" && protos="udp tcp" ;; esac
+        case "$sc" in *-tcp) target_supports "$target" "$sc" && protos="$protos tcp" ;; esac
+        case "$sc" in *-dot) target_supports "$target" "$sc" && protos="$protos dot" ;; esac
     done
     ok=1
     for proto in $protos; do
         extra=""; [ "$proto" = tcp ] && extra="+tcp"
-        if ! wait_dns_ready "$TARGET_PORT" "$TARGET_PID" "$extra" "$ready_mode"; then
+        port="$TARGET_PORT"; [ "$proto" = dot ] && extra="+tls" port="$TARGET_TLS_PORT"
+        if ! wait_dns_ready "$port" "$TARGET_PID" "$extra" "$ready_mode"; then
             log "target $target not answering over $proto on 127.0.0.1:$TARGET_PORT within ${READY_TIMEOUT}s; its log:"
             tail -n 50 "$RESULTS_DIR/$target.log" >&2 || true
             fail_row "$target" - "$proto" "not ready (see $target.log)"
@@ -717,6 +737,8 @@ for target in $TARGETS; do
                 hit-tcp) points="hit tcp $HIT_RATES" ;;
                 miss-udp) points="miss udp $MISS_RATES" ;;
                 miss-tcp) points="miss tcp $MISS_TCP_RATES" ;;
+                hit-dot) points="hit dot $HIT_RATES" ;;
+                miss-dot) points="miss dot $MISS_TCP_RATES" ;;
                 burst) points="" ;;
             esac
             if [ "$sc" = burst ]; then

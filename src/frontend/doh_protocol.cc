@@ -1,5 +1,7 @@
 #include "src/frontend/doh_protocol.h"
 
+#include "dotproxy/frontend/doh_protocol.h"
+
 #include <cstring>
 
 #include "dotproxy/frontend/client_ref.h"
@@ -14,12 +16,25 @@ http::DohServerOptions WithQueryLimit(http::DohServerOptions options) {
 
 }  // namespace
 
+static_assert(kDohClientBytes == DohProtocol::kInputBytes + DohProtocol::kAnswerBytes +
+                                     100 * kMaxQuerySize + 512 * 1024,
+              "kDohClientBytes follows the buffers and the default DohServerOptions");
+
 // Buffers are not value-initialised: their pages are committed only as used.
-DohProtocol::DohProtocol(http::DohServerOptions options)
+DohProtocol::DohProtocol(http::DohServerOptions options, std::span<uint8_t> out)
     : session_(WithQueryLimit(std::move(options))),
       input_(new uint8_t[kInputBytes]),
-      output_(new uint8_t[kOutputBytes]),
+      output_(out),
       answer_(new uint8_t[kAnswerBytes]) {}
+
+StreamProtocolFactory DohProtocolFactory(metrics::ShardStats& stats) {
+  return [&stats](std::span<uint8_t> out) -> std::unique_ptr<StreamProtocol> {
+    const http::DohServerStats counters = DohProtocol::StatsOf(stats);
+    http::DohServerOptions options;
+    options.stats = &counters;
+    return std::make_unique<DohProtocol>(std::move(options), out);
+  };
+}
 
 http::DohServerStats DohProtocol::StatsOf(metrics::ShardStats& stats) {
 #define DOTPROXY_DOH_BIND(name, help) stats.name,
@@ -80,15 +95,15 @@ void DohProtocol::QueryDone(uint32_t stream) { session_.QueryDone(static_cast<in
 
 std::span<const uint8_t> DohProtocol::Output() {
   if (output_begin_ > 0 && output_begin_ == output_end_) output_begin_ = output_end_ = 0;
-  if (output_end_ < kOutputBytes && session_.has_output()) {
+  if (output_end_ < output_.size() && session_.has_output()) {
     if (output_begin_ > 0) {
-      std::memmove(output_.get(), output_.get() + output_begin_, output_end_ - output_begin_);
+      std::memmove(output_.data(), output_.data() + output_begin_, output_end_ - output_begin_);
       output_end_ -= output_begin_;
       output_begin_ = 0;
     }
-    output_end_ += session_.WriteOutput({output_.get() + output_end_, kOutputBytes - output_end_});
+    output_end_ += session_.WriteOutput(output_.subspan(output_end_));
   }
-  return {output_.get() + output_begin_, output_end_ - output_begin_};
+  return {output_.data() + output_begin_, output_end_ - output_begin_};
 }
 
 void DohProtocol::Consumed(size_t n) {

@@ -20,16 +20,18 @@ namespace dotproxy::frontend {
 
 class DohProtocol final : public StreamProtocol, private http::DohQuerySink {
  public:
-  // Decrypted bytes taken per read, and plaintext gathered per write: many
-  // answers' frames go out in one TLS record.
+  // Decrypted bytes taken per read. Plaintext to write is gathered in the
+  // room's answer buffer for the slot (`out`, StreamProtocol::kOutCapacity):
+  // many answers' frames go out in one TLS record.
   static constexpr size_t kInputBytes = 16 * 1024;
-  static constexpr size_t kOutputBytes = 32 * 1024;
   // The largest DNS message: an answer is written here, then copied into
   // the session's pool (it is framed later, as flow control allows).
   static constexpr size_t kAnswerBytes = 65535;
 
-  // `options.max_query_bytes` is set to kMaxQuerySize here.
-  explicit DohProtocol(http::DohServerOptions options);
+  // `options.max_query_bytes` is set to kMaxQuerySize here; `options.stats`
+  // is copied (a struct of references), so it may be a temporary. `out` is
+  // borrowed for the protocol's life.
+  DohProtocol(http::DohServerOptions options, std::span<uint8_t> out);
 
   void Reset() override;
   std::span<uint8_t> InputSpace() override { return {input_.get(), kInputBytes}; }
@@ -60,7 +62,7 @@ class DohProtocol final : public StreamProtocol, private http::DohQuerySink {
   bool host_closed_ = false;
   bool reset_pending_ = false;
   std::unique_ptr<uint8_t[]> input_;
-  std::unique_ptr<uint8_t[]> output_;
+  std::span<uint8_t> output_;
   size_t output_begin_ = 0;
   size_t output_end_ = 0;
   std::unique_ptr<uint8_t[]> answer_;

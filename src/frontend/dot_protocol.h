@@ -56,4 +56,16 @@ class DotProtocol final : public StreamProtocol {
   size_t out_end_ = 0;
 };
 
+// A TLS room slot's plaintext buffers in its region (tls_listeners.cc):
+// queries, then answers, each starting on a page.
+namespace tls_slot {
+constexpr size_t kPageSize = 4096;
+constexpr size_t kInCapacity = 4 * (kMaxQuerySize + 2);
+constexpr size_t kInSlot = (kInCapacity + kPageSize - 1) / kPageSize * kPageSize;
+constexpr size_t kOutSlot =
+    (StreamProtocol::kOutCapacity + kPageSize - 1) / kPageSize * kPageSize;
+constexpr size_t kSlotBytes = kInSlot + kOutSlot;
+constexpr size_t kSendReserve = 64 * 1024;
+}  // namespace tls_slot
+
 }  // namespace dotproxy::frontend

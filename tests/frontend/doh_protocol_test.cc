@@ -62,7 +62,12 @@ struct Room {
 
 class DohProtocolTest : public ::testing::Test {
  protected:
-  DohProtocolTest() : protocol_(http::DohServerOptions{}), room_{protocol_, host_} { protocol_.Reset(); }
+  DohProtocolTest()
+      : out_(StreamProtocol::kOutCapacity), protocol_(http::DohServerOptions{}, out_),
+        room_{protocol_, host_} {
+    protocol_.Reset();
+  }
+  std::vector<uint8_t> out_;  // the room's answer buffer for the slot
   DohProtocol protocol_;
   RecordingHost host_;
   Room room_;

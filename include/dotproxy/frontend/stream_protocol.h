@@ -13,9 +13,11 @@
 //   DoT (this room, DotProtocol below): DNS-over-TCP framing (RFC 7858 §3.3),
 //     every query on stream 0, answers in any order.
 //   DoH (http::DohServerSession, the DoH listener's codec): plug it in as a
-//     StreamProtocol implementation (an adapter class in src/frontend/
-//     holding the codec), returned by MakeProtocol() for
-//     TlsListenerKind::kHttps. InputSpace/CommitInput feed it decrypted
+//     StreamProtocol implementation (an adapter holding the codec), made by
+//     the StreamProtocolFactory given to TlsClients::Open for listeners of
+//     TlsListenerKind::kHttps (one per connection slot, at Open; the slot
+//     uses it for connections accepted on an https listener and its
+//     DotProtocol for the others). InputSpace/CommitInput feed it decrypted
 //     bytes; it calls host.OnQuery(wire, stream_id) for each complete DNS
 //     query (the HTTP/2 stream id becomes ClientRef::stream, so the answer
 //     comes back to BeginAnswer/CommitAnswer with that id); Output() is its
@@ -30,6 +32,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -85,5 +88,10 @@ class StreamProtocol {
   // Answer buffer capacity: reading pauses past a quarter of it queued.
   static constexpr size_t kOutCapacity = 96 * 1024;
 };
+
+// Makes one slot's protocol; `out` is the slot's answer buffer
+// (kOutCapacity bytes, fixed for the room's life), which the protocol may use
+// for its output or ignore. Called at Open, on the shard thread.
+using StreamProtocolFactory = std::function<std::unique_ptr<StreamProtocol>(std::span<uint8_t> out)>;
 
 }  // namespace dotproxy::frontend

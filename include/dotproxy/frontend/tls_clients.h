@@ -46,7 +46,6 @@
 #include "dotproxy/frontend/client_ref.h"
 #include "dotproxy/frontend/stream_protocol.h"
 #include "dotproxy/frontend/tcp_clients.h"
-#include "dotproxy/http/doh_server.h"
 #include "dotproxy/io/clock.h"
 #include "dotproxy/io/index_list.h"
 #include "dotproxy/io/reactor.h"
@@ -87,6 +86,10 @@ struct TlsListen {
 class TlsClients final : private StreamProtocol::Host {
  public:
   static constexpr std::chrono::seconds kStalledHandshake{1};
+  // A client slot at worst (all touched): plaintext queries and answers,
+  // ciphertext in, out and in flight (wolfSSL's own state comes on top).
+  static constexpr size_t kClientBytes =
+      4 * 4096 + StreamProtocol::kOutCapacity + tls::MemoryIo::kInboundCapacity + 2 * 64 * 1024;
   TlsClients(io::Reactor& reactor, const io::LoopClock& clock, const Acl& acl,
              metrics::ShardStats& stats, int shard_index);
   ~TlsClients();
@@ -96,8 +99,11 @@ class TlsClients final : private StreamProtocol::Host {
   // Binds a listener per address (SO_REUSEPORT: one per shard) and sizes
   // the client table. `context` serves the handshakes (not null when any
   // listener is given).
+  // `https` makes the protocol of connections on kHttps listeners (DoH);
+  // required when any listener is one.
   absl::Status Open(std::span<const TlsListen> listen,
-                    std::shared_ptr<const tls::ServerContext> context, const TlsLimits& limits);
+                    std::shared_ptr<const tls::ServerContext> context, const TlsLimits& limits,
+                    const StreamProtocolFactory& https = nullptr);
   void set_sink(QuerySink* sink) { sink_ = sink; }
   // A reload: new handshakes use `context`; sessions established or in
   // progress keep the one they started with until they close.
@@ -146,11 +152,9 @@ class TlsClients final : private StreamProtocol::Host {
     int ops_in_flight = 0;
     io::UniqueFd fd;
     tls::ServerSession session;
-    // The protocol of the connection now open: `dot`, or `doh` when it came
-    // from a --listen-https listener (made at Open only when there is one).
-    StreamProtocol* protocol = nullptr;
     std::unique_ptr<StreamProtocol> dot;
-    std::unique_ptr<StreamProtocol> doh;
+    std::unique_ptr<StreamProtocol> https;  // null without kHttps listeners
+    StreamProtocol* protocol = nullptr;     // the current connection's: one of the two
     std::vector<uint8_t> sending;              // ciphertext of the send in flight
     io::StreamSend send;
     bool recv_in_flight = false;
@@ -202,10 +206,6 @@ class TlsClients final : private StreamProtocol::Host {
   const Acl& acl_;
   metrics::ShardStats& stats_;
   int shard_index_;
-  // The DoH connections' counters (this shard's doh_* rows) and codec
-  // options: /dns-query, 100 streams, the proxy's largest query.
-  http::DohServerStats doh_stats_;
-  http::DohServerOptions doh_options_;
   QuerySink* sink_ = nullptr;
   TlsLimits limits_;
   std::shared_ptr<const tls::ServerContext> context_;
