@@ -219,7 +219,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (!config->listen_tls.empty()) {
+  if (!config->listen_tls.empty() || !config->listen_https.empty()) {
     // The TLS listeners' certificate: read and checked once, shared by every shard.
     auto server = dotproxy::tls::ServerContext::Create(
         {config->tls_cert, config->tls_key, config->tls_client_ca});
@@ -411,6 +411,14 @@ int main(int argc, char** argv) {
           config->tls_client_ca.empty() ? ""
                                         : absl::StrCat("; client certificates from ",
                                                        config->tls_client_ca, " required"));
+    }
+    if (!config->listen_https.empty()) {
+      std::string https_listen;
+      for (const auto& address : config->listen_https) {
+        absl::StrAppend(&https_listen, https_listen.empty() ? "" : " ", address.ToString());
+      }
+      Log(Severity::kInfo, "DNS-over-HTTPS (HTTP/2, /dns-query) on %s (certificate %s%s)", https_listen,
+          config->tls_cert, config->tls_client_ca.empty() ? "" : "; client certificates required");
     }
     Log(Severity::kInfo, "configuration: %s", dotproxy::daemon::ConfigSummary(*config));
     for (const auto& upstream : config->upstreams) {

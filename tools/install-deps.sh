@@ -37,6 +37,10 @@ PACKAGES=(
   # tests: curl --http2 checks that a DoH server on loopback is ready
   # (dotproxy_e2e_doh_upstream.py)
   curl
+  # tests, bench: h2load (nghttp2-client) loads the DoH listeners (e2e
+  # doh_no_allocation_per_query, bench/load/doh_listener.py): dnsperf 2.10's
+  # DoH mode loses answers past one query in flight, from any server
+  nghttp2-client
 )
 
 SUDO=""

@@ -374,6 +374,9 @@ absl::Status ValidateConfig(const Config& config) {
   if (!config.listen_tls.empty() && (config.tls_cert.empty() || config.tls_key.empty())) {
     return absl::InvalidArgumentError("--listen-tls needs --tls-cert and --tls-key");
   }
+  if (!config.listen_https.empty() && (config.tls_cert.empty() || config.tls_key.empty())) {
+    return absl::InvalidArgumentError("--listen-https needs --tls-cert and --tls-key");
+  }
   if (auto status = CheckUpstreamList(config.upstreams, config.allow_plaintext, ""); !status.ok()) {
     return status;
   }

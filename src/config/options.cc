@@ -23,6 +23,11 @@ constexpr Option kOptions[] = {
      .field = &Config::listen_tls, .value_name = "ADDR:PORT",
      .help = "DNS-over-TLS listen address (RFC 7858, ALPN \"dot\"), e.g.\n"
              "127.0.0.1:853; repeatable; needs --tls-cert and --tls-key"},
+    {.flag = "listen-https", .toml_key = "listen_https", .kind = OptionKind::kAddressList,
+     .field = &Config::listen_https, .value_name = "ADDR:PORT",
+     .help = "DNS-over-HTTPS listen address (RFC 8484: HTTP/2, ALPN \"h2\",\n"
+             "GET ?dns= and POST on /dns-query), e.g. 127.0.0.1:443;\n"
+             "repeatable; needs --tls-cert and --tls-key"},
     {.flag = "tls-cert", .toml_key = "tls_cert", .kind = OptionKind::kPath,
      .field = &Config::tls_cert, .value_name = "PEM",
      .help = "certificate chain of the TLS listeners, leaf first\n"

@@ -95,7 +95,7 @@ absl::StatusOr<std::shared_ptr<const config::Config>> LoadNextConfig(
 }  // namespace
 
 void ReloadServerContext(const config::Config& running, config::Config& next) {
-  if (next.listen_tls.empty()) return;
+  if (next.listen_tls.empty() && next.listen_https.empty()) return;
   // Tickets carry no authorization without client certificates: the keys
   // (and so every ticket issued) survive the reload. With mutual TLS a
   // ticket stands for a certificate checked against the old CA, so the
@@ -138,6 +138,7 @@ void KeepRestartOnly(const config::Config& running, config::Config& next,
   keep("freebind", next.freebind, running.freebind, equal);
   // TLS listeners are bound at start (certificates and keys reload).
   keep("listen_tls", next.listen_tls, running.listen_tls, equal);
+  keep("listen_https", next.listen_https, running.listen_https, equal);
   // The writer and its rings are set up at start (dnstap_messages reloads).
   keep("dnstap", next.dnstap, running.dnstap, equal);
   keep("dnstap_identity", next.dnstap_identity, running.dnstap_identity, equal);

@@ -127,7 +127,8 @@ void TlsClients::Process(uint32_t index) {
   }
   if (client.state != State::kOpen) return;
   std::move(done).Invoke();
-  if (!client.session.outbound().empty()) MarkDirty(index);
+  // DoH writes without an answer too (SETTINGS, their ACKs, PING replies).
+  if (!client.session.outbound().empty() || client.protocol->output_pending() > 0) MarkDirty(index);
   // The message timer: restarted when a message completed, kept while the
   // same message stays incomplete (a trickle does not extend it).
   if (!client.protocol->mid_message()) {

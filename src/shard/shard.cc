@@ -24,6 +24,7 @@
 #include "dotproxy/control/alloc_counter.h"
 #include "dotproxy/control/log.h"
 #include "dotproxy/frontend/acl.h"
+#include "dotproxy/frontend/doh_protocol.h"
 #include "dotproxy/frontend/frontends.h"
 #include "dotproxy/frontend/rate_limiter.h"
 #include "dotproxy/frontend/tcp_clients.h"
@@ -270,10 +271,10 @@ absl::Status ShardLoop::Setup() {
   tls_ = std::make_unique<frontend::TlsClients>(*reactor_, clock_, acl_, stats_, index_);
   std::vector<frontend::TlsListen> tls_listen;
   for (const auto& address : config.listen_tls) tls_listen.push_back({address});  // DoT
-  if (auto status = tls_->Open(tls_listen, config.tls_server, frontend::TlsLimits::From(tcp_limits));
-      !status.ok()) {
-    return status;
-  }
+  for (const auto& a : config.listen_https) tls_listen.push_back({a, frontend::TlsListenerKind::kHttps});
+  const auto tls_limits = frontend::TlsLimits::From(tcp_limits);
+  auto status = tls_->Open(tls_listen, config.tls_server, tls_limits, frontend::DohProtocolFactory(stats_));
+  if (!status.ok()) return status;
   frontends_ = std::make_unique<frontend::Frontends>(*udp_, *tcp_, *tls_);
 
   if (config.cache_size > 0) {
@@ -548,7 +549,7 @@ ShardMemory EstimateShardMemory(const config::Config& config) {
       (config.dnstap.empty() ? 0 : dnstap::kRingBytesPerShard);
   memory.tcp_worst_bytes = static_cast<size_t>(config.max_tcp_clients) *
       (frontend::TcpClients::kClientBytes +
-       (config.listen_tls.empty() ? 0 : frontend::TlsClients::kClientBytes));
+       frontend::TlsSlotBytes(!config.listen_tls.empty(), !config.listen_https.empty()));
   return memory;
 }
 

@@ -1008,5 +1008,27 @@ TEST_F(ConfigFileTest, DnstapMessagesIsAnArrayAndErrorsNameTheLine) {
                               "d.toml:1: "));
 }
 
+// --- listen_https (the DoH listener) -----------------------------------------
+
+TEST(ListenHttpsTest, FlagIsRepeatableAndNeedsTheCertificate) {
+  EXPECT_TRUE(FailsMentioning(Parse({"--listen-https", "127.0.0.1:8443"}).status(),
+                              "--listen-https needs --tls-cert and --tls-key"));
+  auto parsed = Parse({"--listen-https", "127.0.0.1:8443", "--listen-https", "[::1]:8443",
+                       "--tls-cert", "/c.pem", "--tls-key", "/k.pem"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  ASSERT_EQ(parsed->config.listen_https.size(), 2u);
+  EXPECT_EQ(parsed->config.listen_https[1].ToString(), "[::1]:8443");
+  EXPECT_TRUE(parsed->config.listen_tls.empty());
+}
+
+TEST_F(ConfigFileTest, ReadsListenHttps) {
+  const std::string path = WriteFile("doh.toml", "listen_https = [\"127.0.0.1:8443\"]\n"
+                                                 "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n");
+  Config config;
+  ASSERT_TRUE(LoadConfigFile(path, config).ok());
+  ASSERT_EQ(config.listen_https.size(), 1u);
+  EXPECT_EQ(config.listen_https[0].ToString(), "127.0.0.1:8443");
+}
+
 }  // namespace
 }  // namespace dotproxy::config

@@ -118,12 +118,15 @@ struct Config {
   // DNS-over-TLS listeners (RFC 7858), with the server certificate and key
   // and, for mutual TLS, the CA client certificates must come from.
   std::vector<io::SocketAddress> listen_tls;
+  // DNS-over-HTTPS listeners (RFC 8484, HTTP/2), same certificate options.
+  std::vector<io::SocketAddress> listen_https;
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
   // Built from tls_cert/tls_key/tls_client_ca by main (start) and the reload
   // (control thread), shared read-only by every shard; null without
-  // listen_tls. A reload whose files do not load keeps the running one.
+  // listen_tls and listen_https. A reload whose files do not load keeps the
+  // running one.
   std::shared_ptr<const tls::ServerContext> tls_server;
   // IP_FREEBIND on every listener: listen addresses may not exist yet (a
   // link-local service address, NodeLocal DNSCache style).

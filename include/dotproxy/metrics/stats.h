@@ -19,6 +19,8 @@
 #include <string>
 #include <string_view>
 
+#include "dotproxy/http/doh_counters.h"
+
 namespace dotproxy::metrics {
 
 #define DOTPROXY_SHARD_COUNTERS(X)                                                   \
@@ -92,6 +94,7 @@ namespace dotproxy::metrics {
   X(tls_slow_closed, "client TLS connections closed for not reading answers")        \
   X(tls_bad_frame, "client TLS connections closed for an oversized frame")           \
   X(tls_clients, "client TLS connections open (gauge)")                              \
+  DOTPROXY_DOH_SERVER_COUNTERS(X)                                                     \
   X(cache_hits, "queries answered from the cache")                                   \
   X(cache_misses, "queries the cache could not answer")                              \
   X(cache_stale_answers, "expired answers served because upstreams failed (RFC 8767)") \
