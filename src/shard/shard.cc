@@ -37,6 +37,7 @@
 #include "dotproxy/upstream/id_table.h"
 #include "dotproxy/upstream/pool.h"
 #include "dotproxy/upstream/pool_set.h"
+#include "src/shard/sizing.h"
 
 namespace dotproxy::shard {
 namespace {
@@ -45,14 +46,6 @@ using control::Log;
 using control::Severity;
 using metrics::Bump;
 
-// Sizing of per-shard pools, fixed at start so the query path never allocates.
-constexpr io::ReactorOptions kReactorOptions{
-    .submission_entries = 4096,
-    .completion_entries = 16384,
-    .datagram_buffers = 2048,
-    .datagram_buffer_size = 2048,
-};
-constexpr size_t kUdpReplySlots = 2048;
 constexpr auto kDrainBudget = std::chrono::milliseconds(1500);
 constexpr auto kMaxWait = std::chrono::milliseconds(100);
 // A reactor that fails this many times in a row is not coming back: stop
@@ -514,43 +507,6 @@ void ShardLoop::BeginDrain() {
   udp_->StopIntake();
   tcp_->StopIntake();
   tls_->StopIntake();
-}
-
-size_t CacheEntriesPerShard(const config::Config& config) {
-  if (config.cache_size == 0) return 0;
-  return std::max<size_t>(1, config.cache_size / static_cast<size_t>(std::max(1, config.threads)));
-}
-
-ShardMemory EstimateShardMemory(const config::Config& config) {
-  ShardMemory memory;
-  memory.cache_bytes = cache::PacketCache::MemoryBytes(CacheEntriesPerShard(config));
-  const size_t connections =
-      upstream::GroupedUpstreamCount(config) *
-      static_cast<size_t>(config.max_connections_per_upstream);
-  // Per connection: ID table, framer (two largest messages), plaintext and
-  // ciphertext batches, the close scratch list.
-  const size_t per_connection = upstream::IdTable::kIds * sizeof(uint32_t) * 2 +
-                                2 * (upstream::kMaxStreamMessage + 2) + 2 * 64 * 1024;
-  // A udp:// upstream's sockets also keep a copy of each query in flight
-  // (the pool's datagram slots, twice the in-flight cap), and the upstream
-  // has one more connection: the plain TCP one its TC=1 answers are
-  // retried on.
-  const size_t udp_upstreams = upstream::GroupedUpstreamCount(config, config::Transport::kUdp);
-  const size_t datagram_bytes =
-      udp_upstreams * static_cast<size_t>(config.max_connections_per_upstream) *
-      (2 * static_cast<size_t>(config.max_inflight_per_connection) + 16) *
-      (upstream::kMaxDatagramQuery + 48);
-  memory.fixed_bytes =
-      static_cast<size_t>(config.max_inflight) * sizeof(QuerySlot) +
-      size_t{kReactorOptions.datagram_buffers} * kReactorOptions.datagram_buffer_size +
-      kUdpReplySlots * (frontend::kMaxUdpReply + 128) +
-      (connections + udp_upstreams) * per_connection + datagram_bytes +
-      (config.rate_limit > 0 ? frontend::RateLimiter::kMemoryBytes : 0) +
-      (config.dnstap.empty() ? 0 : dnstap::kRingBytesPerShard);
-  memory.tcp_worst_bytes = static_cast<size_t>(config.max_tcp_clients) *
-      (frontend::TcpClients::kClientBytes +
-       frontend::TlsSlotBytes(!config.listen_tls.empty(), !config.listen_https.empty()));
-  return memory;
 }
 
 namespace {
