@@ -216,6 +216,60 @@ def value_strings():
     ])}
 
 
+def doh_inputs(qs):
+    """HTTP/2 frames a DoH client sends after the connection preface (the
+    target writes that itself): SETTINGS, then requests. HPACK without
+    Huffman: static-table names (RFC 7541 Appendix A), literal values."""
+    def frame(ftype, flags, stream, payload=b""):
+        return struct.pack("!I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack("!I", stream) + payload
+
+    def lit(index, value):  # literal without indexing, indexed name
+        value = value.encode() if isinstance(value, str) else value
+        head = bytes([index]) if index < 15 else bytes([15, index - 15])
+        n, length = len(value), b""
+        if n < 127:
+            length = bytes([n])
+        else:  # a 7-bit prefix integer (RFC 7541 §5.1)
+            length, n = b"\x7f", n - 127
+            while n >= 128:
+                length, n = length + bytes([n % 128 + 128]), n // 128
+            length += bytes([n])
+        return head + length + value
+
+    def get(stream, path):
+        block = b"\x82\x87" + lit(4, path) + lit(1, "dot.test")  # GET, https
+        return frame(1, 0x05, stream, block)  # END_HEADERS | END_STREAM
+
+    def post(stream, body, content_type="application/dns-message", split=False):
+        block = b"\x83\x87" + lit(4, "/dns-query") + lit(1, "dot.test") + lit(31, content_type) + \
+            lit(28, str(len(body)))
+        if split:  # HEADERS then CONTINUATION
+            return frame(1, 0x00, stream, block[:5]) + frame(9, 0x04, stream, block[5:]) + \
+                frame(0, 0x00, stream, body[:3]) + frame(0, 0x01, stream, body[3:])
+        return frame(1, 0x04, stream, block) + frame(0, 0x01, stream, body)
+
+    def b64(wire):
+        return base64.urlsafe_b64encode(wire).rstrip(b"=").decode()
+
+    settings = frame(4, 0, 0, struct.pack("!HI", 3, 100) + struct.pack("!HI", 4, 65535))
+    ack = frame(4, 1, 0)
+    seed = lambda n: bytes(hashlib.sha256(("doh%d" % n).encode()).digest()[:8])
+    a = qs["a_no_edns"]
+    many = b"".join(get(1 + 2 * i, "/dns-query?dns=" + b64(w)) for i, w in enumerate(list(qs.values())[:12]))
+    return {
+        "get": seed(1) + settings + ack + get(1, "/dns-query?dns=" + b64(a)),
+        "post": seed(2) + settings + post(1, a),
+        "post_continuation": seed(3) + settings + post(3, a, split=True),
+        "many_streams": seed(4) + settings + many,
+        "errors": seed(5) + settings + get(1, "/other") + get(3, "/dns-query?dns=!!") +
+            get(5, "/dns-query") + post(7, a, "text/plain") + post(9, b"\x00" * 2000),
+        "reset_and_ping": seed(6) + settings + get(1, "/dns-query?dns=" + b64(a)) +
+            frame(3, 0, 1, struct.pack("!I", 8)) + frame(6, 0, 0, b"12345678") +
+            frame(8, 0, 0, struct.pack("!I", 1 << 20)),
+        "goaway": seed(7) + settings + post(1, a) + frame(7, 0, 0, struct.pack("!II", 1, 0)),
+    }
+
+
 def write(target, files):
     directory = os.path.join(HERE, "corpus", target)
     shutil.rmtree(directory, ignore_errors=True)
@@ -237,6 +291,7 @@ def main():
     write("stream_framer", stream_inputs(qs, ans))
     write("config_file", config_files())
     write("config_text", value_strings())
+    write("doh_server", doh_inputs(qs))
 
 
 if __name__ == "__main__":
