@@ -34,8 +34,11 @@ void Forwarder::TapClient(dnstap::MessageType type, const frontend::ClientRef& c
   if (!tap_->wants(type)) return;
   dnstap::EventHeader header;
   header.type = type;
+  // A TLS client speaks DoT (stream 0) or DoH: an HTTP/2 stream id, which
+  // a client's request never has as 0 (RFC 9113 §5.1.1).
   header.protocol = client.transport == frontend::Transport::kUdp   ? dnstap::SocketProtocol::kUdp
                     : client.transport == frontend::Transport::kTcp ? dnstap::SocketProtocol::kTcp
+                    : client.stream != 0                            ? dnstap::SocketProtocol::kDoh
                                                                     : dnstap::SocketProtocol::kDot;
   header.query_address = dnstap::EventAddress::From(client.source());
   header.response_address = dnstap::EventAddress::From(replier_.LocalAddress(client));
@@ -57,8 +60,9 @@ void Forwarder::TapUpstream(dnstap::MessageType type, const upstream::Binding& b
     header.response_address = dnstap::EventAddress::From(address);
     if (local != nullptr) header.query_address = dnstap::EventAddress::From(local);
   }
-  // DNS over TLS is logged as TCP, which it runs on: the schema's DOT (3)
-  // is recent, and dnstap-read in Debian 12 (BIND 9.18) prints it as UDP.
+  // DNS over TLS or HTTPS to an upstream is logged as TCP, which it runs
+  // on: the schema's DOT (3) and DOH (4) are recent, and dnstap-read in
+  // Debian 12 (BIND 9.18) prints them as UDP.
   (void)tls;
   header.protocol = udp ? dnstap::SocketProtocol::kUdp : dnstap::SocketProtocol::kTcp;
   SetTimes(header, type, clock_.now(), query_time);

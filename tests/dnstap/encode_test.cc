@@ -88,6 +88,21 @@ TEST(EncodeEventTest, ForwarderResponseCarriesBothTimesAndDot) {
   dnstap__dnstap__free_unpacked(d, nullptr);
 }
 
+// A DoH client's query (the forwarder tags TLS clients with an HTTP/2
+// stream as DOH): the schema's value 4.
+TEST(EncodeEventTest, ClientQueryOverDohCarriesDoh) {
+  EventHeader header;
+  header.type = MessageType::kClientQuery;
+  header.protocol = SocketProtocol::kDoh;
+  const std::vector<uint8_t> wire(30, 1);
+  std::vector<uint8_t> out;
+  const size_t size = EncodeEvent(header, wire, "", "", 0, out);
+  Dnstap__Dnstap* d = dnstap__dnstap__unpack(nullptr, size, out.data());
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(d->message->socket_protocol, DNSTAP__SOCKET_PROTOCOL__DOH);
+  dnstap__dnstap__free_unpacked(d, nullptr);
+}
+
 TEST(ParseMessageTypesTest, WordsAndErrors) {
   EXPECT_EQ(*ParseMessageTypes("client-query,forwarder-response"),
             Bit(MessageType::kClientQuery) | Bit(MessageType::kForwarderResponse));

@@ -24,7 +24,7 @@ enum class MessageType : uint8_t {
   kForwarderResponse = 8,
 };
 // dnstap.proto's SocketProtocol values.
-enum class SocketProtocol : uint8_t { kUdp = 1, kTcp = 2, kDot = 3 };
+enum class SocketProtocol : uint8_t { kUdp = 1, kTcp = 2, kDot = 3, kDoh = 4 };
 
 // A set of MessageType, one bit each (bit = the type's value).
 using MessageMask = uint32_t;
