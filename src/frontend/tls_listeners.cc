@@ -191,4 +191,16 @@ void TlsClients::OnAccept(uint32_t listener_index, const io::Completion& complet
   ArmAccepts();
 }
 
+absl::Status TlsClients::SteerByClientPrefix(uint32_t group_size, int v4_prefix, int v6_prefix) {
+  for (const Listener& listener : listeners_) {
+    if (!listener.fd) continue;
+    if (auto status =
+            io::AttachPrefixSteering(listener.fd.get(), group_size, v4_prefix, v6_prefix);
+        !status.ok()) {
+      return status;
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace dotproxy::frontend

@@ -311,6 +311,8 @@ void ShardLoop::MakeRateLimiter(const config::Config& config) {
          {udp_->SteerByClientPrefix(static_cast<uint32_t>(config.threads), settings.v4_prefix,
                                     settings.v6_prefix),
           tcp_->SteerByClientPrefix(static_cast<uint32_t>(config.threads), settings.v4_prefix,
+                                    settings.v6_prefix),
+          tls_->SteerByClientPrefix(static_cast<uint32_t>(config.threads), settings.v4_prefix,
                                     settings.v6_prefix)}) {
       if (!status.ok()) {
         Log(Severity::kWarning, "shard %d: clients not steered by prefix (%s): each shard "

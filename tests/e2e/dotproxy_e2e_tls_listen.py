@@ -201,6 +201,45 @@ def tls_listen_pipelined(h):
 
 
 @case
+def tls_listen_rate_limit(h):
+    """--rate-limit over TLS, two shards: a client's budget is one, whatever
+    shard its connections land on (the TLS listeners are steered by client
+    prefix like TCP's). 8 connections from 127.0.6.1, 5 queries each, with
+    --rate-limit 1 --rate-limit-burst 5: at most burst + 1 NOERROR in all,
+    the rest REFUSED (without steering the connections spread over both
+    shards, each with its own budget: up to twice as many)."""
+    u = h.start_unbound()
+    p = start_tls_proxy(h, u, extra=["--threads", "2", "--cache-size", "1000",
+                                     "--rate-limit", "1", "--rate-limit-burst", "5"])
+    rcodes = []
+    conns = []
+    try:
+        for c in range(8):
+            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            raw.bind(("127.0.6.1", 0))
+            raw.settimeout(3.0)
+            raw.connect((LOOPBACK4, p.tls_port))
+            conns.append(tls_context(h).wrap_socket(raw, server_hostname=TLS_NAME))
+        for c, s in enumerate(conns):
+            wires = [make_query("a.example.test.", "A", qid=100 * c + i + 1).to_wire()
+                     for i in range(5)]
+            s.sendall(b"".join(struct.pack("!H", len(w)) + w for w in wires))
+            deadline = time.monotonic() + 5
+            for _ in wires:
+                rcodes.append(dns.message.from_wire(tls_read_msg(s, deadline)).rcode())
+    finally:
+        for s in conns:
+            s.close()
+    ok = rcodes.count(dns.rcode.NOERROR)
+    refused = rcodes.count(dns.rcode.REFUSED)
+    check(len(rcodes) == 40 and ok + refused == 40, "rcodes %r" % rcodes)
+    check(5 <= ok <= 7, "%d NOERROR of 40 (budget: burst 5 + 1 qps, one for the client)" % ok)
+    check(counter(p, "rate_limit_refused") == refused, "refused counted %s, seen %d" % (
+        counter(p, "rate_limit_refused"), refused))
+    print("tls rate limit: %d NOERROR, %d REFUSED over 8 connections" % (ok, refused))
+
+
+@case
 def tls_listen_dnsperf(h):
     """dnsperf -m dot: a short bounded run, every query answered."""
     if not os.access(E.DNSPERF, os.X_OK):

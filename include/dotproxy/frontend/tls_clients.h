@@ -137,6 +137,10 @@ class TlsClients final : private StreamProtocol::Host {
   size_t open_clients() const { return clients_.size() - free_clients_.size(); }
   int handshakes_in_progress() const { return handshakes_in_progress_; }
   std::vector<io::SocketAddress> listen_addresses() const;
+  // Per-client rate limiting: each client prefix to one shard's socket of
+  // every listen address (io::AttachPrefixSteering), as TcpClients does, so
+  // that one shard sees all of a client's TLS queries. Call after Open.
+  absl::Status SteerByClientPrefix(uint32_t group_size, int v4_prefix, int v6_prefix);
 
  private:
   enum class State : uint8_t { kFree, kOpen, kClosing };
