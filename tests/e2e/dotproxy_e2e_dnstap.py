@@ -221,6 +221,92 @@ def dnstap_file(h):
     print("file: %d messages, exactly the queries sent" % len(messages))
 
 
+def _varint(buf, i):
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def _fields(buf):
+    """(field number, value) of one protobuf message: ints for varints,
+    bytes for length-delimited fields (enough for dnstap's)."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        wire_type = key & 7
+        if wire_type == 0:
+            value, i = _varint(buf, i)
+        elif wire_type == 2:
+            n, i = _varint(buf, i)
+            value, i = buf[i:i + n], i + n
+        elif wire_type in (1, 5):
+            n = 8 if wire_type == 1 else 4
+            value, i = buf[i:i + n], i + n
+        else:
+            raise ValueError("wire type %d" % wire_type)
+        yield key >> 3, value
+
+
+def tap_protocols(path):
+    """[(Message.type, Message.socket_protocol)] of a Frame Streams file,
+    read without dnstap-read (Debian 12's prints DOT and DOH as UDP)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out, i = [], 0
+    while i + 4 <= len(data):
+        n = struct.unpack("!I", data[i:i + 4])[0]
+        i += 4
+        if n == 0:  # a control frame: its length, then the frame
+            n = struct.unpack("!I", data[i:i + 4])[0]
+            i += 4 + n
+            continue
+        frame, i = data[i:i + n], i + n
+        for number, value in _fields(frame):
+            if number == 14:  # Dnstap.message
+                m = dict(_fields(value))
+                out.append((m.get(1), m.get(3)))
+    return out
+
+
+@case
+def dnstap_encrypted_clients(h):
+    """Client messages of a DoT client (kdig +tls) are tagged DOT (3), a DoH
+    client's (kdig +https) DOH (4), a UDP client's UDP (1): read from the
+    file's protobuf itself."""
+    need_tools()
+    kdig = "/usr/bin/kdig"
+    if not os.access(kdig, os.X_OK):
+        raise E.CaseSkip("kdig (knot-dnsutils) not installed")
+    u = h.start_unbound()
+    path = os.path.join(h.dir, "tap.fstrm")
+    tls_port, https_port = E.free_port(), E.free_port()
+    p = h.start_proxy(u, extra=[
+        "--threads", "1", "--dnstap", "file:" + path, "--dnstap-messages", "client-query",
+        "--listen-tls", "%s:%d" % (LOOPBACK4, tls_port),
+        "--listen-https", "%s:%d" % (LOOPBACK4, https_port),
+        "--tls-cert", h.pki.good_pem, "--tls-key", h.pki.good_key])
+    udp_ask(p.port, "a.example.test.", "A")
+    for port, mode in ((tls_port, "+tls"), (https_port, "+https")):
+        argv = [kdig, "@%s" % LOOPBACK4, "-p", str(port), "+tls-ca=%s" % h.pki.ca_pem,
+                "+tls-hostname=%s" % E.TLS_NAME, "+timeout=3", "+retry=1", mode,
+                "a.example.test.", "A"]
+        rc, out, err = E.run_cmd(argv, timeout=15)
+        check(rc == 0 and "NOERROR" in out, "%s: rc %d\n%s%s" % (mode, rc, out, err))
+    rc, _ = p.stop()
+    check(rc == 0, "dotproxy exit %s" % rc)
+    CLIENT_QUERY = 5
+    # (the harness's readiness probes are UDP client queries too)
+    protocols = sorted(proto for kind, proto in tap_protocols(path) if kind == CLIENT_QUERY)
+    check(set(protocols) == {1, 3, 4} and protocols.count(3) == 1 and protocols.count(4) == 1,
+          "client-query socket protocols %r, want UDP, one DOT, one DOH" % protocols)
+    print("client queries tagged %r (UDP, DOT, DOH)" % protocols)
+
+
 class Capture:
     """fstrm_capture on a Unix socket writing `path`."""
 
