@@ -77,7 +77,7 @@ namespace dotproxy::metrics {
   X(tcp_bad_frame, "client TCP connections closed for an oversized frame")           \
   X(tcp_slow_closed, "client TCP connections closed for not reading answers")         \
   X(tcp_message_timeout_closed, "client TCP connections closed with a message incomplete past --tcp-message-timeout") \
-  X(tls_queries, "queries received over client TLS connections (DoT)")             \
+  X(tls_queries, "queries received over client TLS connections (DoT and DoH)")     \
   X(tls_accepted, "client TLS connections accepted")                                 \
   X(tls_rejected, "client TLS connections refused at the per-shard cap")             \
   X(tls_acl_refused, "TLS connections from sources outside --allow, closed")         \
