@@ -64,6 +64,7 @@ void Connection::ReadStreams() {
     Close(CloseReason::kPeerClosed, "HTTP/2 GOAWAY from upstream");
     return;
   }
+  if (CloseIfSessionEnded()) return;
   // TLS output of the reads (key updates) goes now; HTTP/2 output (SETTINGS
   // and PING acks, WINDOW_UPDATEs) waits for this iteration's one write.
   StartSend();
@@ -84,6 +85,26 @@ void Connection::FlushStreams() {
     return;
   }
   StartSend();
+  CloseIfSessionEnded();
+}
+
+// The session has nothing more to read or write. After the server's GOAWAY
+// that is routine once its last stream ended (answered, or cancelled by a
+// timeout). Without one, it is a connection error the server made (a bad
+// frame, HPACK, flow control): nghttp2 queues its own GOAWAY and from then
+// on reads and sends nothing, without failing a call. Left open, the
+// connection would look ready while its streams and every new one waited
+// for their deadlines; closed, its queries are lost now and retried
+// elsewhere.
+bool Connection::CloseIfSessionEnded() {
+  if (state_ != ConnectionState::kReady || !doh_->started() || !doh_->Finished()) return false;
+  if (doh_->going_away()) {
+    Bump(stats_.upstream_closed);
+    Close(CloseReason::kPeerClosed, "HTTP/2 GOAWAY from upstream");
+  } else {
+    Close(CloseReason::kBroken, "HTTP/2 session ended by a protocol error");
+  }
+  return true;
 }
 
 void Connection::OnResponse(uint16_t tag, http::DohClient::Result result, int status,

@@ -327,6 +327,22 @@ TEST_F(DohClientTest, StreamsBelowGoawayStillFinishThenTheSessionEnds) {
   EXPECT_TRUE(client_.Finished());  // nothing left: the connection may close
 }
 
+// A server's connection error (here DATA on stream 0, RFC 9113 §6.1):
+// nghttp2 accepts the bytes, queues its GOAWAY and then wants nothing more.
+// The connection (https.cc) closes on Finished(), so its queries are
+// retried elsewhere instead of waiting for their deadlines.
+TEST_F(DohClientTest, ServerProtocolErrorEndsTheSession) {
+  ASSERT_TRUE(client_.Submit(1, Query(1, 'a')));
+  Pump();
+  EXPECT_FALSE(client_.Finished());
+  const std::vector<uint8_t> data_on_stream_0 = {0, 0, 1, 0x0, 0, 0, 0, 0, 0, 'x'};
+  client_.Receive(data_on_stream_0);
+  std::vector<uint8_t> out;
+  client_.Drain(out);  // our GOAWAY
+  EXPECT_FALSE(client_.going_away());  // not the server's
+  EXPECT_TRUE(client_.Finished());
+}
+
 TEST_F(DohClientTest, QueriesSubmittedAfterGoawayBeforeItIsReadAreRefused) {
   Pump();
   server_.GoAway(0);  // nothing will be processed

@@ -225,6 +225,7 @@ class Connection : private http::DohClient::Observer {
   bool QueueStream(uint32_t token, std::span<uint8_t> query, uint16_t& id);
   void ReadStreams();
   void FlushStreams();
+  bool CloseIfSessionEnded();
   void OnResponse(uint16_t tag, http::DohClient::Result result, int status,
                   std::span<uint8_t> body) override;
   // kUdp (datagram.cc). A query's datagram, borrowed by its SendTo.
