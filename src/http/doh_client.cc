@@ -391,7 +391,13 @@ bool DohClient::Submit(uint16_t tag, std::span<const uint8_t> query) {
   body.read_callback = &Callbacks::ReadBody;
   const int32_t stream_id =
       nghttp2_submit_request(session_, nullptr, headers, std::size(headers), &body, &stream);
-  if (stream_id < 0) return false;
+  if (stream_id < 0) {
+    // 2^30 requests on this connection: no stream ID is left (RFC 9113
+    // §5.1.1). Like a GOAWAY: no new streams; the pool opens another
+    // connection, and this one closes when its last stream ends.
+    if (stream_id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE) going_away_ = true;
+    return false;
+  }
   stream.stream_id = stream_id;
   stream.in_use = true;
   free_slots_.pop_back();

@@ -136,7 +136,7 @@ class DohClient {
 
   // True when Drain would produce bytes.
   bool WantsWrite() const;
-  // The peer sent GOAWAY: no new streams here.
+  // The peer sent GOAWAY, or stream IDs ran out: no new streams here.
   bool going_away() const { return going_away_; }
   // The session has nothing more to do (after GOAWAY, all streams done).
   bool Finished() const;
