@@ -364,6 +364,43 @@ TEST_P(UdpFrontendTest, DatagramsThatWaitedTooLongInTheSocketAreShed) {
   shard.Pump();
 }
 
+// Once intake stands (every datagram read for standing_after had waited at
+// least half of overload_wait), what waited past overload_wait is shed: it
+// is the backlog from before the receive buffer was cut. 30 ms is under
+// max_wait, so the same datagram is served while intake does not stand.
+TEST_P(UdpFrontendTest, StandingIntakeShedsWhatWaitedPastOverloadWait) {
+  Shard& shard = *shard_;
+  const io::SocketAddress a = FreeUdpAddress();
+  ASSERT_TRUE(shard.Open(std::vector{a}).ok());
+  io::LoopClock clock;
+  shard.udp->EnableIntakeShedding(&clock, {.standing_after = milliseconds(100),
+                                           .overload_wait = milliseconds(20),
+                                           .max_wait = milliseconds(200)});
+  shard.udp->Start();
+  io::UniqueFd to_a = Client(a);
+  const auto start = clock.now();
+  // Aged as the loop sees them: `waited` before the loop's wall time.
+  auto send_aged = [&](uint16_t id, milliseconds at, milliseconds waited) {
+    Send(to_a.get(), bench::MakeQuery("q.example", id, true));
+    clock.Update();
+    clock.Set(start + at);
+    clock.SetRealtimeNs(clock.realtime_ns() + std::chrono::nanoseconds(waited).count());
+    shard.Pump();
+  };
+  send_aged(1, milliseconds(0), milliseconds(30));
+  ASSERT_EQ(shard.sink.queries.size(), 1u) << "not standing: 30 ms is within max_wait";
+  for (uint16_t i = 2; i <= 7; ++i) {
+    send_aged(i, milliseconds(20) * (i - 1), milliseconds(15));  // old, not shed
+  }
+  ASSERT_EQ(shard.sink.queries.size(), 7u);
+  EXPECT_EQ(shard.stats.intake_overload_began.load(), 1u) << "120 ms of old datagrams";
+  send_aged(8, milliseconds(130), milliseconds(30));
+  EXPECT_EQ(shard.sink.queries.size(), 7u) << "standing: 30 ms is past overload_wait";
+  EXPECT_EQ(shard.stats.shed_intake.load(), 1u);
+  for (size_t k = 0; k < 7; ++k) shard.Answer(k);
+  shard.Pump();
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, UdpFrontendTest,
                          ::testing::Values(io::IoBackend::kUring, io::IoBackend::kEpoll),
                          io::BackendName);
