@@ -70,7 +70,9 @@ void TlsClients::OnReceive(uint32_t index, const io::Completion& completion) {
 
 void TlsClients::Process(uint32_t index) {
   Client& client = clients_[index];
-  if (client.state != State::kOpen) return;
+  // Stopping: no new queries (what is in flight is still answered), as in
+  // the TCP room. Reached from an answer's QueryDone and deferred turns too.
+  if (client.state != State::kOpen || intake_stopped_) return;
   if (client.handshaking) {
     if (client.session.inbound_pending() == 0) {
       Settle(index);
@@ -218,6 +220,7 @@ void TlsClients::Settle(uint32_t index) {
     if (!client.handshaking) partial_.Remove(index);  // its message waits on us
     return;
   }
+  if (intake_stopped_) return;  // neither read on nor armed: see Process
   if (client.reading_paused) {
     client.reading_paused = false;
     if (client.protocol->mid_message() && !partial_.Contains(index)) {

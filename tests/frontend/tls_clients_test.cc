@@ -290,6 +290,37 @@ TEST_P(TlsClientsTest, PipelinedQueriesAreAnsweredInAnyOrder) {
   EXPECT_EQ(stats_.tls_clients.load(), 1u);
 }
 
+// A client paused at its pipelining limit, when intake stops (shutdown):
+// an answer frees a slot, but the queries still buffered are not read, as
+// the TCP room reads none once it stops.
+TEST_P(TlsClientsTest, AnAnswerAfterStopIntakeReadsNoFurtherQueries) {
+  TlsLimits limits;
+  limits.max_queries_per_client = 2;
+  Open(limits);
+  auto client = Connect();
+  Handshake({client.get()});
+  ASSERT_TRUE(client->done) << client->session.error();
+  // One record per query: the limit is checked between records.
+  for (uint16_t id : {1, 2, 3, 4}) {
+    ASSERT_TRUE(client->session.Write(Framed(bench::MakeQuery("a.example.test", id, false))));
+  }
+  client->Flush();
+  for (int i = 0; i < 50 && sink_.queries.size() < 2; ++i) Pump(1);
+  Pump(3);
+  ASSERT_EQ(sink_.queries.size(), 2u) << "paused at the limit";
+  room_->StopIntake();
+  std::span<uint8_t> space = room_->BeginReply(sink_.clients[0], sink_.queries[0].size());
+  ASSERT_EQ(space.size(), sink_.queries[0].size());
+  std::memcpy(space.data(), sink_.queries[0].data(), space.size());
+  room_->CommitReply(sink_.clients[0], space.size());
+  room_->QueryDone(sink_.clients[0]);
+  Pump(3);
+  EXPECT_EQ(sink_.queries.size(), 2u) << "intake stopped: the third query is not read";
+  room_->QueryDone(sink_.clients[1]);
+  Pump(3);
+  EXPECT_EQ(sink_.queries.size(), 2u);
+}
+
 TEST_P(TlsClientsTest, HandshakesBeyondTheIterationBudgetWaitTheirTurn) {
   TlsLimits limits;
   limits.handshake_steps_per_iteration = 1;
