@@ -121,6 +121,17 @@ class UdpFrontendTest : public ::testing::TestWithParam<io::IoBackend> {
     shard_ = std::make_unique<Shard>(GetParam(), 0);
     if (shard_->reactor == nullptr) GTEST_SKIP() << io::ToString(GetParam()) << " unavailable";
   }
+  // One socket whose intake sheds by `clock` (standing after 100 ms, shed
+  // at 20 ms while standing, else at 200 ms), started; a client of it.
+  io::UniqueFd OpenWithIntakeShedding(io::LoopClock& clock) {
+    const io::SocketAddress a = FreeUdpAddress();
+    EXPECT_TRUE(shard_->Open(std::vector{a}).ok());
+    shard_->udp->EnableIntakeShedding(&clock, {.standing_after = milliseconds(100),
+                                               .overload_wait = milliseconds(20),
+                                               .max_wait = milliseconds(200)});
+    shard_->udp->Start();
+    return Client(a);
+  }
   std::unique_ptr<Shard> shard_;
 };
 
@@ -334,14 +345,8 @@ TEST_P(UdpFrontendTest, ShardOneOpensAReusePortSiblingOfTheInheritedSocket) {
 // delivered. (The loop's wall clock is moved ahead to age what is queued.)
 TEST_P(UdpFrontendTest, DatagramsThatWaitedTooLongInTheSocketAreShed) {
   Shard& shard = *shard_;
-  const io::SocketAddress a = FreeUdpAddress();
-  ASSERT_TRUE(shard.Open(std::vector{a}).ok());
   io::LoopClock clock;
-  shard.udp->EnableIntakeShedding(&clock, {.standing_after = milliseconds(100),
-                                           .overload_wait = milliseconds(20),
-                                           .max_wait = milliseconds(200)});
-  shard.udp->Start();
-  io::UniqueFd to_a = Client(a);
+  io::UniqueFd to_a = OpenWithIntakeShedding(clock);
   Send(to_a.get(), bench::MakeQuery("fresh.example", 1, true));
   clock.Update();
   shard.Pump();
@@ -370,14 +375,8 @@ TEST_P(UdpFrontendTest, DatagramsThatWaitedTooLongInTheSocketAreShed) {
 // max_wait, so the same datagram is served while intake does not stand.
 TEST_P(UdpFrontendTest, StandingIntakeShedsWhatWaitedPastOverloadWait) {
   Shard& shard = *shard_;
-  const io::SocketAddress a = FreeUdpAddress();
-  ASSERT_TRUE(shard.Open(std::vector{a}).ok());
   io::LoopClock clock;
-  shard.udp->EnableIntakeShedding(&clock, {.standing_after = milliseconds(100),
-                                           .overload_wait = milliseconds(20),
-                                           .max_wait = milliseconds(200)});
-  shard.udp->Start();
-  io::UniqueFd to_a = Client(a);
+  io::UniqueFd to_a = OpenWithIntakeShedding(clock);
   const auto start = clock.now();
   // Aged as the loop sees them: `waited` before the loop's wall time.
   auto send_aged = [&](uint16_t id, milliseconds at, milliseconds waited) {
