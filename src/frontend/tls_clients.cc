@@ -62,6 +62,7 @@ void TlsClients::OnReceive(uint32_t index, const io::Completion& completion) {
     }
     return;
   }
+  client.heard = true;
   client.session.CommitInbound(static_cast<size_t>(completion.result));
   Touch(index);
   if (intake_stopped_) return;
@@ -157,10 +158,23 @@ bool TlsClients::OnQuery(std::span<uint8_t> wire, uint32_t stream) {
 
 bool TlsClients::EvictStalledHandshake() {
   if (handshaking_.empty()) return false;
-  const uint32_t oldest = handshaking_.head();
-  if (clock_.now() - clients_[oldest].accepted_at < kStalledHandshake) return false;
+  const io::Clock::time_point now = clock_.now();
+  uint32_t victim = handshaking_.head();
+  if (now - clients_[victim].accepted_at < kStalledHandshake) {
+    // None stalled: the oldest that has been silent for kSilentHandshake
+    // (the list is in accept order, so the scan stops at the young ones).
+    victim = io::kNoIndex;
+    for (uint32_t i = handshaking_.head(); i != io::kNoIndex; i = handshaking_.Next(i)) {
+      if (now - clients_[i].accepted_at < kSilentHandshake) break;
+      if (!clients_[i].heard) {
+        victim = i;
+        break;
+      }
+    }
+    if (victim == io::kNoIndex) return false;
+  }
   Bump(stats_.tls_handshake_evicted);
-  Close(oldest);
+  Close(victim);
   return true;
 }
 

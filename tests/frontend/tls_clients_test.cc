@@ -367,6 +367,33 @@ TEST_P(TlsClientsTest, AtTheHandshakeCapAcceptingPausesAndStalledOnesAreEvicted)
   EXPECT_TRUE(client->done) << client->session.error();
 }
 
+// At the cap, a connection that has sent nothing for kSilentHandshake
+// makes room before the 1 s stall rule, and one whose ClientHello came in
+// (older, but heard from) is kept.
+TEST_P(TlsClientsTest, AtTheHandshakeCapSilentConnectionsMakeRoomFirst) {
+  TlsLimits limits;
+  limits.max_handshakes = 2;
+  Open(limits);
+  auto heard = Connect();
+  Pump(3);
+  heard->Step();  // its ClientHello; the handshake is left unfinished
+  Pump(3);
+  std::vector<io::UniqueFd> silent;
+  for (int i = 0; i < 2; ++i) {
+    silent.emplace_back(socket(AF_INET, SOCK_STREAM, 0));
+    ASSERT_EQ(connect(silent.back().get(), listen_[0].address.get(), listen_[0].address.length),
+              0);
+    Pump(3);
+  }
+  EXPECT_EQ(stats_.tls_accepted.load(), 2u) << "the second silent one waits in the backlog";
+  usleep(static_cast<useconds_t>(300 * 1000));  // past kSilentHandshake, short of a second
+  Pump(5);
+  EXPECT_EQ(stats_.tls_handshake_evicted.load(), 1u);
+  EXPECT_EQ(stats_.tls_accepted.load(), 3u);
+  Handshake({heard.get()});
+  EXPECT_TRUE(heard->done) << "the heard one was kept: " << heard->session.error();
+}
+
 TEST_P(TlsClientsTest, MutualTlsRefusalsAreCounted) {
   Open({}, "ca.pem");
   auto client = Connect();  // no client certificate

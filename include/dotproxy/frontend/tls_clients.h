@@ -25,6 +25,10 @@
 //     connections wait in the kernel's accept backlog (tls_accept_paused)
 //     until a handshake ends or the oldest turns stalled (checked every
 //     loop turn): a burst of real clients is then delayed, not refused.
+//     A connection that has sent nothing for kSilentHandshake (250 ms: a
+//     client sends its ClientHello as soon as it is connected) makes room
+//     the same way before that: otherwise idle connects at 64 a second
+//     would hold every slot and keep the door shut for real clients.
 //     The message timeout closes any handshake that never completes.
 //
 // Memory: per connection slot, the TLS session's ciphertext buffers (64 KiB
@@ -86,6 +90,7 @@ struct TlsListen {
 class TlsClients final : private StreamProtocol::Host {
  public:
   static constexpr std::chrono::seconds kStalledHandshake{1};
+  static constexpr std::chrono::milliseconds kSilentHandshake{250};
   // A client slot at worst (all touched): plaintext queries and answers,
   // ciphertext in, out and in flight (wolfSSL's own state comes on top).
   static constexpr size_t kClientBytes =
@@ -166,6 +171,7 @@ class TlsClients final : private StreamProtocol::Host {
     bool read_closed = false;
     bool reading_paused = false;
     bool handshaking = false;
+    bool heard = false;  // has sent a byte (its ClientHello, at least in part)
     bool close_after_send = false;  // an alert is going out, then close
     uint32_t queries_in_flight = 0;
     sockaddr_storage peer{};
