@@ -56,14 +56,6 @@ void Connection::ReadStreams() {
       Bump(target_.stats->goaways);
     }
   }
-  if (state_ != ConnectionState::kReady) return;
-  if (doh_->going_away() && doh_->active() == 0) {
-    // GOAWAY and nothing left to finish: an orderly close, like a DoT
-    // upstream closing an idle connection.
-    Bump(stats_.upstream_closed);
-    Close(CloseReason::kPeerClosed, "HTTP/2 GOAWAY from upstream");
-    return;
-  }
   if (CloseIfSessionEnded()) return;
   // TLS output of the reads (key updates) goes now; HTTP/2 output (SETTINGS
   // and PING acks, WINDOW_UPDATEs) waits for this iteration's one write.
@@ -88,22 +80,24 @@ void Connection::FlushStreams() {
   CloseIfSessionEnded();
 }
 
-// The session has nothing more to read or write. After the server's GOAWAY
-// that is routine once its last stream ended (answered, or cancelled by a
-// timeout). Without one, it is a connection error the server made (a bad
-// frame, HPACK, flow control): nghttp2 queues its own GOAWAY and from then
-// on reads and sends nothing, without failing a call. Left open, the
-// connection would look ready while its streams and every new one waited
-// for their deadlines; closed, its queries are lost now and retried
-// elsewhere.
+// Going away (the server's GOAWAY, or stream IDs ran out) with nothing
+// left to finish (its last stream answered, or cancelled by a timeout): an
+// orderly close, like a DoT upstream closing an idle connection. A session
+// with nothing more to read or write otherwise is a connection error the
+// server made (a bad frame, HPACK, flow control): nghttp2 queues its own
+// GOAWAY and from then on reads and sends nothing, without failing a call.
+// Left open, the connection would look ready while its streams and every
+// new one waited for their deadlines; closed, its queries are lost now and
+// retried elsewhere.
 bool Connection::CloseIfSessionEnded() {
-  if (state_ != ConnectionState::kReady || !doh_->started() || !doh_->Finished()) return false;
-  if (doh_->going_away()) {
+  if (state_ != ConnectionState::kReady || !doh_->started()) return false;
+  if (doh_->going_away() && (doh_->active() == 0 || doh_->Finished())) {
     Bump(stats_.upstream_closed);
     Close(CloseReason::kPeerClosed, "HTTP/2 GOAWAY from upstream");
-  } else {
-    Close(CloseReason::kBroken, "HTTP/2 session ended by a protocol error");
+    return true;
   }
+  if (!doh_->Finished()) return false;
+  Close(CloseReason::kBroken, "HTTP/2 session ended by a protocol error");
   return true;
 }
 
