@@ -416,9 +416,7 @@ absl::Status EpollReactor::SubmitAndWait(std::chrono::milliseconds timeout) {
   FlushDatagrams();
   RunQueued();
   // Never sleep with completions or attempts pending.
-  const int wait_ms = completions_.empty() && work_.empty() && reaped_ == reaping_.size()
-                          ? static_cast<int>(timeout.count())
-                          : 0;
+  const int wait_ms = completions_.empty() && work_.empty() ? static_cast<int>(timeout.count()) : 0;
   const int n = epoll_wait(epoll_.get(), events_, static_cast<int>(std::size(events_)), wait_ms);
   if (n < 0) {
     if (errno == EINTR) return absl::OkStatus();
@@ -435,20 +433,13 @@ absl::Status EpollReactor::SubmitAndWait(std::chrono::milliseconds timeout) {
   return absl::OkStatus();
 }
 
-size_t EpollReactor::Reap(absl::FunctionRef<void(const Completion&)> handle, size_t max) {
+size_t EpollReactor::Reap(absl::FunctionRef<void(const Completion&)> handle) {
   // Completions posted while handling these (new operations attempted at
-  // once) wait for the next Reap, as a ring's would for the next wait; so
-  // do those past `max`, ahead of the newer ones.
-  if (reaped_ == reaping_.size()) {
-    reaping_.clear();
-    reaped_ = 0;
-    reaping_.swap(completions_);
-  }
-  size_t n = 0;
-  while (reaped_ < reaping_.size() && n < max) {
-    handle(reaping_[reaped_++]);
-    ++n;
-  }
+  // once) wait for the next Reap, as a ring's would for the next wait.
+  reaping_.swap(completions_);
+  for (const Completion& completion : reaping_) handle(completion);
+  const size_t n = reaping_.size();
+  reaping_.clear();
   return n;
 }
 

@@ -48,7 +48,7 @@ class EpollReactor final : public Reactor {
   void PublishBuffers() override;
   absl::Status SubmitAndWait(std::chrono::milliseconds timeout) override;
   absl::Status Submit() override;
-  size_t Reap(absl::FunctionRef<void(const Completion&)> handle, size_t max) override;
+  size_t Reap(absl::FunctionRef<void(const Completion&)> handle) override;
 
  private:
   // Messages per recvmmsg/sendmmsg call.
@@ -110,7 +110,6 @@ class EpollReactor final : public Reactor {
   std::vector<int> running_;
   std::vector<Completion> completions_;
   std::vector<Completion> reaping_;
-  size_t reaped_ = 0;  // of reaping_: the rest wait for the next Reap
   bool starved_ = false;  // datagram intake waits for buffers
   std::vector<int> datagram_fds_;
 

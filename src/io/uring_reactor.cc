@@ -179,15 +179,12 @@ absl::Status UringReactor::Submit() {
   return absl::InternalError(absl::StrCat("io_uring_submit: ", std::strerror(-result)));
 }
 
-size_t UringReactor::Reap(absl::FunctionRef<void(const Completion&)> handle, size_t max) {
+size_t UringReactor::Reap(absl::FunctionRef<void(const Completion&)> handle) {
   io_uring* ring = ring_->get();
   unsigned head;
   unsigned seen = 0;
   io_uring_cqe* cqe;
-  // CQEs left in the ring stay ready: the next io_uring_enter with
-  // min_complete 1 returns at once.
   io_uring_for_each_cqe(ring, head, cqe) {
-    if (seen == max) break;
     ++seen;
     Completion completion;
     completion.data = UserData::Unpack(cqe->user_data);

@@ -30,7 +30,7 @@ class UringReactor final : public Reactor {
   void PublishBuffers() override;
   absl::Status SubmitAndWait(std::chrono::milliseconds timeout) override;
   absl::Status Submit() override;
-  size_t Reap(absl::FunctionRef<void(const Completion&)> handle, size_t max) override;
+  size_t Reap(absl::FunctionRef<void(const Completion&)> handle) override;
 
  private:
   UringReactor();

@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdint>
 
 #include "absl/strings/str_cat.h"
 #include "dotproxy/cache/packet_cache.h"
@@ -49,14 +48,6 @@ using metrics::Bump;
 
 constexpr auto kDrainBudget = std::chrono::milliseconds(1500);
 constexpr auto kMaxWait = std::chrono::milliseconds(100);
-// Completions handled per turn of the loop. After a stall (a CPU quota's
-// throttled period, a preemption) the ring holds every datagram that came
-// meanwhile; handled in one turn, their queries reach the upstream only at
-// its end, and the answers come back after the shard's CPU is spent: one
-// more stall for each of them. A turn of this size flushes the upstream
-// writes every few tens of queries, so the upstream works while the shard
-// reads on.
-constexpr size_t kMaxCompletionsPerTurn = 32;
 // A reactor that fails this many times in a row is not coming back: stop
 // the process rather than spin.
 constexpr int kMaxConsecutiveSubmitErrors = 1000;
@@ -488,8 +479,7 @@ bool ShardLoop::Run() {
       break;
     }
     clock_.Update();
-    const size_t reaped =
-        reactor_->Reap([this](const io::Completion& c) { Route(c); }, kMaxCompletionsPerTurn);
+    const size_t reaped = reactor_->Reap([this](const io::Completion& c) { Route(c); });
     Bump(stats_.loop_iterations);
     Bump(stats_.completions, reaped);
   }
@@ -503,7 +493,7 @@ bool ShardLoop::Run() {
   const auto flush_deadline = io::Clock::now() + std::chrono::milliseconds(200);
   while (!udp_->idle() && io::Clock::now() < flush_deadline) {
     if (!reactor_->SubmitAndWait(std::chrono::milliseconds(20)).ok()) break;
-    reactor_->Reap([this](const io::Completion& c) { Route(c); }, SIZE_MAX);
+    reactor_->Reap([this](const io::Completion& c) { Route(c); });
   }
   pools_.Shutdown();
   return healthy;

@@ -4,7 +4,6 @@
 // apply: create and use it on the test's thread.
 
 #include <chrono>
-#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -31,7 +30,7 @@ inline std::unique_ptr<Reactor> MakeTestReactor(IoBackend backend = IoBackend::k
 template <typename Route>
 bool TurnOnce(Reactor& reactor, std::chrono::milliseconds wait, Route&& route) {
   if (!reactor.SubmitAndWait(wait).ok()) return false;
-  reactor.Reap([&](const Completion& c) { route(c); }, SIZE_MAX);
+  reactor.Reap([&](const Completion& c) { route(c); });
   return true;
 }
 

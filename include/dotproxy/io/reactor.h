@@ -148,10 +148,8 @@ class Reactor {
   // returned so the caller can count it and stop spinning on it.
   virtual absl::Status SubmitAndWait(std::chrono::milliseconds timeout) = 0;
   virtual absl::Status Submit() = 0;
-  // Calls `handle` for the completions ready now, at most `max` of them in
-  // arrival order; returns how many. The rest stay ready, in order, for the
-  // next Reap, and SubmitAndWait does not sleep while any do.
-  virtual size_t Reap(absl::FunctionRef<void(const Completion&)> handle, size_t max) = 0;
+  // Calls `handle` for every completion ready now; returns how many.
+  virtual size_t Reap(absl::FunctionRef<void(const Completion&)> handle) = 0;
 
  protected:
   Reactor() = default;
