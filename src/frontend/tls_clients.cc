@@ -121,6 +121,9 @@ void TlsClients::Process(uint32_t index) {
     }
     switch (client.protocol->CommitInput(static_cast<size_t>(n), *this)) {
       case StreamProtocol::Intake::kOk: break;
+      case StreamProtocol::Intake::kDone:
+        client.leaving = true;  // closed once drained (Settle)
+        break;
       case StreamProtocol::Intake::kError:
         Bump(stats_.tls_bad_frame);
         Close(index);
@@ -225,9 +228,12 @@ bool TlsClients::Drained(Client& client) const {
 void TlsClients::Settle(uint32_t index) {
   Client& client = clients_[index];
   if (client.state != State::kOpen) return;
-  if (client.read_closed) {
-    if (Drained(client) && !client.close_after_send) Close(index);
-    return;
+  if (client.read_closed || client.leaving) {
+    if (Drained(client) && !client.close_after_send) {
+      Close(index);
+      return;
+    }
+    if (client.read_closed) return;
   }
   if (Backlogged(client)) {
     client.reading_paused = true;

@@ -150,7 +150,7 @@ void TlsClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       client.sending.clear();
       client.send.Reset();
       client.recv_in_flight = client.dirty = client.read_closed = false;
-      client.reading_paused = client.close_after_send = client.heard = false;
+      client.reading_paused = client.close_after_send = client.heard = client.leaving = false;
       client.queries_in_flight = 0;
       client.ops_in_flight = 0;
       std::memcpy(&client.peer, &peer, sizeof(peer));

@@ -134,11 +134,10 @@ struct DohCallbacks {
   static int OnFrame(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) {
     DohServerSession& self = Of(user_data);
     if (frame->hd.type == NGHTTP2_GOAWAY) {
-      // The client is leaving: no answer it still waits for matters more
-      // than ending the connection promptly (answers now are no-ops).
+      // The client is leaving: the streams it opened are still answered
+      // (nghttp2 keeps them; the session ends once they have closed).
       Bump(self.stats_.doh_goaways);
-      self.terminating_ = true;
-      nghttp2_session_terminate_session(session, NGHTTP2_NO_ERROR);
+      self.client_going_away_ = true;
       return 0;
     }
     if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) return 0;
@@ -226,7 +225,7 @@ absl::Status DohServerSession::Start(DohQuerySink* sink) {
   if (!pool_->ok()) return absl::ResourceExhaustedError("DoH session: cannot reserve its pool");
   sink_ = sink;
   failed_ = false;
-  terminating_ = false;
+  client_going_away_ = false;
   nghttp2_mem mem{pool_.get(), PoolMalloc, PoolFree, PoolCalloc, PoolRealloc};
   int rv = nghttp2_session_server_new3(&session_, DohCallbacks::Get(), this, option_, &mem);
   if (rv != 0) {
@@ -271,8 +270,8 @@ DohServerSession::ReceiveResult DohServerSession::Receive(std::span<const uint8_
     Fail();  // bad preface, flood, out of memory: nothing more to say
     return ReceiveResult::kClose;
   }
-  return nghttp2_session_want_read(session_) != 0 && !terminating_ ? ReceiveResult::kOk
-                                                                    : ReceiveResult::kClose;
+  if (client_going_away_) return ReceiveResult::kGoingAway;
+  return nghttp2_session_want_read(session_) != 0 ? ReceiveResult::kOk : ReceiveResult::kClose;
 }
 
 size_t DohServerSession::WriteOutput(std::span<uint8_t> out) {
@@ -463,8 +462,7 @@ void DohServerSession::RespondError(Stream& stream, int status) {
 
 bool DohServerSession::Answer(int32_t stream_id, std::span<const uint8_t> wire) {
   Stream* stream = FindStream(stream_id);
-  if (stream == nullptr || stream->closed || stream->responded || session_ == nullptr || failed_ ||
-      terminating_) {
+  if (stream == nullptr || stream->closed || stream->responded || session_ == nullptr || failed_) {
     Bump(stats_.doh_late_answers);
     return false;
   }
@@ -502,7 +500,7 @@ void DohServerSession::QueryDone(int32_t stream_id) {
   if (stream == nullptr || !stream->handed_up) return;
   stream->handed_up = false;
   --queries_in_flight_;
-  if (!stream->closed && !stream->responded && session_ != nullptr && !failed_ && !terminating_) {
+  if (!stream->closed && !stream->responded && session_ != nullptr && !failed_) {
     RespondError(*stream, 503);
   }
   ReleaseIfDone(*stream);

@@ -305,6 +305,64 @@ def doh_garbage_closes(h):
     print("HTTP/1.1 and bad framing closed; the listener still answers")
 
 
+def h2_frame(kind, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def hpack_literal(index, value):
+    """A header field, literal without indexing, name from HPACK's static
+    table (RFC 7541 §6.2.2; indexes below 15), value not Huffman-coded."""
+    value = value.encode()
+    return bytes([index, len(value)]) + value
+
+
+def frames_of(data):
+    """(type, flags, stream, payload) of each whole HTTP/2 frame in `data`."""
+    frames, at = [], 0
+    while at + 9 <= len(data):
+        length = int.from_bytes(data[at:at + 3], "big")
+        if at + 9 + length > len(data):
+            break
+        frames.append((data[at + 3], data[at + 4], int.from_bytes(data[at + 5:at + 9], "big") & 0x7fffffff,
+                       data[at + 9:at + 9 + length]))
+        at += 9 + length
+    return frames
+
+
+@case
+def doh_goaway_answers_in_flight(h):
+    """A client that sends a GET and then GOAWAY in the same write (RFC 9113
+    §6.8: streams it opened may still complete) gets its answer, a
+    HEADERS and a DATA frame on stream 1 carrying Unbound's answer, and then
+    the connection is closed by the proxy. Frames are written by hand: no
+    HTTP/2 client sends GOAWAY with a request in flight on demand."""
+    u = h.start_unbound()
+    p = start_doh(h, u)
+    wire = make_query("a.example.test.", "A", qid=0).to_wire()
+    s = tls_h2(p)
+    check(s.selected_alpn_protocol() == "h2", "ALPN %r, not h2" % s.selected_alpn_protocol())
+    headers = (bytes([0x82, 0x87])  # :method GET, :scheme https (static 2, 7)
+               + hpack_literal(4, "/dns-query?dns=" + b64url(wire))  # :path
+               + hpack_literal(1, TLS_NAME)  # :authority
+               + bytes([0x0f, 0x04, len("application/dns-message")]) + b"application/dns-message")  # accept (19)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b"")
+              + h2_frame(1, 0x5, 1, headers)  # HEADERS, END_STREAM | END_HEADERS
+              + h2_frame(7, 0, 0, bytes(8)))  # GOAWAY: last stream 0, NO_ERROR
+    got, closed = read_until_closed(s)
+    s.close()
+    frames = frames_of(got)
+    kinds = [(f[0], f[2]) for f in frames]
+    check((1, 1) in kinds, "no HEADERS on stream 1 after the GOAWAY (frames: %s)" % kinds)
+    body = b"".join(f[3] for f in frames if f[0] == 0 and f[2] == 1)
+    check(body, "no DATA on stream 1 after the GOAWAY (frames: %s)" % kinds)
+    E.check_same_answer("answer after GOAWAY", body, wire, u.reference("a.example.test.", "A"))
+    check(closed, "the connection stayed open once its stream was answered (frames: %s)" % kinds)
+    import dotproxy_e2e_metrics as M
+    goaways = M.sigusr1_counters(p).get("doh_goaways", 0)
+    check(goaways == 1, "doh_goaways = %s" % goaways)
+    print("GET then GOAWAY: answered on stream 1 (%d bytes), then closed; frames %s" % (len(body), kinds))
+
+
 @case
 def doh_mtls(h):
     """--tls-client-ca on the DoH listener: curl with a client certificate

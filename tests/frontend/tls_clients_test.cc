@@ -115,6 +115,7 @@ struct Client {
 // streams are), answers tagged with their stream id on the way out.
 class FakeHttpsProtocol final : public StreamProtocol {
  public:
+  static constexpr uint8_t kLeaving = 0xff;  // a one-byte message: "I am leaving"
   explicit FakeHttpsProtocol(std::span<uint8_t> out) : framer_(in_), out_(out) {}
   void Reset() override {
     framer_.Clear();
@@ -126,6 +127,10 @@ class FakeHttpsProtocol final : public StreamProtocol {
     framer_.Commit(n);
     std::span<uint8_t> message;
     while (framer_.NextMessage(512, message) == dns::StreamFramer::Next::kMessage) {
+      if (message.size() == 1 && message[0] == kLeaving) {
+        framer_.Compact();
+        return Intake::kDone;  // as DoH's codec on a client's GOAWAY
+      }
       const uint32_t stream = next_stream_;
       next_stream_ += 2;
       if (!host.OnQuery(message, stream)) return Intake::kClosed;
@@ -449,6 +454,40 @@ TEST_P(TlsClientsTest, AnHttpsListenerRunsTheFactorysProtocolWithStreamIds) {
   ASSERT_EQ(answers.size(), 2u);
   EXPECT_EQ(answers[0][0], 3);  // stream 3 answered first
   EXPECT_EQ(answers[1][0], 1);
+}
+
+// A client that says it is leaving (HTTP/2 GOAWAY, RFC 9113 §6.8) still
+// gets the answers it asked for; then the room closes its connection.
+TEST_P(TlsClientsTest, ALeavingClientGetsItsAnswersThenIsClosed) {
+  listen_[0].kind = TlsListenerKind::kHttps;
+  Open({}, "", [](std::span<uint8_t> out) { return std::make_unique<FakeHttpsProtocol>(out); });
+  auto client = Connect();
+  Handshake({client.get()});
+  ASSERT_TRUE(client->done) << client->session.error();
+  Bytes burst = Framed(bench::MakeQuery("a.example.test", 1, false));
+  const Bytes leaving = Framed(Bytes{FakeHttpsProtocol::kLeaving});
+  burst.insert(burst.end(), leaving.begin(), leaving.end());
+  ASSERT_TRUE(client->session.Write(burst));
+  client->Flush();
+  for (int i = 0; i < 50 && sink_.queries.size() < 1; ++i) Pump(1);
+  ASSERT_EQ(sink_.queries.size(), 1u);
+  Pump(3);
+  EXPECT_EQ(room_->open_clients(), 1u) << "closed with its query in flight";
+  std::span<uint8_t> space = room_->BeginReply(sink_.clients[0], sink_.queries[0].size());
+  ASSERT_EQ(space.size(), sink_.queries[0].size());
+  std::memcpy(space.data(), sink_.queries[0].data(), space.size());
+  room_->CommitReply(sink_.clients[0], space.size());
+  room_->QueryDone(sink_.clients[0]);
+  const std::vector<Bytes> answers = ReadAnswers(*client, 1);
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_EQ(answers[0][0], 1);
+  bool closed = false;
+  for (int i = 0; i < 50 && !closed; ++i) {
+    Pump(1);
+    closed = !client->Receive();
+  }
+  EXPECT_TRUE(closed) << "still open once answered";
+  EXPECT_EQ(room_->open_clients(), 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, TlsClientsTest,

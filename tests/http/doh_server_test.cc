@@ -301,16 +301,29 @@ TEST_F(DohServerSessionTest, BrokenFramingAfterThePrefaceEndsTheSession) {
   EXPECT_FALSE(server_->alive());
 }
 
-TEST_F(DohServerSessionTest, GoawayFromTheClientEndsTheSession) {
+// RFC 9113 §6.8: the streams a client opened before its GOAWAY may still
+// complete; the session ends once they have.
+TEST_F(DohServerSessionTest, GoawayFromTheClientStillAnswersItsStreamsThenEnds) {
   const int32_t id = client_.Post(Query(0));
+  const int32_t unanswered = client_.Get(Query(1));
   client_.Pump(*server_);
+  ASSERT_EQ(server_->queries_in_flight(), 2u);
   client_.GoAway();
   client_.Pump(*server_);
-  EXPECT_EQ(client_.last_receive_, static_cast<int>(DohServerSession::ReceiveResult::kClose));
-  EXPECT_FALSE(server_->alive());
+  EXPECT_EQ(client_.last_receive_, static_cast<int>(DohServerSession::ReceiveResult::kGoingAway));
   EXPECT_EQ(server_->stats().doh_goaways.load(), 1u);
-  EXPECT_FALSE(server_->Answer(id, AnswerFor(0, {60})));
+  EXPECT_TRUE(server_->alive());  // two streams still open
+  const std::vector<uint8_t> answer = AnswerFor(0, {60});
+  EXPECT_TRUE(server_->Answer(id, answer));
   server_->QueryDone(id);
+  server_->QueryDone(unanswered);  // timed out upstream: 503
+  client_.Pump(*server_);
+  EXPECT_EQ(StatusOf(id), 200);
+  EXPECT_EQ(client_.responses[id].body, answer);
+  EXPECT_TRUE(client_.responses[id].closed);
+  EXPECT_EQ(StatusOf(unanswered), 503);
+  EXPECT_FALSE(server_->alive());  // nothing left: the connection can close
+  EXPECT_EQ(server_->queries_in_flight(), 0u);
   // The slot can be reused by the next connection.
   server_->Reset();
   Client next;

@@ -60,7 +60,9 @@ class StreamProtocol {
    protected:
     ~Host() = default;
   };
-  enum class Intake : uint8_t { kOk, kError, kClosed };
+  // kDone: the client is leaving (an HTTP/2 GOAWAY): read no more, answer
+  // what it asked, then close.
+  enum class Intake : uint8_t { kOk, kDone, kError, kClosed };
 
   virtual ~StreamProtocol() = default;
 

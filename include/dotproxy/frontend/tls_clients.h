@@ -169,6 +169,9 @@ class TlsClients final : private StreamProtocol::Host {
     bool recv_in_flight = false;
     bool dirty = false;
     bool read_closed = false;
+    // The protocol said the client is leaving (an HTTP/2 GOAWAY): still read
+    // (flow-control updates), close once drained.
+    bool leaving = false;
     bool reading_paused = false;
     bool handshaking = false;
     bool heard = false;  // has sent a byte (its ClientHello, at least in part)

@@ -112,7 +112,11 @@ class DohServerSession {
  public:
   enum class ReceiveResult : uint8_t {
     kOk,
-    kClose,  // broken framing, GOAWAY or out of memory: write what is left, then close
+    // The client sent GOAWAY (RFC 9113 §6.8): it opens no more streams, and
+    // those it opened still get their answers. Read no more; answer what is
+    // in flight, write what is left, then close.
+    kGoingAway,
+    kClose,  // broken framing or out of memory: write what is left, then close
   };
 
   explicit DohServerSession(const DohServerOptions& options);
@@ -185,7 +189,7 @@ class DohServerSession {
   uint32_t slots_in_use_ = 0;
   uint32_t queries_in_flight_ = 0;
   bool failed_ = false;
-  bool terminating_ = false;  // the client sent GOAWAY: ours is queued
+  bool client_going_away_ = false;  // the client sent GOAWAY
   // A chunk nghttp2_session_mem_send returned that did not fit the last
   // WriteOutput: valid until the next mem_send.
   const uint8_t* pending_ = nullptr;
