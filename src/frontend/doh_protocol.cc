@@ -71,8 +71,7 @@ StreamProtocol::Intake DohProtocol::CommitInput(size_t n, Host& host) {
   if (result != http::DohServerSession::ReceiveResult::kOk) return Intake::kError;
   // A connection error nghttp2 found inside a frame (DATA on stream 0, a
   // bad HPACK block) shows only once its GOAWAY is framed: frame now, and
-  // a session that is over makes the room close (the GOAWAY is not sent:
-  // the room closes on an error at once).
+  // a session that is over makes the room send it, then close.
   Output();
   return session_.alive() ? Intake::kOk : Intake::kError;
 }

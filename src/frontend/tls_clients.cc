@@ -126,7 +126,7 @@ void TlsClients::Process(uint32_t index) {
         break;
       case StreamProtocol::Intake::kError:
         Bump(stats_.tls_bad_frame);
-        Close(index);
+        CloseAfterSending(index);  // an HTTP/2 GOAWAY says why (RFC 9113 §5.4.1)
         return;
       case StreamProtocol::Intake::kClosed: return;
     }
@@ -203,14 +203,29 @@ void TlsClients::HandshakeFailed(uint32_t index) {
   Log(Severity::kDebug, "shard %d: TLS handshake failed: %s", shard_index_,
       client.session.error());
   HandshakeEnded(client);
+  CloseAfterSending(index);  // the alert tells the client why
+}
+
+// Reads no more; what is already encrypted or pending in the protocol (a
+// TLS alert, HTTP/2's GOAWAY naming the error, answers not yet sent) leaves
+// first, then the connection closes.
+void TlsClients::CloseAfterSending(uint32_t index) {
+  Client& client = clients_[index];
   partial_.Remove(index);
   client.read_closed = true;
-  if (client.session.outbound().empty()) {
-    Close(index);
-  } else {
-    client.close_after_send = true;  // the alert tells the client why
-    MarkDirty(index);
+  if (client.session.handshake_done()) {
+    for (int piece = 0; piece < 64; ++piece) {
+      const std::span<const uint8_t> plain = client.protocol->Output();
+      if (plain.empty() || !client.session.Write(plain)) break;
+      client.protocol->Consumed(plain.size());
+    }
   }
+  if (client.session.outbound().empty() && !client.send.in_flight()) {
+    Close(index);
+    return;
+  }
+  client.close_after_send = true;
+  MarkDirty(index);
 }
 
 bool TlsClients::Backlogged(Client& client) const {

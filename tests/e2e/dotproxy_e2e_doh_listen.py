@@ -277,34 +277,6 @@ def frame_types(data):
     return types
 
 
-@case
-def doh_garbage_closes(h):
-    """ALPN h2 is agreed; a client that sends HTTP/1.1 (not the HTTP/2
-    preface) or breaks the framing after it (DATA on stream 0) is
-    disconnected, and the proxy keeps serving others."""
-    u = h.start_unbound()
-    p = start_doh(h, u)
-    s = tls_h2(p)
-    check(s.selected_alpn_protocol() == "h2", "ALPN %r, not h2" % s.selected_alpn_protocol())
-    s.sendall(b"GET /dns-query HTTP/1.1\r\nHost: x\r\n\r\n")
-    _, closed = read_until_closed(s)
-    check(closed, "HTTP/1.1 bytes on an h2 connection did not close it")
-    s.close()
-    s = tls_h2(p)
-    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\0\0\0\x04\0\0\0\0\0"
-    # then a DATA frame on stream 0: a connection error (RFC 9113 §6.1)
-    s.sendall(preface + b"\0\0\4\0\0\0\0\0\0abcd")
-    got, closed = read_until_closed(s)
-    check(closed, "bad framing did not close the connection (frames seen: %s)" % frame_types(got))
-    s.close()
-    wire = make_query("a.example.test.", "A", qid=0).to_wire()
-    status, headers, body, _ = curl(h, p, [url(p, query="?dns=" + b64url(wire))])
-    expect_answer("GET after garbage", status, headers, body, wire,
-                  u.reference("a.example.test.", "A"))
-    check(p.alive(), "dotproxy died")
-    print("HTTP/1.1 and bad framing closed; the listener still answers")
-
-
 def h2_frame(kind, flags, stream, payload):
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
@@ -327,6 +299,39 @@ def frames_of(data):
                        data[at + 9:at + 9 + length]))
         at += 9 + length
     return frames
+
+
+@case
+def doh_garbage_closes(h):
+    """ALPN h2 is agreed; a client that sends HTTP/1.1 (not the HTTP/2
+    preface) or breaks the framing after it (DATA on stream 0) is
+    disconnected, the latter after a GOAWAY with PROTOCOL_ERROR, and the
+    proxy keeps serving others."""
+    u = h.start_unbound()
+    p = start_doh(h, u)
+    s = tls_h2(p)
+    check(s.selected_alpn_protocol() == "h2", "ALPN %r, not h2" % s.selected_alpn_protocol())
+    s.sendall(b"GET /dns-query HTTP/1.1\r\nHost: x\r\n\r\n")
+    _, closed = read_until_closed(s)
+    check(closed, "HTTP/1.1 bytes on an h2 connection did not close it")
+    s.close()
+    s = tls_h2(p)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\0\0\0\x04\0\0\0\0\0"
+    # then a DATA frame on stream 0: a connection error (RFC 9113 §6.1)
+    s.sendall(preface + b"\0\0\4\0\0\0\0\0\0abcd")
+    got, closed = read_until_closed(s)
+    check(closed, "bad framing did not close the connection (frames seen: %s)" % frame_types(got))
+    # RFC 9113 §5.4.1: a connection error is first told in a GOAWAY.
+    goaway = [f for f in frames_of(got) if f[0] == 7]
+    check(goaway and int.from_bytes(goaway[0][3][4:8], "big") == 1,
+          "no GOAWAY(PROTOCOL_ERROR) before the close (frames seen: %s)" % frame_types(got))
+    s.close()
+    wire = make_query("a.example.test.", "A", qid=0).to_wire()
+    status, headers, body, _ = curl(h, p, [url(p, query="?dns=" + b64url(wire))])
+    expect_answer("GET after garbage", status, headers, body, wire,
+                  u.reference("a.example.test.", "A"))
+    check(p.alive(), "dotproxy died")
+    print("HTTP/1.1 and bad framing closed; the listener still answers")
 
 
 @case

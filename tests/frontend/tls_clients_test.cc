@@ -116,6 +116,9 @@ struct Client {
 class FakeHttpsProtocol final : public StreamProtocol {
  public:
   static constexpr uint8_t kLeaving = 0xff;  // a one-byte message: "I am leaving"
+  // A one-byte message that breaks the protocol: a one-byte goodbye is
+  // queued (as HTTP/2's GOAWAY would be), and the intake is an error.
+  static constexpr uint8_t kBroken = 0xfe;
   explicit FakeHttpsProtocol(std::span<uint8_t> out) : framer_(in_), out_(out) {}
   void Reset() override {
     framer_.Clear();
@@ -130,6 +133,12 @@ class FakeHttpsProtocol final : public StreamProtocol {
       if (message.size() == 1 && message[0] == kLeaving) {
         framer_.Compact();
         return Intake::kDone;  // as DoH's codec on a client's GOAWAY
+      }
+      if (message.size() == 1 && message[0] == kBroken) {
+        dns::WriteLengthPrefix(out_.data() + out_end_, 1);
+        out_[out_end_ + 2] = kBroken;
+        out_end_ += 3;
+        return Intake::kError;
       }
       const uint32_t stream = next_stream_;
       next_stream_ += 2;
@@ -249,6 +258,36 @@ class TlsClientsTest : public ::testing::TestWithParam<io::IoBackend> {
     return answers;
   }
 
+  // Answers query `q` with its own bytes and ends it, as the forwarder would.
+  void EchoAnswer(size_t q) {
+    std::span<uint8_t> space = room_->BeginReply(sink_.clients[q], sink_.queries[q].size());
+    ASSERT_EQ(space.size(), sink_.queries[q].size());
+    std::memcpy(space.data(), sink_.queries[q].data(), space.size());
+    room_->CommitReply(sink_.clients[q], space.size());
+    room_->QueryDone(sink_.clients[q]);
+  }
+
+  // An https listener speaking FakeHttpsProtocol, and a client through its
+  // handshake.
+  std::unique_ptr<Client> ConnectHttps() {
+    listen_[0].kind = TlsListenerKind::kHttps;
+    Open({}, "", [](std::span<uint8_t> out) { return std::make_unique<FakeHttpsProtocol>(out); });
+    auto client = Connect();
+    Handshake({client.get()});
+    EXPECT_TRUE(client->done) << client->session.error();
+    return client;
+  }
+
+  // True once the room has closed `client`'s connection (EOF), within a
+  // bounded number of turns.
+  bool ClosedByRoom(Client& client) {
+    for (int i = 0; i < 50; ++i) {
+      Pump(1);
+      if (!client.Receive()) return true;
+    }
+    return false;
+  }
+
   std::unique_ptr<io::Reactor> reactor_;
   io::LoopClock clock_;
   Acl acl_{DefaultAllowList()};
@@ -280,11 +319,7 @@ TEST_P(TlsClientsTest, PipelinedQueriesAreAnsweredInAnyOrder) {
   EXPECT_EQ(stats_.tls_queries.load(), 3u);
   // Answered 3, 1, 2: they leave in that order.
   for (size_t q : {2u, 0u, 1u}) {
-    std::span<uint8_t> space = room_->BeginReply(sink_.clients[q], sink_.queries[q].size());
-    ASSERT_EQ(space.size(), sink_.queries[q].size());
-    std::memcpy(space.data(), sink_.queries[q].data(), space.size());
-    room_->CommitReply(sink_.clients[q], space.size());
-    room_->QueryDone(sink_.clients[q]);
+    EchoAnswer(q);
   }
   const std::vector<Bytes> answers = ReadAnswers(*client, 3);
   ASSERT_EQ(answers.size(), 3u);
@@ -314,11 +349,7 @@ TEST_P(TlsClientsTest, AnAnswerAfterStopIntakeReadsNoFurtherQueries) {
   Pump(3);
   ASSERT_EQ(sink_.queries.size(), 2u) << "paused at the limit";
   room_->StopIntake();
-  std::span<uint8_t> space = room_->BeginReply(sink_.clients[0], sink_.queries[0].size());
-  ASSERT_EQ(space.size(), sink_.queries[0].size());
-  std::memcpy(space.data(), sink_.queries[0].data(), space.size());
-  room_->CommitReply(sink_.clients[0], space.size());
-  room_->QueryDone(sink_.clients[0]);
+  EchoAnswer(0);
   Pump(3);
   EXPECT_EQ(sink_.queries.size(), 2u) << "intake stopped: the third query is not read";
   room_->QueryDone(sink_.clients[1]);
@@ -428,11 +459,8 @@ TEST_P(TlsClientsTest, AStaleClientRefReachesNothing) {
 // The DoH seam: an https listener's connections speak the factory's protocol,
 // its stream ids reach the forwarder in ClientRef::stream and come back.
 TEST_P(TlsClientsTest, AnHttpsListenerRunsTheFactorysProtocolWithStreamIds) {
-  listen_[0].kind = TlsListenerKind::kHttps;
-  Open({}, "", [](std::span<uint8_t> out) { return std::make_unique<FakeHttpsProtocol>(out); });
-  auto client = Connect();
-  Handshake({client.get()});
-  ASSERT_TRUE(client->done) << client->session.error();
+  auto client = ConnectHttps();
+  ASSERT_TRUE(client->done);
   Bytes burst = Framed(bench::MakeQuery("a.example.test", 1, false));
   const Bytes second = Framed(bench::MakeQuery("b.example.test", 2, false));
   burst.insert(burst.end(), second.begin(), second.end());
@@ -444,11 +472,7 @@ TEST_P(TlsClientsTest, AnHttpsListenerRunsTheFactorysProtocolWithStreamIds) {
   EXPECT_EQ(sink_.clients[0].stream, 1u);
   EXPECT_EQ(sink_.clients[1].stream, 3u);
   for (size_t q : {1u, 0u}) {
-    std::span<uint8_t> space = room_->BeginReply(sink_.clients[q], sink_.queries[q].size());
-    ASSERT_EQ(space.size(), sink_.queries[q].size());
-    std::memcpy(space.data(), sink_.queries[q].data(), space.size());
-    room_->CommitReply(sink_.clients[q], space.size());
-    room_->QueryDone(sink_.clients[q]);
+    EchoAnswer(q);
   }
   const std::vector<Bytes> answers = ReadAnswers(*client, 2);
   ASSERT_EQ(answers.size(), 2u);
@@ -459,11 +483,8 @@ TEST_P(TlsClientsTest, AnHttpsListenerRunsTheFactorysProtocolWithStreamIds) {
 // A client that says it is leaving (HTTP/2 GOAWAY, RFC 9113 §6.8) still
 // gets the answers it asked for; then the room closes its connection.
 TEST_P(TlsClientsTest, ALeavingClientGetsItsAnswersThenIsClosed) {
-  listen_[0].kind = TlsListenerKind::kHttps;
-  Open({}, "", [](std::span<uint8_t> out) { return std::make_unique<FakeHttpsProtocol>(out); });
-  auto client = Connect();
-  Handshake({client.get()});
-  ASSERT_TRUE(client->done) << client->session.error();
+  auto client = ConnectHttps();
+  ASSERT_TRUE(client->done);
   Bytes burst = Framed(bench::MakeQuery("a.example.test", 1, false));
   const Bytes leaving = Framed(Bytes{FakeHttpsProtocol::kLeaving});
   burst.insert(burst.end(), leaving.begin(), leaving.end());
@@ -473,21 +494,27 @@ TEST_P(TlsClientsTest, ALeavingClientGetsItsAnswersThenIsClosed) {
   ASSERT_EQ(sink_.queries.size(), 1u);
   Pump(3);
   EXPECT_EQ(room_->open_clients(), 1u) << "closed with its query in flight";
-  std::span<uint8_t> space = room_->BeginReply(sink_.clients[0], sink_.queries[0].size());
-  ASSERT_EQ(space.size(), sink_.queries[0].size());
-  std::memcpy(space.data(), sink_.queries[0].data(), space.size());
-  room_->CommitReply(sink_.clients[0], space.size());
-  room_->QueryDone(sink_.clients[0]);
+  EchoAnswer(0);
   const std::vector<Bytes> answers = ReadAnswers(*client, 1);
   ASSERT_EQ(answers.size(), 1u);
   EXPECT_EQ(answers[0][0], 1);
-  bool closed = false;
-  for (int i = 0; i < 50 && !closed; ++i) {
-    Pump(1);
-    closed = !client->Receive();
-  }
-  EXPECT_TRUE(closed) << "still open once answered";
+  EXPECT_TRUE(ClosedByRoom(*client)) << "still open once answered";
   EXPECT_EQ(room_->open_clients(), 0u);
+}
+
+// A protocol error: what the protocol still has to say (HTTP/2's GOAWAY
+// naming the error, RFC 9113 §5.4.1) leaves before the room closes.
+TEST_P(TlsClientsTest, AProtocolErrorIsToldBeforeTheClose) {
+  auto client = ConnectHttps();
+  ASSERT_TRUE(client->done);
+  ASSERT_TRUE(client->session.Write(Framed(Bytes{FakeHttpsProtocol::kBroken})));
+  client->Flush();
+  const std::vector<Bytes> said = ReadAnswers(*client, 1);
+  ASSERT_EQ(said.size(), 1u) << "closed without a word";
+  EXPECT_EQ(said[0], Bytes{FakeHttpsProtocol::kBroken});
+  EXPECT_TRUE(ClosedByRoom(*client));
+  EXPECT_EQ(room_->open_clients(), 0u);
+  EXPECT_EQ(stats_.tls_bad_frame.load(), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, TlsClientsTest,

@@ -198,6 +198,7 @@ class TlsClients final : private StreamProtocol::Host {
   void ArmReceive(uint32_t index);
   // Handshake steps and plaintext intake for what the session holds.
   void Process(uint32_t index);
+  void CloseAfterSending(uint32_t index);
   void HandshakeFailed(uint32_t index);
   void HandshakeEnded(Client& client);
   void Settle(uint32_t index);
