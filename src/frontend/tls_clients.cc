@@ -378,7 +378,8 @@ void TlsClients::QueryDone(const ClientRef& ref) {
   --client->queries_in_flight;
   client->protocol->QueryDone(ref.stream);
   // Not from inside Process (a query answered at once): it settles itself.
-  if ((client->reading_paused || client->read_closed) && !processing(ref.tcp_client)) {
+  if ((client->reading_paused || client->read_closed || client->leaving) &&
+      !processing(ref.tcp_client)) {
     Settle(ref.tcp_client);
   }
 }

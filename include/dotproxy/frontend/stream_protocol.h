@@ -60,8 +60,9 @@ class StreamProtocol {
    protected:
     ~Host() = default;
   };
-  // kDone: the client is leaving (an HTTP/2 GOAWAY): read no more, answer
-  // what it asked, then close.
+  // kDone: the client is leaving (an HTTP/2 GOAWAY): answer what it asked,
+  // then close (reading on only for what those answers need, such as
+  // flow-control updates).
   enum class Intake : uint8_t { kOk, kDone, kError, kClosed };
 
   virtual ~StreamProtocol() = default;

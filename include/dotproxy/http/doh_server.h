@@ -113,8 +113,8 @@ class DohServerSession {
   enum class ReceiveResult : uint8_t {
     kOk,
     // The client sent GOAWAY (RFC 9113 §6.8): it opens no more streams, and
-    // those it opened still get their answers. Read no more; answer what is
-    // in flight, write what is left, then close.
+    // those it opened still get their answers. Answer what is in flight,
+    // write what is left, then close (alive() turns false once all closed).
     kGoingAway,
     kClose,  // broken framing or out of memory: write what is left, then close
   };
