@@ -64,15 +64,13 @@ StreamProtocol::Intake DohProtocol::CommitInput(size_t n, Host& host) {
   host_ = nullptr;
   if (reset_pending_) Reset();
   if (host_closed_) return Intake::kClosed;
-  if (result == http::DohServerSession::ReceiveResult::kGoingAway) {
-    Output();  // what the GOAWAY's read produced (a SETTINGS or PING ACK)
-    return Intake::kDone;
-  }
-  if (result != http::DohServerSession::ReceiveResult::kOk) return Intake::kError;
-  // A connection error nghttp2 found inside a frame (DATA on stream 0, a
-  // bad HPACK block) shows only once its GOAWAY is framed: frame now, and
-  // a session that is over makes the room send it, then close.
+  if (result == http::DohServerSession::ReceiveResult::kClose) return Intake::kError;
+  // Framed now: what the read produced (SETTINGS and PING acks), and a
+  // connection error nghttp2 found inside a frame (DATA on stream 0, a bad
+  // HPACK block), which shows only once its GOAWAY is framed; a session
+  // that is over makes the room send it, then close.
   Output();
+  if (result == http::DohServerSession::ReceiveResult::kGoingAway) return Intake::kDone;
   return session_.alive() ? Intake::kOk : Intake::kError;
 }
 

@@ -213,12 +213,11 @@ void TlsClients::CloseAfterSending(uint32_t index) {
   Client& client = clients_[index];
   partial_.Remove(index);
   client.read_closed = true;
-  if (client.session.handshake_done()) {
-    for (int piece = 0; piece < 64; ++piece) {
-      const std::span<const uint8_t> plain = client.protocol->Output();
-      if (plain.empty() || !client.session.Write(plain)) break;
-      client.protocol->Consumed(plain.size());
-    }
+  // Encrypted now even with a send in flight: nothing is encrypted once
+  // close_after_send is set.
+  if (!EncryptOutput(client)) {
+    Close(index);
+    return;
   }
   if (client.session.outbound().empty() && !client.send.in_flight()) {
     Close(index);
@@ -278,21 +277,27 @@ void TlsClients::MarkDirty(uint32_t index) {
   dirty_.push_back(index);
 }
 
+// The protocol's pending plaintext into the session's outbound ciphertext,
+// in the pieces a protocol may hand it over in (an HTTP/2 codec's frames).
+// False: the TLS write failed, the stream is broken.
+bool TlsClients::EncryptOutput(Client& client) {
+  for (int piece = 0; piece < 64 && client.session.handshake_done(); ++piece) {
+    const std::span<const uint8_t> plain = client.protocol->Output();
+    if (plain.empty()) break;
+    if (!client.session.Write(plain)) return false;
+    client.protocol->Consumed(plain.size());
+  }
+  return true;
+}
+
 // One encryption per batch of answers (many DNS messages per record), one
 // send in flight; answers queue in the protocol's buffer meanwhile.
 void TlsClients::TrySend(uint32_t index) {
   Client& client = clients_[index];
   if (client.state != State::kOpen || client.send.in_flight()) return;
-  // A protocol may hand its output over in pieces (an HTTP/2 codec's frames).
-  for (int piece = 0; piece < 64 && client.session.handshake_done() && !client.close_after_send;
-       ++piece) {
-    const std::span<const uint8_t> plain = client.protocol->Output();
-    if (plain.empty()) break;
-    if (!client.session.Write(plain)) {
-      Close(index);
-      return;
-    }
-    client.protocol->Consumed(plain.size());
+  if (!client.close_after_send && !EncryptOutput(client)) {
+    Close(index);
+    return;
   }
   if (client.session.outbound().empty()) {
     if (client.close_after_send) Close(index);

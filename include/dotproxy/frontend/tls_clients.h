@@ -199,6 +199,7 @@ class TlsClients final : private StreamProtocol::Host {
   // Handshake steps and plaintext intake for what the session holds.
   void Process(uint32_t index);
   void CloseAfterSending(uint32_t index);
+  bool EncryptOutput(Client& client);
   void HandshakeFailed(uint32_t index);
   void HandshakeEnded(Client& client);
   void Settle(uint32_t index);
