@@ -742,8 +742,10 @@ def protect_overload_cpu(h):
                 r["p50_ms"], r["p99_ms"]))
         print("  RSS over the 20 s at 4x: min %.1f MiB, max %.1f MiB; recovery %.2f s" % (
             min(rss) / MIB, max(rss) / MIB, recovery))
-        print("  counters: shed_intake=%s shed_waiting=%s intake_overload_began=%s" % (
-            c.get("shed_intake"), c.get("shed_waiting"), c.get("intake_overload_began")))
+        print("  counters: shed_intake=%s shed_waiting=%s intake_overload_began=%s "
+              "answered=%s loop_iterations=%s completions=%s" % (
+                  c.get("shed_intake"), c.get("shed_waiting"), c.get("intake_overload_began"),
+                  c.get("answered"), c.get("loop_iterations"), c.get("completions")))
         check(p.alive(), "dotproxy died under the flood")
         # The target is 0.9 C (printed above); asserted with room for a
         # shared machine, where C itself moves between rounds.
