@@ -213,8 +213,10 @@ void TlsClients::CloseAfterSending(uint32_t index) {
   Client& client = clients_[index];
   partial_.Remove(index);
   client.read_closed = true;
-  // Encrypted now even with a send in flight: nothing is encrypted once
-  // close_after_send is set.
+  // Encrypted now even with a send in flight; what does not fit the buffer
+  // follows send by send (a protocol that has failed adds nothing after
+  // its last words: nghttp2 frames nothing after its GOAWAY), and the
+  // connection closes once the protocol holds nothing more.
   if (!EncryptOutput(client)) {
     Close(index);
     return;
@@ -278,14 +280,20 @@ void TlsClients::MarkDirty(uint32_t index) {
 }
 
 // The protocol's pending plaintext into the session's outbound ciphertext,
-// in the pieces a protocol may hand it over in (an HTTP/2 codec's frames).
-// False: the TLS write failed, the stream is broken.
+// in the pieces a protocol may hand it over in (an HTTP/2 codec's frames),
+// as far as the ciphertext fits its reserved buffer: the slot's memory stays
+// what it was given at start (the rest waits in the protocol's buffer for
+// the next send). False: the TLS write failed, the stream is broken.
 bool TlsClients::EncryptOutput(Client& client) {
   for (int piece = 0; piece < 64 && client.session.handshake_done(); ++piece) {
     const std::span<const uint8_t> plain = client.protocol->Output();
     if (plain.empty()) break;
-    if (!client.session.Write(plain)) return false;
-    client.protocol->Consumed(plain.size());
+    const size_t fits =
+        client.session.PlaintextFitting(plain.size(), tls::MemoryIo::kOutboundReserve);
+    if (fits == 0) break;
+    if (!client.session.Write(plain.first(fits))) return false;
+    client.protocol->Consumed(fits);
+    if (fits < plain.size()) break;
   }
   return true;
 }
@@ -295,7 +303,7 @@ bool TlsClients::EncryptOutput(Client& client) {
 void TlsClients::TrySend(uint32_t index) {
   Client& client = clients_[index];
   if (client.state != State::kOpen || client.send.in_flight()) return;
-  if (!client.close_after_send && !EncryptOutput(client)) {
+  if (!EncryptOutput(client)) {
     Close(index);
     return;
   }
@@ -350,6 +358,14 @@ void TlsClients::Flush() {
     TrySend(index);
   }
   dirty_.clear();
+}
+
+size_t TlsClients::ciphertext_capacity() const {
+  size_t bytes = 0;
+  for (const Client& client : clients_) {
+    bytes += client.session.outbound_capacity() + client.sending.capacity();
+  }
+  return bytes;
 }
 
 TlsClients::Client* TlsClients::Find(const ClientRef& ref) {

@@ -332,6 +332,27 @@ bool ServerSession::Write(std::span<const uint8_t> plain) {
   return false;
 }
 
+size_t ServerSession::PlaintextFitting(size_t plain_size, size_t capacity) const {
+  if (ssl_ == nullptr || !handshake_done_) return 0;
+  const size_t used = outbound_bytes();
+  if (used >= capacity) return 0;
+  // wolfSSL cuts a write into records of at most `fragment` bytes; a full
+  // record's expansion, plus a cipher block for CBC padding that a shorter
+  // record may round up differently, bounds every record's.
+  const int fragment = wolfSSL_GetMaxOutputSize(ssl_);
+  if (fragment <= 0) return 0;
+  const int full = wolfSSL_GetOutputSize(ssl_, fragment);
+  if (full < fragment) return 0;
+  const size_t record = static_cast<size_t>(fragment);
+  const size_t overhead = static_cast<size_t>(full - fragment) + 16;
+  const size_t room = capacity - used;
+  const size_t whole = room / (record + overhead);
+  size_t fits = whole * record;
+  const size_t rest = room - whole * (record + overhead);
+  if (rest > overhead) fits += rest - overhead;
+  return std::min(fits, plain_size);
+}
+
 std::string_view ServerSession::alpn() const {
   if (ssl_ == nullptr) return {};
   char* name = nullptr;

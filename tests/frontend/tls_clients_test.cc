@@ -330,6 +330,45 @@ TEST_P(TlsClientsTest, PipelinedQueriesAreAnsweredInAnyOrder) {
   EXPECT_EQ(stats_.tls_clients.load(), 1u);
 }
 
+// Answers that outgrow the send buffer in one flush (80 KiB of them: the
+// answer buffer holds 96, the ciphertext buffers 64 each) are encrypted a
+// buffer at a time, send after send: all arrive, in order, and the slots'
+// ciphertext buffers are what they were at start.
+TEST_P(TlsClientsTest, AnswersBeyondTheSendBufferLeaveInPiecesWithoutGrowingIt) {
+  Open();
+  auto client = Connect();
+  Handshake({client.get()});
+  ASSERT_TRUE(client->done) << client->session.error();
+  const size_t reserved = room_->ciphertext_capacity();
+  constexpr size_t kQueries = 40;
+  constexpr size_t kAnswerBytes = 2000;
+  Bytes burst;
+  for (uint16_t id = 1; id <= kQueries; ++id) {
+    const Bytes framed = Framed(bench::MakeQuery("a.example.test", id, false));
+    burst.insert(burst.end(), framed.begin(), framed.end());
+  }
+  ASSERT_TRUE(client->session.Write(burst));
+  client->Flush();
+  for (int i = 0; i < 50 && sink_.queries.size() < kQueries; ++i) Pump(1);
+  ASSERT_EQ(sink_.queries.size(), kQueries);
+  std::vector<Bytes> expected;
+  for (size_t q = 0; q < kQueries; ++q) {
+    Bytes answer(kAnswerBytes, static_cast<uint8_t>(q));
+    std::copy_n(sink_.queries[q].begin(), 2, answer.begin());  // the query's ID
+    std::span<uint8_t> space = room_->BeginReply(sink_.clients[q], answer.size());
+    ASSERT_EQ(space.size(), answer.size());
+    std::copy(answer.begin(), answer.end(), space.begin());
+    room_->CommitReply(sink_.clients[q], answer.size());
+    room_->QueryDone(sink_.clients[q]);
+    expected.push_back(std::move(answer));
+  }
+  const std::vector<Bytes> answers = ReadAnswers(*client, kQueries);
+  ASSERT_EQ(answers.size(), kQueries);
+  for (size_t q = 0; q < kQueries; ++q) EXPECT_TRUE(answers[q] == expected[q]) << "answer " << q;
+  EXPECT_EQ(room_->ciphertext_capacity(), reserved);
+  EXPECT_EQ(room_->open_clients(), 1u);
+}
+
 // A client paused at its pipelining limit, when intake stops (shutdown):
 // an answer frees a slot, but the queries still buffered are not read, as
 // the TCP room reads none once it stops.

@@ -288,5 +288,52 @@ TEST_F(ServerSessionTest, RestartsCleanlyOnTheSameObject) {
   }
 }
 
+// PlaintextFitting is the send buffer's bound: what it allows encrypts to
+// no more than the capacity given (whatever is already queued), and little
+// less (one record's worth of overhead at most per record); the client
+// reads back exactly what was written.
+TEST_F(ServerSessionTest, PlaintextFittingKeepsTheCiphertextWithinTheCapacity) {
+  auto context = MakeServer();
+  ASSERT_NE(context, nullptr);
+  Session client;
+  ASSERT_TRUE(client.Start(*client_context_, policy_, nullptr).ok());
+  ServerSession server;
+  ASSERT_TRUE(server.Start(context, "dot").ok());
+  EXPECT_EQ(server.PlaintextFitting(1000, 64 * 1024), 0u);  // no keys yet
+  ASSERT_EQ(Drive(client, server), Outcome::kDone);
+  Settle(client, server);
+  ASSERT_TRUE(server.outbound().empty());
+
+  std::string sent;
+  std::string got;
+  uint8_t plain[16384];
+  for (const size_t capacity : {size_t{64 * 1024}, size_t{100}, size_t{40000}, size_t{16 * 1024}}) {
+    // Twice per capacity: into an empty buffer, then on top of what the
+    // first write left there.
+    size_t total = 0;
+    for (int round = 0; round < 2; ++round) {
+      const size_t fits = server.PlaintextFitting(size_t{1} << 20, capacity);
+      if (round == 0 && capacity > 1000) {
+        EXPECT_GE(fits, capacity - capacity / 100) << capacity;
+      }
+      EXPECT_EQ(server.PlaintextFitting(7, capacity), std::min<size_t>(7, fits));
+      if (fits == 0) continue;
+      std::string chunk(fits, static_cast<char>('a' + sent.size() % 26));
+      ASSERT_TRUE(server.Write({reinterpret_cast<const uint8_t*>(chunk.data()), chunk.size()}));
+      EXPECT_LE(server.outbound().size(), capacity) << capacity << " round " << round;
+      sent += chunk;
+      total += fits;
+    }
+    EXPECT_GT(total, 0u) << capacity;
+    while (!server.outbound().empty()) {
+      Move(server.outbound(), client);
+      int n;
+      while ((n = client.Read(plain)) > 0) got.append(reinterpret_cast<char*>(plain), n);
+    }
+  }
+  EXPECT_EQ(got.size(), sent.size());
+  EXPECT_TRUE(got == sent);
+}
+
 }  // namespace
 }  // namespace dotproxy::tls

@@ -140,6 +140,10 @@ class TlsClients final : private StreamProtocol::Host {
   const sockaddr* LocalAddress(const ClientRef& client) const;
 
   size_t open_clients() const { return clients_.size() - free_clients_.size(); }
+  // Ciphertext buffers over all slots (outbound and in flight), in bytes
+  // reserved: fixed at Open (2 x 64 KiB a slot, as kClientBytes counts),
+  // however much a client is answered at once.
+  size_t ciphertext_capacity() const;
   int handshakes_in_progress() const { return handshakes_in_progress_; }
   std::vector<io::SocketAddress> listen_addresses() const;
   // Per-client rate limiting: each client prefix to one shard's socket of

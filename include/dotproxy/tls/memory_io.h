@@ -41,6 +41,8 @@ class MemoryIo {
   // Ciphertext waiting to be sent. The caller swaps it out and keeps it
   // alive until the send completes.
   std::vector<uint8_t>& outbound() { return outbound_; }
+  size_t outbound_bytes() const { return outbound_.size(); }
+  size_t outbound_capacity() const { return outbound_.capacity(); }
 
   static int RecvCallback(WOLFSSL* ssl, char* buf, int size, void* ctx);
   static int SendCallback(WOLFSSL* ssl, char* buf, int size, void* ctx);

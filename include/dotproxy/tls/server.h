@@ -131,6 +131,7 @@ class ServerSession : private MemoryIo {
   using MemoryIo::inbound_pending;
   using MemoryIo::InboundSpace;
   using MemoryIo::outbound;
+  using MemoryIo::outbound_capacity;
 
   // Advances the handshake. kWantRead: send outbound() and wait for bytes.
   // outbound() may hold an alert after kError: send it before closing.
@@ -140,6 +141,11 @@ class ServerSession : private MemoryIo {
   int Read(std::span<uint8_t> plain);
   // Encrypts `plain` into outbound() as few records as wolfSSL allows.
   bool Write(std::span<const uint8_t> plain);
+  // How many of `plain_size` bytes Write can take now without outbound()
+  // growing past `capacity` bytes of ciphertext, counting each record's
+  // header, tag and padding: a bound on the send buffers. 0 before the
+  // handshake is done.
+  size_t PlaintextFitting(size_t plain_size, size_t capacity) const;
 
   bool handshake_done() const { return handshake_done_; }
   bool resumed() const { return resumed_; }
