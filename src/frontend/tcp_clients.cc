@@ -236,7 +236,10 @@ void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       client.framer.Clear();
       client.send_end = client.out_end = client.out_high = 0;
       client.send.Reset();
-      client.recv_in_flight = client.dirty = false;
+      // `dirty` is left as it is: a slot closed and taken again within one
+      // iteration may still be on dirty_, and Flush, which takes it off,
+      // is the only place that clears it (else it would go on twice).
+      client.recv_in_flight = false;
       client.read_closed = client.reading_paused = false;
       client.queries_in_flight = 0;
       client.ops_in_flight = 0;

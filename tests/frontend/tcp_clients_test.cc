@@ -529,6 +529,65 @@ TEST_P(TcpClientsTest, AnswerMemoryOfAClosedSlowReaderIsReturned) {
   EXPECT_LE(tcp_->returned_bytes(), TcpClients::kOutSlot);
 }
 
+// A slot answered, closed and taken by a new client before the next Flush
+// stays on the flush list once: the new client's answer does not put it
+// there twice (the list is reserved for one entry per slot; a second would
+// grow it, an allocation on the query path).
+TEST_P(TcpClientsTest, ASlotTakenAgainBeforeTheFlushIsFlushedOnce) {
+  TcpLimits limits;
+  limits.max_clients = 1;
+  Open(limits);
+  // Iterations without a Flush: all of this happens between two of them.
+  auto turn = [&] {
+    for (int i = 0; i < 5; ++i) {
+      clock_.Update();
+      ASSERT_TRUE(io::TurnOnce(*reactor_, milliseconds(10), [&](const io::Completion& c) {
+        switch (c.data.op) {
+          case io::Op::kAccept: tcp_->OnAccept(c.data.index, c); break;
+          case io::Op::kClientRecv: tcp_->OnReceive(c.data.index, c); break;
+          case io::Op::kClientSend: tcp_->OnSendDone(c.data.index, c); break;
+          default: break;
+        }
+      }));
+    }
+  };
+  io::UniqueFd first = Connect();
+  Write(first.get(), Framed(bench::MakeQuery("a.example", 1, true)));
+  Pump();
+  ASSERT_EQ(sink_.clients.size(), 1u);
+  const ClientRef first_ref = sink_.clients[0];
+  ASSERT_EQ(tcp_->BeginReply(first_ref, 40).size(), 40u);
+  tcp_->CommitReply(first_ref, 40);
+  tcp_->QueryDone(first_ref);
+  EXPECT_EQ(tcp_->clients_to_flush(), 1u);
+  // The client resets its connection before the answer is flushed.
+  const linger reset{1, 0};
+  setsockopt(first.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+  first.reset();
+  turn();
+  ASSERT_EQ(tcp_->open_clients(), 0u);
+
+  io::UniqueFd second(socket(AF_INET, SOCK_STREAM, 0));
+  ASSERT_EQ(connect(second.get(), listen_[0].get(), listen_[0].length), 0);
+  turn();
+  ASSERT_EQ(tcp_->open_clients(), 1u);
+  const Bytes query = bench::MakeQuery("b.example", 2, true);
+  Write(second.get(), Framed(query));
+  turn();
+  ASSERT_EQ(sink_.clients.size(), 2u);
+  const ClientRef second_ref = sink_.clients[1];
+  ASSERT_EQ(second_ref.tcp_client, first_ref.tcp_client);  // the same slot
+  std::span<uint8_t> space = tcp_->BeginReply(second_ref, query.size());
+  ASSERT_EQ(space.size(), query.size());
+  std::copy(query.begin(), query.end(), space.begin());
+  tcp_->CommitReply(second_ref, query.size());
+  tcp_->QueryDone(second_ref);
+  EXPECT_EQ(tcp_->clients_to_flush(), 1u);
+  Pump();
+  EXPECT_EQ(tcp_->clients_to_flush(), 0u);
+  EXPECT_EQ(ReadSome(second.get(), milliseconds(1000)), Framed(query));
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, TcpClientsTest,
                          ::testing::Values(io::IoBackend::kUring, io::IoBackend::kEpoll),
                          io::BackendName);

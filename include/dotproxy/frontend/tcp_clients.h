@@ -139,6 +139,8 @@ class TcpClients {
   }
 
   size_t open_clients() const { return clients_.size() - free_clients_.size(); }
+  // Clients with answers queued for the next Flush (each once).
+  size_t clients_to_flush() const { return dirty_.size(); }
   // Bytes of answer buffers given back to the kernel at client closes.
   uint64_t returned_bytes() const { return returned_bytes_; }
 
