@@ -273,7 +273,11 @@ absl::Status ServerSession::Start(std::shared_ptr<const ServerContext> context,
   ssl_ = wolfSSL_new(context_->get());
   if (ssl_ == nullptr) return absl::ResourceExhaustedError("wolfSSL_new failed");
   Attach(ssl_);
-  wolfSSL_UseKeyShare(ssl_, WOLFSSL_ECC_X25519);
+  // No wolfSSL_UseKeyShare here: on a server it generates a key pair at
+  // once (about 100 us, measured 116-147 us per Start against 21-22
+  // without), for every accepted connection, even one that never sends a
+  // ClientHello; the key share is made for the group the client offers,
+  // chosen by the context's group order (X25519 first).
   if (!alpn.empty()) {
     char list[64];
     if (alpn.size() >= sizeof(list)) return absl::InvalidArgumentError("ALPN list too long");
