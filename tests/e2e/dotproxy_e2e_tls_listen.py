@@ -390,6 +390,61 @@ def tls_listen_handshake_flood(h):
             c.close()
 
 
+def _closed_by_peer(sock):
+    """True when the proxy has closed `sock` (EOF or reset), without waiting."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+@case
+def tls_listen_silent_evicted_first(h):
+    """At the cap on handshakes in progress (64 per shard), a newcomer takes
+    the slot of a connection that never sent a byte (silent for 250 ms)
+    before one that began its handshake, even an older one, as long as none
+    has stalled for 1 s: the heard connections stay open, a silent one is
+    closed, and the newcomer is served."""
+    u = h.start_unbound()
+    p = start_tls_proxy(h, u, extra=["--threads", "1", "--tcp-message-timeout", "10000",
+                                     "--tcp-idle-timeout", "10000"])
+    heard, silent = [], []
+    try:
+        t0 = time.monotonic()
+        for i in range(32):
+            c = socket.create_connection((LOOPBACK4, p.tls_port), timeout=1.0)
+            # Half a ClientHello header: begun, never completed.
+            c.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            heard.append(c)
+        for i in range(32):
+            silent.append(socket.create_connection((LOOPBACK4, p.tls_port), timeout=1.0))
+        time.sleep(0.4)  # the silent ones pass 250 ms; the heard ones stay under 1 s
+        ready = time.monotonic() - t0
+        if ready >= 0.75:
+            raise CaseSkip("too slow here: the flood took %.2f s to open" % ready)
+        s = tls_connect(h, p.tls_port)
+        q = make_query("a.example.test.", "A")
+        wire = tls_exchange(s, q.to_wire())
+        elapsed = time.monotonic() - t0
+        s.close()
+        check_same_answer("newcomer at the cap", wire, q.to_wire(), u.reference("a.example.test.", "A"))
+        closed_heard = sum(_closed_by_peer(c) for c in heard)
+        closed_silent = sum(_closed_by_peer(c) for c in silent)
+        evicted = counter(p, "tls_handshake_evicted")
+        print("newcomer served %.2f s after the first flood connection; closed: %d of 32 silent, "
+              "%d of 32 heard; tls_handshake_evicted %d" % (elapsed, closed_silent, closed_heard, evicted))
+        check(evicted >= 1, "no handshake was evicted for the newcomer")
+        check(closed_silent >= 1, "no silent connection was closed")
+        check(closed_heard == 0, "%d connections that had begun their handshake were closed "
+              "before the silent ones" % closed_heard)
+    finally:
+        for c in heard + silent:
+            c.close()
+
+
 def main():
     E.own_cases_only(_INHERITED)
     return E.main()
