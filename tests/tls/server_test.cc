@@ -121,17 +121,22 @@ class ServerSessionTest : public ::testing::Test {
     EXPECT_EQ(client.Read(plain), 0);
   }
 
+  // Both sides started for a DoT handshake on `context`, not yet driven.
+  void StartPair(Session& client, ServerSession& server,
+                 const std::shared_ptr<const ServerContext>& context) {
+    ASSERT_NE(context, nullptr);
+    ASSERT_TRUE(client.Start(*client_context_, policy_, nullptr).ok());
+    ASSERT_TRUE(server.Start(context, "dot").ok());
+  }
+
   std::unique_ptr<ClientContext> client_context_;
   PeerPolicy policy_;
 };
 
 TEST_F(ServerSessionTest, HandshakeAndDataBothWays) {
-  auto context = MakeServer();
-  ASSERT_NE(context, nullptr);
   Session client;
-  ASSERT_TRUE(client.Start(*client_context_, policy_, nullptr).ok());
   ServerSession server;
-  ASSERT_TRUE(server.Start(context, "dot").ok());
+  ASSERT_NO_FATAL_FAILURE(StartPair(client, server, MakeServer()));
   // Awkward 7-byte pieces: a handshake message split across receives.
   ASSERT_EQ(Drive(client, server, 7), Outcome::kDone) << client.error() << " / " << server.error();
   EXPECT_TRUE(server.handshake_done());
@@ -293,12 +298,9 @@ TEST_F(ServerSessionTest, RestartsCleanlyOnTheSameObject) {
 // less (one record's worth of overhead at most per record); the client
 // reads back exactly what was written.
 TEST_F(ServerSessionTest, PlaintextFittingKeepsTheCiphertextWithinTheCapacity) {
-  auto context = MakeServer();
-  ASSERT_NE(context, nullptr);
   Session client;
-  ASSERT_TRUE(client.Start(*client_context_, policy_, nullptr).ok());
   ServerSession server;
-  ASSERT_TRUE(server.Start(context, "dot").ok());
+  ASSERT_NO_FATAL_FAILURE(StartPair(client, server, MakeServer()));
   EXPECT_EQ(server.PlaintextFitting(1000, 64 * 1024), 0u);  // no keys yet
   ASSERT_EQ(Drive(client, server), Outcome::kDone);
   Settle(client, server);
