@@ -65,7 +65,6 @@ constexpr size_t kInSlot = (kInCapacity + kPageSize - 1) / kPageSize * kPageSize
 constexpr size_t kOutSlot =
     (StreamProtocol::kOutCapacity + kPageSize - 1) / kPageSize * kPageSize;
 constexpr size_t kSlotBytes = kInSlot + kOutSlot;
-constexpr size_t kSendReserve = 64 * 1024;
 }  // namespace tls_slot
 
 }  // namespace dotproxy::frontend

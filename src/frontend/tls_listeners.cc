@@ -22,7 +22,6 @@ using control::Severity;
 using metrics::Bump;
 using tls_slot::kInCapacity;
 using tls_slot::kInSlot;
-using tls_slot::kSendReserve;
 using tls_slot::kSlotBytes;
 
 absl::Status TlsClients::Open(std::span<const TlsListen> listen,
@@ -59,7 +58,9 @@ absl::Status TlsClients::Open(std::span<const TlsListen> listen,
     clients_[i].dot = std::make_unique<DotProtocol>(std::span<uint8_t>(slot, kInCapacity), out);
     if (any_https) clients_[i].https = https(out);
     clients_[i].protocol = clients_[i].dot.get();
-    clients_[i].sending.reserve(kSendReserve);
+    // The size of the session's outbound buffer, which it is swapped with
+    // (EncryptOutput keeps both within it).
+    clients_[i].sending.reserve(tls::MemoryIo::kOutboundReserve);
   }
   idle_.Bind(&clients_);
   partial_.Bind(&clients_);

@@ -94,7 +94,8 @@ class TlsClients final : private StreamProtocol::Host {
   // A client slot at worst (all touched): plaintext queries and answers,
   // ciphertext in, out and in flight (wolfSSL's own state comes on top).
   static constexpr size_t kClientBytes =
-      4 * 4096 + StreamProtocol::kOutCapacity + tls::MemoryIo::kInboundCapacity + 2 * 64 * 1024;
+      4 * 4096 + StreamProtocol::kOutCapacity + tls::MemoryIo::kInboundCapacity +
+      2 * tls::MemoryIo::kOutboundReserve;
   TlsClients(io::Reactor& reactor, const io::LoopClock& clock, const Acl& acl,
              metrics::ShardStats& stats, int shard_index);
   ~TlsClients();
