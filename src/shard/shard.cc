@@ -66,11 +66,15 @@ dns::UpstreamQueryOptions QueryOptions(const config::Config& config) {
 // UDP intake calls overload later than the capacity queue: cutting the
 // receive buffers drops datagrams, so it waits for 200 ms in which no read
 // datagram had waited less than 25 ms (a shard that truly cannot keep up,
-// not one that lost its CPU for a moment); the cut buffer then holds about
-// 12 ms of service.
+// not one that lost its CPU for a moment), read at least 8 times (a
+// multishot receive never says the socket ran dry, so two stragglers that
+// each waited behind a busy loop would otherwise pass for a queue: CI's
+// sanitizer run shed a lone query so during a TLS handshake flood); the
+// cut buffer then holds about 12 ms of service.
 constexpr io::StandingQueueSettings kIntakeQueue{.standing_after = std::chrono::milliseconds(200),
                                                  .overload_wait = std::chrono::milliseconds(50),
-                                                 .max_wait = std::chrono::milliseconds(200)};
+                                                 .max_wait = std::chrono::milliseconds(200),
+                                                 .min_old = 8};
 
 ForwarderSettings MakeForwarderSettings(const config::Config& config) {
   ForwarderSettings settings;

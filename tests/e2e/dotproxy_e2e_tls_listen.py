@@ -371,7 +371,9 @@ def tls_listen_handshake_flood(h):
         for i in range(10):
             wire, secs = udp_exchange(p.port, make_query("a.example.test.", "A").to_wire(),
                                       timeout=2.0)
-            check(wire is not None and rcode_ok(wire), "UDP query %d during the flood" % i)
+            check(wire is not None and rcode_ok(wire),
+                  "UDP query %d during the flood (shed at intake so far: %d)"
+                  % (i, counter(p, "shed_intake")))
         # A real TLS client gets through while the flood holds its slots
         # (its connection may wait in the backlog until stragglers time out).
         t0 = time.monotonic()

@@ -128,7 +128,8 @@ class UdpFrontendTest : public ::testing::TestWithParam<io::IoBackend> {
     EXPECT_TRUE(shard_->Open(std::vector{a}).ok());
     shard_->udp->EnableIntakeShedding(&clock, {.standing_after = milliseconds(100),
                                                .overload_wait = milliseconds(20),
-                                               .max_wait = milliseconds(200)});
+                                               .max_wait = milliseconds(200),
+                                               .min_old = 8});
     shard_->udp->Start();
     return Client(a);
   }
@@ -388,15 +389,23 @@ TEST_P(UdpFrontendTest, StandingIntakeShedsWhatWaitedPastOverloadWait) {
   };
   send_aged(1, milliseconds(0), milliseconds(30));
   ASSERT_EQ(shard.sink.queries.size(), 1u) << "not standing: 30 ms is within max_wait";
-  for (uint16_t i = 2; i <= 7; ++i) {
-    send_aged(i, milliseconds(20) * (i - 1), milliseconds(15));  // old, not shed
+  // Old, not shed. Four of them 30 ms apart span 120 ms, but four reads
+  // are not a standing queue (min_old is 8 here, as in the shard)...
+  for (uint16_t i = 2; i <= 4; ++i) {
+    send_aged(i, milliseconds(40) * (i - 1), milliseconds(15));
   }
-  ASSERT_EQ(shard.sink.queries.size(), 7u);
-  EXPECT_EQ(shard.stats.intake_overload_began.load(), 1u) << "120 ms of old datagrams";
-  send_aged(8, milliseconds(130), milliseconds(30));
-  EXPECT_EQ(shard.sink.queries.size(), 7u) << "standing: 30 ms is past overload_wait";
+  ASSERT_EQ(shard.sink.queries.size(), 4u);
+  EXPECT_EQ(shard.stats.intake_overload_began.load(), 0u) << "four old datagrams in 120 ms";
+  // ...eight are.
+  for (uint16_t i = 5; i <= 8; ++i) {
+    send_aged(i, milliseconds(120) + milliseconds(5) * (i - 4), milliseconds(15));
+  }
+  ASSERT_EQ(shard.sink.queries.size(), 8u);
+  EXPECT_EQ(shard.stats.intake_overload_began.load(), 1u) << "140 ms of old datagrams";
+  send_aged(9, milliseconds(150), milliseconds(30));
+  EXPECT_EQ(shard.sink.queries.size(), 8u) << "standing: 30 ms is past overload_wait";
   EXPECT_EQ(shard.stats.shed_intake.load(), 1u);
-  for (size_t k = 0; k < 7; ++k) shard.Answer(k);
+  for (size_t k = 0; k < 8; ++k) shard.Answer(k);
   shard.Pump();
 }
 

@@ -60,5 +60,47 @@ TEST(StandingQueueTest, AnIdleIntervalIsYoungSoOneOldElementAfterItDoesNotStand)
   EXPECT_TRUE(queue.standing());
 }
 
+TEST(StandingQueueTest, AnIdleIntervalEndsAStandingQueue) {
+  const Clock::time_point t0{};
+  StandingQueue queue({.standing_after = milliseconds(100), .overload_wait = milliseconds(20),
+                       .max_wait = milliseconds(200)},
+                      t0);
+  const auto at = [&](int ms) { return t0 + milliseconds(ms); };
+  queue.Observe(at(0), milliseconds(0));
+  for (int ms = 10; ms <= 100; ms += 10) queue.Observe(at(ms), milliseconds(30));
+  ASSERT_TRUE(queue.standing());
+  // The flood stops; nothing is read for a second. The next datagram
+  // waited 25 ms (a busy loop), which a standing queue would shed.
+  queue.Observe(at(1100), milliseconds(25));
+  EXPECT_FALSE(queue.standing());
+  EXPECT_EQ(queue.ShedAfter(), milliseconds(200));
+  // Just under an interval of silence keeps it: the flood's pauses are
+  // shorter than that.
+  for (int ms = 1110; ms <= 1210; ms += 10) queue.Observe(at(ms), milliseconds(30));
+  ASSERT_TRUE(queue.standing());
+  queue.Observe(at(1300), milliseconds(30));
+  EXPECT_TRUE(queue.standing());
+}
+
+TEST(StandingQueueTest, TwoOldStragglersInAnIntervalAreNotAStandingQueue) {
+  // What CI's ASan run met: the readiness probe read old (it sat in the
+  // buffer before the loop ran), then one query 150 ms later that waited
+  // behind a busy loop. No young read between them, but no queue either.
+  const Clock::time_point t0{};
+  StandingQueue queue({.standing_after = milliseconds(100), .overload_wait = milliseconds(20),
+                       .max_wait = milliseconds(200), .min_old = 8},
+                      t0);
+  const auto at = [&](int ms) { return t0 + milliseconds(ms); };
+  queue.Observe(at(60), milliseconds(80));
+  queue.Observe(at(150), milliseconds(25));
+  EXPECT_FALSE(queue.standing());
+  EXPECT_EQ(queue.ShedAfter(), milliseconds(200));
+  // Six more old reads (eight in all) make it one.
+  for (int ms = 155; ms < 180; ms += 5) queue.Observe(at(ms), milliseconds(25));
+  EXPECT_FALSE(queue.standing());
+  queue.Observe(at(180), milliseconds(25));
+  EXPECT_TRUE(queue.standing());
+}
+
 }  // namespace
 }  // namespace dotproxy::io

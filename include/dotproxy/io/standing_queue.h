@@ -3,7 +3,8 @@
 // (RFC 8289), that a good queue drains within an interval and a standing one
 // only adds delay. An observation is young when the oldest element has
 // waited less than half of overload_wait. The queue begins to stand when no
-// observation was young for standing_after, and stops when none was old for
+// observation was young for standing_after and that interval held at least
+// min_old observations, and stops when none was old for
 // standing_after (the same interval both ways, so that one lull in a flood
 // or one slow moment in normal load does not flip it). While it stands,
 // what has waited overload_wait is shed, otherwise what has waited
@@ -21,6 +22,11 @@ struct StandingQueueSettings {
   std::chrono::nanoseconds standing_after = std::chrono::milliseconds(100);
   std::chrono::nanoseconds overload_wait = std::chrono::milliseconds(20);
   std::chrono::nanoseconds max_wait = std::chrono::milliseconds(200);
+  // An owner that cannot observe its queue empty (a UDP socket read by a
+  // multishot receive says nothing when it runs dry) asks for more than one
+  // old observation: a standing socket queue is read thousands of times an
+  // interval, while two stragglers that each met a busy loop are no queue.
+  int min_old = 1;
 };
 
 class StandingQueue {
@@ -37,15 +43,27 @@ class StandingQueue {
     // Nothing observed for an interval: the queue was empty meanwhile (an
     // idle socket has nothing to read), so the interval was young, whatever
     // the first element after it says (one datagram queued before the
-    // loop started is not a standing queue).
-    if (now - last_observed_ >= settings_.standing_after) last_young_ = now;
+    // loop started is not a standing queue), and a queue that stood has
+    // drained (CoDel leaves its dropping state when the queue empties):
+    // a lone query after a lull is not shed at the short bound on the
+    // strength of a flood that ended before it.
+    if (now - last_observed_ >= settings_.standing_after) {
+      last_young_ = now;
+      old_since_young_ = 0;
+      standing_ = false;
+    }
     last_observed_ = now;
     if (oldest_wait < settings_.overload_wait / 2) {
       last_young_ = now;
+      old_since_young_ = 0;
     } else {
       last_old_ = now;
+      ++old_since_young_;
     }
-    if (!standing_ && now - last_young_ >= settings_.standing_after) standing_ = true;
+    if (!standing_ && now - last_young_ >= settings_.standing_after &&
+        old_since_young_ >= settings_.min_old) {
+      standing_ = true;
+    }
     if (standing_ && now - last_old_ >= settings_.standing_after) standing_ = false;
   }
   // As of the last observation.
@@ -61,6 +79,7 @@ class StandingQueue {
   Clock::time_point last_young_;
   Clock::time_point last_old_;
   Clock::time_point last_observed_;
+  int old_since_young_ = 0;
   bool standing_ = false;
 };
 
