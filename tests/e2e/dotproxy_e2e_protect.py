@@ -690,12 +690,13 @@ def protect_overload_cpu(h):
     a cgroup limited to 10% of it (a slow CPU), Unbound and udp_flood (an
     open-loop generator of unique names from 16 sources) at real-time
     priority on CPU 1, so the generator can offer 4x what the shard serves.
-    Capacity C is the best NOERROR rate of a ramp; then 0.1, 1, 2 and 4 C.
+    Capacity C is the best NOERROR rate of a ramp (up to the first step
+    that is not 90% answered); then 0.1, 1, 2 and 4 C.
     At 4 C for 20 s, RSS is sampled every second. Asserted: NOERROR/s at
     4 C >= 0.6 C (0.9 is the target, printed), the mean latency of answered
     queries at 4 C under 150 ms (it was over a second when the socket
     buffer queued the flood), RSS within 16 MiB over the 20 s, and an
-    answer within 1 s after the flood. Then the same flood from 64
+    answer within 1 s after the flood. Then a flood of 2 C from 64
     prefixes with --rate-limit 20: a well-behaved client at half its limit
     from another prefix keeps >= 99% answered."""
     flood = _udp_flood()
@@ -709,9 +710,13 @@ def protect_overload_cpu(h):
         subprocess.run(["taskset", "-a", "-p", "-c", "1", str(u.proc.pid)], capture_output=True)
         subprocess.run(["chrt", "-f", "-a", "-p", "20", str(u.proc.pid)], capture_output=True)
         p = _start_pinned(h, u, quota, [])
+        # The ramp goes on until a step is not fully answered (on a fast
+        # machine 12,000/s was: C was its ceiling, not the shard's).
         ramp = []
-        for i, rate in enumerate((3000, 6000, 9000, 12000)):
+        for i, rate in enumerate((3000, 6000, 12000, 18000, 24000, 36000, 48000)):
             ramp.append(_flood_result(_flood(flood, p.port, rate, 3, "ramp%d" % i), 3))
+            if ramp[-1]["noerror_per_s"] < 0.9 * rate:
+                break
         cap = max(r["noerror_per_s"] for r in ramp)
         check(cap > 500, "capacity: only %.0f NOERROR/s" % cap)
         rows = []
@@ -757,11 +762,17 @@ def protect_overload_cpu(h):
         check(recovery < 1.0, "first answer after the flood took %.2f s" % recovery)
         p.stop()
 
-        # The limiter on: the same flood spread over 64 prefixes (127.1.N.1),
-        # a good client at 50 qps from another prefix.
+        # The limiter on: a flood of 2 C spread over 64 prefixes (127.1.N.1),
+        # each at 28x its 20 qps, and a good client at 10 qps from another
+        # prefix. Not 4 C: at 10% of a CPU the shard tops out reading and
+        # dropping near 5 C (75,000/s against C = 14,000-15,000/s, one run),
+        # so at 4 C any hiccup stands its intake, and then the kernel's tail
+        # drop of a full socket buffer and the age shed, which come before
+        # the limiter, take the good client's queries with the flood's (a
+        # CI run at 48,000/s lost 5 of 199).
         p2 = _start_pinned(h, u, quota, ["--rate-limit", "20", "--rate-limit-burst", "10",
                                          "--rate-limit-slip", "0"])
-        proc = _flood(flood, p2.port, cap * 4, seconds, "lim", sources=64, base="127.1.0.1",
+        proc = _flood(flood, p2.port, cap * 2, seconds, "lim", sources=64, base="127.1.0.1",
                       stride=256)
         good = _flood(flood, p2.port, 10, seconds, "good", sources=1, base="127.0.0.50")
         rl = _flood_result(proc, seconds)
