@@ -11,11 +11,15 @@ namespace {
 
 using std::chrono::milliseconds;
 
+// Interval 100 ms, young under 10 ms, shed at 20 ms standing, else 200 ms.
+StandingQueueSettings Settings(int min_old = 1) {
+  return {.standing_after = milliseconds(100), .overload_wait = milliseconds(20),
+          .max_wait = milliseconds(200), .min_old = min_old};
+}
+
 TEST(StandingQueueTest, BeginsAfterAnIntervalWithoutYoungAndEndsAfterOneWithoutOld) {
   const Clock::time_point t0{};
-  StandingQueue queue({.standing_after = milliseconds(100), .overload_wait = milliseconds(20),
-                       .max_wait = milliseconds(200)},
-                      t0);
+  StandingQueue queue(Settings(), t0);
   const auto at = [&](int ms) { return t0 + milliseconds(ms); };
   queue.Observe(at(0), milliseconds(0));
   // 90 ms of old heads: still a burst.
@@ -46,9 +50,7 @@ TEST(StandingQueueTest, BeginsAfterAnIntervalWithoutYoungAndEndsAfterOneWithoutO
 
 TEST(StandingQueueTest, AnIdleIntervalIsYoungSoOneOldElementAfterItDoesNotStand) {
   const Clock::time_point t0{};
-  StandingQueue queue({.standing_after = milliseconds(100), .overload_wait = milliseconds(20),
-                       .max_wait = milliseconds(200)},
-                      t0);
+  StandingQueue queue(Settings(), t0);
   // Nothing read for a second (an idle socket), then a datagram that sat
   // in the buffer since before the loop started.
   queue.Observe(t0 + milliseconds(1000), milliseconds(900));
@@ -62,9 +64,7 @@ TEST(StandingQueueTest, AnIdleIntervalIsYoungSoOneOldElementAfterItDoesNotStand)
 
 TEST(StandingQueueTest, AnIdleIntervalEndsAStandingQueue) {
   const Clock::time_point t0{};
-  StandingQueue queue({.standing_after = milliseconds(100), .overload_wait = milliseconds(20),
-                       .max_wait = milliseconds(200)},
-                      t0);
+  StandingQueue queue(Settings(), t0);
   const auto at = [&](int ms) { return t0 + milliseconds(ms); };
   queue.Observe(at(0), milliseconds(0));
   for (int ms = 10; ms <= 100; ms += 10) queue.Observe(at(ms), milliseconds(30));
@@ -87,9 +87,7 @@ TEST(StandingQueueTest, TwoOldStragglersInAnIntervalAreNotAStandingQueue) {
   // buffer before the loop ran), then one query 150 ms later that waited
   // behind a busy loop. No young read between them, but no queue either.
   const Clock::time_point t0{};
-  StandingQueue queue({.standing_after = milliseconds(100), .overload_wait = milliseconds(20),
-                       .max_wait = milliseconds(200), .min_old = 8},
-                      t0);
+  StandingQueue queue(Settings(/*min_old=*/8), t0);
   const auto at = [&](int ms) { return t0 + milliseconds(ms); };
   queue.Observe(at(60), milliseconds(80));
   queue.Observe(at(150), milliseconds(25));
