@@ -70,7 +70,7 @@ dns::UpstreamQueryOptions QueryOptions(const config::Config& config) {
 // multishot receive never says the socket ran dry, so two stragglers that
 // each waited behind a busy loop would otherwise pass for a queue: CI's
 // sanitizer run shed a lone query so during a TLS handshake flood); the
-// cut buffer then holds about 12 ms of service.
+// cut buffer then holds about 6 ms of service (an eighth of overload_wait).
 constexpr io::StandingQueueSettings kIntakeQueue{.standing_after = std::chrono::milliseconds(200),
                                                  .overload_wait = std::chrono::milliseconds(50),
                                                  .max_wait = std::chrono::milliseconds(200),
