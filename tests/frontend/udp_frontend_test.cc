@@ -389,7 +389,7 @@ TEST_P(UdpFrontendTest, StandingIntakeShedsWhatWaitedPastOverloadWait) {
   };
   send_aged(1, milliseconds(0), milliseconds(30));
   ASSERT_EQ(shard.sink.queries.size(), 1u) << "not standing: 30 ms is within max_wait";
-  // Old, not shed. Four of them 30 ms apart span 120 ms, but four reads
+  // Old, not shed. Four of them 40 ms apart span 120 ms, but four reads
   // are not a standing queue (min_old is 8 here, as in the shard)...
   for (uint16_t i = 2; i <= 4; ++i) {
     send_aged(i, milliseconds(40) * (i - 1), milliseconds(15));

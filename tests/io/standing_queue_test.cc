@@ -74,8 +74,8 @@ TEST(StandingQueueTest, AnIdleIntervalEndsAStandingQueue) {
   queue.Observe(at(1100), milliseconds(25));
   EXPECT_FALSE(queue.standing());
   EXPECT_EQ(queue.ShedAfter(), milliseconds(200));
-  // Just under an interval of silence keeps it: the flood's pauses are
-  // shorter than that.
+  // Old reads for another interval make it stand again; then a pause just
+  // under an interval (90 ms, as a flood's pauses are) keeps it.
   for (int ms = 1110; ms <= 1210; ms += 10) queue.Observe(at(ms), milliseconds(30));
   ASSERT_TRUE(queue.standing());
   queue.Observe(at(1300), milliseconds(30));
