@@ -6,7 +6,12 @@
  * responder must do per packet (two syscall slots per batch, copy in, copy
  * out). Loopback only: refuses to bind anything but 127.0.0.1 / ::1.
  *
- * usage: reflector ADDR PORT     (ADDR = 127.0.0.1 or ::1; runs until SIGTERM)
+ * usage: reflector ADDR PORT [SPIN_NS [RCVBUF]]
+ *        (ADDR = 127.0.0.1 or ::1; runs until SIGTERM)
+ * SPIN_NS (default 0) burns that much CPU per datagram before answering it,
+ * and RCVBUF (default 4 MiB) sets SO_RCVBUF: the model of a server with a
+ * forwarder's per-query cost and no upstream, which bench/load/overload_cpu.py
+ * puts under the same CPU quota and flood as dotproxy (the floor of that rig).
  * Built by bench/load/run.sh with: cc -O2 -o reflector reflector.c
  */
 #define _GNU_SOURCE
@@ -18,17 +23,30 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BATCH 64
 #define MAXPKT 4096
 
 static volatile sig_atomic_t stop;
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 static void on_signal(int sig) { (void)sig; stop = 1; }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s 127.0.0.1|::1 PORT\n", argv[0]);
+    if (argc < 3 || argc > 5) {
+        fprintf(stderr, "usage: %s 127.0.0.1|::1 PORT [SPIN_NS [RCVBUF]]\n", argv[0]);
+        return 2;
+    }
+    const long long spin_ns = argc > 3 ? atoll(argv[3]) : 0;
+    const int rcvbuf = argc > 4 ? atoi(argv[4]) : 4 << 20;
+    if (spin_ns < 0 || spin_ns > 1000000000LL || rcvbuf <= 0) {
+        fprintf(stderr, "bad SPIN_NS or RCVBUF\n");
         return 2;
     }
     struct sockaddr_storage ss;
@@ -55,7 +73,7 @@ int main(int argc, char **argv) {
     int fd = socket(ss.ss_family, SOCK_DGRAM, 0);
     if (fd < 0) { perror("socket"); return 1; }
     int buf = 4 << 20;  /* same as dotproxy's default --udp-buffer */
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
     if (bind(fd, (struct sockaddr *)&ss, sslen) != 0) { perror("bind"); return 1; }
 
@@ -92,6 +110,11 @@ int main(int argc, char **argv) {
         for (int i = 0; i < n; i++) {
             unsigned len = msgs[i].msg_len;
             if (len < 12 || (bufs[i][2] & 0x80)) continue;  /* not a query: drop */
+            if (spin_ns > 0) {
+                const long long until = now_ns() + spin_ns;
+                while (now_ns() < until) {
+                }
+            }
             bufs[i][2] |= 0x80;                            /* QR = 1 */
             iov[i].iov_len = len;
             if (out != i) {
