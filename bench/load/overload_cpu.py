@@ -9,8 +9,9 @@ names from 16 sources in 127.0.1.0/24) at real-time priority on CPU 1.
 For each target: capacity C is the best NOERROR rate of a ramp (up to the
 first step that is not 90% answered); then 0.1, 1, 2 and 4 C are offered
 (4 C for --long seconds), each step once a probe is answered within 100 ms
-(a target that queued the last step's flood starts the next one empty). One table: NOERROR/s as a share of the target's
-own C, and the latency of what was answered (mean, p50, p99).
+(a target that queued the last step's flood starts the next one empty).
+One table: NOERROR/s as a share of the target's own C, and the latency of
+what was answered (mean, p50, p99).
 
 Targets (--targets, comma-separated; a missing program is skipped):
   dotproxy     the binary under test, --threads 1 --cache-size 0
@@ -53,7 +54,6 @@ import dotproxy_e2e as E  # noqa: E402
 import dotproxy_e2e_overload as O  # noqa: E402
 from dotproxy_e2e_features import start_unbound_x  # noqa: E402
 
-RAMP = (3000, 6000, 12000, 18000, 24000, 36000, 48000)
 CUT_SERVICE_S = 0.006  # UdpFrontend::ShrinkReceiveBuffers: an eighth of overload_wait
 DATAGRAM_TRUESIZE = 1024
 
@@ -171,16 +171,8 @@ def drain(t, timeout=20.0):
 
 
 def measure(flood, quota, t, long_seconds):
-    quota.add(t.proc.pid)
-    # Within its quota it must not lose its CPU to whatever else runs there.
-    subprocess.run(["renice", "-n", "-15", "-p", str(t.proc.pid)], capture_output=True)
-    ramp = []
-    for i, rate in enumerate(RAMP):
-        drain(t)
-        ramp.append(O._flood_result(O._flood(flood, t.port, rate, 3, "%s-r%d" % (t.name, i)), 3))
-        if ramp[-1]["noerror_per_s"] < 0.9 * rate:
-            break
-    cap = max(r["noerror_per_s"] for r in ramp)
+    O._confine(quota, t.proc.pid)
+    cap, ramp = O._capacity(flood, t.port, "%s-r" % t.name, before_step=lambda: drain(t))
     rows = {}
     for factor in (0.1, 1, 2, 4):
         seconds = long_seconds if factor == 4 else 3
@@ -225,12 +217,14 @@ def main():
             sys.exit("cc reflector.c failed")
         quota = O._CpuQuota(args.quota)
         u = start_unbound_x(h)
-        subprocess.run(["taskset", "-a", "-p", "-c", "1", str(u.proc.pid)], capture_output=True)
-        subprocess.run(["chrt", "-f", "-a", "-p", "20", str(u.proc.pid)], capture_output=True)
+        O._pin_upstream(u)
         dotproxy_cap = None
         for name in targets:
             spin = cap_for_model = 0
             if name.startswith("model"):
+                if dotproxy_cap is None:
+                    print("%s: skipped (dotproxy's C, its calibration, was not measured)" % name)
+                    continue
                 cap_for_model = dotproxy_cap
                 spin = 1e9 * (args.quota / 100.0) / dotproxy_cap
             t = start_target(name, args, h, u, workdir, spin, cap_for_model)

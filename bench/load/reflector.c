@@ -30,13 +30,13 @@
 #define MAXPKT 4096
 
 static volatile sig_atomic_t stop;
+static void on_signal(int sig) { (void)sig; stop = 1; }
 
 static long long now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
-static void on_signal(int sig) { (void)sig; stop = 1; }
 
 int main(int argc, char **argv) {
     if (argc < 3 || argc > 5) {

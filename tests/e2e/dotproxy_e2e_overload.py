@@ -220,12 +220,40 @@ def _flood_result(proc, seconds):
     return f
 
 
+def _pin_upstream(u):
+    """The upstream Unbound on CPU 1 at real-time priority, beside udp_flood."""
+    subprocess.run(["taskset", "-a", "-p", "-c", "1", str(u.proc.pid)], capture_output=True)
+    subprocess.run(["chrt", "-f", "-a", "-p", "20", str(u.proc.pid)], capture_output=True)
+
+
+def _confine(quota, pid):
+    """Process `pid` (already on CPU 0) into the CPU quota."""
+    quota.add(pid)
+    # Within its quota it must not lose its CPU to whatever else runs there.
+    subprocess.run(["renice", "-n", "-15", "-p", str(pid)], capture_output=True)
+
+
+# The ramp goes on until a step is not 90% answered (on a fast machine
+# 12,000/s was: C was its ceiling, not the shard's).
+RAMP = (3000, 6000, 12000, 18000, 24000, 36000, 48000)
+
+
+def _capacity(flood, port, tag, before_step=lambda: None):
+    """C, the best NOERROR/s of 3 s steps of RAMP up to the first step that
+    is not 90% answered, and the steps' figures."""
+    ramp = []
+    for i, rate in enumerate(RAMP):
+        before_step()
+        ramp.append(_flood_result(_flood(flood, port, rate, 3, "%s%d" % (tag, i)), 3))
+        if ramp[-1]["noerror_per_s"] < 0.9 * rate:
+            break
+    return max(r["noerror_per_s"] for r in ramp), ramp
+
+
 def _start_pinned(h, u, quota, extra):
     p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=["--threads", "1"] + extra,
                       prefix=["taskset", "-c", "0"])
-    quota.add(p.proc.pid)
-    # Within its quota it must not lose its CPU to whatever else runs there.
-    subprocess.run(["renice", "-n", "-15", "-p", str(p.proc.pid)], capture_output=True)
+    _confine(quota, p.proc.pid)
     return p
 
 
@@ -252,17 +280,9 @@ def protect_overload_cpu(h):
     quota = _CpuQuota(10)
     try:
         u = start_unbound_x(h)
-        subprocess.run(["taskset", "-a", "-p", "-c", "1", str(u.proc.pid)], capture_output=True)
-        subprocess.run(["chrt", "-f", "-a", "-p", "20", str(u.proc.pid)], capture_output=True)
+        _pin_upstream(u)
         p = _start_pinned(h, u, quota, [])
-        # The ramp goes on until a step is not fully answered (on a fast
-        # machine 12,000/s was: C was its ceiling, not the shard's).
-        ramp = []
-        for i, rate in enumerate((3000, 6000, 12000, 18000, 24000, 36000, 48000)):
-            ramp.append(_flood_result(_flood(flood, p.port, rate, 3, "ramp%d" % i), 3))
-            if ramp[-1]["noerror_per_s"] < 0.9 * rate:
-                break
-        cap = max(r["noerror_per_s"] for r in ramp)
+        cap, ramp = _capacity(flood, p.port, "ramp")
         check(cap > 500, "capacity: only %.0f NOERROR/s" % cap)
         rows = []
         for factor in (0.1, 1, 2):
