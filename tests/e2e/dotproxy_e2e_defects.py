@@ -254,9 +254,12 @@ def tcp_nodelay_latency(h):
     The first answer goes out at once from the cache; the second comes from
     the upstream about 0.2 ms later, while the first is still unacknowledged
     (the client delays its ACK). Without TCP_NODELAY on the client socket,
-    Nagle holds that second answer until the delayed ACK (~40 ms). The p99
-    latency of the second answer must be under 10 ms. (Two cached answers to
-    one read leave in one send, so a pair of hits never shows the delay.)"""
+    Nagle holds that second answer until the delayed ACK (~40 ms), in
+    nearly every round. The second answer's p50 must be under 10 ms and at
+    most 5% of them over 20 ms: a delay of the delayed ACK's size, not the
+    scheduling noise of a loaded (or sanitized) build, which moved one CI
+    run's p99 to 10.5 ms with none over 20 ms. (Two cached answers to one
+    read leave in one send, so a pair of hits never shows the delay.)"""
     u = start_unbound_x(h)
     p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=["--cache-size", "1000", "--threads", "1"])
     hot = ["a.example.test.", "multi.example.test.", wild("hot1"), wild("hot2")]
@@ -307,8 +310,9 @@ def tcp_nodelay_latency(h):
                                max(alone) * 1e3))
     print(summary)
     check(len(second) >= 100, "only %d rounds in 30 s" % len(second))
-    check(p99 < 0.010, "%s. Want p99 < 10 ms: the upstream answer waits for the client's delayed ACK of the "
-          "cached one (Nagle; no TCP_NODELAY on the client socket?)" % summary)
+    check(p50 < 0.010 and slow <= 0.05 * len(second),
+          "%s. Want p50 < 10 ms and at most 5%% over 20 ms: the upstream answer waits for the client's "
+          "delayed ACK of the cached one (Nagle; no TCP_NODELAY on the client socket?)" % summary)
 
 
 # --------------------------------------------------------------------------
