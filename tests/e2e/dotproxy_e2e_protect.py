@@ -390,7 +390,7 @@ def protect_flap_recovery(h):
             u.start()  # returns once Unbound answers over UDP and DoT itself
             t_ready = time.monotonic()
             first = None
-            for _ in range(300):
+            for _ in range(1000):  # 10 ms apart: bounded by the 5 s below too
                 later = [a for a in answers if a > t_spawn]
                 if later:
                     first = later[0]
