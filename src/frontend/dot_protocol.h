@@ -24,7 +24,9 @@ class DotProtocol final : public StreamProtocol {
   Intake CommitInput(size_t n, Host& host) override {
     framer_.Commit(n);
     std::span<uint8_t> message;
-    while (true) {
+    // A read holds up to ~240 minimal queries: the client's limit is
+    // checked per query, and the rest wait here.
+    while (!host.AtQueryLimit()) {
       const auto next = framer_.NextMessage(kMaxQuerySize, message);
       if (next == dns::StreamFramer::Next::kNeedMore) break;
       if (next == dns::StreamFramer::Next::kTooLarge) return Intake::kError;
@@ -34,6 +36,7 @@ class DotProtocol final : public StreamProtocol {
     return Intake::kOk;
   }
   bool mid_message() const override { return !framer_.empty(); }
+  bool holds_query() const override { return framer_.HasMessage(); }
 
   std::span<uint8_t> BeginAnswer(uint32_t, size_t max_length) override {
     if (out_.size() - out_end_ < 2 + max_length) return {};

@@ -302,10 +302,18 @@ void TcpClients::OnReceive(uint32_t index, const io::Completion& completion) {
   client.framer.Commit(static_cast<size_t>(completion.result));
   Touch(index);
   if (intake_stopped_) return;  // no new queries while stopping
+  HandUp(index);
+}
+
+// The complete queries buffered, up to the client's in-flight limit: one
+// read holds up to ~240 minimal queries, so the limit is checked per query,
+// and those past it wait in the framer until answers make room (Settle).
+void TcpClients::HandUp(uint32_t index) {
+  Client& client = clients_[index];
   const uint32_t generation = client.generation;
   std::span<uint8_t> message;
   bool completed = false;
-  while (true) {
+  while (!intake_stopped_ && !Backlogged(client)) {
     const auto next = client.framer.NextMessage(kMaxQuerySize, message);
     if (next == dns::StreamFramer::Next::kNeedMore) break;
     if (next == dns::StreamFramer::Next::kTooLarge) {
@@ -335,18 +343,23 @@ void TcpClients::Settle(uint32_t index) {
     if (Drained(client)) Close(index);
     return;
   }
-  const bool backlogged = client.queries_in_flight >= limits_.max_queries_per_client ||
-                          client.out_end - client.send_end >= kOutPauseThreshold;
-  if (backlogged) {
+  if (Backlogged(client)) {
     client.reading_paused = true;
     // Its partial message waits on us, not on the client.
     partial_.Remove(index);
   } else if (!client.recv_in_flight) {
-    if (client.reading_paused && !client.framer.empty() && !partial_.Contains(index)) {
-      client.partial_since = clock_.now();
-      partial_.PushBack(index);
+    if (client.reading_paused) {
+      client.reading_paused = false;
+      // Queries read before the pause go first (HandUp settles again).
+      if (client.framer.HasMessage()) {
+        HandUp(index);
+        return;
+      }
+      if (!client.framer.empty() && !partial_.Contains(index)) {
+        client.partial_since = clock_.now();
+        partial_.PushBack(index);
+      }
     }
-    client.reading_paused = false;
     ArmReceive(index);
   }
 }

@@ -109,8 +109,11 @@ void TlsClients::Process(uint32_t index) {
   processing_ = index;
   absl::Cleanup done = [this] { processing_ = io::kNoIndex; };
   while (!Backlogged(client)) {
-    const int n = client.session.Read(client.protocol->InputSpace());
-    if (n == 0) break;
+    // Queries held back at the limit go before anything more is decrypted.
+    const int n = client.protocol->holds_query()
+                      ? 0
+                      : client.session.Read(client.protocol->InputSpace());
+    if (n == 0 && !client.protocol->holds_query()) break;
     if (n < 0) {
       if (!client.session.error().empty()) {
         Close(index);  // a record failed to decrypt: the stream is broken
@@ -157,6 +160,10 @@ bool TlsClients::OnQuery(std::span<uint8_t> wire, uint32_t stream) {
                                       reinterpret_cast<const sockaddr*>(&client.peer),
                                       client.peer_length));
   return client.state == State::kOpen && client.generation == generation;
+}
+
+bool TlsClients::AtQueryLimit() const {
+  return clients_[current_].queries_in_flight >= limits_.max_queries_per_client;
 }
 
 bool TlsClients::EvictStalledHandshake() {

@@ -36,6 +36,30 @@ TEST(StreamFramerTest, SplitsBackToBackMessages) {
   EXPECT_TRUE(framer.empty());
 }
 
+// HasMessage agrees with NextMessage at every byte of a stream.
+TEST(StreamFramerTest, HasMessageSaysWhetherAWholeMessageIsBuffered) {
+  const auto stream = Frame({{1, 2, 3}, {}});
+  StreamFramer framer(64);
+  std::span<uint8_t> message;
+  EXPECT_FALSE(framer.HasMessage());
+  for (size_t i = 0; i < 5; ++i) {  // the prefix and the first message
+    framer.WritableSpace()[0] = stream[i];
+    framer.Commit(1);
+    EXPECT_EQ(framer.HasMessage(), i == 4) << "after byte " << i;
+  }
+  ASSERT_EQ(framer.NextMessage(512, message), StreamFramer::Next::kMessage);
+  EXPECT_FALSE(framer.HasMessage());
+  framer.WritableSpace()[0] = stream[5];
+  framer.Commit(1);
+  EXPECT_FALSE(framer.HasMessage()) << "half a prefix";
+  framer.WritableSpace()[0] = stream[6];
+  framer.Commit(1);
+  EXPECT_TRUE(framer.HasMessage()) << "an empty message is whole with its prefix";
+  ASSERT_EQ(framer.NextMessage(512, message), StreamFramer::Next::kMessage);
+  EXPECT_TRUE(message.empty());
+  EXPECT_FALSE(framer.HasMessage());
+}
+
 TEST(StreamFramerTest, ReassemblesAcrossEverySplitPoint) {
   const std::vector<std::vector<uint8_t>> messages = {{10, 11, 12, 13}, {20, 21}};
   const auto stream = Frame(messages);

@@ -183,6 +183,34 @@ TEST_P(TcpClientsTest, StopsReadingAtThePipeliningLimitUntilQueriesFinish) {
   EXPECT_EQ(sink_.queries.size(), 3u);  // one finished: reading resumed
 }
 
+// One read can hold many queries: the limit holds per query, not per read,
+// and the queries held back are handed up, in order, as answers make room
+// (nothing more needs to arrive).
+TEST_P(TcpClientsTest, ThePipeliningLimitHoldsWithinOneRead) {
+  TcpLimits limits;
+  limits.max_queries_per_client = 2;
+  Open(limits);
+  io::UniqueFd client = Connect();
+  Bytes stream;
+  for (uint16_t id = 1; id <= 5; ++id) {
+    const Bytes q = Framed(bench::MakeQuery("a.example", id, true));
+    stream.insert(stream.end(), q.begin(), q.end());
+  }
+  Write(client.get(), stream);
+  Pump();
+  ASSERT_EQ(sink_.queries.size(), 2u) << "five in one read, two allowed in flight";
+  tcp_->QueryDone(sink_.clients[0]);
+  EXPECT_EQ(sink_.queries.size(), 3u) << "one answer, one more query handed up";
+  tcp_->QueryDone(sink_.clients[1]);
+  tcp_->QueryDone(sink_.clients[2]);
+  Pump();
+  ASSERT_EQ(sink_.queries.size(), 5u);
+  for (uint16_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(sink_.queries[i][1], i + 1) << "in the order sent";
+  }
+  EXPECT_EQ(tcp_->open_clients(), 1u);
+}
+
 TEST_P(TcpClientsTest, AStaleClientRefReachesNothing) {
   Open();
   io::UniqueFd client = Connect();

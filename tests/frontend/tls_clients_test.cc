@@ -379,7 +379,6 @@ TEST_P(TlsClientsTest, AnAnswerAfterStopIntakeReadsNoFurtherQueries) {
   auto client = Connect();
   Handshake({client.get()});
   ASSERT_TRUE(client->done) << client->session.error();
-  // One record per query: the limit is checked between records.
   for (uint16_t id : {1, 2, 3, 4}) {
     ASSERT_TRUE(client->session.Write(Framed(bench::MakeQuery("a.example.test", id, false))));
   }
@@ -394,6 +393,41 @@ TEST_P(TlsClientsTest, AnAnswerAfterStopIntakeReadsNoFurtherQueries) {
   room_->QueryDone(sink_.clients[1]);
   Pump(3);
   EXPECT_EQ(sink_.queries.size(), 2u);
+}
+
+// One TLS record can hold many queries: the limit holds per query, and the
+// queries held back are handed up, in order, as answers make room (nothing
+// more needs to arrive).
+TEST_P(TlsClientsTest, ThePipeliningLimitHoldsWithinOneRecord) {
+  TlsLimits limits;
+  limits.max_queries_per_client = 2;
+  Open(limits);
+  auto client = Connect();
+  Handshake({client.get()});
+  ASSERT_TRUE(client->done) << client->session.error();
+  Bytes burst;
+  for (uint16_t id = 1; id <= 5; ++id) {
+    const Bytes framed = Framed(bench::MakeQuery("a.example.test", id, false));
+    burst.insert(burst.end(), framed.begin(), framed.end());
+  }
+  ASSERT_TRUE(client->session.Write(burst));  // one record
+  client->Flush();
+  for (int i = 0; i < 50 && sink_.queries.size() < 2; ++i) Pump(1);
+  Pump(3);
+  ASSERT_EQ(sink_.queries.size(), 2u) << "five in one record, two allowed in flight";
+  EchoAnswer(0);
+  EXPECT_EQ(sink_.queries.size(), 3u) << "one answer, one more query handed up";
+  EchoAnswer(1);
+  EchoAnswer(2);
+  Pump(3);
+  ASSERT_EQ(sink_.queries.size(), 5u);
+  for (uint16_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(sink_.queries[i][1], i + 1) << "in the order sent";
+  }
+  EchoAnswer(3);
+  EchoAnswer(4);
+  EXPECT_EQ(ReadAnswers(*client, 5).size(), 5u);
+  EXPECT_EQ(room_->open_clients(), 1u);
 }
 
 TEST_P(TlsClientsTest, HandshakesBeyondTheIterationBudgetWaitTheirTurn) {

@@ -88,6 +88,13 @@ class StreamFramer {
   }
 
   size_t buffered() const { return end_ - begin_; }
+  // True when a whole message (its prefix and the length it states, of
+  // any size) is buffered: NextMessage would not say kNeedMore.
+  bool HasMessage() const {
+    if (end_ - begin_ < 2) return false;
+    const size_t length = size_t{buffer_[begin_]} << 8 | buffer_[begin_ + 1];
+    return end_ - begin_ >= 2 + length;
+  }
   bool empty() const { return end_ == begin_; }
   void Clear() { begin_ = end_ = 0; }
 

@@ -56,6 +56,10 @@ class StreamProtocol {
     // False: the connection closed meanwhile (e.g. an answer given at once
     // did not fit): stop parsing and return Intake::kClosed.
     virtual bool OnQuery(std::span<uint8_t> wire, uint32_t stream) = 0;
+    // True while the client may have no more queries in flight: a protocol
+    // that can hold complete queries (DoT) stops handing them up and keeps
+    // them for a later CommitInput(0). HTTP/2 bounds its streams itself.
+    virtual bool AtQueryLimit() const { return false; }
 
    protected:
     ~Host() = default;
@@ -77,6 +81,9 @@ class StreamProtocol {
   // True while a message is started but incomplete (the room's message
   // timeout against slowloris).
   virtual bool mid_message() const = 0;
+  // True while it holds a complete query it did not hand up (the host was
+  // at its limit): CommitInput(0) hands it up before more is read.
+  virtual bool holds_query() const { return false; }
 
   // Answers: space for an answer of at most `max_length` bytes on `stream`,
   // written in place; empty when it does not fit (the client is not reading).

@@ -204,6 +204,9 @@ class TcpClients {
   // once, is busy, not idle, until answered. Never `newcomer`, the client
   // just accepted.
   void EvictIdleForRoom(uint32_t newcomer);
+  // Hands the buffered complete queries to the sink while the client is
+  // below its in-flight limit, then settles.
+  void HandUp(uint32_t index);
   // After reading: starts, keeps or ends the timer of a partial message;
   // `completed` says whether a message ended in what was just read.
   void TrackPartial(uint32_t index, bool completed);
@@ -211,6 +214,12 @@ class TcpClients {
   static void Compact(Client& client);
   // Resumes reading or closes a half-closed client once it has nothing left.
   void Settle(uint32_t index);
+  // Reads and hands up no more: at its in-flight limit, or too many of its
+  // answers unsent.
+  bool Backlogged(const Client& client) const {
+    return client.queries_in_flight >= limits_.max_queries_per_client ||
+           client.out_end - client.send_end >= kOutPauseThreshold;
+  }
   bool Drained(const Client& client) const {
     return client.queries_in_flight == 0 && client.out_end == 0 && !client.send.in_flight();
   }

@@ -195,6 +195,7 @@ class TlsClients final : private StreamProtocol::Host {
   };
 
   bool OnQuery(std::span<uint8_t> wire, uint32_t stream) override;
+  bool AtQueryLimit() const override;
 
   bool ShouldAccept() const;
   void ArmAccepts();
