@@ -24,7 +24,7 @@ class DotProtocol final : public StreamProtocol {
   Intake CommitInput(size_t n, Host& host) override {
     framer_.Commit(n);
     std::span<uint8_t> message;
-    // A read holds up to ~240 minimal queries: the client's limit is
+    // A read holds up to ~200 minimal queries (4 KiB): the client's limit is
     // checked per query, and the rest wait here.
     while (!host.AtQueryLimit()) {
       const auto next = framer_.NextMessage(kMaxQuerySize, message);

@@ -306,7 +306,7 @@ void TcpClients::OnReceive(uint32_t index, const io::Completion& completion) {
 }
 
 // The complete queries buffered, up to the client's in-flight limit: one
-// read holds up to ~240 minimal queries, so the limit is checked per query,
+// read holds up to ~200 minimal queries (4 KiB), so the limit is checked per query,
 // and those past it wait in the framer until answers make room (Settle).
 void TcpClients::HandUp(uint32_t index) {
   Client& client = clients_[index];
