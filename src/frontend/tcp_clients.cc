@@ -65,8 +65,7 @@ absl::Status TcpClients::Open(std::span<const io::SocketAddress> listen,
     clients_[i].out = slot;
     clients_[i].framer = dns::StreamFramer(std::span<uint8_t>(slot + kOutSlot, kInCapacity));
   }
-  idle_.Bind(&clients_);
-  partial_.Bind(&clients_);
+  timers_.Resize(clients_.size());
   free_clients_.reserve(clients_.size());
   for (uint32_t i = static_cast<uint32_t>(clients_.size()); i-- > 0;) free_clients_.push_back(i);
   dirty_.reserve(clients_.size());
@@ -295,7 +294,7 @@ void TcpClients::OnReceive(uint32_t index, const io::Completion& completion) {
   if (completion.result <= 0) {
     // EOF: the client is done sending; answer what it asked, then close.
     client.read_closed = true;
-    partial_.Remove(index);  // it can no longer complete; closes once drained
+    timers_.StopMessage(index);  // it can no longer complete; closes once drained
     if (completion.result < 0 || Drained(client)) Close(index);
     return;
   }
@@ -346,7 +345,7 @@ void TcpClients::Settle(uint32_t index) {
   if (Backlogged(client)) {
     client.reading_paused = true;
     // Its partial message waits on us, not on the client.
-    partial_.Remove(index);
+    timers_.StopMessage(index);
   } else if (!client.recv_in_flight) {
     if (client.reading_paused) {
       client.reading_paused = false;
@@ -355,9 +354,8 @@ void TcpClients::Settle(uint32_t index) {
         HandUp(index);
         return;
       }
-      if (!client.framer.empty() && !partial_.Contains(index)) {
-        client.partial_since = clock_.now();
-        partial_.PushBack(index);
+      if (!client.framer.empty() && !timers_.MessageTimed(index)) {
+        timers_.StartMessage(index, clock_.now());
       }
     }
     ArmReceive(index);
@@ -370,14 +368,10 @@ void TcpClients::Settle(uint32_t index) {
 void TcpClients::TrackPartial(uint32_t index, bool completed) {
   Client& client = clients_[index];
   if (client.framer.empty()) {
-    partial_.Remove(index);
+    timers_.StopMessage(index);
     return;
   }
-  if (completed || !partial_.Contains(index)) {
-    partial_.Remove(index);
-    client.partial_since = clock_.now();
-    partial_.PushBack(index);
-  }
+  if (completed || !timers_.MessageTimed(index)) timers_.StartMessage(index, clock_.now());
 }
 
 TcpClients::Client* TcpClients::Find(const ClientRef& ref) {
@@ -478,8 +472,7 @@ void TcpClients::Close(uint32_t index) {
   Client& client = clients_[index];
   if (client.state != State::kOpen) return;
   client.state = State::kClosing;
-  idle_.Remove(index);
-  partial_.Remove(index);
+  timers_.Forget(index);
   if (client.ops_in_flight > 0) reactor_.Abandon(client.fd.get());
   MaybeRecycle(index);
 }
@@ -512,9 +505,7 @@ void TcpClients::MaybeRecycle(uint32_t index) {
 }
 
 void TcpClients::Touch(uint32_t index) {
-  clients_[index].last_activity = clock_.now();
-  idle_.Remove(index);
-  idle_.PushBack(index);
+  timers_.Touch(index, clock_.now());
 }
 
 void TcpClients::EvictIdleForRoom(uint32_t newcomer) {
@@ -522,35 +513,25 @@ void TcpClients::EvictIdleForRoom(uint32_t newcomer) {
   // within one loop iteration finds slots while evicted ones recycle.
   const size_t reserve = std::max<size_t>(1, clients_.size() / 16);
   if (free_clients_.size() >= reserve || clients_.size() < 2) return;
-  int looked = 0;
-  for (uint32_t index = idle_.head(); index != io::kNoIndex && looked < 16; ++looked) {
-    const uint32_t next = idle_.Next(index);
+  const uint32_t victim = timers_.IdleVictim(newcomer, clock_.now(), [this](uint32_t index) {
     const Client& client = clients_[index];
-    // Mid-message is not idle, unless it has been for a second (a real
-    // client's query arrives whole; a trickle is slowloris, which the
-    // message timeout closes anyway).
-    const bool mid_message =
-        partial_.Contains(index) && clock_.now() - client.partial_since < std::chrono::seconds(1);
-    if (index != newcomer && !mid_message && client.queries_in_flight == 0 &&
-        client.out_end == 0 && client.send_end == 0) {
-      Bump(stats_.tcp_idle_evicted);
-      Close(index);
-      return;
-    }
-    index = next;
-  }
+    return client.queries_in_flight == 0 && client.out_end == 0 && client.send_end == 0;
+  });
+  if (victim == io::kNoIndex) return;
+  Bump(stats_.tcp_idle_evicted);
+  Close(victim);
 }
 
 void TcpClients::ExpireIdle() {
-  while (!idle_.empty() &&
-         clock_.now() - clients_[idle_.head()].last_activity >= limits_.idle_timeout) {
+  for (uint32_t index; (index = timers_.ExpiredIdle(clock_.now(), limits_.idle_timeout)) !=
+                      io::kNoIndex;) {
     Bump(stats_.tcp_idle_closed);
-    Close(idle_.head());
+    Close(index);
   }
-  while (!partial_.empty() &&
-         clock_.now() - clients_[partial_.head()].partial_since >= limits_.message_timeout) {
+  for (uint32_t index; (index = timers_.ExpiredMessage(clock_.now(), limits_.message_timeout)) !=
+                      io::kNoIndex;) {
     Bump(stats_.tcp_message_timeout_closed);
-    Close(partial_.head());
+    Close(index);
   }
 }
 

@@ -53,7 +53,7 @@ void TlsClients::OnReceive(uint32_t index, const io::Completion& completion) {
   }
   if (completion.result <= 0) {
     client.read_closed = true;
-    partial_.Remove(index);
+    timers_.StopMessage(index);
     if (client.handshaking) {
       Bump(stats_.tls_handshake_failures);  // gone before finishing
       Close(index);
@@ -102,7 +102,7 @@ void TlsClients::Process(uint32_t index) {
     HandshakeEnded(client);
     Bump(stats_.tls_handshakes);
     if (client.session.resumed()) Bump(stats_.tls_resumed);
-    partial_.Remove(index);
+    timers_.StopMessage(index);
   }
   const uint64_t before = handed_up_;
   current_ = index;
@@ -141,11 +141,9 @@ void TlsClients::Process(uint32_t index) {
   // The message timer: restarted when a message completed, kept while the
   // same message stays incomplete (a trickle does not extend it).
   if (!client.protocol->mid_message()) {
-    partial_.Remove(index);
-  } else if (handed_up_ != before || !partial_.Contains(index)) {
-    partial_.Remove(index);
-    client.partial_since = clock_.now();
-    partial_.PushBack(index);
+    timers_.StopMessage(index);
+  } else if (handed_up_ != before || !timers_.MessageTimed(index)) {
+    timers_.StartMessage(index, clock_.now());
   }
   Settle(index);
 }
@@ -218,7 +216,7 @@ void TlsClients::HandshakeFailed(uint32_t index) {
 // first, then the connection closes.
 void TlsClients::CloseAfterSending(uint32_t index) {
   Client& client = clients_[index];
-  partial_.Remove(index);
+  timers_.StopMessage(index);
   client.read_closed = true;
   // Encrypted now even with a send in flight; what does not fit the buffer
   // follows send by send (a protocol that has failed adds nothing after
@@ -260,15 +258,14 @@ void TlsClients::Settle(uint32_t index) {
   }
   if (Backlogged(client)) {
     client.reading_paused = true;
-    if (!client.handshaking) partial_.Remove(index);  // its message waits on us
+    if (!client.handshaking) timers_.StopMessage(index);  // its message waits on us
     return;
   }
   if (intake_stopped_) return;  // neither read on nor armed: see Process
   if (client.reading_paused) {
     client.reading_paused = false;
-    if (client.protocol->mid_message() && !partial_.Contains(index)) {
-      client.partial_since = clock_.now();
-      partial_.PushBack(index);
+    if (client.protocol->mid_message() && !timers_.MessageTimed(index)) {
+      timers_.StartMessage(index, clock_.now());
     }
     // What arrived before the pause is decrypted first.
     if (client.session.inbound_pending() > 0 || client.session.handshake_done()) {
@@ -424,8 +421,7 @@ void TlsClients::Close(uint32_t index) {
   if (client.state != State::kOpen) return;
   client.state = State::kClosing;
   HandshakeEnded(client);
-  idle_.Remove(index);
-  partial_.Remove(index);
+  timers_.Forget(index);
   deferred_.Remove(index);
   if (client.ops_in_flight > 0) reactor_.Abandon(client.fd.get());
   MaybeRecycle(index);
@@ -447,9 +443,7 @@ void TlsClients::MaybeRecycle(uint32_t index) {
 }
 
 void TlsClients::Touch(uint32_t index) {
-  clients_[index].last_activity = clock_.now();
-  idle_.Remove(index);
-  idle_.PushBack(index);
+  timers_.Touch(index, clock_.now());
 }
 
 // As TcpClients::EvictIdleForRoom: near the cap the least recently active
@@ -457,19 +451,11 @@ void TlsClients::Touch(uint32_t index) {
 void TlsClients::EvictIdleForRoom(uint32_t newcomer) {
   const size_t reserve = std::max<size_t>(1, clients_.size() / 16);
   if (free_clients_.size() >= reserve || clients_.size() < 2) return;
-  int looked = 0;
-  for (uint32_t index = idle_.head(); index != io::kNoIndex && looked < 16; ++looked) {
-    const uint32_t next = idle_.Next(index);
-    Client& client = clients_[index];
-    const bool busy_partial =
-        partial_.Contains(index) && clock_.now() - client.partial_since < std::chrono::seconds(1);
-    if (index != newcomer && !busy_partial && Drained(client)) {
-      Bump(stats_.tls_idle_evicted);
-      Close(index);
-      return;
-    }
-    index = next;
-  }
+  const uint32_t victim = timers_.IdleVictim(
+      newcomer, clock_.now(), [this](uint32_t index) { return Drained(clients_[index]); });
+  if (victim == io::kNoIndex) return;
+  Bump(stats_.tls_idle_evicted);
+  Close(victim);
 }
 
 void TlsClients::ExpireIdle() {
@@ -477,15 +463,15 @@ void TlsClients::ExpireIdle() {
   // runs as each ends).
   for (int i = 0; accept_paused_ && i < limits_.max_handshakes && EvictStalledHandshake(); ++i) {
   }
-  while (!idle_.empty() &&
-         clock_.now() - clients_[idle_.head()].last_activity >= limits_.idle_timeout) {
+  for (uint32_t index; (index = timers_.ExpiredIdle(clock_.now(), limits_.idle_timeout)) !=
+                      io::kNoIndex;) {
     Bump(stats_.tls_idle_closed);
-    Close(idle_.head());
+    Close(index);
   }
-  while (!partial_.empty() &&
-         clock_.now() - clients_[partial_.head()].partial_since >= limits_.message_timeout) {
+  for (uint32_t index; (index = timers_.ExpiredMessage(clock_.now(), limits_.message_timeout)) !=
+                      io::kNoIndex;) {
     Bump(stats_.tls_timeout_closed);
-    Close(partial_.head());
+    Close(index);
   }
 }
 

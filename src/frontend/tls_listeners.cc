@@ -62,8 +62,7 @@ absl::Status TlsClients::Open(std::span<const TlsListen> listen,
     // (EncryptOutput keeps both within it).
     clients_[i].sending.reserve(tls::MemoryIo::kOutboundReserve);
   }
-  idle_.Bind(&clients_);
-  partial_.Bind(&clients_);
+  timers_.Resize(clients_.size());
   deferred_.Bind(&clients_);
   handshaking_.Bind(&clients_);
   free_clients_.reserve(clients_.size());
@@ -169,8 +168,7 @@ void TlsClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       metrics::Set(stats_.tls_clients, open_clients());
       Touch(index);
       // The handshake must be over within the message timeout.
-      client.partial_since = clock_.now();
-      partial_.PushBack(index);
+      timers_.StartMessage(index, clock_.now());
       if (auto status = client.session.Start(context_, AlpnFor(listener.kind)); !status.ok()) {
         Log(Severity::kWarning, "shard %d: TLS session: %s", shard_index_, status.message());
         Bump(stats_.tls_handshake_failures);

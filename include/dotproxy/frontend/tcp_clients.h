@@ -28,6 +28,7 @@
 #include "dotproxy/dns/stream_framer.h"
 #include "dotproxy/frontend/acl.h"
 #include "dotproxy/frontend/client_ref.h"
+#include "dotproxy/frontend/connection_timers.h"
 #include "dotproxy/io/clock.h"
 #include "dotproxy/io/index_list.h"
 #include "dotproxy/io/reactor.h"
@@ -179,11 +180,6 @@ class TcpClients {
     sockaddr_storage peer{};  // for the forwarder's rate limiter
     socklen_t peer_length = 0;
     sockaddr_storage local{};  // where the client connected to (dnstap)
-    io::Clock::time_point last_activity{};
-    io::IndexLinks idle_links;  // ordered by last activity, oldest first
-    // When the first byte of the incomplete message in `framer` arrived.
-    io::Clock::time_point partial_since{};
-    io::IndexLinks partial_links;  // clients mid-message, by partial_since
   };
 
   bool ShouldAccept(const Listener& listener) const;
@@ -239,8 +235,8 @@ class TcpClients {
   std::vector<Client> clients_;
   std::vector<uint32_t> free_clients_;
   std::vector<uint32_t> dirty_;
-  io::IndexList<Client, &Client::idle_links> idle_;
-  io::IndexList<Client, &Client::partial_links> partial_;
+  // Idle and message timers (the message's first byte: slowloris).
+  ConnectionTimers timers_;
   // Every client's buffers: max_clients x kClientBytes, reserved with mmap
   // (MAP_NORESERVE) and committed page by page as they are touched.
   uint8_t* region_ = nullptr;

@@ -48,6 +48,7 @@
 #include "absl/status/status.h"
 #include "dotproxy/frontend/acl.h"
 #include "dotproxy/frontend/client_ref.h"
+#include "dotproxy/frontend/connection_timers.h"
 #include "dotproxy/frontend/stream_protocol.h"
 #include "dotproxy/frontend/tcp_clients.h"
 #include "dotproxy/io/clock.h"
@@ -185,10 +186,6 @@ class TlsClients final : private StreamProtocol::Host {
     sockaddr_storage peer{};
     socklen_t peer_length = 0;
     sockaddr_storage local{};
-    io::Clock::time_point last_activity{};
-    io::IndexLinks idle_links;
-    io::Clock::time_point partial_since{};
-    io::IndexLinks partial_links;  // mid-handshake or mid-message, by partial_since
     io::IndexLinks deferred_links;  // handshake waiting for budget
     io::Clock::time_point accepted_at{};
     io::IndexLinks handshake_links;  // handshakes in progress, oldest first
@@ -243,8 +240,8 @@ class TlsClients final : private StreamProtocol::Host {
   std::vector<Client> clients_;
   std::vector<uint32_t> free_clients_;
   std::vector<uint32_t> dirty_;
-  io::IndexList<Client, &Client::idle_links> idle_;
-  io::IndexList<Client, &Client::partial_links> partial_;
+  // Idle and message timers; the message timer also bounds a handshake.
+  ConnectionTimers timers_;
   io::IndexList<Client, &Client::deferred_links> deferred_;
   io::IndexList<Client, &Client::handshake_links> handshaking_;
   uint8_t* region_ = nullptr;  // the protocols' plaintext buffers
