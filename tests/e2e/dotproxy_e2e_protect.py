@@ -352,6 +352,7 @@ def protect_flap_recovery(h):
     cycles = 5
     load, load_out = _dnsperf_background(h, p.port, 2000, cycles * 3 + 6, ["a.example.test."], "flap")
     answers = []  # monotonic times of NOERROR answers seen by the prober
+    outcomes = []  # (monotonic time, "timeout" or the rcode's name) of the others
     stop = threading.Event()
 
     def prober():
@@ -367,8 +368,10 @@ def protect_flap_recovery(h):
                     resp = s.recv(4096)
                     if resp[:2] == wire[:2] and resp[3] & 0x0F == 0:
                         answers.append(time.monotonic())
+                    else:
+                        outcomes.append((time.monotonic(), dns.rcode.to_text(resp[3] & 0x0F)))
                 except (socket.timeout, OSError):
-                    pass
+                    outcomes.append((time.monotonic(), "timeout"))
                 time.sleep(0.02)
         finally:
             s.close()
@@ -398,7 +401,16 @@ def protect_flap_recovery(h):
                 if time.monotonic() - t_ready > 5.0:
                     break
                 time.sleep(0.01)
-            check(first is not None, "cycle %d: no NOERROR within 5 s of the upstream's return" % cycle)
+            if first is None:
+                seen = {}
+                for t_o, what in list(outcomes):
+                    if t_o > t_spawn:
+                        seen[what] = seen.get(what, 0) + 1
+                os.kill(p.proc.pid, signal.SIGUSR1)  # its counters, into the log shown below
+                time.sleep(0.3)
+                raise CaseFailure("cycle %d: no NOERROR within 5 s of the upstream's return "
+                                  "(ready %.2f s after spawn); the prober got instead: %s"
+                                  % (cycle, t_ready - t_spawn, seen or "nothing"))
             results.append((first - t_spawn, first - t_ready))
             check(p.alive(), "dotproxy died in cycle %d" % cycle)
             rss.append(rss_bytes(p.proc.pid))
