@@ -1,6 +1,5 @@
 #include "dotproxy/frontend/tcp_clients.h"
 
-#include <netinet/tcp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -11,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "dotproxy/control/log.h"
+#include "dotproxy/frontend/stream_accept.h"
 
 namespace dotproxy::frontend {
 
@@ -213,20 +213,13 @@ void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& complet
   }
   if (completion.result >= 0) {
     io::UniqueFd fd(completion.result);
-    sockaddr_storage peer{};
-    socklen_t peer_length = sizeof(peer);
-    const bool allowed =
-        getpeername(fd.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) == 0 &&
-        acl_.Allows(reinterpret_cast<const sockaddr*>(&peer));
-    if (!allowed) {
+    sockaddr_storage peer;
+    socklen_t peer_length;
+    if (!AllowedPeer(fd.get(), acl_, peer, peer_length)) {
       Bump(stats_.tcp_acl_refused);
     } else if (intake_stopped_ || free_clients_.empty()) {
       if (!intake_stopped_) Bump(stats_.tcp_rejected);
     } else {
-      // Answers are small and often follow each other: without NODELAY the
-      // second one waits for the client's delayed ACK (~40 ms).
-      const int one = 1;
-      setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       const uint32_t index = free_clients_.back();
       free_clients_.pop_back();
       Client& client = clients_[index];
@@ -244,11 +237,7 @@ void TcpClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       client.ops_in_flight = 0;
       std::memcpy(&client.peer, &peer, sizeof(peer));
       client.peer_length = peer_length;
-      socklen_t local_length = sizeof(client.local);
-      if (getsockname(client.fd.get(), reinterpret_cast<sockaddr*>(&client.local),
-                      &local_length) != 0) {
-        client.local.ss_family = AF_UNSPEC;
-      }
+      TakeConnection(client.fd.get(), client.local);
       Bump(stats_.tcp_accepted);
       Touch(index);
       ArmReceive(index);

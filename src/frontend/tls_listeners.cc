@@ -1,6 +1,5 @@
 #include "dotproxy/frontend/tls_clients.h"
 
-#include <netinet/tcp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -10,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "dotproxy/control/log.h"
+#include "dotproxy/frontend/stream_accept.h"
 #include "src/frontend/dot_protocol.h"
 
 // TlsClients, part two: the listeners, the client table and accepting (the
@@ -127,18 +127,13 @@ void TlsClients::OnAccept(uint32_t listener_index, const io::Completion& complet
   Listener& listener = listeners_[listener_index];
   if (completion.result >= 0) {
     io::UniqueFd fd(completion.result);
-    sockaddr_storage peer{};
-    socklen_t peer_length = sizeof(peer);
-    const bool allowed =
-        getpeername(fd.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) == 0 &&
-        acl_.Allows(reinterpret_cast<const sockaddr*>(&peer));
-    if (!allowed) {
+    sockaddr_storage peer;
+    socklen_t peer_length;
+    if (!AllowedPeer(fd.get(), acl_, peer, peer_length)) {
       Bump(stats_.tls_acl_refused);
     } else if (intake_stopped_ || free_clients_.empty()) {
       if (!intake_stopped_) Bump(stats_.tls_rejected);
     } else {
-      const int one = 1;
-      setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       const uint32_t index = free_clients_.back();
       free_clients_.pop_back();
       Client& client = clients_[index];
@@ -155,11 +150,7 @@ void TlsClients::OnAccept(uint32_t listener_index, const io::Completion& complet
       client.ops_in_flight = 0;
       std::memcpy(&client.peer, &peer, sizeof(peer));
       client.peer_length = peer_length;
-      socklen_t local_length = sizeof(client.local);
-      if (getsockname(client.fd.get(), reinterpret_cast<sockaddr*>(&client.local),
-                      &local_length) != 0) {
-        client.local.ss_family = AF_UNSPEC;
-      }
+      TakeConnection(client.fd.get(), client.local);
       client.handshaking = true;
       ++handshakes_in_progress_;
       client.accepted_at = clock_.now();
