@@ -267,6 +267,18 @@ class TlsClientsTest : public ::testing::TestWithParam<io::IoBackend> {
     room_->QueryDone(sink_.clients[q]);
   }
 
+  // A DoT listener allowing `max_queries` in flight per client, and a
+  // client through its handshake.
+  std::unique_ptr<Client> ConnectWithQueryLimit(uint32_t max_queries) {
+    TlsLimits limits;
+    limits.max_queries_per_client = max_queries;
+    Open(limits);
+    auto client = Connect();
+    Handshake({client.get()});
+    EXPECT_TRUE(client->done) << client->session.error();
+    return client;
+  }
+
   // An https listener speaking FakeHttpsProtocol, and a client through its
   // handshake.
   std::unique_ptr<Client> ConnectHttps() {
@@ -373,11 +385,7 @@ TEST_P(TlsClientsTest, AnswersBeyondTheSendBufferLeaveInPiecesWithoutGrowingIt) 
 // an answer frees a slot, but the queries still buffered are not read, as
 // the TCP room reads none once it stops.
 TEST_P(TlsClientsTest, AnAnswerAfterStopIntakeReadsNoFurtherQueries) {
-  TlsLimits limits;
-  limits.max_queries_per_client = 2;
-  Open(limits);
-  auto client = Connect();
-  Handshake({client.get()});
+  auto client = ConnectWithQueryLimit(2);
   ASSERT_TRUE(client->done) << client->session.error();
   for (uint16_t id : {1, 2, 3, 4}) {
     ASSERT_TRUE(client->session.Write(Framed(bench::MakeQuery("a.example.test", id, false))));
@@ -399,11 +407,7 @@ TEST_P(TlsClientsTest, AnAnswerAfterStopIntakeReadsNoFurtherQueries) {
 // queries held back are handed up, in order, as answers make room (nothing
 // more needs to arrive).
 TEST_P(TlsClientsTest, ThePipeliningLimitHoldsWithinOneRecord) {
-  TlsLimits limits;
-  limits.max_queries_per_client = 2;
-  Open(limits);
-  auto client = Connect();
-  Handshake({client.get()});
+  auto client = ConnectWithQueryLimit(2);
   ASSERT_TRUE(client->done) << client->session.error();
   Bytes burst;
   for (uint16_t id = 1; id <= 5; ++id) {

@@ -8,7 +8,8 @@
 // search for an idle connection to evict look at the oldest only.
 //
 // Indexed by the room's client slot; sized once (Resize), allocation-free
-// after. The room decides what to close: Expire and IdleVictim name slots.
+// after. The room decides what to close: ExpiredIdle, ExpiredMessage and
+// IdleVictim name slots.
 // Shard thread only.
 
 #include <chrono>
