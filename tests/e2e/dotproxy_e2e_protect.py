@@ -3,7 +3,8 @@
 closed by the message deadline, memory of slow readers bounded and returned,
 UDP answers capped at --max-udp-size, malformed structure refused at the edge
 without reaching the upstream, fast recovery when the only upstream flaps,
-and a TCP connection flood (overload cases: dotproxy_e2e_overload.py). Uses the harness in dotproxy_e2e.py and the
+a TCP connection flood, and the pipelining limit held within one write
+(overload cases: dotproxy_e2e_overload.py). Uses the harness in dotproxy_e2e.py and the
 counters of dotproxy_e2e_features.py (same rules: loopback only, every wait
 and loop bounded, every child killed by PID).
 
@@ -495,6 +496,173 @@ def protect_tcp_connection_flood(h):
     check(c.get("tcp_idle_evicted") > 0, "no idle connection was evicted")
     check(rss1 - rss0 <= 8 * MIB, "RSS grew %.1f MiB" % ((rss1 - rss0) / MIB))
     E.query_and_compare(h, u, p, "tcp", "a.example.test.", "A")
+
+
+class GatedTlsServer:
+    """A DoT upstream that holds every query it reads until release(), then
+    answers each (the query echoed with QR set: the question and ID match)
+    and, from then on, answers at once. Records the first question's name
+    of each query, in the order read, so a case can see how many queries
+    dotproxy had in flight, and which, while nothing was answered. Health
+    probes (the root, `.`) are answered at once and not recorded."""
+
+    def __init__(self, pki):
+        self.port, self.ctx, self.sock = E.open_tls_listener(pki, 16)
+        self.lock = threading.Lock()
+        self.names = []
+        self.events = []
+        self._held = []  # (tls socket, answer) while gated
+        self._released = False
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._accept_loop, daemon=True)]
+        self.threads[0].start()
+
+    def _note(self, what):
+        with self.lock:
+            self.events.append((time.monotonic(), what))
+
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            try:
+                c, addr = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            t = threading.Thread(target=self._serve, args=(c, addr), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    @staticmethod
+    def _answer(wire):
+        out = bytearray(wire)
+        out[2] |= 0x80  # QR
+        return framed(bytes(out))
+
+    def _serve(self, c, addr):
+        s = E.tls_accept(self.ctx, c, addr, self._note)
+        if s is None:
+            return
+        s.settimeout(0.2)
+        buf = b""
+        send_lock = threading.Lock()
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = s.recv(65536)
+                except (socket.timeout, E.ssl.SSLWantReadError):
+                    continue
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
+                    n = struct.unpack("!H", buf[:2])[0]
+                    wire, buf = buf[2:2 + n], buf[2 + n:]
+                    probe = len(wire) > 12 and wire[12] == 0
+                    with self.lock:
+                        if not probe:
+                            self.names.append(dns.message.from_wire(wire).question[0].name
+                                              .to_text())
+                        hold = not probe and not self._released
+                        if hold:
+                            self._held.append((s, send_lock, self._answer(wire)))
+                    if not hold:
+                        with send_lock:
+                            s.sendall(self._answer(wire))
+        except (E.ssl.SSLError, OSError) as e:
+            self._note("error from %s:%d: %r" % (addr + (e,)))
+        finally:
+            s.close()
+
+    def release(self):
+        with self.lock:
+            self._released = True
+            held, self._held = self._held, []
+        for s, send_lock, answer in held:
+            with send_lock:
+                s.sendall(answer)
+
+    def seen(self, prefix):
+        with self.lock:
+            return [n for n in self.names if n.startswith(prefix)]
+
+    def stop(self):
+        self._stop.set()
+        for t in self.threads:
+            t.join(timeout=3)
+        self.sock.close()
+
+
+@case
+def protect_pipelining_limit(h):
+    """A client may not pass the pipelining limit (128 queries in flight per
+    connection) by writing many queries at once: 300 minimal queries in one
+    write over TCP, and 300 in one write over DoT (a few TLS records), to an
+    upstream that holds every query. While it holds them, the upstream sees
+    exactly the first 128 of each connection, however many the
+    proxy's reads brought; once it answers, the queries held back are handed
+    up as answers make room, and every one of the 600 is answered, once."""
+    g = GatedTlsServer(h.pki)
+    h.silent.append(g)  # stopped by the harness
+    tls_port = E.free_port()
+    p = h.start_proxy(upstreams=["%s:%d#%s" % (LOOPBACK4, g.port, E.TLS_NAME)], ready=None,
+                      extra=["--threads", "1", "--query-timeout", "10000",
+                             "--listen-tls", "%s:%d" % (LOOPBACK4, tls_port),
+                             "--tls-cert", h.pki.good_pem, "--tls-key", h.pki.good_key])
+    # Ready once its TCP port accepts (a query would be held by the gate).
+    deadline = time.monotonic() + 10
+    tcp = None
+    while tcp is None and time.monotonic() < deadline:
+        check(p.alive(), "dotproxy exited (rc=%s)" % p.proc.returncode)
+        try:
+            tcp = tcp_connect(p.port)
+        except OSError:
+            time.sleep(0.1)
+    check(tcp is not None, "dotproxy's TCP port never accepted")
+    ctx = E.ssl.create_default_context(cafile=h.pki.ca_pem)
+    raw = socket.create_connection((LOOPBACK4, tls_port), timeout=5)
+    dot = ctx.wrap_socket(raw, server_hostname=E.TLS_NAME)
+    queries = 300
+    limit = 128
+    bursts = ("tcp", "dot")
+    for name, conn in zip(bursts, (tcp, dot)):
+        wires = [make_query("q%d.%s.example.test." % (i, name), "A", qid=i + 1).to_wire()
+                 for i in range(queries)]
+        conn.sendall(b"".join(framed(w) for w in wires))
+    # Each connection's first 128 reach the upstream; then nothing more
+    # (bounded: 5 s for the 256, then 0.5 s in which no more may come).
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (len(g.seen("q")) < 2 * limit):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    wrong = []
+    for name in bursts:
+        got = [n for n in g.seen("q") if n.endswith(".%s.example.test." % name)]
+        want = ["q%d.%s.example.test." % (i, name) for i in range(limit)]
+        print("%s: %d of %d queries reached the upstream while it held them" % (
+            name, len(got), queries))
+        # Over several upstream connections (100 queries each), read by one
+        # thread each here: the order between them is the threads'.
+        if sorted(got) != sorted(want):
+            wrong.append("%s: %d (want the first %d; not among them: %r)" % (
+                name, len(got), limit, sorted(set(got) - set(want))[:3]))
+    check(not wrong, "while the upstream held every query it saw, of the %d written at once "
+          "on each connection: %s" % (queries, "; ".join(wrong)))
+    g.release()
+    for name, conn in zip(bursts, (tcp, dot)):
+        deadline = time.monotonic() + 10
+        ids = []
+        for _ in range(queries):
+            wire = E.tcp_read_msg(conn, deadline)
+            check(rcode_of(wire) == dns.rcode.NOERROR, "%s: %s" % (name, describe(wire)))
+            ids.append(struct.unpack("!H", wire[:2])[0])
+        check(sorted(ids) == list(range(1, queries + 1)),
+              "%s: answers for %d distinct IDs of %d" % (name, len(set(ids)), queries))
+        seen = [n for n in g.seen("q") if n.endswith(".%s.example.test." % name)]
+        check(len(seen) == queries and len(set(seen)) == queries,
+              "%s: the upstream saw %d queries (%d distinct) for %d written" % (
+                  name, len(seen), len(set(seen)), queries))
+        conn.close()
+    print("after the release: %d of %d answered on each connection, each query sent once" % (
+        queries, queries))
 
 
 def main():
