@@ -20,7 +20,7 @@ Targets (--targets, comma-separated; a missing program is skipped):
   unbound_fwd  Unbound 1.17, one thread, forward-tls-upstream
   kresd        Knot Resolver 5, policy.TLS_FORWARD
   model        bench/load/reflector.c spinning dotproxy's CPU per query
-               (1e9 * quota / C ns, from dotproxy's C in this run) with a
+               (1e9 * share / C ns, from dotproxy's C in this run) with a
                4 MiB receive buffer: a server with no upstream round trip
   model_cut    the same with the receive buffer dotproxy cuts to while its
                intake stands (about 6 ms of service): the rig's floor
@@ -29,10 +29,21 @@ Under a CFS quota a saturated server runs about quota x period (1 ms)
 in every 10 ms period; what arrives while it is throttled waits for the
 next slice, and a full socket buffer drops the newest datagrams (tail
 drop), so what it keeps waited longest. The model rows show what that
-costs a server that does nothing else.
+costs a server that does nothing else. The kernel allows no finer quota
+(1 ms is its least quota and period), so --thief BUSY_US/IDLE_US shares
+CPU 0 another way: cpu_thief.c at real-time priority spins BUSY_US of
+every BUSY_US + IDLE_US (900/100: about 10% left in 0.1 ms slices), a slow
+CPU without a throttled period to wait out.
+
+For the dotproxy targets, where the p50 goes: their histograms (scraped
+before and after each step; bucket upper bounds) of the time from the loop
+turn that read a query to the one that answered it, and of the upstream's
+answer time within it (which includes the shard's own delay in reading
+that answer). The rest of the client's latency is the wait in the socket.
 
     bench/load/overload_cpu.py --dotproxy build/dotproxy \\
         --udp-flood build/tests/e2e/udp_flood [--targets dotproxy,dnsdist,model_cut]
+        [--thief 900/100] [--dotproxy-args "--max-inflight-per-connection 30"]
 
 Needs root (a cpu cgroup, chrt, renice), 2 CPUs, /usr/bin/python3 with
 python3-dnspython (the e2e harness), unbound, openssl, cc. Loopback only;
@@ -51,6 +62,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "e2e"))
 
 import dotproxy_e2e as E  # noqa: E402
+import dotproxy_e2e_metrics as M  # noqa: E402
 import dotproxy_e2e_overload as O  # noqa: E402
 from dotproxy_e2e_features import start_unbound_x  # noqa: E402
 
@@ -90,9 +102,11 @@ def start_target(name, args, h, u, workdir, model_spin_ns, model_cap):
     os.mkdir(d)
     if name in ("dotproxy", "dotproxy_base"):
         exe = args.dotproxy if name == "dotproxy" else args.base
+        metrics_port = E.free_port()
         argv = [exe, "--listen", "%s:%d" % (E.LOOPBACK4, port), "--upstream",
                 "%s#%s" % (up, E.TLS_NAME), "--ca-file", ca, "--threads", "1",
-                "--cache-size", "0"] + E.io_backend_args()
+                "--cache-size", "0", "--metrics", "%s:%d" % (E.LOOPBACK4, metrics_port)
+                ] + E.io_backend_args() + args.dotproxy_args.split()
     elif name == "dnsdist":
         conf = os.path.join(d, "dnsdist.conf")
         with open(conf, "w") as f:
@@ -155,7 +169,42 @@ remote-control:
         raise ValueError(name)
     t = Target(name, argv, workdir)
     t.port = port
+    t.metrics_port = metrics_port if name in ("dotproxy", "dotproxy_base") else None
     return t
+
+
+def histogram(t, metric, labels):
+    """Cumulative counts by upper bound (seconds) of dotproxy's histogram
+    `metric` for the samples whose labels include `labels`."""
+    _, samples = M.scrape(t)
+    out = {}
+    for key, value in samples.items():
+        if not key.startswith(metric + "_bucket{") or labels not in key:
+            continue
+        le = key.split('le="', 1)[1].split('"', 1)[0]
+        bound = float("inf") if le == "+Inf" else float(le)
+        out[bound] = out.get(bound, 0.0) + value
+    return out
+
+
+def median_between(before, after):
+    """The upper bound of the bucket holding the median of what was
+    recorded between two scrapes (ms), or None."""
+    bounds = sorted(after)
+    total = after[bounds[-1]] - before.get(bounds[-1], 0.0) if bounds else 0
+    if total <= 0:
+        return None
+    for b in bounds:
+        if after[b] - before.get(b, 0.0) >= total / 2:
+            return b * 1000
+    return None
+
+
+# Where dotproxy's latency goes: inside the proxy (from the loop iteration
+# that read a query to the one that answered it) and the upstream's part of
+# that (from sending to the answer).
+INSIDE = ("dotproxy_query_duration_seconds", 'source="upstream"')
+UPSTREAM = ("dotproxy_upstream_response_duration_seconds", "upstream=")
 
 
 def drain(t, timeout=20.0):
@@ -171,14 +220,22 @@ def drain(t, timeout=20.0):
 
 
 def measure(flood, quota, t, long_seconds):
-    O._confine(quota, t.proc.pid)
+    if quota is not None:
+        O._confine(quota, t.proc.pid)
     cap, ramp = O._capacity(flood, t.port, "%s-r" % t.name, before_step=lambda: drain(t))
+    if cap < 1:
+        raise RuntimeError("no NOERROR answer in the ramp's first step")
     rows = {}
     for factor in (0.1, 1, 2, 4):
         seconds = long_seconds if factor == 4 else 3
         drain(t)
+        before = [histogram(t, *h) for h in (INSIDE, UPSTREAM)] if t.metrics_port else None
         rows[factor] = O._flood_result(
             O._flood(flood, t.port, cap * factor, seconds, "%s-x%g" % (t.name, factor)), seconds)
+        if before:
+            after = [histogram(t, *h) for h in (INSIDE, UPSTREAM)]
+            rows[factor]["inside_p50_ms"], rows[factor]["upstream_p50_ms"] = (
+                median_between(b, a) for b, a in zip(before, after))
     return cap, ramp, rows
 
 
@@ -187,8 +244,14 @@ def main():
     ap.add_argument("--dotproxy", required=True)
     ap.add_argument("--base", help="another dotproxy binary (target dotproxy_base)")
     ap.add_argument("--udp-flood", required=True)
+    ap.add_argument("--dotproxy-args", default="",
+                    help="more arguments for both dotproxy targets (space-separated)")
     ap.add_argument("--targets", default="dotproxy,dnsdist,unbound_fwd,kresd,model,model_cut")
     ap.add_argument("--quota", type=int, default=10, help="percent of CPU 0 (default 10)")
+    ap.add_argument("--thief", metavar="BUSY_US/IDLE_US",
+                    help="instead of a CFS quota, cpu_thief.c at real-time priority on CPU 0 "
+                    "takes BUSY_US of every BUSY_US+IDLE_US (900/100: the target keeps about "
+                    "10%% in 0.1 ms slices, not 1 ms in every 10)")
     ap.add_argument("--long", type=int, default=10, help="seconds at 4 C (default 10)")
     args = ap.parse_args()
     os.environ["DOTPROXY_E2E_UDP_FLOOD"] = os.path.abspath(args.udp_flood)
@@ -211,11 +274,27 @@ def main():
     workdir = tempfile.mkdtemp(prefix="overload-cpu-")
     results = []
     quota = None
+    thief = None
+    share = args.quota / 100.0
     try:
         if subprocess.run(["cc", "-O2", "-o", os.path.join(workdir, "reflector"),
                            os.path.join(HERE, "reflector.c")]).returncode != 0:
             sys.exit("cc reflector.c failed")
-        quota = O._CpuQuota(args.quota)
+        if args.thief:
+            busy_us, idle_us = (int(v) for v in args.thief.split("/"))
+            share = idle_us / float(busy_us + idle_us)
+            exe = os.path.join(workdir, "cpu_thief")
+            if subprocess.run(["cc", "-O2", "-o", exe,
+                               os.path.join(HERE, "cpu_thief.c")]).returncode != 0:
+                sys.exit("cc cpu_thief.c failed")
+            # This script waits on CPU 1, beside the flood and the upstream.
+            os.sched_setaffinity(0, {1})
+            thief = subprocess.Popen(["chrt", "-f", "30", "taskset", "-c", "0", exe,
+                                      str(busy_us), str(idle_us),
+                                      str(300 * len(targets))],  # ends by itself
+                                     stdout=subprocess.PIPE, text=True)
+        else:
+            quota = O._CpuQuota(args.quota)
         u = start_unbound_x(h)
         O._pin_upstream(u)
         dotproxy_cap = None
@@ -226,7 +305,7 @@ def main():
                     print("%s: skipped (dotproxy's C, its calibration, was not measured)" % name)
                     continue
                 cap_for_model = dotproxy_cap
-                spin = 1e9 * (args.quota / 100.0) / dotproxy_cap
+                spin = 1e9 * share / dotproxy_cap
             t = start_target(name, args, h, u, workdir, spin, cap_for_model)
             try:
                 wait_answering(t, t.port)
@@ -245,11 +324,21 @@ def main():
         h.close()
         if quota:
             quota.remove()
+        if thief:
+            thief.terminate()
+            try:
+                taken = thief.communicate(timeout=5)[0].strip()
+            except subprocess.TimeoutExpired:
+                thief.kill()
+                taken = "?"
+            print("cpu_thief: %s" % taken)
         shutil.rmtree(workdir, ignore_errors=True)
 
     print()
-    print("CPU-bound overload, each target on CPU 0 at %d%% (CFS quota, 10 ms period); "
-          "NOERROR/s as a share of the target's own C; latency of answered queries, ms" % args.quota)
+    rig = ("cpu_thief %s at real-time priority" % args.thief if args.thief else
+           "%d%% (CFS quota, 10 ms period)" % args.quota)
+    print("CPU-bound overload, each target on CPU 0 under %s; "
+          "NOERROR/s as a share of the target's own C; latency of answered queries, ms" % rig)
     print()
     print("| target | C (NOERROR/s) | 0.1 C mean / p50 | 1 C good, mean / p50 | "
           "2 C good, mean / p50 | 4 C good, mean / p50 / p99 |")
@@ -263,6 +352,15 @@ def main():
         label = name + (" (%.0f ns/q)" % spin if spin else "")
         print("| %s | %.0f | %s | %s | %s | %s |" % (label, cap, cell(0.1), cell(1), cell(2),
                                                      cell(4, True)))
+    print()
+    print("dotproxy's part of the p50 (its histograms, bucket upper bounds in ms): "
+          "from reading a query to answering it / the upstream's answer time")
+    for name, cap, rows, spin in results:
+        if "inside_p50_ms" not in rows[4]:
+            continue
+        print("  %s: %s" % (name, ", ".join(
+            "%g C %s / %s" % (f, rows[f]["inside_p50_ms"], rows[f]["upstream_p50_ms"])
+            for f in (0.1, 1, 2, 4))))
     return 0
 
 
