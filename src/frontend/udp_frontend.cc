@@ -1,5 +1,6 @@
 #include "dotproxy/frontend/udp_frontend.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -192,7 +193,7 @@ bool UdpFrontend::Stale(const io::Datagram& datagram, Socket& socket) {
                                          : waited);
   const bool standing = intake_queue_.standing();
   if (standing != buffers_shrunk_) ShrinkReceiveBuffers(standing);
-  // The cut buffer holds an eighth of overload_wait of service: what it
+  // The cut buffer holds a few ms of service at most: what it
   // holds is served; shed is what waited longer than overload_wait (the
   // backlog from before the cut, which would only lengthen every answer's
   // wait behind it).
@@ -201,47 +202,78 @@ bool UdpFrontend::Stale(const io::Datagram& datagram, Socket& socket) {
     served_last_window_ = served_in_window_;
     served_in_window_ = 0;
     rate_window_start_ = now;
+    if (buffers_shrunk_) CutReceiveBuffers(CutDatagrams());
+    longest_off_cpu_ = std::chrono::nanoseconds(0);
   }
   ++served_in_window_;
   return false;
 }
 
+// An eighth of overload_wait (about 6 ms: under a CFS quota of 10 ms
+// periods, what a shard serves in one slice; a quarter measured 1.6x the
+// mean latency at 4x overload for no more goodput), never below what a
+// burst of 32 datagrams needs.
+int64_t UdpFrontend::CutCap() const {
+  const int64_t per_window = std::max<int64_t>(served_last_window_, served_in_window_);
+  return std::max<int64_t>(32, per_window * (intake_queue_.settings().overload_wait.count() / 8) /
+                                   std::chrono::nanoseconds(kRateWindow).count());
+}
+
+// What waits in the cut buffer is what every answered query waits behind,
+// about three times over (in the socket, in the turn that reads it, in the
+// turn that reads the upstream's answer), so it holds only what keeps the
+// shard busy across its stalls off the CPU (twice the longest a window saw,
+// for the ones it did not): a shard under a CFS quota runs 1 ms in every
+// 10 and needs the cap; one that has its core, or shares it in fine
+// slices, needs little more than a batch (kCutFloor), and its answers then
+// wait about 10 ms at 4x its capacity where the cap cost them 20 to 30
+// (bench/load/overload_cpu.py --thief).
+int64_t UdpFrontend::CutDatagramsFor(int64_t served_per_window, std::chrono::nanoseconds window,
+                                     std::chrono::nanoseconds longest_stall, int64_t cap) {
+  const int64_t across_stall = 2 * served_per_window * longest_stall.count() / window.count();
+  return std::clamp<int64_t>(across_stall, kCutFloor, std::max(kCutFloor, cap));
+}
+
+int64_t UdpFrontend::CutDatagrams() const {
+  return CutDatagramsFor(served_last_window_, kRateWindow, longest_off_cpu_, CutCap());
+}
+
 void UdpFrontend::ShrinkReceiveBuffers(bool shrink) {
   buffers_shrunk_ = shrink;
-  // An eighth of overload_wait of the last window's intake (about 6 ms:
-  // the latency a standing intake adds; a quarter measured 1.6x the mean
-  // latency at 4x overload for no more goodput), at the kernel's
-  // accounting per small datagram (its truesize: 840 bytes on loopback,
-  // about 1 KiB on common NICs), halved as setsockopt doubles it; never
-  // below what a burst of 32 datagrams needs.
-  const int64_t per_window =
-      std::max<int64_t>(served_last_window_, served_in_window_);
-  const int64_t datagrams = std::max<int64_t>(
-      32, per_window * (intake_queue_.settings().overload_wait.count() / 8) /
-              std::chrono::nanoseconds(kRateWindow).count());
+  Bump(shrink ? stats_.intake_overload_began : stats_.intake_overload_ended);
+  if (!shrink) {
+    for (Socket& socket : sockets_) {
+      if (socket.restore_receive_buffer > 0 && socket.fd) {
+        io::SetReceiveBuffer(socket.fd.get(), socket.restore_receive_buffer);
+      }
+      socket.restore_receive_buffer = 0;
+    }
+    Log(Severity::kInfo, "shard %d: UDP intake recovered: receive buffers restored",
+        shard_index_);
+    return;
+  }
+  // No stall measured yet: the cap, until the first window ends.
+  const int64_t datagrams = CutCap();
+  CutReceiveBuffers(datagrams);
+  Log(Severity::kInfo,
+      "shard %d: UDP intake overloaded: receive buffers cut to about %lld datagrams (then to "
+      "what the shard serves across its stalls) until the backlog clears",
+      shard_index_, static_cast<long long>(datagrams));
+}
+
+// At the kernel's accounting per small datagram (its truesize: 840 bytes
+// on loopback, about 1 KiB on common NICs), halved as setsockopt doubles it.
+void UdpFrontend::CutReceiveBuffers(int64_t datagrams) {
   const int small = static_cast<int>(std::min<int64_t>(datagrams * kDatagramTruesize / 2, 1 << 24));
   for (Socket& socket : sockets_) {
     // A passed socket read by every shard is not one shard's to resize.
     if (socket.state != SocketState::kOpen || !socket.fd || socket.inherited) continue;
-    if (shrink) {
+    if (socket.restore_receive_buffer == 0) {
       const int current = io::ReceiveBufferBytes(socket.fd.get());
       if (current / 2 <= small) continue;  // already small: leave it
       socket.restore_receive_buffer = current / 2;
-      io::SetReceiveBuffer(socket.fd.get(), small);
-    } else if (socket.restore_receive_buffer > 0) {
-      io::SetReceiveBuffer(socket.fd.get(), socket.restore_receive_buffer);
-      socket.restore_receive_buffer = 0;
     }
-  }
-  Bump(shrink ? stats_.intake_overload_began : stats_.intake_overload_ended);
-  if (shrink) {
-    Log(Severity::kInfo,
-        "shard %d: UDP intake overloaded: receive buffers cut to %d bytes (about %lld "
-        "datagrams) until the backlog clears",
-        shard_index_, small * 2, static_cast<long long>(datagrams));
-  } else {
-    Log(Severity::kInfo, "shard %d: UDP intake recovered: receive buffers restored",
-        shard_index_);
+    io::SetReceiveBuffer(socket.fd.get(), std::min(small, socket.restore_receive_buffer));
   }
 }
 

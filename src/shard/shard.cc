@@ -204,6 +204,10 @@ class ShardLoop {
   void MakeRateLimiter(const config::Config& config);
   // Submits and waits; false once errors persist.
   bool SubmitAndWait(std::chrono::milliseconds wait);
+  // While UDP intake stands: tells the front end how long the shard was
+  // off its CPU at a time since the last turn (it sizes the cut receive
+  // buffers).
+  void NoteOffCpu();
 
   int index_;
   // The configuration in force; the pools keep the one they were built
@@ -218,6 +222,11 @@ class ShardLoop {
   const std::function<void(std::string)>& report_reload_error_;
   frontend::Acl acl_;  // the front ends hold a reference: reassigned on reload
   io::LoopClock clock_;
+  // The last turn's loop time, thread CPU time and context switches,
+  // while UDP intake stands (switches -1: not measuring).
+  io::Clock::time_point last_turn_wall_{};
+  int64_t last_turn_cpu_ns_ = 0;
+  int64_t last_turn_switches_ = -1;
 
   // Rooms. Declared before the reactor, destroyed after it (see ~ShardLoop).
   std::unique_ptr<cache::PacketCache> cache_;  // null when --cache-size 0
@@ -416,6 +425,19 @@ void ShardLoop::Route(const io::Completion& completion) {
   }
 }
 
+void ShardLoop::NoteOffCpu() {
+  const io::ThreadSchedule now = io::ReadThreadSchedule();
+  const io::Clock::time_point wall = clock_.now();
+  if (last_turn_switches_ >= 0 && now.switches > last_turn_switches_) {
+    const auto off_cpu =
+        (wall - last_turn_wall_) - std::chrono::nanoseconds(now.cpu_ns - last_turn_cpu_ns_);
+    udp_->NoteOffCpu(off_cpu / (now.switches - last_turn_switches_));
+  }
+  last_turn_wall_ = wall;
+  last_turn_cpu_ns_ = now.cpu_ns;
+  last_turn_switches_ = now.switches;
+}
+
 bool ShardLoop::SubmitAndWait(std::chrono::milliseconds wait) {
   const absl::Status status = reactor_->SubmitAndWait(wait);
   if (status.ok()) {
@@ -483,6 +505,11 @@ bool ShardLoop::Run() {
       break;
     }
     clock_.Update();
+    if (udp_->intake_standing()) {
+      NoteOffCpu();
+    } else {
+      last_turn_switches_ = -1;
+    }
     const size_t reaped = reactor_->Reap([this](const io::Completion& c) { Route(c); });
     Bump(stats_.loop_iterations);
     Bump(stats_.completions, reaped);

@@ -409,6 +409,23 @@ TEST_P(UdpFrontendTest, StandingIntakeShedsWhatWaitedPastOverloadWait) {
   shard.Pump();
 }
 
+// The cut receive buffer holds twice what the shard serves across its
+// longest stall off the CPU, within [kCutFloor, cap]: a CFS quota's 9 ms
+// throttle takes the cap, fine slices a little more than the floor, a core
+// of its own (no stall) the floor.
+TEST(UdpFrontendCutTest, TheCutHoldsWhatTheShardServesAcrossItsLongestStall) {
+  const auto window = milliseconds(100);
+  // 1,000 served in 100 ms (10,000/s); the cap an eighth of 50 ms: 62.
+  EXPECT_EQ(UdpFrontend::CutDatagramsFor(1000, window, milliseconds(9), 62), 62);
+  EXPECT_EQ(UdpFrontend::CutDatagramsFor(1000, window, std::chrono::microseconds(1500), 62), 30);
+  EXPECT_EQ(UdpFrontend::CutDatagramsFor(1000, window, milliseconds(0), 62),
+            UdpFrontend::kCutFloor);
+  EXPECT_EQ(UdpFrontend::CutDatagramsFor(1000, window, std::chrono::microseconds(100), 62),
+            UdpFrontend::kCutFloor);
+  // A cap under the floor (a trickle of a flood): the floor.
+  EXPECT_EQ(UdpFrontend::CutDatagramsFor(50, window, milliseconds(9), 8), UdpFrontend::kCutFloor);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, UdpFrontendTest,
                          ::testing::Values(io::IoBackend::kUring, io::IoBackend::kEpoll),
                          io::BackendName);

@@ -6,6 +6,8 @@
 // Queries go to the QuerySink; answers come back through the Replier half.
 // Shard thread only; everything is sized at Open() and never allocates.
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -82,6 +84,23 @@ class UdpFrontend {
   // Sockets removed by SetListeners that are not closed yet.
   size_t closing_sockets() const;
 
+  // While intake stands, the shard's loop reports, each turn, how long it
+  // stayed off its CPU at a time since the last one (wall time less the
+  // thread's CPU time, over its context switches): the cut buffer must
+  // hold what the shard serves across its longest such stall, and need
+  // hold no more (see CutDatagrams).
+  bool intake_standing() const { return buffers_shrunk_; }
+  void NoteOffCpu(std::chrono::nanoseconds off_cpu) {
+    longest_off_cpu_ = std::max(longest_off_cpu_, off_cpu);
+  }
+
+  // The least a cut buffer holds: a loop turn's batch.
+  static constexpr int64_t kCutFloor = 16;
+  // What a shard that served `served_per_window` datagrams in `window`
+  // serves in twice `longest_stall`, within [kCutFloor, max(kCutFloor, cap)].
+  static int64_t CutDatagramsFor(int64_t served_per_window, std::chrono::nanoseconds window,
+                                 std::chrono::nanoseconds longest_stall, int64_t cap);
+
   // Completions routed by the shard.
   void OnReceive(uint32_t socket_index, const io::Completion& completion);
   void OnSendDone(uint32_t reply_index, const io::Completion& completion);
@@ -123,12 +142,18 @@ class UdpFrontend {
   void MaybeClose(uint32_t index);
   // The datagram waited past the intake queue's bound (and is counted).
   bool Stale(const io::Datagram& datagram, Socket& socket);
-  // While intake stands, each socket's receive buffer holds about a
-  // quarter of overload_wait of what the shard serves, so the kernel drops the excess
+  // While intake stands, each socket's receive buffer holds a few ms of
+  // what the shard serves (CutDatagrams), so the kernel drops the excess
   // for free instead of the shard reading and dropping it (which would
   // spend the capacity the flood already exceeds); restored once the
   // queue is short again.
   void ShrinkReceiveBuffers(bool shrink);
+  // At most an eighth of overload_wait of the last window's intake.
+  int64_t CutCap() const;
+  // What the shard served in the last window, over twice its longest stall
+  // off the CPU in it, within [kCutFloor, CutCap()].
+  int64_t CutDatagrams() const;
+  void CutReceiveBuffers(int64_t datagrams);
   absl::Status AddInherited(const io::InheritedListener& listener, int socket_buffer_bytes);
 
   io::Reactor& reactor_;
@@ -139,6 +164,8 @@ class UdpFrontend {
   const io::LoopClock* clock_ = nullptr;  // null: no intake shedding
   io::StandingQueue intake_queue_;
   bool buffers_shrunk_ = false;
+  // The longest time off the CPU reported in the current window.
+  std::chrono::nanoseconds longest_off_cpu_{0};
   // Datagrams served (not shed) in the current and the last 100 ms window:
   // the shard's intake rate, which sizes shrunk buffers.
   io::Clock::time_point rate_window_start_{};

@@ -5,6 +5,7 @@
 //
 // Tests drive it by hand with Set().
 
+#include <sys/resource.h>
 #include <time.h>
 
 #include <chrono>
@@ -13,6 +14,24 @@
 namespace dotproxy::io {
 
 using Clock = std::chrono::steady_clock;
+
+// What the calling thread's scheduling looked like so far (getrusage
+// RUSAGE_THREAD): its CPU time and how often it left its CPU (context
+// switches, voluntary or not). Between two readings, wall time less CPU
+// time over the switches is how long it stayed off its CPU each time
+// (preempted, throttled or blocked). A system call, unlike the loop
+// clock: read once per turn, and only when a room asks.
+struct ThreadSchedule {
+  int64_t cpu_ns = 0;
+  int64_t switches = 0;
+};
+inline ThreadSchedule ReadThreadSchedule() {
+  rusage usage{};
+  getrusage(RUSAGE_THREAD, &usage);
+  const auto us = [](const timeval& t) { return int64_t{t.tv_sec} * 1'000'000 + t.tv_usec; };
+  return {.cpu_ns = (us(usage.ru_utime) + us(usage.ru_stime)) * 1000,
+          .switches = static_cast<int64_t>(usage.ru_nvcsw) + usage.ru_nivcsw};
+}
 
 class LoopClock {
  public:
