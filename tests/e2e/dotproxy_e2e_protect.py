@@ -498,38 +498,21 @@ def protect_tcp_connection_flood(h):
     E.query_and_compare(h, u, p, "tcp", "a.example.test.", "A")
 
 
-class GatedTlsServer:
+class GatedTlsServer(E.SilentTlsServer):
     """A DoT upstream that holds every query it reads until release(), then
     answers each (the query echoed with QR set: the question and ID match)
     and, from then on, answers at once. Records the first question's name
     of each query, in the order read, so a case can see how many queries
     dotproxy had in flight, and which, while nothing was answered. Health
-    probes (the root, `.`) are answered at once and not recorded."""
+    probes (the root, `.`) are answered at once and not recorded. Accepts
+    and stops as SilentTlsServer does."""
 
     def __init__(self, pki):
-        self.port, self.ctx, self.sock = E.open_tls_listener(pki, 16)
-        self.lock = threading.Lock()
+        # Before the accept loop starts (in the base's constructor).
         self.names = []
-        self.events = []
-        self._held = []  # (tls socket, answer) while gated
+        self._held = []  # (tls socket, its send lock, answer) while gated
         self._released = False
-        self._stop = threading.Event()
-        self.threads = [threading.Thread(target=self._accept_loop, daemon=True)]
-        self.threads[0].start()
-
-    def _note(self, what):
-        with self.lock:
-            self.events.append((time.monotonic(), what))
-
-    def _accept_loop(self):
-        while not self._stop.is_set():
-            try:
-                c, addr = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            t = threading.Thread(target=self._serve, args=(c, addr), daemon=True)
-            self.threads.append(t)
-            t.start()
+        super().__init__(pki)
 
     @staticmethod
     def _answer(wire):
@@ -583,12 +566,6 @@ class GatedTlsServer:
     def seen(self, prefix):
         with self.lock:
             return [n for n in self.names if n.startswith(prefix)]
-
-    def stop(self):
-        self._stop.set()
-        for t in self.threads:
-            t.join(timeout=3)
-        self.sock.close()
 
 
 @case
