@@ -184,16 +184,25 @@ def run_cmd(argv, timeout=10.0, env_extra=None):
     return rc, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port(host=LOOPBACK4):
-    """A port free for both TCP and UDP on host (bind port 0, then claim UDP too)."""
+    """A port free for both TCP and UDP on host (bind port 0, then claim UDP
+    too), and not one this process was given before: the kernel may hand
+    out the same ephemeral port to two binds in a row once the first socket
+    is closed (CI saw one Unbound get the same port for DoT and plain DNS)."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
+    for _ in range(200):
         t = socket.socket(fam, socket.SOCK_STREAM)
         u = socket.socket(fam, socket.SOCK_DGRAM)
         try:
             t.bind((host, 0))
             port = t.getsockname()[1]
+            if port in _PORTS_GIVEN:
+                continue
             u.bind((host, port))
+            _PORTS_GIVEN.add(port)
             return port
         except OSError:
             continue
