@@ -510,7 +510,6 @@ class GatedTlsServer(E.SilentTlsServer):
     def __init__(self, pki):
         # Before the accept loop starts (in the base's constructor).
         self.names = []
-        self._held = []  # (tls socket, its send lock, answer) while gated
         self._released = False
         super().__init__(pki)
 
@@ -524,11 +523,19 @@ class GatedTlsServer(E.SilentTlsServer):
         s = E.tls_accept(self.ctx, c, addr, self._note)
         if s is None:
             return
+        # Only this thread reads or writes `s` (an SSL object is not safe
+        # to use from two threads at once): it sends what it held within
+        # 0.2 s of release().
         s.settimeout(0.2)
         buf = b""
-        send_lock = threading.Lock()
+        held = []
         try:
             while not self._stop.is_set():
+                with self.lock:
+                    released = self._released
+                if released and held:
+                    s.sendall(b"".join(held))
+                    held = []
                 try:
                     data = s.recv(65536)
                 except (socket.timeout, E.ssl.SSLWantReadError):
@@ -545,11 +552,10 @@ class GatedTlsServer(E.SilentTlsServer):
                             self.names.append(dns.message.from_wire(wire).question[0].name
                                               .to_text())
                         hold = not probe and not self._released
-                        if hold:
-                            self._held.append((s, send_lock, self._answer(wire)))
-                    if not hold:
-                        with send_lock:
-                            s.sendall(self._answer(wire))
+                    if hold:
+                        held.append(self._answer(wire))
+                    else:
+                        s.sendall(self._answer(wire))
         except (E.ssl.SSLError, OSError) as e:
             self._note("error from %s:%d: %r" % (addr + (e,)))
         finally:
@@ -558,10 +564,6 @@ class GatedTlsServer(E.SilentTlsServer):
     def release(self):
         with self.lock:
             self._released = True
-            held, self._held = self._held, []
-        for s, send_lock, answer in held:
-            with send_lock:
-                s.sendall(answer)
 
     def seen(self, prefix):
         with self.lock:
