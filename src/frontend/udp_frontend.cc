@@ -252,9 +252,15 @@ void UdpFrontend::ShrinkReceiveBuffers(bool shrink) {
         shard_index_);
     return;
   }
-  // No stall measured yet: the cap, until the first window ends.
+  // No stall measured yet: the cap, for a whole window from now (the
+  // window in progress may be about to end, with a turn or two measured).
   const int64_t datagrams = CutCap();
   CutReceiveBuffers(datagrams);
+  served_last_window_ = static_cast<uint32_t>(
+      std::max<int64_t>(served_last_window_, served_in_window_));
+  served_in_window_ = 0;
+  rate_window_start_ = clock_->now();
+  longest_off_cpu_ = std::chrono::nanoseconds(0);
   Log(Severity::kInfo,
       "shard %d: UDP intake overloaded: receive buffers cut to about %lld datagrams (then to "
       "what the shard serves across its stalls) until the backlog clears",

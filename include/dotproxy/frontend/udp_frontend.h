@@ -150,8 +150,8 @@ class UdpFrontend {
   void ShrinkReceiveBuffers(bool shrink);
   // At most an eighth of overload_wait of the last window's intake.
   int64_t CutCap() const;
-  // What the shard served in the last window, over twice its longest stall
-  // off the CPU in it, within [kCutFloor, CutCap()].
+  // What the shard serves in twice its longest stall off the CPU in the
+  // last window, within [kCutFloor, CutCap()].
   int64_t CutDatagrams() const;
   void CutReceiveBuffers(int64_t datagrams);
   absl::Status AddInherited(const io::InheritedListener& listener, int socket_buffer_bytes);
