@@ -41,6 +41,8 @@ PACKAGES=(
   # doh_no_allocation_per_query, bench/load/doh_listener.py): dnsperf 2.10's
   # DoH mode loses answers past one query in flight, from any server
   nghttp2-client
+  # tests: ss -m reads a UDP socket's receive buffer (protect_overload_cpu)
+  iproute2
 )
 
 SUDO=""

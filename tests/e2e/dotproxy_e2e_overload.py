@@ -250,6 +250,20 @@ def _capacity(flood, port, tag, before_step=lambda: None):
     return max(r["noerror_per_s"] for r in ramp), ramp
 
 
+def _udp_receive_buffer(port):
+    """The kernel's receive buffer (sk_rcvbuf, bytes, as `ss -m` shows it:
+    what SO_RCVBUF reads) of the UDP socket(s) bound to `port`: the
+    largest, or None when ss is missing or shows none."""
+    try:
+        out = subprocess.run(["ss", "-u", "-a", "-m", "-n", "sport = :%d" % port],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    sizes = [int(field[2:]) for line in out.splitlines() if "skmem:(" in line
+             for field in line.split("skmem:(")[1].rstrip(")").split(",") if field.startswith("rb")]
+    return max(sizes) if sizes else None
+
+
 def _start_pinned(h, u, quota, extra):
     p = h.start_proxy(upstreams=[up_spec(u.dot_port)], extra=["--threads", "1"] + extra,
                       prefix=["taskset", "-c", "0"])
@@ -269,7 +283,10 @@ def protect_overload_cpu(h):
     4 C >= 0.6 C (0.9 is the target, printed), the mean latency of answered
     queries at 4 C under 150 ms (it was over a second when the socket
     buffer queued the flood), RSS within 16 MiB over the 20 s, and an
-    answer within 1 s after the flood. Then a flood of 2 C from 64
+    answer within 1 s after the flood; the socket's receive buffer (ss -m)
+    cut to under an eighth of its size while intake stands at 4 C, and
+    restored to its size before any flood within 3 s once the flood has
+    stopped. Then a flood of 2 C from 64
     prefixes with --rate-limit 20: a well-behaved client at half its limit
     from another prefix keeps >= 99% answered."""
     flood = _udp_flood()
@@ -282,6 +299,10 @@ def protect_overload_cpu(h):
         u = start_unbound_x(h)
         _pin_upstream(u)
         p = _start_pinned(h, u, quota, [])
+        # Before any flood: the size the cut is measured against.
+        buffer_before = _udp_receive_buffer(p.port)
+        if buffer_before is None:
+            raise CaseFailure("ss -m shows no UDP socket on port %d (iproute2 missing?)" % p.port)
         cap, ramp = _capacity(flood, p.port, "ramp")
         check(cap > 500, "capacity: only %.0f NOERROR/s" % cap)
         rows = []
@@ -290,10 +311,11 @@ def protect_overload_cpu(h):
             rows.append(("%gx" % factor, cap * factor, r))
         seconds = 20
         proc = _flood(flood, p.port, cap * 4, seconds, "x4")
-        rss = []
+        rss, buffer_during = [], []
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds and len(rss) < seconds + 2:
             rss.append(P.rss_bytes(p.proc.pid))
+            buffer_during.append(_udp_receive_buffer(p.port) or 0)
             time.sleep(1.0)
         r4 = _flood_result(proc, seconds)
         rows.append(("4x", cap * 4, r4))
@@ -301,6 +323,16 @@ def protect_overload_cpu(h):
         t1 = time.monotonic()
         E.query_and_compare(h, u, p, "udp", "a.example.test.", "A")
         recovery = time.monotonic() - t1
+        # The cut ends once the backlog has cleared: a few quiet queries
+        # (each observed at intake) restore the buffer.
+        buffer_after = _udp_receive_buffer(p.port)
+        for i in range(25):
+            if buffer_after == buffer_before:
+                break
+            E.query_and_compare(h, u, p, "udp", "r%d.example.test." % i, "A")
+            time.sleep(0.1)
+            buffer_after = _udp_receive_buffer(p.port)
+        restored = time.monotonic() - t1
         c = counters(p)
         print("CPU-bound overload (one shard at 10%% of a CPU): capacity C = %.0f NOERROR/s" % cap)
         for r in ramp:
@@ -312,10 +344,16 @@ def protect_overload_cpu(h):
                 r["p50_ms"], r["p99_ms"]))
         print("  RSS over the 20 s at 4x: min %.1f MiB, max %.1f MiB; recovery %.2f s" % (
             min(rss) / P.MIB, max(rss) / P.MIB, recovery))
+        during = sorted(buffer_during)
+        print("  UDP receive buffer (ss -m rb): %d bytes before; at 4x min %d, median %d, max %d; "
+              "%s bytes %.1f s after it" % (
+                  buffer_before, during[0], during[len(during) // 2], during[-1], buffer_after,
+                  restored))
         print("  counters: shed_intake=%s shed_waiting=%s intake_overload_began=%s "
-              "answered=%s loop_iterations=%s completions=%s" % (
+              "intake_overload_ended=%s answered=%s loop_iterations=%s completions=%s" % (
                   c.get("shed_intake"), c.get("shed_waiting"), c.get("intake_overload_began"),
-                  c.get("answered"), c.get("loop_iterations"), c.get("completions")))
+                  c.get("intake_overload_ended"), c.get("answered"), c.get("loop_iterations"),
+                  c.get("completions")))
         check(p.alive(), "dotproxy died under the flood")
         # The target is 0.9 C (printed above); asserted with room for a
         # shared machine, where C itself moves between rounds.
@@ -325,6 +363,14 @@ def protect_overload_cpu(h):
         check(max(rss) - min(rss) <= 16 * P.MIB, "RSS moved %.1f MiB during the flood" % (
             (max(rss) - min(rss)) / P.MIB))
         check(recovery < 1.0, "first answer after the flood took %.2f s" % recovery)
+        # Cut while the flood stood (the median second: the first may come
+        # before the intake stood), the size it had once it cleared.
+        check(during[len(during) // 2] * 8 < buffer_before,
+              "at 4x the receive buffer stayed %d of %d bytes" % (during[len(during) // 2],
+                                                                  buffer_before))
+        check(buffer_after == buffer_before and restored < 3.0,
+              "receive buffer %s bytes %.1f s after the flood, %d before it" % (
+                  buffer_after, restored, buffer_before))
         p.stop()
 
         # The limiter on: a flood of 2 C spread over 64 prefixes (127.1.N.1),
